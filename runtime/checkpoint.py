@@ -1,0 +1,161 @@
+"""The checkpoint format: weights + config + class names + normalisation + package version, one file.
+
+Loaded with ``torch.load(weights_only=True)``: a checkpoint holds tensors, numbers, strings, lists and dicts only, so
+loading one never runs code. Training adds an optional ``train_state`` (optimizer, scheduler, epoch, RNG) that
+inference ignores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ._io import atomic_torch_save
+from ._version import __version__
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "cnn-bilstm-deploy/checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "format_version", "config", "class_names", "mean", "std", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable checkpoint of this package (damaged, foreign, or inconsistent with its config)."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, with the model already built and loaded (in eval mode)."""
+
+    model: Any  # runtime.model.CNNBiLSTM
+    config: Any  # runtime.model.ModelConfig
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    package_version: str
+    path: Optional[Path] = None
+    train_state: Optional[dict] = None
+
+
+def make_checkpoint_dict(
+    model, *, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float], train_state: Optional[dict] = None
+) -> dict:
+    """The plain dict that :func:`save_checkpoint` writes (exposed for tests and tools)."""
+    if len(class_names) != model.config.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names given for a model with num_classes={model.config.num_classes}"
+        )
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    d = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "config": model.config.to_dict(),
+        "class_names": [str(c) for c in class_names],
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+        "state_dict": state,
+    }
+    if train_state is not None:
+        d["train_state"] = train_state
+    return d
+
+
+def save_checkpoint(path: str | os.PathLike, model, **kwargs) -> Path:
+    """Write a checkpoint atomically (see :func:`make_checkpoint_dict` for the keyword arguments)."""
+    return atomic_torch_save(make_checkpoint_dict(model, **kwargs), path)
+
+
+def read_checkpoint_dict(path: str | os.PathLike) -> dict:
+    """Load and validate the raw checkpoint dict (weights_only), raising :class:`CheckpointError` when unusable."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors all mean the same to the user
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (damaged, truncated or not a torch file): {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from e
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a torch file but not a {FORMAT} checkpoint (no 'format': {FORMAT!r} key)")
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if missing:
+        raise CheckpointError(f"{path} lacks required checkpoint keys {missing}")
+    if int(d["format_version"]) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {d['format_version']}, newer than this package reads "
+            f"({FORMAT_VERSION}); upgrade cnn-bilstm-deploy (it was written by version {d.get('package_version')})"
+        )
+    return d
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    Args:
+        path (str | PathLike): checkpoint file written by :func:`save_checkpoint` or by training.
+        map_location (str): device for the model. Defaults to "cpu".
+
+    Returns:
+        Checkpoint: the model in eval mode plus its metadata.
+
+    Raises:
+        CheckpointError: damaged file, foreign file, or weights that do not fit the stored config.
+    """
+    from .model import CNNBiLSTM, ModelConfig
+
+    d = read_checkpoint_dict(path)
+    try:
+        config = ModelConfig.from_dict(d["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid model config: {e}") from e
+    model = CNNBiLSTM(config)
+    load_state_dict_checked(model, d["state_dict"], source=str(path))
+    model.to(map_location).eval()
+    return Checkpoint(
+        model=model,
+        config=config,
+        class_names=list(d["class_names"]),
+        mean=list(d["mean"]),
+        std=list(d["std"]),
+        package_version=str(d.get("package_version", "unknown")),
+        path=Path(path),
+        train_state=d.get("train_state"),
+    )
+
+
+def load_state_dict_checked(model, state_dict: dict, source: str = "checkpoint") -> None:
+    """Load weights, turning PyTorch's wall of size-mismatch lines into one sentence about the config."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            k, got, want = mismatched[0]
+            parts.append(f"{len(mismatched)} tensors of another shape (first: {k} is {got}, the config needs {want})")
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+        raise CheckpointError(
+            f"the weights in {source} do not belong to a model of config {model.config.to_dict()}: "
+            + "; ".join(parts)
+            + ". Was it written for another backbone, hidden size, layer count or class count?"
+        )
+    model.load_state_dict(state_dict)

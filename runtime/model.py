@@ -1,0 +1,196 @@
+"""The CNN + BiLSTM frame-sequence classifier: one obvious place for the network and its config.
+
+It lives in ``runtime`` (not ``train``) because the runtime's PyTorch backend must rebuild the network from a
+checkpoint and ``runtime`` never imports ``train``; training imports it from here.
+
+Shapes:
+    frames   (B, T, 3, H, W) float, already normalised (see :mod:`runtime.preprocess`)
+    lengths  (B,) integer, 1 <= lengths[b] <= T, optional (None means every clip is T frames long)
+    features (B, T, F) float, F = backbone width (512 for resnet18/34, 2048 for resnet50)
+    outputs  frame_logits (B, T, C) and clip_logits (B, C)
+
+Padded batches are exact: with ``lengths`` the BiLSTM is run on packed sequences, so the reverse direction of a short
+clip starts at its last real frame, never on padding, and the clip logits pool only real frames. Frame logits at
+padded positions are those of a zero BiLSTM output (the head's bias) and carry no meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+STEMS = ("cifar", "imagenet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of :class:`CNNBiLSTM`; stored in every checkpoint and artifact.
+
+    Attributes:
+        num_classes (int): number of classes C. Defaults to 10.
+        backbone (str): torchvision ResNet builder, one of ``BACKBONES``. Defaults to "resnet34".
+        stem (str): "cifar" (3x3 stride-1 conv, no max-pool: keeps detail in small frames) or "imagenet"
+            (7x7 stride-2 conv + max-pool). Defaults to "cifar".
+        frame_size (tuple[int, int]): frame height and width the model is built and exported for. Defaults to (32, 32).
+        hidden_size (int): LSTM hidden size per direction. Defaults to 256.
+        num_layers (int): stacked bidirectional LSTM layers. Defaults to 2.
+        dropout (float): dropout between LSTM layers and before the heads (training only). Defaults to 0.0.
+    """
+
+    num_classes: int = 10
+    backbone: str = "resnet34"
+    stem: str = "cifar"
+    frame_size: tuple[int, int] = (32, 32)
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; valid choices: {', '.join(BACKBONES)}")
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; valid choices: {', '.join(STEMS)}")
+        size = tuple(int(s) for s in self.frame_size)
+        if len(size) != 2 or min(size) < 8:
+            raise ValueError(f"frame_size must be (height, width) with both >= 8, got {self.frame_size!r}")
+        object.__setattr__(self, "frame_size", size)
+        for name in ("num_classes", "hidden_size", "num_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def feature_dim(self) -> int:
+        """Width F of the per-frame feature the CNN emits."""
+        return 2048 if self.backbone == "resnet50" else 512
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["frame_size"] = list(self.frame_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
+        d = dict(d)
+        if "frame_size" in d:
+            d["frame_size"] = tuple(d["frame_size"])
+        return cls(**d)
+
+
+def build_backbone(config: ModelConfig) -> nn.Module:
+    """A torchvision ResNet (random init, nothing downloaded) with its classifier removed: (N,3,H,W) -> (N,F)."""
+    import torchvision
+
+    net = getattr(torchvision.models, config.backbone)(weights=None)
+    if config.stem == "cifar":
+        # Small frames (32x32) would be 1x1 after the ImageNet stem's 4x downsampling; keep full resolution.
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def length_mask(lengths: torch.Tensor, time_steps: int) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True on real frames. Written with arange so it exports with a dynamic T."""
+    steps = torch.arange(time_steps, device=lengths.device)
+    return steps.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class CNNBiLSTM(nn.Module):
+    """ResNet per-frame features -> bidirectional LSTM over time -> per-frame and per-clip linear heads."""
+
+    def __init__(self, config: Optional[ModelConfig] = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.cnn = build_backbone(c)
+        self.lstm = nn.LSTM(
+            c.feature_dim,
+            c.hidden_size,
+            num_layers=c.num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+        )
+        self.head_dropout = nn.Dropout(c.dropout)
+        self.frame_head = nn.Linear(2 * c.hidden_size, c.num_classes)
+        self.clip_head = nn.Linear(2 * c.hidden_size, c.num_classes)
+
+    # --- stage 1 -------------------------------------------------------------------------------------------------
+    def extract_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, T, F). Frames are independent: this is the part that batches over B*T."""
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames must have shape (B, T, 3, H, W), got {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        features = self.cnn(frames.flatten(0, 1))
+        return features.view(b, t, -1)
+
+    # --- stage 2 -------------------------------------------------------------------------------------------------
+    def run_bilstm(self, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, T, F) -> (B, T, 2H). With ``lengths``, runs packed sequences so padding never enters either direction."""
+        if lengths is None:
+            return self.lstm(features)[0]
+        t = features.shape[1]
+        packed = nn.utils.rnn.pack_padded_sequence(
+            features, lengths.detach().to("cpu", torch.int64), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=t)[0]
+
+    def heads(self, lstm_out: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """BiLSTM output (B, T, 2H) -> (frame_logits (B, T, C), clip_logits (B, C)); the clip pools real frames only."""
+        lstm_out = self.head_dropout(lstm_out)
+        if lengths is None:
+            pooled = lstm_out.mean(dim=1)
+        else:
+            mask = length_mask(lengths, lstm_out.shape[1]).unsqueeze(-1).to(lstm_out.dtype)
+            lstm_out = lstm_out * mask  # padded steps are exactly zero whatever the LSTM implementation left there
+            pooled = lstm_out.sum(dim=1) / lengths.to(lstm_out.dtype).unsqueeze(1)
+        return self.frame_head(lstm_out), self.clip_head(pooled)
+
+    def classify(
+        self, features: torch.Tensor, lengths: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) features [+ (B,) lengths] -> (frame_logits (B, T, C), clip_logits (B, C))."""
+        if features.dim() != 3:
+            raise ValueError(f"features must have shape (B, T, F), got {tuple(features.shape)}")
+        if lengths is not None:
+            check_lengths(lengths, features.shape[0], features.shape[1])
+        return self.heads(self.run_bilstm(features, lengths), lengths)
+
+    def forward(
+        self, frames: torch.Tensor, lengths: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 3, H, W) frames [+ (B,) lengths] -> (frame_logits (B, T, C), clip_logits (B, C))."""
+        return self.classify(self.extract_features(frames), lengths)
+
+
+def check_lengths(lengths: torch.Tensor, batch: int, time_steps: int) -> None:
+    """Raise ValueError unless ``lengths`` is (B,) integers in [1, T]."""
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must have shape ({batch},) to match the batch, got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return  # values are symbolic while exporting
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > time_steps):
+        raise ValueError(
+            f"lengths must lie in [1, T={time_steps}], got min {int(lengths.min())} and max {int(lengths.max())}"
+        )
+
+
+def build_model(config: Optional[ModelConfig] = None) -> CNNBiLSTM:
+    """Build a randomly initialised :class:`CNNBiLSTM` (Defaults to ``ModelConfig()``: ResNet-34, cifar stem)."""
+    return CNNBiLSTM(config or ModelConfig())

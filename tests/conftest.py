@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny checkpoint every stage can use, markers with auto-skip, RNG isolation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.checkpoint import save_checkpoint
+from runtime.model import ModelConfig, build_model
+
+# Small enough that a forward pass over a few clips takes milliseconds on 2 CPU cores, but the same architecture
+# family as the product (ResNet + 2-layer BiLSTM + two heads).
+TINY_CONFIG = ModelConfig(num_classes=3, backbone="resnet18", stem="cifar", frame_size=(16, 16), hidden_size=32,
+                          num_layers=2, dropout=0.0)
+TINY_CLASSES = ["left", "right", "still"]
+TINY_MEAN = [0.5, 0.5, 0.5]
+TINY_STD = [0.25, 0.25, 0.25]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    skip_slow = pytest.mark.skip(reason="slow: pass --runslow to run")
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng_state():
+    """Each test may seed freely; the next test starts from the same RNG state regardless."""
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    yield
+    torch.set_rng_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+
+
+def _tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(TINY_CONFIG)
+    # Non-trivial BatchNorm statistics, so eval-mode BN (and any conv-BN folding) is really exercised.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """An eval-mode tiny CNNBiLSTM with random weights (do not modify it in place)."""
+    return _tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model):
+    """Path of a checkpoint file holding ``tiny_model``."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, tiny_model, class_names=TINY_CLASSES, mean=TINY_MEAN, std=TINY_STD)
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
