@@ -1,0 +1,864 @@
+"""What the suite, the quick look and the report share: environment, FLOPs, peaks, timing and the contenders.
+
+Nothing here imports torch, onnxruntime or matplotlib at module level, so ``benchmarks.report`` stays cheap.
+
+Timing model. A contender is prepared once per (workload, B, T) into a :class:`Prepared`: a callable taking one
+input from a small pool of pre-generated random inputs (never zeros) that is cycled between calls, so no cache holds
+the answer. Every call is timed by a :class:`LatencyRecorder` *inside* the benchmarked call: CUDA events on the
+current stream for PyTorch contenders (the end event is synchronised before the call returns, so pytest-benchmark's
+own wall clock is honest too), ``time.perf_counter`` around a synchronous call for the others (ONNX Runtime returns
+host arrays; TensorRT runners synchronise their own stream, and the recorder adds a device sync when asked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import platform
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+WORKLOADS = ("model", "cnn", "bilstm", "stream")
+# Contender names as they appear in tables; the first is the baseline every speedup is measured against.
+CONTENDERS = ("eager-fp32", "eager-fp16", "runtime-fast", "ort-fp32", "ort-fp16", "trt", "torch-compile")
+BASELINE = "eager-fp32"
+STREAM_WINDOW = 16
+
+# Norm-relative error ||y - y_ref|| / ||y_ref|| allowed against eager fp32 (TF32 off), per precision label.
+# "tf32": fp32 on CUDA with PyTorch's default of TF32 cuDNN convolutions/RNNs (10-bit mantissa, like fp16).
+TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 2e-3, "fp16-cnn": 2e-3}
+
+# Stated or measured dense peaks used for the compute floor, matched by substring of the device name (first hit wins).
+# Sources: ../shared/docs/baselines.md (H100 fp16 matmul measured 732 TFLOP/s at 8192^3; this CPU ~260 GFLOP/s fp32
+# from ONNX Runtime on 2 AVX-512 cores); others are vendor datasheet dense fp16 tensor-core figures.
+PEAKS: tuple[tuple[str, float, str], ...] = (
+    ("H200", 732e12, "H100's measured fp16 matmul peak (732 TFLOP/s; H200 has the same SMs)"),
+    ("H100", 732e12, "measured fp16 matmul peak (8192^3) on an H100 80GB HBM3"),
+    ("A100", 312e12, "stated A100 fp16 dense tensor-core peak"),
+    ("L40S", 362e12, "stated L40S fp16 dense tensor-core peak"),
+    ("L4", 121e12, "stated L4 fp16 dense tensor-core peak"),
+    ("cpu", 260e9, "measured ~260 GFLOP/s fp32 (ONNX Runtime, 2 AVX-512 cores of the dev machine)"),
+)
+
+
+class Unavailable(Exception):
+    """A contender cannot run here (missing library, no GPU, ...); the message is the skip reason."""
+
+
+# --- model configs and the reference checkpoint ----------------------------------------------------------------------
+
+
+def reference_config():
+    """The reference model of ``docs/baselines.md``: ResNet-34 cifar stem, 32x32, BiLSTM 2x256, 10 classes."""
+    from runtime.model import ModelConfig
+
+    return ModelConfig(num_classes=10, backbone="resnet34", stem="cifar", frame_size=(32, 32), hidden_size=256,
+                       num_layers=2, dropout=0.0)
+
+
+def smoke_config():
+    """A tiny model of the same family, for CI smoke runs (milliseconds per call on 2 CPU cores)."""
+    from runtime.model import ModelConfig
+
+    return ModelConfig(num_classes=3, backbone="resnet18", stem="cifar", frame_size=(16, 16), hidden_size=32,
+                       num_layers=2, dropout=0.0)
+
+
+def build_random_model(config, seed: int = 0):
+    """A randomly initialised eval-mode model with non-trivial BatchNorm statistics (so folding is exercised).
+
+    Args:
+        config (ModelConfig): architecture.
+        seed (int): torch seed for the weights. Defaults to 0.
+
+    Returns:
+        CNNBiLSTM: the model on CPU, eval mode.
+    """
+    import torch
+
+    from runtime.model import build_model
+
+    gen_state = torch.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_model(config)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.1, 0.1)
+    finally:
+        torch.set_rng_state(gen_state)
+    return model.eval()
+
+
+def write_random_checkpoint(path: str | os.PathLike, config, seed: int = 0) -> Path:
+    """Write a checkpoint of :func:`build_random_model` (class names ``class0..``, CIFAR mean/std).
+
+    Args:
+        path (str | PathLike): destination ``.pt`` file (written atomically).
+        config (ModelConfig): architecture.
+        seed (int): weight seed. Defaults to 0.
+
+    Returns:
+        Path: the checkpoint path.
+    """
+    from runtime.checkpoint import save_checkpoint
+
+    model = build_random_model(config, seed)
+    return save_checkpoint(path, model, class_names=[f"class{i}" for i in range(config.num_classes)],
+                           mean=[0.4914, 0.4822, 0.4465], std=[0.2470, 0.2435, 0.2616])
+
+
+# --- environment ------------------------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """CPU model name and logical core count, e.g. ``Intel(R) Xeon(R) Processor (2 cores)``."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores)"
+
+
+def device_name(device: str) -> str:
+    """Human name of a torch device string (``cpu`` or ``cuda[:i]``)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name()
+
+
+def tensorrt_version() -> str:
+    """``tensorrt X``, ``tensorrt_rtx X`` or ``not installed``."""
+    for module in ("tensorrt", "tensorrt_rtx"):
+        try:
+            mod = __import__(module)
+            return f"{module} {getattr(mod, '__version__', '?')}"
+        except Exception:  # ImportError, or a stub package failing at import
+            continue
+    return "not installed"
+
+
+@functools.lru_cache(maxsize=None)
+def environment(device: str) -> dict[str, Any]:
+    """Versions and device facts recorded with every benchmark.
+
+    Args:
+        device (str): ``cpu`` or ``cuda[:i]``.
+
+    Returns:
+        dict: device, device_name, torch, cuda, cudnn, tf32 flags, onnxruntime (+ providers), tensorrt, python, ...
+    """
+    import numpy as np
+    import torch
+
+    from runtime import __version__
+
+    env: dict[str, Any] = {
+        "device": device,
+        "device_name": device_name(device),
+        "host_cpu": cpu_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none (CPU build)",
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "package": __version__,
+        "torch_threads": torch.get_num_threads(),
+        "tensorrt": tensorrt_version(),
+        # Shared machines: the 1-minute load average when the environment was first read (> cores means contention).
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    if device.startswith("cuda"):
+        env["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
+        env["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30, 1)
+    try:
+        import onnxruntime as ort
+
+        env["onnxruntime"] = ort.__version__
+        env["onnxruntime_providers"] = list(ort.get_available_providers())
+    except ImportError:
+        env["onnxruntime"] = "not installed"
+    try:
+        import pytest_benchmark
+
+        env["pytest_benchmark"] = pytest_benchmark.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def stated_peak(device_name_: str) -> tuple[float, str, str]:
+    """The peak FLOP/s used for the compute floor of a device.
+
+    Args:
+        device_name_ (str): the device name recorded in a result (``torch.cuda.get_device_name`` or the CPU name).
+
+    Returns:
+        tuple: (FLOP/s, the matched key, where the number comes from). Any non-matching name falls back to "cpu".
+    """
+    low = device_name_.lower()
+    for key, flops, source in PEAKS:
+        if key.lower() in low:
+            return flops, key, source
+    key, flops, source = next(p for p in PEAKS if p[0] == "cpu")
+    return flops, key, source
+
+
+# --- FLOPs -----------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def cnn_flops_per_frame(config) -> int:
+    """FLOPs (2 x MACs) of the CNN on one frame, counted by ``FlopCounterMode`` on the meta device (no compute)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from runtime.model import build_backbone
+
+    with torch.device("meta"):
+        net = build_backbone(config)
+        x = torch.empty(1, 3, *config.frame_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return int(counter.get_total_flops())
+
+
+def bilstm_flops(config, batch: int, time_steps: int) -> int:
+    """FLOPs of the BiLSTM and both heads, analytically (the flop counter does not see cuDNN/ATen LSTM kernels).
+
+    Per step, direction and layer an LSTM does 4 gate matmuls: 2 * 4H * (I + H) FLOPs (elementwise work ignored);
+    layer 0 reads I = F, later layers I = 2H. The frame head is a (2H -> C) linear per frame, the clip head per clip.
+    """
+    h, f = config.hidden_size, config.feature_dim
+    per_step = 0
+    for layer in range(config.num_layers):
+        inp = f if layer == 0 else 2 * h
+        per_step += 2 * (2 * 4 * h * (inp + h))  # two directions
+    heads = batch * time_steps * 2 * (2 * h) * config.num_classes + batch * 2 * (2 * h) * config.num_classes
+    return batch * time_steps * per_step + heads
+
+
+def workload_flops(config, workload: str, batch: int, time_steps: int, window: int = STREAM_WINDOW) -> int:
+    """FLOPs of one call of a workload at (B, T); for ``stream`` one push = B new frames + a BiLSTM over the window."""
+    cnn = cnn_flops_per_frame(config)
+    if workload == "model":
+        return batch * time_steps * cnn + bilstm_flops(config, batch, time_steps)
+    if workload == "cnn":
+        return batch * time_steps * cnn
+    if workload == "bilstm":
+        return bilstm_flops(config, batch, time_steps)
+    if workload == "stream":
+        return batch * cnn + bilstm_flops(config, batch, window)
+    raise ValueError(f"unknown workload {workload!r}; valid: {', '.join(WORKLOADS)}")
+
+
+# --- statistics and timing -------------------------------------------------------------------------------------------
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99, mean, min and max of latency samples in milliseconds (linear interpolation)."""
+    import numpy as np
+
+    if len(samples_ms) == 0:
+        raise ValueError("no latency samples to summarise")
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(a.mean()),
+            "min_ms": float(a.min()), "max_ms": float(a.max()), "samples": int(a.size)}
+
+
+class LatencyRecorder:
+    """Times calls from inside the benchmarked call: CUDA events (device time) or ``perf_counter`` (host time).
+
+    Args:
+        timer (str): "cuda-events" or "perf-counter".
+        sync (callable, optional): called after the work and before the clock stops with "perf-counter" (e.g.
+            ``torch.cuda.synchronize`` for a contender that may return before its device work ends). Defaults to None.
+    """
+
+    def __init__(self, timer: str, sync: Optional[Callable[[], None]] = None) -> None:
+        if timer not in ("cuda-events", "perf-counter"):
+            raise ValueError(f"unknown timer {timer!r}; valid: cuda-events, perf-counter")
+        self.timer = timer
+        self.sync = sync
+        self._host: list[float] = []
+        self._events: list[tuple[Any, Any]] = []
+
+    def __call__(self, fn: Callable[[Any], Any], x: Any) -> None:
+        if self.timer == "cuda-events":
+            import torch
+
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(x)
+            end.record()
+            end.synchronize()  # the call does not return before the device is done
+            self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            fn(x)
+            if self.sync is not None:
+                self.sync()
+            self._host.append((time.perf_counter() - t0) * 1e3)
+
+    def samples_ms(self) -> list[float]:
+        """All recorded latencies in call order, milliseconds."""
+        if self.timer == "cuda-events":
+            return [s.elapsed_time(e) for s, e in self._events]
+        return list(self._host)
+
+    def reset(self) -> None:
+        self._host.clear()
+        self._events.clear()
+
+
+def rel_error(outputs: dict, reference: dict) -> float:
+    """Largest norm-relative error ||y - y_ref|| / ||y_ref|| over the reference's keys.
+
+    Raises:
+        ValueError: a reference key is missing from ``outputs`` or a shape differs.
+    """
+    import numpy as np
+
+    worst = 0.0
+    for key, ref in reference.items():
+        if key not in outputs:
+            raise ValueError(f"output {key!r} missing; the contender returned {sorted(outputs)}")
+        got = to_numpy(outputs[key])
+        if got.shape != ref.shape:
+            raise ValueError(f"output {key!r} has shape {got.shape}, the eager reference {ref.shape}")
+        if not np.isfinite(got).all():
+            return float("inf")
+        denom = float(np.linalg.norm(ref)) or 1.0
+        worst = max(worst, float(np.linalg.norm(got.astype(np.float64) - ref)) / denom)
+    return worst
+
+
+def to_numpy(value: Any):
+    """numpy float32 copy of a numpy array or torch tensor (any device or dtype)."""
+    import numpy as np
+
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+# --- contenders ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """One contender ready for one (workload, B, T).
+
+    Attributes:
+        fn (callable): one timed call, taking one element of ``inputs``.
+        inputs (list): the rotating input pool, already in the form ``fn`` wants (CUDA tensors, numpy, ...).
+        timer (str): how :class:`LatencyRecorder` times it.
+        precision (str): key of :data:`TOLERANCES`.
+        probe (callable): returns outputs comparable with the eager reference (see :meth:`BenchContext.reference`).
+        sync (callable, optional): device sync for the "perf-counter" timer.
+        info (dict): extra facts for ``extra_info`` (provider, threads, notes).
+    """
+
+    fn: Callable[[Any], Any]
+    inputs: list
+    timer: str
+    precision: str
+    probe: Callable[[], dict]
+    sync: Optional[Callable[[], None]] = None
+    info: dict = field(default_factory=dict)
+
+
+def _stage(workload: str) -> str:
+    return {"model": "model", "cnn": "cnn", "bilstm": "bilstm"}[workload]
+
+
+def _tuple_to_dict(workload: str, out: Any) -> dict:
+    if isinstance(out, dict):
+        return out
+    if workload == "cnn":
+        return {"features": out}
+    frame_logits, clip_logits = out
+    return {"frame_logits": frame_logits, "clip_logits": clip_logits}
+
+
+def _stream_output(out: Any) -> dict:
+    """Normalise what a streaming push returns to {"frame_logits": (B, C), "clip_logits": (B, C)}."""
+    if isinstance(out, dict):
+        d = out
+    elif dataclasses.is_dataclass(out):
+        d = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    elif isinstance(out, (tuple, list)) and len(out) == 2:
+        d = {"frame_logits": out[0], "clip_logits": out[1]}
+    else:
+        d = {k: getattr(out, k) for k in dir(out) if not k.startswith("_")}
+    result = {}
+    for want, aliases in (("frame_logits", ("frame_logits", "frame", "newest_frame_logits", "last_frame_logits")),
+                          ("clip_logits", ("clip_logits", "window_logits", "clip", "window"))):
+        for a in aliases:
+            if a in d and d[a] is not None:
+                result[want] = d[a]
+                break
+    return result
+
+
+class BenchContext:
+    """Everything one benchmark session shares: checkpoint, device, exported graphs, models, inputs, references.
+
+    Args:
+        checkpoint (Path): the ``.pt`` checkpoint under test.
+        device (str): ``cpu`` or ``cuda[:i]``.
+        workdir (Path): where ONNX exports go (one folder per precision).
+        pool_size (int): distinct random inputs cycled per shape. Defaults to 4.
+        ort_threads (int, optional): ONNX Runtime intra-op threads. Defaults to None (``os.cpu_count()``).
+        window (int): streaming window. Defaults to :data:`STREAM_WINDOW`.
+        compile_mode (str): ``torch.compile`` mode for the optional contender. Defaults to "reduce-overhead".
+        onnx_dir (Path, optional): already exported fp32 graphs to use instead of exporting. Defaults to None.
+    """
+
+    def __init__(self, checkpoint: Path, device: str, workdir: Path, *, pool_size: int = 4,
+                 ort_threads: Optional[int] = None, window: int = STREAM_WINDOW,
+                 compile_mode: str = "reduce-overhead", onnx_dir: Optional[Path] = None) -> None:
+        from runtime.checkpoint import load_checkpoint
+
+        self.checkpoint = Path(checkpoint)
+        self.device = device
+        self.workdir = Path(workdir)
+        self.pool_size = int(pool_size)
+        self.ort_threads = int(ort_threads) if ort_threads else (os.cpu_count() or 1)
+        self.window = int(window)
+        self.compile_mode = compile_mode
+        if self.is_cuda:
+            import torch
+
+            # As in the measured baselines: let cuDNN pick its fastest kernels for every contender alike (the runtime's
+            # fast path turns this on anyway, which would otherwise favour whatever runs after it).
+            torch.backends.cudnn.benchmark = True
+        ckpt = load_checkpoint(self.checkpoint, map_location=device)
+        self.config = ckpt.config
+        self.model = ckpt.model  # eager fp32 baseline, eval mode, on device
+        self._onnx_dirs: dict[str, Path] = {"fp32": Path(onnx_dir)} if onnx_dir else {}
+        self._cache: dict[Any, Any] = {}
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    # -- inputs --------------------------------------------------------------------------------------------------
+    def host_pool(self, workload: str, batch: int, time_steps: int) -> list:
+        """``pool_size`` random float32 numpy inputs for one shape (cached); frames ~N(0,1), features U(0.01, 2)."""
+        import numpy as np
+
+        key = ("host", workload, batch, time_steps)
+        if key not in self._cache:
+            rng = np.random.default_rng(zlib.crc32(repr(key).encode()))  # same inputs in every run
+            h, w = self.config.frame_size
+            pool = []
+            for _ in range(self.pool_size):
+                if workload == "bilstm":
+                    x = rng.uniform(0.01, 2.0, (batch, time_steps, self.config.feature_dim))
+                elif workload == "stream":
+                    x = rng.standard_normal((batch, 3, h, w))
+                else:
+                    x = rng.standard_normal((batch, time_steps, 3, h, w))
+                pool.append(np.ascontiguousarray(x, dtype=np.float32))
+            self._cache[key] = pool
+        return self._cache[key]
+
+    def torch_pool(self, workload: str, batch: int, time_steps: int) -> list:
+        """The host pool as torch tensors on the benchmark device (cached; shares memory on CPU)."""
+        import torch
+
+        key = ("torch", workload, batch, time_steps)
+        if key not in self._cache:
+            self._cache[key] = [torch.from_numpy(x).to(self.device) for x in self.host_pool(workload, batch, time_steps)]
+        return self._cache[key]
+
+    def stream_sequence(self, batch: int) -> list:
+        """The ``window`` frames pushed before the streaming check: the pool cycled."""
+        pool = self.host_pool("stream", batch, 1)
+        return [pool[i % len(pool)] for i in range(self.window)]
+
+    # -- the reference ------------------------------------------------------------------------------------------
+    def reference(self, workload: str, batch: int, time_steps: int) -> dict:
+        """Eager fp32 outputs (TF32 off) on the first pool input, float64 numpy; for ``stream``, the model on the window.
+
+        For ``stream`` the reference is {"frame_logits": the newest frame's (B, C), "clip_logits": the window's}.
+        """
+        import numpy as np
+        import torch
+
+        key = ("ref", workload, batch, time_steps)
+        if key in self._cache:
+            return self._cache[key]
+        # Small shapes: exact fp32 on the CPU (no TF32, no Winograd/FFT picked by cudnn.benchmark). Large shapes on
+        # a GPU: the benchmark device with TF32 and autotuning off (the CPU would take minutes).
+        frames = batch * (self.window if workload == "stream" else time_steps)
+        on_cpu = not self.is_cuda or frames <= 64 or (workload == "bilstm" and frames <= 1024)
+        if on_cpu and "model-cpu" not in self._cache:
+            from runtime.checkpoint import load_checkpoint
+
+            self._cache["model-cpu"] = self.model if not self.is_cuda else load_checkpoint(self.checkpoint).model
+        model, device = (self._cache["model-cpu"], "cpu") if on_cpu else (self.model, self.device)
+        flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        try:
+            with torch.inference_mode():
+                if workload == "stream":
+                    clip = np.stack(self.stream_sequence(batch), axis=1)  # (B, W, 3, H, W)
+                    frame_logits, clip_logits = model(torch.from_numpy(clip).to(device))
+                    out = {"frame_logits": frame_logits[:, -1], "clip_logits": clip_logits}
+                else:
+                    x = torch.from_numpy(self.host_pool(workload, batch, time_steps)[0]).to(device)
+                    out = _tuple_to_dict(workload, self._eager_call(model, workload, x))
+        finally:
+            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.benchmark) = flags
+        self._cache[key] = {k: to_numpy(v).astype(np.float64) for k, v in out.items()}
+        return self._cache[key]
+
+    @staticmethod
+    def _eager_call(model, workload: str, x):
+        if workload == "model":
+            return model(x)
+        if workload == "cnn":
+            return model.extract_features(x)
+        return model.classify(x)
+
+    # -- contenders ---------------------------------------------------------------------------------------------
+    def prepare(self, contender: str, workload: str, batch: int, time_steps: int) -> Prepared:
+        """Build a contender for one shape.
+
+        Raises:
+            Unavailable: the contender cannot run here (the message says why).
+            ValueError: unknown contender or workload.
+        """
+        if workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {workload!r}; valid: {', '.join(WORKLOADS)}")
+        builders = {
+            "eager-fp32": self._eager, "eager-fp16": self._eager, "torch-compile": self._compiled,
+            "runtime-fast": self._runtime_torch, "ort-fp32": self._ort, "ort-fp16": self._ort, "trt": self._trt,
+        }
+        if contender not in builders:
+            raise ValueError(f"unknown contender {contender!r}; valid: {', '.join(CONTENDERS)}")
+        return builders[contender](contender, workload, batch, time_steps)
+
+    def _torch_precision(self, half: bool) -> str:
+        import torch
+
+        if half:
+            return "fp16"
+        return "tf32" if self.is_cuda and torch.backends.cudnn.allow_tf32 else "fp32"
+
+    def _eager(self, contender, workload, batch, time_steps) -> Prepared:
+        import copy
+
+        import torch
+
+        half = contender == "eager-fp16"
+        if half and not self.is_cuda:
+            raise Unavailable("eager fp16 needs CUDA (fp16 convolutions on CPU are not a deployment path)")
+        if half:
+            if "model16" not in self._cache:
+                self._cache["model16"] = copy.deepcopy(self.model).half().to(memory_format=torch.channels_last)
+            model = self._cache["model16"]
+        else:
+            model = self.model
+
+        if workload == "stream":
+            step = _EagerStream(model, self.window, batch, self.config.feature_dim, self.device, half)
+            fn = step.push
+            pool = self.torch_pool("stream", batch, 1)
+            seq = [torch.from_numpy(f).to(self.device) for f in self.stream_sequence(batch)]
+
+            def probe():
+                step.reset()
+                out = None
+                for f in seq:
+                    out = step.push(f)
+                return out
+        else:
+            def fn(x):
+                with torch.inference_mode():
+                    if half:
+                        x = x.half()  # same interface as every contender: float32 in, float32 out
+                    out = self._eager_call(model, workload, x)
+                    return {k: v.float() for k, v in _tuple_to_dict(workload, out).items()}
+
+            pool = self.torch_pool(workload, batch, time_steps)
+
+            def probe():
+                return fn(pool[0])
+        return Prepared(fn=fn, inputs=pool, timer="cuda-events" if self.is_cuda else "perf-counter",
+                        precision=self._torch_precision(half), probe=probe,
+                        info={"note": "channels_last fp16 copy of the model" if half else "the baseline"})
+
+    def _compiled(self, contender, workload, batch, time_steps) -> Prepared:
+        import torch
+
+        if workload != "model":
+            raise Unavailable("torch.compile is benchmarked on the whole model only (it compiles per shape)")
+        key = ("compiled", batch, time_steps)
+        if key not in self._cache:
+            self._cache[key] = torch.compile(self.model, mode=self.compile_mode, dynamic=False)
+        compiled = self._cache[key]
+
+        def fn(x):
+            with torch.inference_mode():
+                return _tuple_to_dict("model", compiled(x))
+
+        pool = self.torch_pool(workload, batch, time_steps)
+        return Prepared(fn=fn, inputs=pool, timer="cuda-events" if self.is_cuda else "perf-counter",
+                        precision=self._torch_precision(False), probe=lambda: fn(pool[0]),
+                        info={"note": f"torch.compile mode={self.compile_mode}, fp32 weights"})
+
+    def _runtime_torch(self, contender, workload, batch, time_steps) -> Prepared:
+        import runtime
+
+        if not self.is_cuda:
+            raise Unavailable("the runtime's PyTorch fast path (fp16 CNN, CUDA graphs) needs CUDA")
+        if workload == "stream":
+            return self._runtime_stream(contender, batch, loader=lambda stage: runtime.load(
+                self.checkpoint, device=self.device, stage=stage, fast=True), precision="fp16-cnn")
+        key = ("runtime-fast", workload)
+        if key not in self._cache:
+            runner = runtime.load(self.checkpoint, device=self.device, stage=_stage(workload), fast=True)
+            runner.activate()
+            self._cache[key] = runner
+        runner = self._cache[key]
+        pool = self.torch_pool(workload, batch, time_steps)
+        return Prepared(fn=runner.infer, inputs=pool, timer="cuda-events", precision="fp16-cnn",
+                        probe=lambda: runner.infer(pool[0]),
+                        info={"backend": getattr(runner, "backend_name", "?"), "note": "runtime.load(.pt, fast=True)"})
+
+    def onnx_dir(self, precision: str) -> Path:
+        """Folder with model/cnn/bilstm ONNX graphs of the checkpoint at a precision (exported once, cached)."""
+        if precision not in self._onnx_dirs:
+            try:
+                from export.to_onnx import export_onnx
+            except ImportError as e:
+                raise Unavailable(f"export.to_onnx is not importable ({e}); cannot build ONNX graphs") from e
+            out = self.workdir / f"onnx-{precision}"
+            t0 = time.perf_counter()
+            try:
+                result = export_onnx(self.checkpoint, out, precision=precision, force=True)
+            except ImportError as e:  # onnx / onnxscript missing on a bare machine
+                raise Unavailable(f"ONNX export needs a module that is not installed: {e}") from e
+            logger.info("exported %s ONNX graphs in %.1f s", precision, time.perf_counter() - t0)
+            self._onnx_dirs[precision] = Path(result.paths["model"]).parent
+        return self._onnx_dirs[precision]
+
+    def ort_providers(self) -> list[str]:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise Unavailable("onnxruntime is not installed") from e
+        available = ort.get_available_providers()
+        if self.is_cuda:
+            gpu = [p for p in ("CUDAExecutionProvider",) if p in available]
+            return gpu + ["CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def _ort_runner(self, precision: str, graph: str):
+        import runtime
+
+        key = ("ort", precision, graph)
+        if key not in self._cache:
+            path = self.onnx_dir(precision) / f"{graph}.onnx"
+            runner = runtime.load(path, providers=self.ort_providers(), intra_op_threads=self.ort_threads)
+            runner.activate()
+            self._cache[key] = runner
+        return self._cache[key]
+
+    def _ort(self, contender, workload, batch, time_steps) -> Prepared:
+        precision = "fp16" if contender == "ort-fp16" else "fp32"
+        providers = self.ort_providers()
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        if precision == "fp16" and not on_gpu:
+            raise Unavailable("fp16 ONNX graphs need a GPU execution provider; only CPUExecutionProvider is here")
+        if self.is_cuda and not on_gpu and (batch > 1 or time_steps > 16):
+            raise Unavailable("ONNX Runtime has only the CPU provider on this GPU machine; it is timed at B=1, "
+                              "T<=16 only, as a reference point, to keep the GPU run short")
+        info = {"intra_op_threads": self.ort_threads}
+        if workload == "stream":
+            import runtime
+
+            return self._runtime_stream(contender, batch, loader=lambda stage: runtime.load(
+                self.onnx_dir(precision) / f"{stage}.onnx", providers=providers,
+                intra_op_threads=self.ort_threads), precision=precision, numpy_inputs=not on_gpu, info=info)
+        runner = self._ort_runner(precision, _stage(workload))
+        info["provider"] = getattr(runner, "provider", providers[0])
+        pool = self.host_pool(workload, batch, time_steps)
+        return Prepared(fn=runner.infer, inputs=pool, timer="perf-counter", precision=precision,
+                        probe=lambda: runner.infer(pool[0]), sync=self._sync(), info=info)
+
+    def _trt(self, contender, workload, batch, time_steps) -> Prepared:
+        import runtime
+
+        if not self.is_cuda:
+            raise Unavailable("TensorRT engines need an NVIDIA GPU; this run is on CPU")
+        flavour = tensorrt_version()
+        if flavour == "not installed":
+            raise Unavailable("TensorRT is not installed (neither tensorrt nor tensorrt_rtx imports)")
+        if flavour.startswith("tensorrt_rtx"):
+            import torch
+
+            cc = torch.cuda.get_device_capability(torch.device(self.device))
+            if cc[0] == 9 or cc < (8, 6):
+                raise Unavailable(f"TensorRT for RTX does not run on compute capability {cc[0]}.{cc[1]} "
+                                  f"({device_name(self.device)}); full TensorRT is not installed")
+        try:
+            from export.to_trt import build_engine
+        except ImportError as e:
+            raise Unavailable(f"export.to_trt.build_engine is not importable ({e})") from e
+        graph = "cnn" if workload == "stream" else _stage(workload)
+        key = ("trt", graph)
+        if key not in self._cache:
+            engine = self.workdir / "trt" / f"{graph}.engine"
+            if not engine.exists():
+                build_engine(self.onnx_dir("fp32") / f"{graph}.onnx", engine)
+            runner = runtime.load(engine)
+            runner.activate()
+            self._cache[key] = runner
+        if workload == "stream":
+            raise Unavailable("streaming over TensorRT engines is not benchmarked yet")
+        runner = self._cache[key]
+        pool = self.torch_pool(workload, batch, time_steps)
+        return Prepared(fn=runner.infer, inputs=pool, timer="perf-counter", precision="fp16", sync=self._sync(),
+                        probe=lambda: runner.infer(pool[0]), info={"note": flavour})
+
+    def _runtime_stream(self, contender, batch, *, loader, precision, numpy_inputs=False, info=None) -> Prepared:
+        """``runtime.StreamingClassifier`` over the cnn + bilstm runners from ``loader(stage)``."""
+        import runtime
+
+        if batch != 1:
+            raise Unavailable("runtime.StreamingClassifier is one stream (B=1); batched streams are not benchmarked")
+        key = ("stream", contender)
+        if key not in self._cache:
+            self._cache[key] = streamer = _make_streamer(runtime, loader, self.window)
+            # runners we hand over as a pair stay ours to deactivate (close() walks the cache)
+            self._cache[key + ("cnn",)], self._cache[key + ("bilstm",)] = streamer.cnn, streamer.bilstm
+        streamer = self._cache[key]
+        host = self.host_pool("stream", batch, 1)
+        if numpy_inputs:
+            pool = [x[0] for x in host]
+            seq = [x[0] for x in self.stream_sequence(batch)]
+        else:
+            pool = [t[0] for t in self.torch_pool("stream", batch, 1)]
+            import torch
+
+            seq = [torch.from_numpy(x[0]).to(self.device) for x in self.stream_sequence(batch)]
+
+        def push(frame):
+            return _stream_output(streamer.push(frame))
+
+        def probe():
+            _reset_streamer(streamer)
+            out = None
+            for f in seq:
+                out = push(f)
+            return {k: _batch1(v) for k, v in out.items()}
+
+        return Prepared(fn=push, inputs=pool, timer="perf-counter", precision=precision, probe=probe,
+                        sync=self._sync(), info=dict(info or {}, note=f"StreamingClassifier(window={self.window})"))
+
+    def _sync(self) -> Optional[Callable[[], None]]:
+        if not self.is_cuda:
+            return None
+        import torch
+
+        return torch.cuda.synchronize
+
+    def close(self) -> None:
+        """Deactivate every runner this context activated."""
+        for value in self._cache.values():
+            for attr in ("deactivate", "close"):
+                method = getattr(value, attr, None)
+                if callable(method):
+                    try:
+                        method()
+                    except Exception as e:  # a failing teardown must not hide the results
+                        logger.warning("closing %r failed: %s", value, e)
+                    break
+
+
+def _batch1(value):
+    """Give a streaming output of one stream a batch axis, (C,) -> (1, C), to compare with the eager reference."""
+    shape = tuple(value.shape)
+    return value.reshape(1, *shape) if len(shape) == 1 else value
+
+
+def _make_streamer(runtime, loader, window: int):
+    """Build a StreamingClassifier from the cnn and bilstm runners (or let it load them itself)."""
+    try:
+        cls = runtime.StreamingClassifier
+    except (AttributeError, ImportError) as e:
+        raise Unavailable(f"runtime.StreamingClassifier is not available ({e})") from e
+    cnn, bilstm = loader("cnn"), loader("bilstm")
+    try:
+        return cls((cnn, bilstm), window=window)
+    except TypeError:
+        return cls(cnn, window=window)
+
+
+def _reset_streamer(streamer) -> None:
+    reset = getattr(streamer, "reset", None)
+    if callable(reset):
+        reset()
+
+
+class _EagerStream:
+    """The eager baseline of one streaming step: CNN on the new frame, ring buffer of features, BiLSTM on the window."""
+
+    def __init__(self, model, window: int, batch: int, feature_dim: int, device: str, half: bool) -> None:
+        import torch
+
+        self.model, self.window, self.half = model, window, half
+        self.buffer = torch.zeros(batch, window, feature_dim, device=device,
+                                  dtype=torch.float16 if half else torch.float32)
+        self.count = 0
+
+    def reset(self) -> None:
+        self.buffer.zero_()
+        self.count = 0
+
+    def push(self, frame) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            x = frame.half() if self.half else frame
+            feature = self.model.extract_features(x.unsqueeze(1))  # (B, 1, F)
+            self.buffer = torch.cat([self.buffer[:, 1:], feature], dim=1)
+            self.count += 1
+            filled = min(self.count, self.window)
+            frame_logits, clip_logits = self.model.classify(self.buffer[:, self.window - filled:])
+            return {"frame_logits": frame_logits[:, -1].float(), "clip_logits": clip_logits.float()}
+
+
+def cycle(pool: Sequence[Any]):
+    """Endless iterator over an input pool, starting after the first element (used by the correctness probe)."""
+    it = itertools.cycle(pool)
+    next(it)
+    return it

@@ -1,0 +1,124 @@
+"""A quick latency look at B=1, T=16 for ``make demo``: a few rounds per available contender, not a benchmark.
+
+    python -m benchmarks.quick CHECKPOINT [--onnx-dir DIR] [--rounds N] [--device cpu|cuda]
+
+Each contender's output is checked against eager fp32 first (the relative error is printed). For numbers to quote,
+run the suite: ``pytest benchmarks --benchmark-json=runs/bench.json`` then ``python -m benchmarks.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from benchmarks._common import (
+    BASELINE,
+    CONTENDERS,
+    TOLERANCES,
+    BenchContext,
+    LatencyRecorder,
+    Unavailable,
+    cycle,
+    environment,
+    percentiles,
+    rel_error,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None, rounds: int = 5,
+               device: Optional[str] = None, batch: int = 1, time_steps: int = 16) -> tuple[list[dict], list[tuple]]:
+    """Time every available contender on the whole model for a few rounds.
+
+    Args:
+        checkpoint (str | Path): the ``.pt`` checkpoint.
+        onnx_dir (str | Path, optional): folder with the fp32 ``model.onnx`` (and friends) of that checkpoint; without
+            it the ONNX Runtime contender is skipped (exporting here would dwarf the look). Defaults to None.
+        rounds (int): timed rounds per contender (after one warm-up call). Defaults to 5.
+        device (str, optional): "cpu" or "cuda[:i]"; None picks CUDA when available. Defaults to None.
+        batch (int): B. Defaults to 1.
+        time_steps (int): T. Defaults to 16.
+
+    Returns:
+        tuple: (rows: dicts with contender, precision, p50/p90 ms, speedup, rel_error; skipped: (contender, reason)).
+
+    Raises:
+        ValueError: rounds < 1.
+    """
+    import torch
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows, skipped = [], []
+    with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
+        ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None)
+        try:
+            reference = ctx.reference("model", batch, time_steps)
+            for contender in CONTENDERS:
+                if contender == "torch-compile":
+                    continue  # minutes of compilation: the suite's --bench-compile
+                if contender.startswith("ort") and onnx_dir is None:
+                    skipped.append((contender, "no --onnx-dir given"))
+                    continue
+                try:
+                    prepared = ctx.prepare(contender, "model", batch, time_steps)
+                except Unavailable as e:
+                    skipped.append((contender, str(e)))
+                    continue
+                error = rel_error(prepared.probe(), reference)
+                recorder = LatencyRecorder(prepared.timer, prepared.sync)
+                inputs = cycle(prepared.inputs)
+                recorder(prepared.fn, next(inputs))  # warm-up
+                recorder.reset()
+                for _ in range(rounds):
+                    recorder(prepared.fn, next(inputs))
+                stats = percentiles(recorder.samples_ms())
+                rows.append({"contender": contender, "precision": prepared.precision, **stats, "rel_error": error,
+                             "ok": error <= TOLERANCES[prepared.precision]})
+        finally:
+            ctx.close()
+    base = next((r["p50_ms"] for r in rows if r["contender"] == BASELINE), None)
+    for r in rows:
+        r["speedup"] = None if base is None else base / r["p50_ms"]
+    return rows, skipped
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Quick latency look at B=1, T=16 (not a benchmark)",
+                                     add_help=add_help)
+    parser.add_argument("checkpoint", help=".pt checkpoint")
+    parser.add_argument("--onnx-dir", default=None, help="folder with the fp32 model.onnx of the checkpoint")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contender (default 5)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rows, skipped = quick_look(args.checkpoint, onnx_dir=args.onnx_dir, rounds=args.rounds, device=args.device)
+    except ValueError as e:  # CheckpointError, RuntimeInputError and bad arguments are all ValueErrors
+        print(f"error: {e}")
+        return 2
+    env = environment(args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu"))
+    print(f"QUICK LOOK, not a benchmark: whole model at B=1, T=16, {args.rounds} rounds after 1 warm-up, on "
+          f"{env['device_name']}.")
+    print("Full suite: `make bench` (pytest benchmarks --benchmark-json=... then python -m benchmarks.report).")
+    print(f"{'contender':<14}{'precision':<10}{'median ms':>10}{'p90 ms':>9}{'vs eager':>10}{'rel.err':>10}  check")
+    for r in rows:
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        print(f"{r['contender']:<14}{r['precision']:<10}{r['p50_ms']:>10.2f}{r['p90_ms']:>9.2f}{sp:>10}"
+              f"{r['rel_error']:>10.1e}  {'ok' if r['ok'] else 'MISMATCH'}")
+    for contender, reason in skipped:
+        print(f"  skipped {contender}: {reason}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

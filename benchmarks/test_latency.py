@@ -1,0 +1,128 @@
+"""Latency of every available contender per (workload, B, T), side by side against eager PyTorch fp32.
+
+Each test: build the contender (skip with the reason when it cannot run here), check its outputs against eager fp32
+within the tolerance of its precision (this runs in CI smoke mode too, with ``--benchmark-disable``), then time it
+with ``benchmark.pedantic``: warm-up rounds, rotating random inputs fed by the untimed ``setup``, and a
+:class:`~benchmarks._common.LatencyRecorder` inside the timed call for device-accurate p50/p90/p99.
+
+Run: ``pytest benchmarks --benchmark-json=out.json`` (options in ``benchmarks/conftest.py``), then
+``python -m benchmarks.report out.json --out DIR``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks._common import (
+    TOLERANCES,
+    LatencyRecorder,
+    Unavailable,
+    cycle,
+    environment,
+    percentiles,
+    rel_error,
+    workload_flops,
+)
+from benchmarks.conftest import bench_grid
+
+# Rounds are derived from the time budget, within these bounds.
+MIN_ROUNDS = {"cuda": 10, "cpu": 3}
+MAX_ROUNDS = {"cuda": 300, "cpu": 50}
+WARMUP_ROUNDS = {"cuda": 10, "cpu": 1}
+
+
+def pytest_generate_tests(metafunc):
+    if "contender" not in metafunc.fixturenames:
+        return
+    batches, times, workloads, contenders = bench_grid(metafunc.config)
+    cases, ids = [], []
+    for workload in workloads:
+        # A streaming step has no T of its own: one new frame, the BiLSTM over the window.
+        for t in ([0] if workload == "stream" else times):
+            for b in batches:
+                for c in contenders:
+                    cases.append((workload, b, t, c))
+                    shape = f"B{b}-W16" if workload == "stream" else f"B{b}-T{t}"
+                    ids.append(f"{workload}-{shape}-{c}")
+    metafunc.parametrize(("workload", "batch", "time_steps", "contender"), cases, ids=ids)
+
+
+def test_latency(benchmark, bench, workload, batch, time_steps, contender):
+    if workload == "stream":
+        time_steps = bench.window
+    shape = f"B{batch}-W{bench.window}" if workload == "stream" else f"B{batch}-T{time_steps}"
+    benchmark.group = f"{workload}-{shape}"
+    kind = "cuda" if bench.is_cuda else "cpu"
+
+    try:
+        prepared = bench.prepare(contender, workload, batch, time_steps)
+    except Unavailable as e:
+        pytest.skip(f"{contender}: {e}")
+
+    # Correctness first: a fast wrong answer is not a result.
+    reference = bench.reference(workload, batch, time_steps)
+    error = rel_error(prepared.probe(), reference)
+    tolerance = TOLERANCES[prepared.precision]
+    assert error <= tolerance, (
+        f"{contender} {workload} B={batch} T={time_steps}: norm-relative error {error:.3g} against eager fp32 "
+        f"exceeds the {prepared.precision} tolerance {tolerance:g}"
+    )
+
+    recorder = LatencyRecorder(prepared.timer, prepared.sync)
+    inputs = cycle(prepared.inputs)
+    if bench.is_cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        mem_before = torch.cuda.memory_allocated()
+    warmup, rounds = WARMUP_ROUNDS[kind], 1
+    if not benchmark.disabled:  # --benchmark-disable (CI smoke) runs the target once: no rounds to size
+        recorder(prepared.fn, next(inputs))  # calibration call: sizes the rounds to the budget
+        calibration_ms = recorder.samples_ms()[-1]
+        recorder.reset()
+        rounds = bench.fixed_rounds or int(min(MAX_ROUNDS[kind], max(MIN_ROUNDS[kind],
+                                                                   bench.budget_s * 1e3 / max(calibration_ms, 1e-3))))
+
+    benchmark.pedantic(lambda x: recorder(prepared.fn, x), setup=lambda: ((next(inputs),), {}), rounds=rounds,
+                       warmup_rounds=warmup, iterations=1)
+
+    samples = recorder.samples_ms()
+    if len(samples) > warmup:  # --benchmark-disable runs the target once, without warm-up
+        samples = samples[warmup:]
+    stats = percentiles(samples)
+    flops = workload_flops(bench.config, workload, batch, time_steps, bench.window)
+    frames = batch if workload == "stream" else batch * time_steps
+    env = environment(bench.device)
+    info = {
+        "contender": contender,
+        "workload": workload,
+        "batch": batch,
+        "time": time_steps,
+        "window": bench.window if workload == "stream" else None,
+        "precision": prepared.precision,
+        "tolerance": tolerance,
+        "rel_error": error,
+        "timer": prepared.timer,
+        "rounds": rounds,
+        "warmup_rounds": warmup,
+        "benchmark_disabled": bool(benchmark.disabled),
+        **stats,
+        "clips_per_s": batch / (stats["p50_ms"] / 1e3),
+        "frames_per_s": frames / (stats["p50_ms"] / 1e3),
+        "flops": flops,
+        "gflop": flops / 1e9,
+        "model_config": bench.config.to_dict(),
+        "device_name": env["device_name"],
+        "versions": {k: env[k] for k in ("torch", "cuda", "cudnn", "onnxruntime", "tensorrt", "python", "package")},
+        "env": env,
+        **prepared.info,
+    }
+    if bench.is_cuda:
+        import torch
+
+        info["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        info["peak_gpu_mem_delta_mb"] = (torch.cuda.max_memory_allocated() - mem_before) / 2**20
+    else:
+        info["peak_gpu_mem_mb"] = None
+    benchmark.extra_info.update(info)

@@ -1,0 +1,579 @@
+"""Build a TensorRT engine from one of the exported ONNX graphs (full TensorRT 10.x/11.x or TensorRT for RTX).
+
+* The flavour is auto-detected (``--backend auto``: full TensorRT first, then TensorRT-RTX) through the one seam
+  :mod:`runtime.trt_compat`; everything else is shared.
+* Strongly typed networks only: FP16 comes from the graph's casts (``--precision fp16`` at export). The removed
+  weak-typing flags are never used. After the build the network (and, where the engine can be deserialized on this
+  machine, the engine inspector) is checked: a graph that asked for float16 must yield HALF layers, else the build
+  fails loudly instead of leaving a silent FP32 engine.
+* Optimisation profiles are given in terms of ``batch`` and ``time`` and mapped onto each graph's real inputs
+  (``frames``/``features``/``lengths``); fixed axes come from the graph.
+* Engine cache: a key over the ONNX bytes, profiles, precision, flavour and version, target and builder options is
+  stored in the report; an unchanged request reuses the engine ("cache hit").
+* The engine is written atomically next to ``ENGINE + ".json"`` (see docs/ARCHITECTURE.md).
+
+CLI::
+
+    python -m export.to_trt runs/demo/onnx/fp16/model.onnx --out runs/demo/engines/model.engine \\
+        --profile batch=1:1:8,time=1:16:128 --profile batch=8:64:64,time=1:16:32 --compute-capability 8.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from export.spec import BATCH_AXIS, SPEC, TIME_AXIS
+from runtime._io import atomic_write_bytes, atomic_write_json, sha256_file
+from runtime._version import __version__
+
+logger = logging.getLogger(__name__)
+
+PROFILE_AXES = (BATCH_AXIS, TIME_AXIS)
+CACHE_SCHEMA = 1
+
+
+class EngineBuildError(ValueError):
+    """The engine cannot be built as asked (bad option, parser failure, build failure, lost FP16)."""
+
+
+class ProfileError(EngineBuildError):
+    """A ``--profile`` string is malformed, inconsistent (not min <= opt <= max) or names unknown inputs/axes."""
+
+
+class OnnxParseError(EngineBuildError):
+    """TensorRT's ONNX parser rejected the graph; the message names the ONNX node index, name and op."""
+
+
+class PrecisionCheckError(EngineBuildError):
+    """The built network is not in the precision the graph asked for (e.g. no HALF layer in an fp16 graph)."""
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build_engine` produced.
+
+    Attributes:
+        engine_path (Path): the serialized engine.
+        report_path (Path): ``engine_path + ".json"``.
+        report (dict): the engine report (also in ``report_path``).
+        cache_hit (bool): True when an existing engine with the same cache key was reused (no build).
+    """
+
+    engine_path: Path
+    report_path: Path
+    report: dict = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+# --- profiles ------------------------------------------------------------------------------------------------------
+
+
+def parse_profile(text: str) -> dict:
+    """``"batch=1:1:8,time=1:16:128"`` -> ``{"batch": (1, 1, 8), "time": (1, 16, 128)}``.
+
+    Raises:
+        ProfileError: malformed text, non-positive numbers, min <= opt <= max violated, unknown or repeated axis.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ProfileError(f"empty profile; expected e.g. {SPEC.default_profiles[0]!r}")
+    out = {}
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*=\s*(\d+)\s*:\s*(\d+)\s*:\s*(\d+)\s*", part)
+        if not m:
+            raise ProfileError(
+                f"bad profile entry {part.strip()!r} in {text!r}; expected AXIS=MIN:OPT:MAX entries separated by "
+                f"commas, e.g. {SPEC.default_profiles[0]!r} (axes: {', '.join(PROFILE_AXES)})"
+            )
+        name, lo, opt, hi = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+        if name not in PROFILE_AXES:
+            raise ProfileError(
+                f"unknown profile axis {name!r} in {text!r}; valid axes: {', '.join(PROFILE_AXES)} (they are mapped "
+                "onto the graph inputs: frames/features (batch, time, ...), lengths (batch,))"
+            )
+        if name in out:
+            raise ProfileError(f"axis {name!r} given twice in profile {text!r}")
+        if lo < 1:
+            raise ProfileError(f"{name} min must be >= 1, got {lo} in {text!r}")
+        if not lo <= opt <= hi:
+            raise ProfileError(f"{name}={lo}:{opt}:{hi} in {text!r} violates min <= opt <= max")
+        out[name] = (lo, opt, hi)
+    return out
+
+
+def onnx_inputs(model_proto) -> dict:
+    """Graph inputs as ``{name: [dim, ...]}`` where a dim is an int (fixed) or a str (symbolic name)."""
+    inits = {i.name for i in model_proto.graph.initializer}
+    out = {}
+    for vi in model_proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = []
+        for d in vi.type.tensor_type.shape.dim:
+            dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))
+        out[vi.name] = dims
+    return out
+
+
+def _describe_inputs(inputs: dict) -> str:
+    return "; ".join(f"{n} ({', '.join(str(d) for d in dims)})" for n, dims in inputs.items())
+
+
+def resolve_profile(profile: dict, inputs: dict) -> dict:
+    """Map a ``{"batch": (min, opt, max), "time": ...}`` profile onto the graph's inputs.
+
+    Entries may also be given per input name (``{"frames": [(min shape), (opt), (max)]}``) for graphs that do not
+    use the ``batch``/``time`` axis names.
+
+    Returns:
+        dict: ``{input_name: [min_shape, opt_shape, max_shape]}`` (lists of ints).
+
+    Raises:
+        ProfileError: an axis the graph needs is missing, an axis or input name the graph does not have (the message
+            lists the real input names and their axes), or a symbolic dim that is neither batch nor time.
+    """
+    axes_in_graph = {d for dims in inputs.values() for d in dims if isinstance(d, str)}
+    unknown = [k for k in profile if k not in PROFILE_AXES and k not in inputs]
+    if unknown:
+        raise ProfileError(
+            f"profile names {unknown} that this graph does not have; its inputs are {_describe_inputs(inputs)} "
+            f"and the profile axes are {', '.join(sorted(axes_in_graph & set(PROFILE_AXES)))}"
+        )
+    unused = [k for k in profile if k in PROFILE_AXES and k not in axes_in_graph]
+    if unused:
+        raise ProfileError(
+            f"profile sets axis {unused} but no input of this graph has it; inputs: {_describe_inputs(inputs)}"
+        )
+    resolved = {}
+    for name, dims in inputs.items():
+        if name in profile:  # explicit per-input shapes
+            shapes = [list(map(int, s)) for s in profile[name]]
+            if len(shapes) != 3 or any(len(s) != len(dims) for s in shapes):
+                raise ProfileError(f"input {name!r} needs three shapes of rank {len(dims)} (min, opt, max)")
+            resolved[name] = shapes
+            continue
+        shapes = [[], [], []]
+        for d in dims:
+            if isinstance(d, int):
+                for s in shapes:
+                    s.append(d)
+            elif d in profile:
+                for s, v in zip(shapes, profile[d], strict=True):
+                    s.append(int(v))
+            else:
+                raise ProfileError(
+                    f"input {name!r} has dynamic axis {d!r} that the profile does not set; give {d}=MIN:OPT:MAX "
+                    f"(inputs: {_describe_inputs(inputs)})"
+                )
+        resolved[name] = shapes
+    for name, (lo, opt, hi) in resolved.items():
+        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise ProfileError(f"input {name!r}: shapes {lo} / {opt} / {hi} violate min <= opt <= max")
+    return resolved
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _onnx_node_description(model_proto, index: int) -> str:
+    nodes = model_proto.graph.node
+    if 0 <= index < len(nodes):
+        n = nodes[index]
+        return f"ONNX node #{index} name={n.name!r} op={n.op_type!r} inputs={list(n.input)}"
+    return f"ONNX node #{index} (no such node; the graph has {len(nodes)})"
+
+
+def _parser_errors(parser, model_proto) -> list:
+    out = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = int(err.node()) if hasattr(err, "node") else -1
+        desc = err.desc() if hasattr(err, "desc") else str(err)
+        where = _onnx_node_description(model_proto, node) if node >= 0 else "no ONNX node (graph-level error)"
+        out.append(f"{where}: {desc} (code {err.code()})" if hasattr(err, "code") else f"{where}: {desc}")
+    return out
+
+
+def graph_half_usage(model_proto) -> dict:
+    """Where the ONNX graph itself asks for float16: ``{"any": bool, "lstm": bool}``.
+
+    This, not the export precision label, is what the built network must honour: ``bilstm.onnx`` of an ``fp16``
+    export is all float32 (only the CNN is fp16), while ``fp16-all`` runs the LSTM nodes on float16 weights.
+    """
+    import onnx
+
+    half = onnx.TensorProto.FLOAT16
+    half_inits = {i.name for i in model_proto.graph.initializer if i.data_type == half}
+    casts = any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
+                for n in model_proto.graph.node)
+    lstm = any(n.op_type == "LSTM" and len(n.input) > 1 and n.input[1] in half_inits for n in model_proto.graph.node)
+    return {"any": bool(casts or half_inits), "lstm": lstm}
+
+
+def _target(tm, compute_capability: Optional[str]) -> dict:
+    """What the engine is built for: a compute capability (TensorRT-RTX) or the local GPU (full TensorRT)."""
+    if tm.is_rtx:
+        return {"kind": "compute_capability", "compute_capability": compute_capability or "default"}
+    gpu = {"kind": "gpu", "name": "unknown", "compute_capability": "unknown"}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu["name"] = torch.cuda.get_device_name(0)
+            gpu["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
+    except Exception:  # torch missing or a broken driver: the key then just says "unknown"
+        pass
+    return gpu
+
+
+def _cache_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def inspect_network(tm, network) -> dict:
+    """Describe a parsed network: I/O tensors (shape with -1 for dynamic axes), layers with type and output dtypes."""
+    from runtime.trt_compat import dtype_name
+
+    def tensor(t, mode):
+        return {"name": t.name, "mode": mode, "dtype": dtype_name(t.dtype), "shape": [int(d) for d in t.shape]}
+
+    io = [tensor(network.get_input(i), "INPUT") for i in range(network.num_inputs)]
+    io += [tensor(network.get_output(i), "OUTPUT") for i in range(network.num_outputs)]
+    layers = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        layers.append({
+            "name": layer.name,
+            "type": layer.type.name,
+            "output_dtypes": [dtype_name(o.dtype) for o in outs if o is not None],
+        })
+    return {"io_tensors": io, "layers": layers}
+
+
+def summarize_layers(layers: list, dtype_key: str = "output_dtypes") -> dict:
+    """``{layer type: {dtype: count}}`` over layers (network inspection form)."""
+    out: dict = {}
+    for layer in layers:
+        for dt in layer.get(dtype_key) or ["NONE"]:
+            d = out.setdefault(layer["type"] or "UNKNOWN", {})
+            d[dt] = d.get(dt, 0) + 1
+    return out
+
+
+def check_precision(network_info: dict, half_usage: dict, precision: str = "") -> dict:
+    """Check the network's layer dtypes match what the graph asked for (:func:`graph_half_usage`).
+
+    Graph with float16: some layers and every convolution output HALF. float16 LSTM (``fp16-all``): the loop layers
+    carry HALF too. Graph without float16: no HALF at all. Returns a summary dict; raises
+    :class:`PrecisionCheckError` when the check fails.
+    """
+    from runtime.trt_compat import LOOP_LAYER_TYPES
+
+    layers = network_info["layers"]
+    conv = [dt for layer in layers if layer["type"] == "CONVOLUTION" for dt in layer["output_dtypes"]]
+    loop_float = [dt for layer in layers if layer["type"] in LOOP_LAYER_TYPES for dt in layer["output_dtypes"]
+                  if dt in ("HALF", "FLOAT")]
+    half_layers = sum(1 for layer in layers if "HALF" in layer["output_dtypes"])
+    summary = {"precision": precision, "graph_asks_half": half_usage["any"], "lstm_half": half_usage["lstm"],
+               "half_layers": half_layers, "convolution_dtypes": sorted(set(conv)),
+               "loop_float_dtypes": sorted(set(loop_float))}
+    if half_usage["any"]:
+        if half_layers == 0:
+            raise PrecisionCheckError(
+                f"the graph asked for {precision} but the strongly typed network has no HALF layer: the engine would "
+                "silently run in FP32. Re-export with `python -m export.to_onnx --precision fp16`."
+            )
+        if conv and set(conv) != {"HALF"}:
+            raise PrecisionCheckError(f"{precision} graph, but convolutions output {sorted(set(conv))}, not only HALF")
+    if half_usage["lstm"] and "HALF" not in loop_float:
+        raise PrecisionCheckError("the graph's LSTM is float16, but the TensorRT loop layers carry no HALF tensor")
+    if not half_usage["any"] and half_layers:
+        raise PrecisionCheckError(f"the graph is float32, but {half_layers} network layers output HALF")
+    summary["ok"] = True
+    return summary
+
+
+def _try_engine_inspection(tm, blob) -> dict:
+    """Deserialize the plan and read the engine inspector, where this machine can (a supported GPU)."""
+    from runtime.trt_compat import dtype_name, make_logger, normalize_engine_information
+
+    trt = tm.trt
+    # Failure is expected without a supported GPU and is reported in the result, so keep TensorRT's errors quiet.
+    trt_logger = make_logger(tm, "error", collect=True, forward=False)
+    n_before = 0
+    try:
+        engine = trt.Runtime(trt_logger).deserialize_cuda_engine(blob)
+    except Exception as e:  # some versions raise instead of returning None
+        engine, exc = None, f"{type(e).__name__}: {e}"
+    else:
+        exc = None
+    if engine is None:
+        msgs = [m for s, m in getattr(trt_logger, "messages", [])[n_before:] if s in ("error", "internal_error")]
+        reason = exc or ("; ".join(msgs[:3]) if msgs else "deserialize_cuda_engine returned None")
+        if "compute capability" in reason.lower():
+            reason = f"this GPU is not supported by {tm.describe()}: {reason}"
+        return {"available": False, "reason": reason}
+    io = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        io.append({"name": name, "mode": engine.get_tensor_mode(name).name,
+                   "dtype": dtype_name(engine.get_tensor_dtype(name)),
+                   "shape": [int(d) for d in engine.get_tensor_shape(name)]})
+    inspector = engine.create_engine_inspector()
+    info = normalize_engine_information(tm, inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    return {"available": True, "io_tensors": io, "layers": info["layers"],
+            "num_optimization_profiles": int(engine.num_optimization_profiles)}
+
+
+# --- build ---------------------------------------------------------------------------------------------------------
+
+
+def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", timing_cache=None,
+                 workspace_mb: Optional[int] = None, opt_level: Optional[int] = None,
+                 compute_capability: Optional[str] = None, force: bool = False) -> BuildResult:
+    """Build (or reuse) a strongly typed TensorRT engine for an exported ONNX graph.
+
+    Args:
+        onnx_path (str | PathLike): ``model.onnx``, ``cnn.onnx`` or ``bilstm.onnx`` from :mod:`export.to_onnx`.
+        out_path (str | PathLike): engine file; the report goes to ``out_path + ".json"``.
+        profiles (list[str | dict] | None): optimisation profiles as ``"batch=1:1:8,time=1:16:128"`` strings or
+            parsed dicts. Defaults to ``SPEC.default_profiles`` (low latency + throughput).
+        backend (str): "auto", "tensorrt" or "tensorrt_rtx". Defaults to "auto".
+        timing_cache (str | PathLike | None): timing cache file, loaded if present and saved after the build (full
+            TensorRT; TensorRT-RTX >= 1.2 ignores timing caches and the report says so). Defaults to None.
+        workspace_mb (int | None): workspace memory pool limit in MiB. Defaults to None (TensorRT's default).
+        opt_level (int | None): builder optimisation level 0..5. Defaults to None (TensorRT's default, 3).
+        compute_capability (str | None): TensorRT-RTX target such as "8.6", "8.9", "12.0". Defaults to None.
+        force (bool): rebuild even when the cached engine matches. Defaults to False.
+
+    Returns:
+        BuildResult: engine and report paths, the report, and whether the cache was hit.
+
+    Raises:
+        runtime.trt_compat.TrtNotAvailableError: the flavour is not installed (says how to install each).
+        ProfileError: bad profiles. OnnxParseError: the parser rejected the graph (node index, name, op).
+        PrecisionCheckError: the network lost the FP16 the graph asked for.
+        EngineBuildError: other bad options or a failed build (with TensorRT's own error messages).
+    """
+    import onnx
+
+    from export.to_onnx import read_metadata
+    from runtime import trt_compat
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if not onnx_path.is_file():
+        raise EngineBuildError(f"ONNX file not found: {onnx_path}")
+    if opt_level is not None and not 0 <= int(opt_level) <= 5:
+        raise EngineBuildError(f"opt_level must be in 0..5, got {opt_level}")
+    if workspace_mb is not None and int(workspace_mb) < 1:
+        raise EngineBuildError(f"workspace_mb must be >= 1, got {workspace_mb}")
+    data = onnx_path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as e:
+        raise OnnxParseError(f"{onnx_path} is not a loadable ONNX model: {type(e).__name__}: {e}") from e
+    try:
+        metadata = read_metadata(proto)
+    except ValueError:
+        metadata = None
+    precision = str((metadata or {}).get("precision") or "unknown")
+    half_usage = graph_half_usage(proto)
+    inputs = onnx_inputs(proto)
+    parsed = [parse_profile(p) if isinstance(p, str) else dict(p) for p in (profiles or SPEC.default_profiles)]
+    if not parsed:
+        raise ProfileError("at least one optimisation profile is needed")
+    resolved = [resolve_profile(p, inputs) for p in parsed]
+
+    tm = trt_compat.import_trt(backend)
+    if compute_capability is not None and not tm.is_rtx:
+        raise EngineBuildError(
+            f"--compute-capability is a TensorRT-RTX option; {tm.describe()} builds for the GPU it runs on"
+        )
+    target = _target(tm, compute_capability)
+    onnx_sha = hashlib.sha256(data).hexdigest()
+    key = _cache_key(schema=CACHE_SCHEMA, onnx_sha256=onnx_sha, profiles=resolved, precision=precision,
+                     half_usage=half_usage,
+                     flavour=tm.flavour, version=tm.version_string, target=target,
+                     options={"workspace_mb": workspace_mb, "opt_level": opt_level, "strongly_typed": True})
+    report_path = Path(str(out_path) + ".json")
+
+    if not force and out_path.is_file() and report_path.is_file():
+        try:
+            old = json.loads(report_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("cache_key") == key and old.get("engine_sha256") == sha256_file(out_path):
+            logger.info("engine cache hit: %s is up to date (key %s); not rebuilding", out_path, key[:16])
+            return BuildResult(engine_path=out_path, report_path=report_path, report=old, cache_hit=True)
+
+    trt = tm.trt
+    trt_logger = trt_compat.make_logger(tm, "warning", collect=True)
+    builder = trt.Builder(trt_logger)
+    network = trt_compat.create_network(tm, builder)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse(data, str(onnx_path)):
+        errors = _parser_errors(parser, proto)
+        raise OnnxParseError(f"{tm.describe()} could not parse {onnx_path}:\n  " + "\n  ".join(errors))
+
+    config = builder.create_builder_config()
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if opt_level is not None:
+        config.builder_optimization_level = int(opt_level)
+    try:
+        trt_compat.set_compute_capability(tm, config, compute_capability)
+    except trt_compat.TrtCompatError as e:
+        raise EngineBuildError(str(e)) from e
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    for res in resolved:
+        prof = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in res.items():
+            prof.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+        config.add_optimization_profile(prof)
+
+    cache_info = {"path": str(timing_cache) if timing_cache else None, "used": False}
+    cache = None
+    if timing_cache is not None:
+        if trt_compat.timing_cache_supported(tm):
+            tc_path = Path(timing_cache)
+            blob_in = tc_path.read_bytes() if tc_path.is_file() else b""
+            cache = config.create_timing_cache(blob_in)
+            config.set_timing_cache(cache, ignore_mismatch=False)
+            cache_info.update(used=True, loaded_bytes=len(blob_in))
+        else:
+            cache_info["why_not"] = f"{tm.describe()} ignores timing caches (no-op since TensorRT-RTX 1.2)"
+            logger.warning("--timing-cache: %s", cache_info["why_not"])
+
+    network_info = inspect_network(tm, network)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        plan = builder.build_serialized_network(network, config)
+    build_s = time.perf_counter() - t0
+    if plan is None:
+        errs = trt_logger.errors()
+        msg = "; ".join(errs[-5:]) if errs else "no error message from TensorRT"
+        hint = " (TensorRT says this GPU/compute capability is unsupported)" if "compute capability" in msg.lower() else ""
+        raise EngineBuildError(f"{tm.describe()} failed to build {onnx_path}{hint}: {msg}")
+    blob = bytes(plan)
+    precision_check = check_precision(network_info, half_usage, precision)
+
+    if cache is not None:
+        atomic_write_bytes(Path(timing_cache), bytes(cache.serialize()))
+        cache_info["saved_bytes"] = len(bytes(cache.serialize()))
+
+    engine_info = _try_engine_inspection(tm, blob)
+    if engine_info["available"]:
+        engine_half = sum(1 for layer in engine_info["layers"] for t in layer["outputs"] if t["dtype"] == "HALF")
+        precision_check["engine_half_tensors"] = engine_half
+        if half_usage["any"] and engine_half == 0:
+            raise PrecisionCheckError("engine inspector shows no HALF tensor although the graph asks for float16: "
+                                      "the engine is FP32")
+    else:
+        logger.info("engine not inspected on this machine (%s); the report uses the network definition",
+                    engine_info["reason"])
+
+    atomic_write_bytes(out_path, blob)
+    report = {
+        "engine": out_path.name,
+        "engine_bytes": len(blob),
+        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "cache_key": key,
+        "metadata": metadata,
+        "onnx": {"path": str(onnx_path), "sha256": onnx_sha},
+        "precision": precision,
+        "trt": {"flavour": tm.flavour, "version": tm.version_string, "strongly_typed": True},
+        "target": target,
+        "profiles": [{"axes": {k: list(v) for k, v in p.items()}, "shapes": r} for p, r in zip(parsed, resolved, strict=True)],
+        "builder": {"workspace_mb": workspace_mb, "opt_level": opt_level, "timing_cache": cache_info},
+        "io_tensors": engine_info["io_tensors"] if engine_info["available"] else network_info["io_tensors"],
+        "layers_source": "engine inspector" if engine_info["available"] else "network definition (engine not "
+                                                                              "deserializable here)",
+        "engine_inspection": {"available": engine_info["available"], "reason": engine_info.get("reason")},
+        "layer_summary": summarize_layers(network_info["layers"]),
+        "layers": engine_info["layers"] if engine_info["available"] else network_info["layers"],
+        "precision_check": precision_check,
+        "build_seconds": round(build_s, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "package_version": __version__,
+        "runs_on": ("a GPU TensorRT-RTX supports (compute capability " + target["compute_capability"] + "; not "
+                    "H100/H200)") if tm.is_rtx else "the GPU it was built on (same TensorRT version)",
+    }
+    atomic_write_json(report_path, report)
+    logger.info("built %s with %s in %.1f s (%s, %d profiles)", out_path, tm.describe(), build_s, precision,
+                len(resolved))
+    return BuildResult(engine_path=out_path, report_path=report_path, report=report, cache_hit=False)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------------
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Build a strongly typed TensorRT (or TensorRT-RTX) engine from an exported ONNX graph, with "
+                    "optimisation profiles, an engine cache and a JSON report at ENGINE.json.",
+        add_help=add_help,
+    )
+    parser.add_argument("onnx", help="model.onnx, cnn.onnx or bilstm.onnx from `python -m export.to_onnx`")
+    parser.add_argument("--out", required=True, help="engine file (.engine or .plan); the report is OUT.json")
+    parser.add_argument(
+        "--profile", action="append", default=None, metavar="batch=MIN:OPT:MAX,time=MIN:OPT:MAX",
+        help="optimisation profile over the batch and time axes (mapped onto frames/features/lengths); repeat for "
+             f"several. Default: {' and '.join(SPEC.default_profiles)}",
+    )
+    parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "tensorrt_rtx"],
+                        help="TensorRT flavour (default: auto = full TensorRT if installed, else TensorRT-RTX)")
+    parser.add_argument("--timing-cache", default=None, help="timing cache file to load and save")
+    parser.add_argument("--workspace-mb", type=int, default=None, help="workspace memory limit in MiB")
+    parser.add_argument("--opt-level", type=int, default=None, help="builder optimisation level 0..5")
+    parser.add_argument("--compute-capability", default=None,
+                        help="TensorRT-RTX target, e.g. 8.6, 8.9, 12.0 (default: TensorRT-RTX's own default)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cached engine matches")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from runtime.trt_compat import TrtNotAvailableError
+
+    try:
+        result = build_engine(args.onnx, args.out, profiles=args.profile, backend=args.backend,
+                              timing_cache=args.timing_cache, workspace_mb=args.workspace_mb,
+                              opt_level=args.opt_level, compute_capability=args.compute_capability, force=args.force)
+    except TrtNotAvailableError as e:
+        print(f"error: {e}")
+        return 3
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    r = result.report
+    if result.cache_hit:
+        print(f"engine cache hit: {result.engine_path} already matches this request (key {r['cache_key'][:16]}); "
+              "not rebuilt (use --force to rebuild)")
+    else:
+        print(f"built {result.engine_path} ({r['engine_bytes'] / 2**20:.1f} MiB) with {r['trt']['flavour']} "
+              f"{r['trt']['version']} in {r['build_seconds']:.1f} s")
+    print(f"precision {r['precision']} (check: {r['precision_check']})")
+    for t in r["io_tensors"]:
+        print(f"  {t['mode']:<6} {t['name']:<14} {t['dtype']:<6} {t['shape']}")
+    if not r["engine_inspection"]["available"]:
+        print(f"note: engine not deserialized here ({r['engine_inspection']['reason'][:200]}); running it needs "
+              f"{r['runs_on']}")
+    print(f"report {result.report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Backends behind :class:`runtime.base.BaseRunner`, and :func:`load`, which picks one by file type.
+
+| file | backend | runner |
+|---|---|---|
+| ``.engine`` / ``.plan`` (+ ``ENGINE.json`` report) | TensorRT (``tensorrt`` or ``tensorrt_rtx``) | :class:`TrtRunner` |
+| ``.onnx`` | ONNX Runtime | :class:`OnnxRuntimeRunner` |
+| ``.pt`` / ``.pth`` checkpoint | PyTorch (eager, or the fast CUDA-graph path) | :class:`TorchRunner` |
+
+Each backend module imports its library on first use, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from ..errors import RuntimeInputError
+
+BACKENDS = ("tensorrt", "onnxruntime", "torch")
+SUFFIXES = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch"}
+_RUNNERS = {
+    "tensorrt": ("runtime.backends.tensorrt", "TrtRunner"),
+    "onnxruntime": ("runtime.backends.onnxrt", "OnnxRuntimeRunner"),
+    "torch": ("runtime.backends.torch_backend", "TorchRunner"),
+}
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def runner_class(backend: str):
+    """The runner class of ``backend`` ("tensorrt" | "onnxruntime" | "torch"), importing its module."""
+    if backend not in _RUNNERS:
+        raise RuntimeInputError(f"unknown backend {backend!r}; valid choices: auto, {', '.join(BACKENDS)}")
+    module, name = _RUNNERS[backend]
+    return getattr(importlib.import_module(module), name)
+
+
+def sniff_file(path: Path, backend: str) -> None:
+    """Reject files whose first bytes contradict their extension, before a library parses them.
+
+    Raises:
+        RuntimeInputError: empty file, a zip archive (PyTorch checkpoint) named .onnx/.engine, an ONNX or JSON file
+            named .engine, a non-zip non-pickle file named .pt.
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    kind = {"tensorrt": "TensorRT engine", "onnxruntime": "ONNX model", "torch": "PyTorch checkpoint"}[backend]
+    if not head:
+        raise RuntimeInputError(f"{path} is empty, not a {kind}")
+    if backend != "torch" and head.startswith(_ZIP_MAGIC):
+        raise RuntimeInputError(f"{path} is a zip archive (a PyTorch checkpoint?), not a {kind}; a checkpoint must end "
+                                "in .pt")
+    if backend == "tensorrt" and head.lstrip()[:1] in (b"{", b"["):
+        raise RuntimeInputError(f"{path} is JSON text, not a TensorRT engine (the engine's report is ENGINE.json)")
+    if backend == "tensorrt" and head[:1] == b"\x08" and b"pytorch" in _read_head(path, 256).lower():
+        raise RuntimeInputError(f"{path} looks like an ONNX model, not a TensorRT engine; build one with "
+                                "`python -m export.to_trt MODEL.onnx --out ENGINE`")
+    if backend == "torch" and not (head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"):
+        raise RuntimeInputError(f"{path} is neither a zip nor a pickle file, so not a {kind} (damaged, or another "
+                                "format named .pt)")
+
+
+def _read_head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def load(path: str | os.PathLike, device=None, backend: str = "auto", **options):
+    """Open an engine, ONNX model or checkpoint as a runner (not yet activated; ``infer`` or ``with`` activates it).
+
+    Args:
+        path (str | PathLike): ``.engine``/``.plan`` (TensorRT, with its JSON report at ``path + ".json"``),
+            ``.onnx`` (ONNX Runtime) or ``.pt``/``.pth`` (PyTorch checkpoint).
+        device (str | None): "cpu", "cuda", "cuda:N"; None picks the backend's default (CUDA when usable).
+            Defaults to None.
+        backend (str): "auto" (by extension) or the backend the extension implies. Defaults to "auto".
+        **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``buckets`` (torch);
+            ``providers``, ``intra_op_threads`` (onnxruntime); ``cuda_graphs`` (tensorrt); ``check_finite`` (all).
+
+    Returns:
+        BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner` or :class:`TorchRunner`.
+
+    Raises:
+        RuntimeInputError: missing file, a directory, an unknown extension, a backend that cannot read the extension,
+            a file that is not what its extension says, a damaged file, an incompatible engine, a bad option.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RuntimeInputError(f"{path} does not exist")
+    if path.is_dir():
+        raise RuntimeInputError(f"{path} is a directory; load one file (model.onnx, model.engine, a .pt checkpoint), "
+                                "or pass the export directory to StreamingClassifier")
+    implied = SUFFIXES.get(path.suffix.lower())
+    if implied is None:
+        raise RuntimeInputError(f"cannot tell the format of {path.name!r} from its extension; valid extensions: "
+                                f"{', '.join(sorted(SUFFIXES))}")
+    if backend not in ("auto",) + BACKENDS:
+        raise RuntimeInputError(f"unknown backend {backend!r}; valid choices: auto, {', '.join(BACKENDS)}")
+    if backend != "auto" and backend != implied:
+        raise RuntimeInputError(f"backend {backend!r} cannot read a {path.suffix} file; {path.suffix} files run on "
+                                f"{implied!r} (or pass backend='auto')")
+    cls = runner_class(implied)
+    valid = _option_names(cls)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise RuntimeInputError(f"unknown options {unknown} for the {implied} backend; valid options: "
+                                f"{', '.join(sorted(valid))}")
+    sniff_file(path, implied)
+    return cls(path, device=device, **options)
+
+
+def _option_names(cls) -> set:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY}

@@ -1,0 +1,350 @@
+"""TensorRT backend (full ``tensorrt`` 10.x/11.x or ``tensorrt_rtx``, through :mod:`runtime.trt_compat`).
+
+Before the engine is deserialized, its JSON report (``ENGINE + ".json"``, written by ``python -m export.to_trt``)
+is checked against this machine: same TensorRT flavour and version, same GPU compute capability, and the engine
+file's size and sha256. A mismatch is a :class:`~runtime.errors.RuntimeInputError` that says what to rebuild,
+instead of TensorRT's opaque deserialization failure.
+
+Execution: device memory, pinned host memory and a non-blocking stream through cuda-python
+(:mod:`runtime.cuda_mem`, no PyTorch needed); buffers are reused and grown on demand; the optimization profile is
+chosen by shape (``set_optimization_profile_async``), output shapes are read from the context after
+``set_input_shape``, addresses set with ``set_tensor_address``, and ``execute_async_v3`` enqueues. With
+``cuda_graphs=True`` each (profile, shape) is captured once into a CUDA graph and replayed; when capture fails (an
+engine TensorRT cannot capture, e.g. some loop layers) that shape falls back to a plain enqueue.
+
+torch CUDA tensors are read in place (``data_ptr``, no copy) and the outputs are written into new torch CUDA
+tensors on the torch current stream (returned without a host sync, as torch does); graphs are used on the numpy path
+only, whose inputs live in the runner's own buffers.
+
+Threading: one execution context per runner, so calls are serialised by the runner's lock. For parallel
+inference make one runner per thread (each gets its own context, stream and buffers; note that contexts used at the
+same time should use different optimization profiles on older TensorRT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..base import BaseRunner, Feed
+from ..errors import RuntimeInputError
+from ..spec import InputSpec, ModelMetadata, Profile
+
+logger = logging.getLogger(__name__)
+
+
+def report_path_for(engine_path: Path) -> Path:
+    """``model.engine`` -> ``model.engine.json`` (docs/ARCHITECTURE.md)."""
+    return Path(str(engine_path) + ".json")
+
+
+def read_report(engine_path: Path) -> dict:
+    """Load the engine's JSON report.
+
+    Raises:
+        RuntimeInputError: missing, unreadable or not a JSON object.
+    """
+    path = report_path_for(engine_path)
+    if not path.is_file():
+        raise RuntimeInputError(f"{engine_path} has no build report at {path.name}; the runtime checks it before "
+                                "loading an engine. Rebuild with `python -m export.to_trt MODEL.onnx --out ENGINE`, "
+                                "which writes both")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RuntimeInputError(f"{path} is not a readable JSON report: {e}") from e
+    if not isinstance(report, dict) or "metadata" not in report:
+        raise RuntimeInputError(f"{path} is not an engine report of this package (no 'metadata' key)")
+    return report
+
+
+def check_engine_file(engine_path: Path, report: dict) -> None:
+    """Compare the engine's size and sha256 with the report (a truncated or altered engine fails here).
+
+    Raises:
+        RuntimeInputError: size or hash differ.
+    """
+    size = engine_path.stat().st_size
+    want = report.get("engine_bytes")
+    if want is not None and int(want) != size:
+        raise RuntimeInputError(f"{engine_path} is {size} bytes but its report says {want}: the file is truncated, "
+                                "damaged or not the engine the report describes; rebuild it")
+    want_sha = report.get("engine_sha256")
+    if want_sha:
+        h = hashlib.sha256()
+        with open(engine_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != want_sha:
+            raise RuntimeInputError(f"{engine_path} does not match the sha256 in its report: the file is damaged or "
+                                    "was replaced; rebuild it with `python -m export.to_trt`")
+
+
+def check_engine_compat(report: dict, flavour: str, version: str, device: Optional[dict]) -> None:
+    """Refuse an engine built by another TensorRT flavour/version or for another GPU, before deserializing it.
+
+    Args:
+        report (dict): the engine report.
+        flavour (str): installed flavour, "tensorrt" or "tensorrt_rtx".
+        version (str): installed version, e.g. "10.13.0.35".
+        device (dict | None): {"name", "compute_capability"} of the GPU to run on; None skips the GPU check.
+
+    Raises:
+        RuntimeInputError: the mismatch, what the engine needs and how to rebuild.
+    """
+    trt_info = report.get("trt") or {}
+    built_flavour, built_version = trt_info.get("flavour"), trt_info.get("version")
+    rebuild = "rebuild it on this machine with `python -m export.to_trt MODEL.onnx --out ENGINE`"
+    if built_flavour and built_flavour != flavour:
+        raise RuntimeInputError(f"the engine was built by {built_flavour} {built_version}, but this runtime has "
+                                f"{flavour} {version}; engines only load in the flavour that built them: {rebuild}")
+    if built_version and _norm_version(built_version) != _norm_version(version):
+        raise RuntimeInputError(f"the engine was built by {built_flavour or 'TensorRT'} {built_version}, but "
+                                f"{flavour} {version} is installed; plans are tied to the TensorRT version that built "
+                                f"them: {rebuild} (or install {built_flavour or 'tensorrt'}=={built_version})")
+    target = report.get("target") or {}
+    want_cc = str(target.get("compute_capability", "unknown"))
+    if device is None or want_cc in ("unknown", "default", "None", ""):
+        return
+    have_cc = str(device.get("compute_capability"))
+    if want_cc != have_cc:
+        built_for = target.get("name") or f"compute capability {want_cc}"
+        raise RuntimeInputError(f"the engine was built for {built_for} (compute capability {want_cc}), but this GPU is "
+                                f"{device.get('name')} (compute capability {have_cc}); {rebuild}")
+
+
+def _norm_version(v: str) -> tuple:
+    out = []
+    for piece in str(v).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+class TrtRunner(BaseRunner):
+    """Runs a serialized TensorRT engine built by ``python -m export.to_trt``.
+
+    Args:
+        path (str | PathLike): ``.engine``/``.plan`` with its report at ``path + ".json"``.
+        device (str | int | None): "cuda", "cuda:N" or N; None means GPU 0. Defaults to None.
+        cuda_graphs (bool): capture one CUDA graph per (profile, shape) on the numpy path, falling back to plain
+            enqueue when capture fails. Defaults to False.
+        trt_backend (str): "auto", "tensorrt" or "tensorrt_rtx" (see :func:`runtime.trt_compat.import_trt`).
+            Defaults to "auto".
+        check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
+        trt_module (runtime.trt_compat.TrtModule | None): an imported flavour to use instead of importing one
+            (embedding, tests). Defaults to None.
+        cuda_api (runtime.cuda_mem.CudaApi | None): the CUDA calls to use (tests pass a fake). Defaults to None.
+
+    Raises:
+        RuntimeInputError: missing/foreign report, an engine of another TensorRT version or GPU, a damaged engine,
+            a device that is not CUDA.
+        runtime.trt_compat.TrtNotAvailableError: no TensorRT flavour installed.
+        ImportError: cuda-python missing.
+    """
+
+    backend_name = "tensorrt"
+
+    def __init__(self, path, device=None, *, cuda_graphs: bool = False, trt_backend: str = "auto",
+                 check_finite: bool = False, trt_module: Any = None, cuda_api: Any = None) -> None:
+        self.path = Path(path)
+        self.device_index = _device_index(device)
+        report = read_report(self.path)
+        metadata = ModelMetadata.from_dict(report["metadata"], str(report_path_for(self.path)))
+        if trt_module is None:
+            from ..trt_compat import import_trt
+
+            trt_module = import_trt(trt_backend)
+        if cuda_api is None:
+            from ..cuda_mem import CudaApi
+
+            cuda_api = CudaApi()
+        self.tm, self.cuda, self.report = trt_module, cuda_api, report
+        self.cuda.set_device(self.device_index)
+        self.device_info = self.cuda.device_info(self.device_index)
+        check_engine_compat(report, trt_module.flavour, trt_module.version_string, self.device_info)
+        check_engine_file(self.path, report)
+        self.engine = self._deserialize()
+        self._io_names(metadata)
+        profiles = self._profiles()
+        super().__init__(metadata, InputSpec.for_graph(metadata.graph, metadata, profiles), check_finite=check_finite)
+        self.cuda_graphs = bool(cuda_graphs)
+        self._serialize = True  # one execution context: one call at a time
+        self.context = None
+        self.stream = None
+        self._device_bufs: dict = {}
+        self._host_bufs: dict = {}
+        self._graphs: dict = {}
+        self._profile = None
+
+    # --- loading -----------------------------------------------------------------------------------------------------
+    def _deserialize(self):
+        trt = self.tm.trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise RuntimeInputError(f"{self.tm.describe()} could not deserialize {self.path} (damaged, or not a "
+                                    "TensorRT plan although the report matched); rebuild it with "
+                                    "`python -m export.to_trt`")
+        return engine
+
+    def _io_names(self, metadata: ModelMetadata) -> None:
+        trt, e = self.tm.trt, self.engine
+        names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
+        self.inputs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if e.get_tensor_mode(n) != trt.TensorIOMode.INPUT]
+        spec = InputSpec.for_graph(metadata.graph, metadata)
+        want_in = [spec.input_name] + (["lengths"] if spec.takes_lengths else [])
+        if sorted(self.inputs) != sorted(want_in) or sorted(self.outputs) != sorted(spec.output_names):
+            raise RuntimeInputError(f"{self.path}: a {metadata.graph} engine must have inputs {want_in} and outputs "
+                                    f"{list(spec.output_names)}, got {self.inputs} and {self.outputs}")
+        self.input_name = spec.input_name
+        self._dtypes = {n: _np_dtype(trt, e.get_tensor_dtype(n)) for n in names}
+
+    def _profiles(self) -> list:
+        e = self.engine
+        out = []
+        for p in range(e.num_optimization_profiles):
+            lo, _opt, hi = (tuple(s) for s in e.get_tensor_profile_shape(self.input_name, p))
+            out.append(Profile((int(lo[0]), int(hi[0])), (int(lo[1]), int(hi[1]))))
+        return out
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        from ..cuda_mem import DeviceBuffer
+
+        self.cuda.set_device(self.device_index)
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"{self.tm.describe()} could not create an execution context for {self.path} "
+                               "(out of device memory?)")
+        self.stream = self.cuda.stream_create()
+        self._device_bufs = {n: DeviceBuffer(self.cuda) for n in self.inputs + self.outputs}
+        self._host_bufs = {n: DeviceBuffer(self.cuda, pinned_host=True) for n in self.inputs + self.outputs}
+        self._graphs = {}
+        self._profile = None
+
+    def deactivate_impl(self) -> None:
+        self._drop_graphs()
+        for buf in list(self._device_bufs.values()) + list(self._host_bufs.values()):
+            buf.free()
+        self._device_bufs, self._host_bufs = {}, {}
+        if self.stream is not None:
+            self.cuda.stream_destroy(self.stream)
+            self.stream = None
+        self.context = None
+
+    def _drop_graphs(self) -> None:
+        for g in self._graphs.values():
+            if g is not None:
+                self.cuda.graph_destroy(*g)
+        self._graphs = {}
+
+    # --- inference -----------------------------------------------------------------------------------------------
+    def _set_shapes(self, feed: Feed, stream_handle: int) -> dict:
+        """Select the profile, set input shapes, and read the output shapes back from the context."""
+        if self._profile != feed.profile:
+            self.context.set_optimization_profile_async(feed.profile, stream_handle)
+            self._profile = feed.profile
+        self.context.set_input_shape(self.input_name, tuple(feed.x.shape))
+        if "lengths" in self.inputs:
+            self.context.set_input_shape("lengths", (feed.batch,))
+        return {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs}
+
+    def infer_impl(self, feed: Feed) -> dict:
+        if feed.is_torch and feed.x.is_cuda:
+            return self._infer_torch_cuda(feed)
+        x = feed.x.detach().cpu().numpy() if feed.is_torch else feed.x
+        stream = self.cuda.stream_handle(self.stream)
+        out_shapes = self._set_shapes(feed, stream)
+        host_in = {self.input_name: x}
+        if "lengths" in self.inputs:
+            host_in["lengths"] = feed.lengths_or_full().astype(self._dtypes["lengths"], copy=False)
+        moved = False
+        sizes = {n: a.nbytes for n, a in host_in.items()}
+        sizes.update({n: int(np.prod(s)) * np.dtype(self._dtypes[n]).itemsize for n, s in out_shapes.items()})
+        for n, nbytes in sizes.items():
+            moved |= self._device_bufs[n].ensure(max(nbytes, 1))
+            self._host_bufs[n].ensure(max(nbytes, 1))
+        if moved:
+            self._drop_graphs()  # graphs hold the old addresses
+        for n, a in host_in.items():
+            self._host_bufs[n].view(a.nbytes)[:] = a.reshape(-1).view(np.uint8)
+            self.cuda.memcpy_htod_async(self._device_bufs[n].ptr, self._host_bufs[n].ptr, a.nbytes, self.stream)
+        for n in self.inputs + self.outputs:
+            self.context.set_tensor_address(n, self._device_bufs[n].ptr)
+        self._enqueue(feed, tuple(x.shape), stream)
+        for n in self.outputs:
+            self.cuda.memcpy_dtoh_async(self._host_bufs[n].ptr, self._device_bufs[n].ptr, sizes[n], self.stream)
+        self.cuda.stream_synchronize(self.stream)
+        return {n: self._host_bufs[n].view(sizes[n]).view(self._dtypes[n]).reshape(out_shapes[n]).copy()
+                for n in self.outputs}
+
+    def _enqueue(self, feed: Feed, shape: tuple, stream: int) -> None:
+        if not self.cuda_graphs:
+            return self._execute(stream)
+        key = (feed.profile, shape)
+        if key not in self._graphs:
+            self._execute(stream)  # first run flushes lazy initialisation (trtexec does the same before capture)
+            from ..cuda_mem import graph_capture
+
+            self._graphs[key] = graph_capture(self.cuda, self.stream, lambda: self.context.execute_async_v3(stream))
+            if self._graphs[key] is None:
+                logger.info("%s: shape %s runs without a CUDA graph (capture failed)", self.name, shape)
+            return None
+        graph = self._graphs[key]
+        if graph is None:
+            return self._execute(stream)
+        self.cuda.graph_launch(graph[1], self.stream)
+        return None
+
+    def _execute(self, stream: int) -> None:
+        if not self.context.execute_async_v3(stream):
+            raise RuntimeError(f"{self.tm.describe()} execute_async_v3 failed for {self.path}; see the TensorRT log")
+
+    def _infer_torch_cuda(self, feed: Feed) -> dict:
+        import torch
+
+        x = feed.x
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        out_shapes = self._set_shapes(feed, stream)
+        tensors = {self.input_name: x}
+        if "lengths" in self.inputs:
+            tensors["lengths"] = torch.from_numpy(feed.lengths_or_full()).to(x.device, non_blocking=False)
+        outs = {n: torch.empty(s, dtype=torch.float32, device=x.device) for n, s in out_shapes.items()}
+        tensors.update(outs)
+        for n, t in tensors.items():
+            self.context.set_tensor_address(n, t.data_ptr())
+        self._execute(stream)
+        return outs
+
+
+def _device_index(device) -> int:
+    if device is None:
+        return 0
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise RuntimeInputError(f"TensorRT engines run on CUDA devices: device must be 'cuda', 'cuda:N' or N, got "
+                            f"{device!r}")
+
+
+def _np_dtype(trt, dtype) -> type:
+    table = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
+             "INT8": np.int8, "UINT8": np.uint8}
+    name = getattr(dtype, "name", str(dtype).rsplit(".", 1)[-1])
+    if name not in table:
+        raise RuntimeInputError(f"engine tensor dtype {name} is not supported by the runtime")
+    return table[name]

@@ -1,0 +1,397 @@
+"""PyTorch backend: the eager fp32 reference, and a fast GPU path for the same checkpoint.
+
+Eager (``fast=False``, the default on CPU): the checkpoint's model as trained, packed sequences for padded batches.
+
+Fast (``fast=True``, the default on CUDA):
+
+* CNN: a deep copy with every conv-BN pair folded (``fuse_conv_bn_eval``), in float16 and channels_last;
+* BiLSTM, two exact forms, float32 by default (``precision="fp16-all"`` runs it and the heads in float16):
+  - every clip of the call is T frames long (no ``lengths``, or all equal to T): cuDNN's fused bidirectional LSTM,
+    the fastest form. Batch rows added to reach a bucket are independent of the real rows, so this is exact; the
+    time axis is never padded in this form (its graphs are keyed by the exact T);
+  - clips of mixed lengths: :class:`ExactBiLSTM`, the bidirectional weights split into two unidirectional cuDNN
+    LSTMs per layer. The reverse direction runs on per-clip reversed inputs (index ``len_b - 1 - t`` for
+    ``t < len_b``), so padding never enters either direction: padding time up to a bucket is exact, and unlike
+    packed sequences it can be captured in a CUDA graph. It costs more than the fused kernel (two sequential chains).
+* CUDA graphs, one per bucket, captured on first use with static input/output buffers: an input is copied into the
+  smallest bucket that holds it (padded clips get length 1, padded steps are masked) and the outputs are sliced back
+  to the input's shape. A shape beyond the largest bucket runs the same fast modules eagerly (exact, just without
+  the graph's launch savings) and logs that once.
+
+On CPU, ``fast=True`` gives the folded float32 CNN and :class:`ExactBiLSTM` without graphs (for testing the padding
+logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True`` (process-wide) on CUDA.
+
+Threading: the eager path runs calls concurrently; the fast path owns static buffers and graphs, so its calls are
+serialised by the runner's lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..base import BaseRunner, Feed
+from ..errors import RuntimeInputError
+from ..spec import InputSpec, ModelMetadata, metadata_from_checkpoint
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("model", "cnn", "bilstm")
+PRECISIONS = ("fp32", "fp16", "fp16-all")
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_TIME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+# --- model transforms ------------------------------------------------------------------------------------------------
+
+
+def fold_conv_bn(module):
+    """Fold every eval-mode BatchNorm2d into the Conv2d before it (torchvision ResNet naming); returns a new module.
+
+    Handles ``convN``/``bnN`` attribute pairs (stem, BasicBlock, Bottleneck) and ``Sequential(Conv2d, BatchNorm2d)``
+    (downsample branches). The caller's module is never modified: this works on a deep copy.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    module = copy.deepcopy(module).eval()
+    for m in list(module.modules()):
+        for suffix in ("", "1", "2", "3"):
+            conv, bn = getattr(m, f"conv{suffix}", None), getattr(m, f"bn{suffix}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(m, f"conv{suffix}", fuse_conv_bn_eval(conv, bn))
+                setattr(m, f"bn{suffix}", nn.Identity())
+        if isinstance(m, nn.Sequential):
+            for i in range(len(m) - 1):
+                if isinstance(m[i], nn.Conv2d) and isinstance(m[i + 1], nn.BatchNorm2d):
+                    m[i] = fuse_conv_bn_eval(m[i], m[i + 1])
+                    m[i + 1] = nn.Identity()
+    return module
+
+
+class ExactBiLSTM(nn.Module):
+    """A bidirectional LSTM as two unidirectional cuDNN LSTMs per layer, exact on right-padded batches.
+
+    ``forward(x (B, T, D), lengths (B,) integer tensor) -> (B, T, 2H)``, zero at padded steps. Equal to the packed
+    bidirectional LSTM at every real step whatever the padding holds, and graph-capturable (no host-side lengths,
+    no packing). Build it with :meth:`from_lstm`.
+    """
+
+    def __init__(self, forward_layers, reverse_layers):
+        super().__init__()
+        self.fwd = nn.ModuleList(forward_layers)
+        self.rev = nn.ModuleList(reverse_layers)
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM) -> "ExactBiLSTM":
+        """Copy the weights of a batch_first bidirectional ``nn.LSTM`` (``weight_ih_l{k}[_reverse]`` etc.).
+
+        Raises:
+            ValueError: not bidirectional, not batch_first, or with projections.
+        """
+        if not (lstm.bidirectional and lstm.batch_first) or getattr(lstm, "proj_size", 0):
+            raise ValueError("ExactBiLSTM needs a batch_first bidirectional nn.LSTM without projections")
+        ref = lstm.weight_ih_l0
+        fwd, rev = [], []
+        for k in range(lstm.num_layers):
+            in_size = lstm.input_size if k == 0 else 2 * lstm.hidden_size
+            for suffix, dest in (("", fwd), ("_reverse", rev)):
+                m = nn.LSTM(in_size, lstm.hidden_size, num_layers=1, bias=lstm.bias, batch_first=True)
+                m = m.to(device=ref.device, dtype=ref.dtype)
+                names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if lstm.bias else [])
+                with torch.no_grad():
+                    for name in names:
+                        getattr(m, f"{name}_l0").copy_(getattr(lstm, f"{name}_l{k}{suffix}"))
+                dest.append(m.eval())
+        return cls(fwd, rev).eval()
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        steps = torch.arange(t, device=x.device).unsqueeze(0)
+        lengths = lengths.to(device=x.device, dtype=torch.int64).unsqueeze(1)
+        valid = steps < lengths  # (B, T)
+        # Self-inverse permutation: reverses the real steps of each clip, leaves padded steps in place.
+        idx = torch.where(valid, lengths - 1 - steps, steps).unsqueeze(-1)
+        h = x
+        side = self._side_stream(x)
+        for f, r in zip(self.fwd, self.rev, strict=True):
+            if side is None:
+                out_f = f(h)[0]  # causal: real steps never see the padding after them
+                out_r = r(h.gather(1, idx.expand(-1, -1, h.shape[-1])))[0]
+            else:
+                # The directions are independent: run the reverse one on a second stream, as cuDNN's bidirectional
+                # kernel overlaps them (this also works under CUDA-graph capture: the streams fork and rejoin).
+                main = torch.cuda.current_stream(x.device)
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    out_r = r(h.gather(1, idx.expand(-1, -1, h.shape[-1])))[0]
+                out_f = f(h)[0]
+                main.wait_stream(side)
+            out_r = out_r.gather(1, idx.expand(-1, -1, out_r.shape[-1]))
+            h = torch.cat([out_f, out_r], dim=-1)
+        return h * valid.unsqueeze(-1).to(h.dtype)
+
+    def _side_stream(self, x: torch.Tensor):
+        if not x.is_cuda:
+            return None
+        streams = self.__dict__.setdefault("_streams", {})
+        if x.device not in streams:
+            streams[x.device] = torch.cuda.Stream(device=x.device)
+        return streams[x.device]
+
+    def flatten(self) -> "ExactBiLSTM":
+        """``flatten_parameters`` on every cuDNN LSTM (contiguous weights after a move)."""
+        for m in list(self.fwd) + list(self.rev):
+            m.flatten_parameters()
+        return self
+
+
+def exact_bilstm(lstm: nn.LSTM) -> ExactBiLSTM:
+    """:class:`ExactBiLSTM` with the weights of a bidirectional, batch_first ``nn.LSTM`` (copied, not shared)."""
+    return ExactBiLSTM.from_lstm(lstm)
+
+
+class _FastModel:
+    """The fast path's modules and its two stages on padded inputs (shapes (Bb, Tb, ...), lengths on device)."""
+
+    def __init__(self, model, stage: str, device, cnn_dtype, lstm_dtype, channels_last: bool):
+        self.stage, self.cnn_dtype, self.lstm_dtype, self.channels_last = stage, cnn_dtype, lstm_dtype, channels_last
+        self.cnn = self.lstm = None
+        if stage in ("model", "cnn"):
+            cnn = fold_conv_bn(model.cnn).to(device=device, dtype=cnn_dtype)
+            self.cnn = cnn.to(memory_format=torch.channels_last) if channels_last else cnn
+        if stage in ("model", "bilstm"):
+            lstm = copy.deepcopy(model.lstm).to(device=device, dtype=lstm_dtype).eval()
+            lstm.flatten_parameters()
+            self.native_lstm = lstm  # fused bidirectional cuDNN kernel: for calls whose clips are all T frames long
+            self.lstm = exact_bilstm(lstm).flatten()
+            self.frame_head = copy.deepcopy(model.frame_head).to(device=device, dtype=lstm_dtype).eval()
+            self.clip_head = copy.deepcopy(model.clip_head).to(device=device, dtype=lstm_dtype).eval()
+
+    def features(self, frames):
+        b, t = frames.shape[:2]
+        x = frames.reshape(b * t, *frames.shape[2:]).to(self.cnn_dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.cnn(x).float().reshape(b, t, -1)
+
+    def bilstm(self, features, lengths, full_length: bool = False):
+        if full_length:  # every real clip spans the whole time axis: the fused kernel is exact
+            out = self.native_lstm(features.to(self.lstm_dtype))[0]
+            pooled = out.mean(dim=1)
+        else:
+            out = self.lstm(features.to(self.lstm_dtype), lengths)  # zero at padded steps
+            pooled = out.sum(dim=1) / lengths.to(out.dtype).unsqueeze(1)
+        return self.frame_head(out).float(), self.clip_head(pooled).float()
+
+    def __call__(self, x, lengths, full_length: bool = False):
+        """-> dict of float32 outputs for padded ``x`` (``full_length``: no real clip is shorter than x's T)."""
+        if self.stage == "cnn":
+            return {"features": self.features(x)}
+        feats = self.features(x) if self.stage == "model" else x
+        frame, clip = self.bilstm(feats, lengths, full_length)
+        return {"frame_logits": frame, "clip_logits": clip}
+
+
+class _Bucket:
+    """Static buffers and the CUDA graph of one (batch, time) bucket."""
+
+    def __init__(self, fast: _FastModel, shape: tuple, device, use_graph: bool, full_length: bool = False):
+        self.shape = shape
+        self.full_length = full_length
+        self.x = torch.zeros(shape, device=device, dtype=torch.float32)
+        self.lengths = torch.ones(shape[0], device=device, dtype=torch.int64)
+        self.host_lengths = None  # what self.lengths holds, to skip redundant copies
+        self.graph = None
+        if use_graph:
+            # Warm up on a side stream (cuDNN autotuning, lazy init), then capture: the pattern of shared/probes.
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(3):
+                    fast(self.x, self.lengths, full_length)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.inference_mode():
+                self.out = fast(self.x, self.lengths, full_length)
+        self.fast = fast
+
+    def run(self):
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        with torch.inference_mode():
+            return self.fast(self.x, self.lengths, self.full_length)
+
+
+class TorchRunner(BaseRunner):
+    """Runs a checkpoint (or one stage of it) with PyTorch.
+
+    Args:
+        checkpoint (str | PathLike | runtime.checkpoint.Checkpoint): a ``.pt`` checkpoint path or a loaded one.
+        device (str | torch.device | None): "cpu", "cuda", "cuda:1", ...; None picks CUDA when available. Defaults
+            to None.
+        stage (str): "model", "cnn" or "bilstm". Defaults to "model".
+        fast (bool | None): the fast path (folded fp16 CNN, ExactBiLSTM, CUDA graphs); None means True on CUDA and
+            False on CPU. Defaults to None.
+        precision (str | None): fast path precision: "fp16" (fp16 CNN, fp32 BiLSTM and heads), "fp16-all" or "fp32";
+            None means "fp16" on CUDA and "fp32" on CPU (fp16 needs CUDA). Defaults to None.
+        cuda_graphs (bool): capture a CUDA graph per bucket on the fast CUDA path. Defaults to True.
+        buckets (tuple[Sequence[int], Sequence[int]] | None): (batch buckets, time buckets) the fast path pads up to;
+            None means (1, 2, 4, ..., 64) and (1, 2, 4, ..., 128). Larger inputs run the fast modules without a graph.
+            Defaults to None.
+        channels_last (bool): channels_last CNN on the fast path. Defaults to True.
+        check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
+
+    Raises:
+        RuntimeInputError: unreadable checkpoint, unknown stage or precision, fp16 on CPU, bad buckets.
+    """
+
+    backend_name = "torch"
+
+    def __init__(self, checkpoint, device=None, *, stage: str = "model", fast: Optional[bool] = None,
+                 precision: Optional[str] = None, cuda_graphs: bool = True,
+                 buckets: Optional[tuple] = None, channels_last: bool = True, check_finite: bool = False) -> None:
+        from ..checkpoint import CheckpointError, load_checkpoint
+
+        if stage not in STAGES:
+            raise RuntimeInputError(f"stage must be one of {STAGES}, got {stage!r}")
+        if isinstance(checkpoint, (str, os.PathLike)):
+            try:
+                checkpoint = load_checkpoint(Path(checkpoint), map_location="cpu")
+            except CheckpointError as e:
+                raise RuntimeInputError(str(e)) from e
+        self.checkpoint = checkpoint
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeInputError(f"device {self.device} asked for, but torch sees no CUDA GPU; use device='cpu'")
+        on_cuda = self.device.type == "cuda"
+        self.fast = on_cuda if fast is None else bool(fast)
+        if precision is None:
+            precision = "fp16" if (self.fast and on_cuda) else "fp32"
+        if precision not in PRECISIONS:
+            raise RuntimeInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "fp32" and not (self.fast and on_cuda):
+            raise RuntimeInputError(f"precision={precision!r} needs the fast path on a CUDA device (fast=True, "
+                                    f"device='cuda'); the {'eager' if not self.fast else 'CPU'} path is fp32")
+        self.precision = precision
+        self.cuda_graphs = bool(cuda_graphs) and on_cuda and self.fast
+        self.channels_last = bool(channels_last)
+        bb, tb = buckets if buckets is not None else (DEFAULT_BATCH_BUCKETS, DEFAULT_TIME_BUCKETS)
+        self.batch_buckets, self.time_buckets = _check_buckets(bb, "batch"), _check_buckets(tb, "time")
+        metadata = metadata_from_checkpoint(checkpoint, stage)
+        metadata = ModelMetadata(**{**metadata.__dict__, "precision": precision})
+        super().__init__(metadata, InputSpec.for_graph(stage, metadata), check_finite=check_finite)
+        self._serialize = self.fast  # static buffers and graphs are shared state
+        self._model = None
+        self._fast_model = None
+        self._buckets: dict = {}
+        self._warned_large = False
+
+    @property
+    def buckets(self) -> tuple:
+        """(batch buckets, time buckets) of the fast path."""
+        return self.batch_buckets, self.time_buckets
+
+    def activate_impl(self) -> None:
+        if not self.fast:
+            self._model = self.checkpoint.model if self.device.type == "cpu" else copy.deepcopy(
+                self.checkpoint.model).to(self.device)
+            self._model.eval()
+            return
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        half = torch.float16
+        cnn_dtype = half if self.precision in ("fp16", "fp16-all") else torch.float32
+        lstm_dtype = half if self.precision == "fp16-all" else torch.float32
+        self._fast_model = _FastModel(self.checkpoint.model, self.stage, self.device, cnn_dtype, lstm_dtype,
+                                      self.channels_last and self.device.type == "cuda")
+
+    def deactivate_impl(self) -> None:
+        self._model = None
+        self._fast_model = None
+        self._buckets.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def warmup(self, shapes: Sequence[tuple]) -> None:
+        """Capture the graphs of the buckets that hold each (batch, time) in ``shapes`` now, not on first use."""
+        self.activate()
+        if self.fast:
+            for b, t in shapes:
+                with self._lock:
+                    self._bucket_for(int(b), int(t), full_length=True)
+
+    def _bucket_size(self, value: int, buckets: tuple) -> Optional[int]:
+        for v in buckets:
+            if v >= value:
+                return v
+        return None
+
+    def _bucket_for(self, b: int, t: int, full_length: bool = False) -> Optional[_Bucket]:
+        """The bucket for a (b, t) call; ``full_length`` calls (no clip shorter than t) keep their exact t."""
+        bb, tb = self._bucket_size(b, self.batch_buckets), self._bucket_size(t, self.time_buckets)
+        if bb is None or tb is None:
+            return None
+        full_length = full_length and self.stage != "cnn"  # the CNN has no time coupling: always pad time
+        key = (bb, t, True) if full_length else (bb, tb, False)
+        if key not in self._buckets:
+            item = tuple(self.input_spec.item_shape)
+            logger.debug("%s: building bucket %s (graph=%s)", self.name, key, self.cuda_graphs)
+            self._buckets[key] = _Bucket(self._fast_model, key[:2] + item, self.device, self.cuda_graphs,
+                                         full_length)
+        return self._buckets[key]
+
+    def infer_impl(self, feed: Feed) -> dict:
+        x = feed.x if feed.is_torch else torch.from_numpy(feed.x)
+        if not self.fast:
+            x = x.to(self.device)
+            lengths = None if feed.lengths is None else torch.from_numpy(feed.lengths).to(self.device)
+            with torch.inference_mode():
+                m = self._model
+                if self.stage == "cnn":
+                    return {"features": m.extract_features(x)}
+                frame, clip = (m.classify(x, lengths) if self.stage == "bilstm" else m(x, lengths))
+            return {"frame_logits": frame, "clip_logits": clip}
+        b, t = feed.batch, feed.time
+        lengths_np = feed.lengths_or_full()
+        full_length = bool((lengths_np == t).all())
+        bucket = self._bucket_for(b, t, full_length)
+        if bucket is None:
+            if not self._warned_large:
+                logger.info("%s: batch %d / time %d exceed the largest bucket (%d, %d); running without a CUDA "
+                            "graph", self.name, b, t, self.batch_buckets[-1], self.time_buckets[-1])
+                self._warned_large = True
+            with torch.inference_mode():
+                lengths = torch.from_numpy(lengths_np.astype(np.int64)).to(self.device)
+                out = self._fast_model(x.to(self.device), lengths, full_length)
+            return {k: v for k, v in out.items()}
+        bb = bucket.shape[0]
+        bucket.x[:b, :t].copy_(x, non_blocking=False)
+        full = np.ones(bb, dtype=np.int64)
+        full[:b] = lengths_np
+        if bucket.host_lengths is None or not np.array_equal(full, bucket.host_lengths):
+            # A pageable host->device copy synchronises the host; skip it when the lengths did not change.
+            bucket.lengths.copy_(torch.from_numpy(full))
+            bucket.host_lengths = full
+        out = bucket.run()
+        # Clone the slices: the static buffers are overwritten by the next call.
+        if self.stage == "cnn":
+            return {"features": out["features"][:b, :t].clone()}
+        return {"frame_logits": out["frame_logits"][:b, :t].clone(), "clip_logits": out["clip_logits"][:b].clone()}
+
+
+def _check_buckets(values: Any, what: str) -> tuple:
+    try:
+        vals = tuple(int(v) for v in values)
+    except (TypeError, ValueError) as e:
+        raise RuntimeInputError(f"{what} buckets must be a sequence of positive integers, got {values!r}") from e
+    if not vals or min(vals) < 1 or list(vals) != sorted(set(vals)):
+        raise RuntimeInputError(f"{what} buckets must be strictly increasing positive integers, got {values!r}")
+    return vals

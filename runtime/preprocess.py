@@ -1,0 +1,86 @@
+"""Decoder frames (uint8, H x W x RGB) -> the model's normalised float32 input (B, T, 3, H, W).
+
+The frame size is checked, never silently changed: a frame of another size is an error that names the size the
+model takes. Pass ``resize=True`` to resize explicitly (bilinear, antialiased; imports torch).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import RuntimeInputError
+
+
+def preprocess_frames(
+    frames,
+    mean: Sequence[float],
+    std: Sequence[float],
+    frame_size: Optional[Sequence[int]] = None,
+    *,
+    resize: bool = False,
+) -> np.ndarray:
+    """Normalise uint8 RGB frames: ``(x / 255 - mean) / std``, channels first.
+
+    Args:
+        frames (np.ndarray | torch.Tensor): uint8 frames (T, H, W, 3) for one clip or (B, T, H, W, 3) for a batch;
+            (H, W, 3) is accepted for a single frame and gives (1, 1, 3, H, W).
+        mean (Sequence[float]): per-channel RGB mean (the model metadata's ``mean``).
+        std (Sequence[float]): per-channel RGB std.
+        frame_size (Sequence[int] | None): (H, W) the model takes; None skips the size check. Defaults to None.
+        resize (bool): resize frames of another size to ``frame_size`` instead of raising. Defaults to False.
+
+    Returns:
+        np.ndarray: float32 (B, T, 3, H, W), C-contiguous.
+
+    Raises:
+        RuntimeInputError: not uint8, wrong rank, not 3 channels, or another frame size (when ``resize`` is False).
+    """
+    if hasattr(frames, "detach") and hasattr(frames, "cpu"):  # a torch tensor, without importing torch
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise RuntimeInputError(
+            f"preprocess_frames takes uint8 RGB frames as a video decoder gives them, got dtype {frames.dtype}; "
+            "float frames that are already normalised go to runner.infer directly"
+        )
+    if frames.ndim == 3:
+        frames = frames[None, None]
+    elif frames.ndim == 4:
+        frames = frames[None]
+    elif frames.ndim != 5:
+        raise RuntimeInputError(
+            f"frames must be (T, H, W, 3) or (B, T, H, W, 3) uint8 (or one (H, W, 3) frame), got shape {frames.shape}"
+        )
+    if frames.shape[-1] != 3:
+        raise RuntimeInputError(f"frames must be RGB with channels last (..., H, W, 3), got shape {frames.shape}")
+    if len(mean) != 3 or len(std) != 3:
+        raise RuntimeInputError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+    if min(float(s) for s in std) <= 0:
+        raise RuntimeInputError(f"std values must be > 0, got {list(std)}")
+    h, w = frames.shape[2:4]
+    if frame_size is not None and (h, w) != (int(frame_size[0]), int(frame_size[1])):
+        want = (int(frame_size[0]), int(frame_size[1]))
+        if not resize:
+            raise RuntimeInputError(
+                f"frames are {h}x{w} (H x W) but the model takes {want[0]}x{want[1]}; resize them in your decoder "
+                "or pass resize=True"
+            )
+        frames = _resize(frames, want)
+    x = frames.astype(np.float32).transpose(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(1, 1, 3, 1, 1)
+    shift = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(1, 1, 3, 1, 1)
+    return np.ascontiguousarray(x * scale - shift, dtype=np.float32)
+
+
+def _resize(frames: np.ndarray, size: tuple) -> np.ndarray:
+    """Bilinear antialiased resize of (B, T, H, W, 3) uint8 to ``size``, rounding back to uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    b, t, h, w, c = frames.shape
+    x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    y = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).reshape(b, t, size[0], size[1], c)
+    return y.numpy()

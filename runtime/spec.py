@@ -1,0 +1,222 @@
+"""What a runner accepts (:class:`InputSpec`) and what it knows about the model (:class:`ModelMetadata`).
+
+Both are small frozen dataclasses that every backend fills in the same way, so the base runner can validate inputs
+once for all backends and a user can ask any runner what it takes before feeding it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from .errors import RuntimeInputError
+
+GRAPHS = ("model", "cnn", "bilstm")
+METADATA_KEY = "cnn_bilstm_deploy"  # docs/ARCHITECTURE.md: the ONNX metadata property / engine report "metadata"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Model facts shared by every artifact (checkpoint, ONNX graph, engine report).
+
+    Attributes:
+        graph (str): which part the artifact serves, one of ``GRAPHS``.
+        class_names (list[str]): C class names, index = logit position.
+        mean (list[float]): per-channel RGB mean used by :func:`runtime.preprocess.preprocess_frames`.
+        std (list[float]): per-channel RGB std.
+        frame_size (tuple[int, int]): (H, W) the model takes.
+        feature_dim (int): width F of the CNN feature.
+        precision (str): precision of the artifact ("fp32", "fp16", ...). Defaults to "fp32".
+        model_config (dict): the :class:`runtime.model.ModelConfig` as a dict. Defaults to {}.
+        package_version (str): version of the package that wrote the artifact. Defaults to "unknown".
+        extra (dict): any further keys of the artifact's metadata (exporter, checkpoint hash, ...). Defaults to {}.
+    """
+
+    graph: str
+    class_names: list
+    mean: list
+    std: list
+    frame_size: tuple
+    feature_dim: int
+    precision: str = "fp32"
+    model_config: dict = field(default_factory=dict)
+    package_version: str = "unknown"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "metadata") -> "ModelMetadata":
+        """Build from the ``cnn_bilstm_deploy`` JSON dict written by the exporter.
+
+        Raises:
+            RuntimeInputError: keys missing or of the wrong kind.
+        """
+        if not isinstance(d, dict):
+            raise RuntimeInputError(f"{source}: the {METADATA_KEY!r} metadata must be a JSON object, got {type(d)}")
+        missing = [k for k in ("graph", "class_names", "mean", "std") if k not in d]
+        if missing:
+            raise RuntimeInputError(f"{source}: the {METADATA_KEY!r} metadata lacks keys {missing}; was it written by "
+                                    "this package's exporter (python -m export.to_onnx)?")
+        graph = str(d["graph"])
+        if graph not in GRAPHS:
+            raise RuntimeInputError(f"{source}: metadata graph {graph!r} is not one of {GRAPHS}")
+        config = dict(d.get("model_config") or {})
+        frame_size = d.get("frame_size") or config.get("frame_size")
+        if frame_size is None or len(frame_size) != 2:
+            raise RuntimeInputError(f"{source}: metadata has no usable frame_size (H, W), got {frame_size!r}")
+        backbone = config.get("backbone", "resnet34")
+        feature_dim = int(d.get("feature_dim") or (2048 if backbone == "resnet50" else 512))
+        known = {"graph", "class_names", "mean", "std", "frame_size", "precision", "model_config", "package_version",
+                 "feature_dim"}
+        return cls(
+            graph=graph,
+            class_names=[str(c) for c in d["class_names"]],
+            mean=[float(x) for x in d["mean"]],
+            std=[float(x) for x in d["std"]],
+            frame_size=(int(frame_size[0]), int(frame_size[1])),
+            feature_dim=feature_dim,
+            precision=str(d.get("precision", "fp32")),
+            model_config=config,
+            package_version=str(d.get("package_version", "unknown")),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "metadata") -> "ModelMetadata":
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise RuntimeInputError(f"{source}: the {METADATA_KEY!r} metadata is not valid JSON: {e}") from e
+        return cls.from_dict(d, source)
+
+    def with_graph(self, graph: str) -> "ModelMetadata":
+        """The same metadata for another stage (a checkpoint serves all three)."""
+        from dataclasses import replace
+
+        if graph not in GRAPHS:
+            raise RuntimeInputError(f"stage must be one of {GRAPHS}, got {graph!r}")
+        return replace(self, graph=graph)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One allowed (batch, time) box: ``min <= value <= max``; ``max=None`` means unbounded."""
+
+    batch: tuple
+    time: tuple
+
+    def contains(self, batch: int, time: int) -> bool:
+        return _in(batch, self.batch) and _in(time, self.time)
+
+    def describe(self) -> str:
+        return f"batch {_fmt(self.batch)}, time {_fmt(self.time)}"
+
+
+def _in(v: int, r: tuple) -> bool:
+    return r[0] <= v and (r[1] is None or v <= r[1])
+
+
+def _fmt(r: tuple) -> str:
+    return f"{r[0]}..{'inf' if r[1] is None else r[1]}"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a runner's ``infer`` accepts.
+
+    Attributes:
+        graph (str): "model" | "cnn" | "bilstm".
+        input_name (str): "frames" (model, cnn) or "features" (bilstm).
+        item_shape (tuple[int, ...]): the fixed trailing shape: (3, H, W) for frames, (F,) for features.
+        dtype (str): element type the runner feeds its graph ("float32").
+        takes_lengths (bool): whether ``lengths`` is an input (model, bilstm).
+        profiles (tuple[Profile, ...]): allowed (batch, time) boxes; an input must fit one of them.
+        output_names (tuple[str, ...]): keys of the dict ``infer`` returns.
+        names (dict): every graph input name -> (dtype, shape with None for dynamic axes).
+    """
+
+    graph: str
+    input_name: str
+    item_shape: tuple
+    dtype: str = "float32"
+    takes_lengths: bool = True
+    profiles: tuple = (Profile((1, None), (1, None)),)
+    output_names: tuple = ("frame_logits", "clip_logits")
+    names: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_graph(cls, graph: str, metadata: ModelMetadata, profiles: Optional[Sequence[Profile]] = None) -> "InputSpec":
+        """The spec of ``graph`` for a model described by ``metadata`` (unbounded batch/time unless ``profiles``)."""
+        h, w = metadata.frame_size
+        if graph in ("model", "cnn"):
+            name, item = "frames", (3, h, w)
+        elif graph == "bilstm":
+            name, item = "features", (metadata.feature_dim,)
+        else:
+            raise RuntimeInputError(f"stage must be one of {GRAPHS}, got {graph!r}")
+        takes_lengths = graph != "cnn"
+        names = {name: ("float32", (None, None) + item)}
+        if takes_lengths:
+            names["lengths"] = ("int32", (None,))
+        outputs = ("features",) if graph == "cnn" else ("frame_logits", "clip_logits")
+        return cls(graph=graph, input_name=name, item_shape=item, takes_lengths=takes_lengths,
+                   profiles=tuple(profiles) if profiles else (Profile((1, None), (1, None)),),
+                   output_names=outputs, names=names)
+
+    @property
+    def frame_size(self) -> Optional[tuple]:
+        """(H, W) for frame inputs, None for feature inputs."""
+        return tuple(self.item_shape[1:]) if self.input_name == "frames" else None
+
+    @property
+    def batch_range(self) -> tuple:
+        """(min, max) over all profiles (max None = unbounded)."""
+        return _union([p.batch for p in self.profiles])
+
+    @property
+    def time_range(self) -> tuple:
+        return _union([p.time for p in self.profiles])
+
+    def find_profile(self, batch: int, time: int) -> int:
+        """Index of the first profile that holds (batch, time).
+
+        Raises:
+            RuntimeInputError: no profile holds it; the message lists the profiles and the export command that
+                would build an engine covering the shape.
+        """
+        for i, p in enumerate(self.profiles):
+            if p.contains(batch, time):
+                return i
+        boxes = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(self.profiles))
+        hint = ""
+        if any(p.batch[1] is not None or p.time[1] is not None for p in self.profiles):
+            hint = (f". Rebuild the engine with a profile that covers it, e.g. `python -m export.to_trt "
+                    f"{self.graph}.onnx --profile batch=1:{batch}:{batch},time=1:{time}:{time}`, or split the input")
+        raise RuntimeInputError(f"{self.input_name} of batch {batch} and time {time} is outside what this "
+                                f"{self.graph} runner accepts ({boxes}){hint}")
+
+
+def _union(ranges: list) -> tuple:
+    lo = min(r[0] for r in ranges)
+    hi = None if any(r[1] is None for r in ranges) else max(r[1] for r in ranges)
+    return (lo, hi)
+
+
+def metadata_from_checkpoint(ckpt: Any, graph: str = "model") -> ModelMetadata:
+    """ModelMetadata of a loaded :class:`runtime.checkpoint.Checkpoint`."""
+    config = ckpt.config
+    return ModelMetadata(
+        graph=graph,
+        class_names=list(ckpt.class_names),
+        mean=list(ckpt.mean),
+        std=list(ckpt.std),
+        frame_size=tuple(config.frame_size),
+        feature_dim=int(config.feature_dim),
+        precision="fp32",
+        model_config=config.to_dict(),
+        package_version=ckpt.package_version,
+    )

@@ -1,0 +1,225 @@
+"""Live-video classification: one frame in, the newest frame's and the window's prediction out.
+
+Each :meth:`StreamingClassifier.push` runs the CNN stage on the new frame only (batch 1, T 1) and writes its feature
+into a ring buffer; the BiLSTM stage then runs over the last ``min(n, window)`` features. The per-frame cost is one
+frame of CNN plus one BiLSTM pass over the window, never a window of CNN. Because the BiLSTM is bidirectional, the
+result after N pushes equals the full model on the same last ``window`` frames.
+
+The ring buffer holds each feature twice (at ``i`` and ``i + window``), so the last k features are always one
+contiguous slice: no copy or roll per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import BaseRunner, _is_torch, _to_numpy
+from .errors import RuntimeInputError
+from .preprocess import preprocess_frames
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamResult:
+    """The prediction after one :meth:`StreamingClassifier.push`.
+
+    Attributes:
+        frame_logits (np.ndarray): (C,) scores of the newest frame (BiLSTM over the window, last step).
+        clip_logits (np.ndarray): (C,) scores of the window as a clip.
+        frame_label (str): best class of the newest frame.
+        frame_prob (float): its softmax probability.
+        clip_label (str): best class of the window.
+        clip_prob (float): its softmax probability.
+        frames_seen (int): frames pushed since the start or the last :meth:`StreamingClassifier.reset`.
+        window_frames (int): frames the window held for this result, ``min(frames_seen, window)``.
+    """
+
+    frame_logits: np.ndarray
+    clip_logits: np.ndarray
+    frame_label: str
+    frame_prob: float
+    clip_label: str
+    clip_prob: float
+    frames_seen: int
+    window_frames: int
+
+
+def _softmax_top1(logits: np.ndarray) -> tuple:
+    z = np.exp(logits.astype(np.float64) - logits.max())
+    p = z / z.sum()
+    i = int(p.argmax())
+    return i, float(p[i])
+
+
+def _find_pair(folder: Path, backend: str) -> tuple:
+    engines = [(folder / f"cnn{s}", folder / f"bilstm{s}") for s in (".engine", ".plan")]
+    onnx = (folder / "cnn.onnx", folder / "bilstm.onnx")
+    if backend in ("auto", "tensorrt"):
+        for pair in engines:
+            if pair[0].is_file() and pair[1].is_file():
+                return pair
+        if backend == "tensorrt":
+            raise RuntimeInputError(f"{folder} holds no cnn.engine + bilstm.engine (or .plan) pair; build them with "
+                                    "`python -m export.to_trt DIR/cnn.onnx` and `... DIR/bilstm.onnx`")
+    if backend in ("auto", "onnxruntime") and onnx[0].is_file() and onnx[1].is_file():
+        return onnx
+    raise RuntimeInputError(f"{folder} holds neither cnn.onnx + bilstm.onnx nor a cnn/bilstm engine pair; export them "
+                            "with `python -m export.to_onnx CHECKPOINT --out DIR`")
+
+
+class StreamingClassifier:
+    """Classify a live stream frame by frame with the separate cnn and bilstm stages.
+
+    Args:
+        runner_or_path: a ``.pt`` checkpoint (PyTorch stages), an export directory holding ``cnn.onnx`` +
+            ``bilstm.onnx`` (or ``cnn.engine`` + ``bilstm.engine``; engines win under ``backend="auto"``), or a
+            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them).
+        window (int): frames the BiLSTM looks back over. Defaults to 16.
+        device (str | None): passed to :func:`runtime.load` for paths. Defaults to None.
+        backend (str): passed to :func:`runtime.load`; for a directory it also picks engines or ONNX.
+            Defaults to "auto".
+        **options: more :func:`runtime.load` options for both stages (e.g. ``fast``, ``providers``).
+
+    Raises:
+        RuntimeInputError: a bad window, runners of the wrong stages or of different models, a window outside what
+            the bilstm runner accepts, or anything :func:`runtime.load` rejects.
+    """
+
+    def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", **options) -> None:
+        from .backends import load
+
+        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+            raise RuntimeInputError(f"window must be an integer >= 1, got {window!r}")
+        self.window = int(window)
+        self._owns = True
+        if isinstance(runner_or_path, (tuple, list)):
+            if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
+                raise RuntimeInputError("a runner pair must be a tuple (cnn_runner, bilstm_runner) of runtime runners")
+            cnn, bilstm = runner_or_path
+            self._owns = False
+        elif isinstance(runner_or_path, BaseRunner):
+            raise RuntimeInputError(f"streaming needs separate cnn and bilstm runners, got one {runner_or_path.stage} "
+                                    "runner; pass (cnn_runner, bilstm_runner), a checkpoint or an export directory")
+        elif isinstance(runner_or_path, (str, os.PathLike)):
+            path = Path(runner_or_path)
+            if path.is_dir():
+                cnn_path, bilstm_path = _find_pair(path, backend)
+                cnn = load(cnn_path, device=device, backend=backend, **options)
+                bilstm = load(bilstm_path, device=device, backend=backend, **options)
+            elif path.suffix.lower() in (".pt", ".pth"):
+                from .backends.torch_backend import TorchRunner
+                from .checkpoint import CheckpointError, load_checkpoint
+
+                if backend not in ("auto", "torch"):
+                    raise RuntimeInputError(f"a checkpoint runs on the torch backend, not {backend!r}")
+                try:
+                    ckpt = load_checkpoint(path)  # once, shared by both stages
+                except CheckpointError as e:
+                    raise RuntimeInputError(str(e)) from e
+                cnn = TorchRunner(ckpt, device=device, stage="cnn", **options)
+                bilstm = TorchRunner(ckpt, device=device, stage="bilstm", **options)
+            else:
+                raise RuntimeInputError(f"{path} is neither a .pt checkpoint nor an export directory (with cnn.onnx + "
+                                        "bilstm.onnx or cnn/bilstm engines)")
+        else:
+            raise RuntimeInputError(f"StreamingClassifier takes a path or a (cnn_runner, bilstm_runner) tuple, got "
+                                    f"{type(runner_or_path).__name__}")
+        if cnn.stage != "cnn" or bilstm.stage != "bilstm":
+            raise RuntimeInputError(f"need a cnn and a bilstm runner, got stages ({cnn.stage!r}, {bilstm.stage!r})")
+        if cnn.metadata.feature_dim != bilstm.metadata.feature_dim or (
+                cnn.metadata.class_names != bilstm.metadata.class_names):
+            raise RuntimeInputError("the cnn and bilstm runners come from different models (feature width or class "
+                                    "names differ)")
+        cnn.input_spec.find_profile(1, 1)
+        bilstm.input_spec.find_profile(1, 1)
+        bilstm.input_spec.find_profile(1, self.window)
+        self.cnn, self.bilstm = cnn, bilstm
+        self.metadata = bilstm.metadata
+        self.frame_size = tuple(cnn.metadata.frame_size)
+        self._buf = None
+        self._count = 0
+        cnn.activate()
+        bilstm.activate()
+
+    @property
+    def frames_seen(self) -> int:
+        """Frames pushed since the start or the last :meth:`reset`."""
+        return self._count
+
+    def reset(self) -> None:
+        """Forget every frame (a new stream starts)."""
+        self._count = 0
+
+    def _to_input(self, frame: Any):
+        """One frame -> (1, 1, 3, H, W) float32 (numpy or torch, as given)."""
+        dtype = str(getattr(frame, "dtype", "")).replace("torch.", "")
+        if dtype == "uint8":
+            shape = tuple(frame.shape)
+            if len(shape) != 3 or shape[-1] != 3:
+                raise RuntimeInputError(f"a raw frame must be uint8 (H, W, 3), got shape {shape}")
+            m = self.cnn.metadata
+            return preprocess_frames(frame, m.mean, m.std, self.frame_size)
+        if not (_is_torch(frame) or isinstance(frame, np.ndarray)):
+            raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+        if tuple(frame.shape) != (3,) + self.frame_size:
+            raise RuntimeInputError(f"a frame must be normalised float32 (3, {self.frame_size[0]}, "
+                                    f"{self.frame_size[1]}) or raw uint8 ({self.frame_size[0]}, {self.frame_size[1]}, "
+                                    f"3), got shape {tuple(frame.shape)} dtype {dtype}")
+        return frame[None, None]
+
+    def push(self, frame: Any) -> StreamResult:
+        """Add one frame and classify the newest frame and the window.
+
+        Args:
+            frame (np.ndarray | torch.Tensor): normalised float32 (3, H, W), or raw uint8 (H, W, 3) (normalised here
+                with the model's mean/std; another size is an error).
+
+        Returns:
+            StreamResult: the newest frame's and the window's prediction.
+
+        Raises:
+            RuntimeInputError: a frame of the wrong shape, size or dtype (or NaN/Inf when the runners check).
+        """
+        feat = self.cnn.infer(self._to_input(frame))["features"][0, 0]  # (F,)
+        w = self.window
+        if self._buf is None or _is_torch(self._buf) != _is_torch(feat) or (
+                _is_torch(feat) and self._buf.device != feat.device):
+            if _is_torch(feat):
+                import torch
+
+                self._buf = torch.zeros((2 * w, feat.shape[0]), dtype=feat.dtype, device=feat.device)
+            else:
+                self._buf = np.zeros((2 * w, feat.shape[0]), dtype=np.float32)
+            self._count = min(self._count, 0)
+        i = self._count % w
+        self._buf[i] = feat
+        self._buf[i + w] = feat
+        self._count += 1
+        k = min(self._count, w)
+        end = i + w + 1
+        out = self.bilstm.infer(self._buf[end - k:end][None])
+        frame_logits = _to_numpy(out["frame_logits"][0, -1]).astype(np.float32)
+        clip_logits = _to_numpy(out["clip_logits"][0]).astype(np.float32)
+        fi, fp = _softmax_top1(frame_logits)
+        ci, cp = _softmax_top1(clip_logits)
+        names = self.metadata.class_names
+        return StreamResult(frame_logits, clip_logits, names[fi], fp, names[ci], cp, self._count, k)
+
+    def close(self) -> None:
+        """Deactivate the runners this classifier created (runners passed in are left to their owner)."""
+        if self._owns:
+            self.cnn.deactivate()
+            self.bilstm.deactivate()
+
+    def __enter__(self) -> "StreamingClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,89 @@
+"""Step 5 of `make demo`: serve the exported model through `runtime.load` and check it against PyTorch.
+
+Reads the run folder written by `python -m train` (best.pt, config.json) and `python -m export.to_onnx`
+(onnx/fp32, onnx/fp16), then:
+  1. builds the held-out clips the run was evaluated on,
+  2. runs eager PyTorch and every exported graph through the runtime and reports top-1 agreement and accuracy,
+  3. streams one held-out clip frame by frame (CNN once per frame, BiLSTM over the window) and checks the last
+     window's output against the full model on the same frames.
+Exits non-zero if an exported model disagrees with PyTorch on more than 1 % of clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import runtime
+from runtime.checkpoint import load_checkpoint
+from train.data import DataSpec, build_dataset, pad_collate
+
+
+def held_out_batch(run_dir: Path, ckpt, max_clips: int):
+    cfg = json.loads((run_dir / "config.json").read_text())
+    spec = DataSpec(name=cfg["data"], data_dir=cfg.get("data_dir"), frames=cfg["frames"],
+                    frame_size=tuple(ckpt.config.frame_size), seed=cfg["seed"], num_clips=cfg.get("val_clips"),
+                    num_classes=cfg.get("synthetic_classes", ckpt.config.num_classes), mean=ckpt.mean, std=ckpt.std)
+    ds = build_dataset(spec, "test")
+    items = [ds[i] for i in range(min(max_clips, len(ds)))]
+    return pad_collate(items)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path, help="run folder of `python -m train` that `export.to_onnx` exported into")
+    p.add_argument("--clips", type=int, default=256, help="held-out clips to compare (default %(default)s)")
+    p.add_argument("--window", type=int, default=None, help="streaming window (default: the clip length)")
+    args = p.parse_args(argv)
+
+    ckpt = load_checkpoint(args.run_dir / "best.pt")
+    frames, lengths, labels = held_out_batch(args.run_dir, ckpt, args.clips)
+    x = frames.numpy()
+    with torch.inference_mode():
+        ref_frame, ref_clip = ckpt.model(frames, lengths)
+    ref_top1 = ref_clip.argmax(1).numpy()
+    print(f"held-out clips: {len(x)} of shape {tuple(x.shape[1:])}; eager PyTorch clip accuracy "
+          f"{(ref_top1 == labels.numpy()).mean():.3f}")
+    print(f"{'artifact':<34} {'backend':<22} {'top-1 agree':>11} {'clip acc':>9} {'max |dlogit|':>13}")
+    worst = 1.0
+    candidates = [("checkpoint (runtime torch)", args.run_dir / "best.pt")]
+    candidates += [(f"onnx/{prec}/model.onnx", args.run_dir / "onnx" / prec / "model.onnx") for prec in ("fp32", "fp16")]
+    for name, path in candidates:
+        if not path.exists():
+            print(f"{name:<34} missing, skipped")
+            continue
+        with runtime.load(path) as runner:
+            out = runner.infer(x, lengths.numpy())
+            backend = getattr(runner, "provider", None) or runner.backend_name
+        top1 = out["clip_logits"].argmax(1)
+        agree = float((top1 == ref_top1).mean())
+        worst = min(worst, agree)
+        diff = float(np.abs(out["clip_logits"] - ref_clip.numpy()).max())
+        print(f"{name:<34} {backend:<22} {agree:>11.4f} {(top1 == labels.numpy()).mean():>9.3f} {diff:>13.2e}")
+
+    # Streaming: push the frames of one held-out clip one at a time.
+    clip = x[0, : int(lengths[0])]
+    window = args.window or len(clip)
+    onnx_dir = args.run_dir / "onnx" / "fp32"
+    source = onnx_dir if (onnx_dir / "cnn.onnx").exists() else args.run_dir / "best.pt"
+    with runtime.StreamingClassifier(source, window=window) as stream:
+        for frame in clip:
+            result = stream.push(frame)
+    with torch.inference_mode():
+        full_frame, full_clip = ckpt.model(torch.from_numpy(clip[-window:][None]))
+    stream_err = float(np.abs(np.asarray(result.clip_logits) - full_clip[0].numpy()).max())
+    print(f"streaming ({source.name}, window {window}): {len(clip)} frames pushed; last window -> "
+          f"{result.clip_label!r} (label {ckpt.class_names[int(labels[0])]!r}); max |clip logit - full model| "
+          f"{stream_err:.2e}")
+    ok = worst >= 0.99 and stream_err < 1e-3
+    print("runtime check:", "OK" if ok else "FAILED (agreement < 99 % or streaming differs from the full model)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

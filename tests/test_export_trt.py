@@ -1,0 +1,169 @@
+"""TensorRT-RTX engine builds on CPU (real tensorrt_rtx; no GPU needed to build): parsing and building all three
+graphs with several profiles, network inspection, FP16 checks, engine cache, and every error path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.trt
+trt = pytest.importorskip("tensorrt_rtx")
+onnx = pytest.importorskip("onnx")
+
+from export.to_onnx import export_onnx  # noqa: E402
+from export.to_trt import (  # noqa: E402
+    OnnxParseError,
+    ProfileError,
+    build_engine,
+    main,
+    onnx_inputs,
+    parse_profile,
+    resolve_profile,
+)
+from runtime.trt_compat import LOOP_LAYER_TYPES, TrtNotAvailableError  # noqa: E402
+
+PROFILES = ["batch=1:1:8,time=1:16:128", "batch=8:64:64,time=1:16:32"]
+
+
+@pytest.fixture(scope="module")
+def fp16_graphs(tmp_path_factory, tiny_checkpoint):
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx16"), "fp16").paths
+
+
+@pytest.fixture(scope="module")
+def engines(fp16_graphs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engines")
+    return {g: build_engine(p, out / f"{g}.engine", profiles=PROFILES, backend="tensorrt_rtx",
+                            compute_capability="8.6") for g, p in fp16_graphs.items()}
+
+
+def _types(report):
+    return {layer["type"] for layer in report["layers"]}
+
+
+def test_all_three_graphs_build_with_dynamic_inputs(engines):
+    for graph, res in engines.items():
+        assert res.engine_path.stat().st_size > 0 and not res.cache_hit
+        report = json.loads(res.report_path.read_text())
+        assert report["trt"]["flavour"] == "tensorrt_rtx" and report["target"]["compute_capability"] == "8.6"
+        assert report["metadata"]["graph"] == graph and len(report["profiles"]) == 2
+        inputs = {t["name"]: t for t in report["io_tensors"] if t["mode"] == "INPUT"}
+        main_input = inputs["frames" if graph != "bilstm" else "features"]
+        assert main_input["shape"][:2] == [-1, -1]  # dynamic batch and time
+        if "lengths" in inputs:
+            assert inputs["lengths"]["shape"] == [-1] and inputs["lengths"]["dtype"] == "INT32"
+        assert all(t["dtype"] == "FLOAT" for t in report["io_tensors"] if t["name"] != "lengths")
+        assert len(report["onnx"]["sha256"]) == 64 and report["build_seconds"] > 0
+
+
+def test_profiles_mapped_onto_real_inputs(engines):
+    report = engines["model"].report
+    shapes = report["profiles"][0]["shapes"]
+    assert shapes["frames"] == [[1, 1, 3, 16, 16], [1, 16, 3, 16, 16], [8, 128, 3, 16, 16]]
+    assert shapes["lengths"] == [[1], [1], [8]]
+    assert report["profiles"][1]["shapes"]["frames"][2] == [64, 32, 3, 16, 16]
+
+
+def test_lstm_becomes_loop_layers_and_fp16_where_asked(engines):
+    model, cnn, bilstm = (engines[g].report for g in ("model", "cnn", "bilstm"))
+    assert {"RECURRENCE", "ITERATOR", "LOOP_OUTPUT"} <= _types(model)
+    assert {"RECURRENCE", "ITERATOR"} <= _types(bilstm)
+    assert not _types(cnn) & set(LOOP_LAYER_TYPES)
+    for r in (model, cnn):  # fp16 export: the CNN's convolutions run in HALF, the LSTM loop in FLOAT
+        convs = [dt for layer in r["layers"] if layer["type"] == "CONVOLUTION" for dt in layer["output_dtypes"]]
+        assert convs and set(convs) == {"HALF"}
+        assert r["precision_check"]["ok"] and r["precision_check"]["half_layers"] > 0
+    assert set(model["precision_check"]["loop_float_dtypes"]) == {"FLOAT"}
+    assert bilstm["precision_check"]["half_layers"] == 0  # the fp16 policy keeps the BiLSTM in float32
+
+
+def test_engine_cache_hit_and_miss(fp16_graphs, engines, caplog):
+    res = engines["bilstm"]
+    mtime = res.engine_path.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="export.to_trt"):
+        again = build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES, backend="tensorrt_rtx",
+                             compute_capability="8.6")
+    assert again.cache_hit and res.engine_path.stat().st_mtime_ns == mtime
+    assert again.report["cache_key"] == res.report["cache_key"]
+    assert "cache hit" in caplog.text
+    changed = build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES[:1], backend="tensorrt_rtx",
+                           compute_capability="8.6")
+    assert not changed.cache_hit and changed.report["cache_key"] != res.report["cache_key"]
+
+
+def test_cli_build_and_cache_message(fp16_graphs, tmp_path, capsys):
+    out = tmp_path / "cnn.plan"
+    args = [str(fp16_graphs["cnn"]), "--out", str(out), "--profile", "batch=1:2:4,time=1:8:16",
+            "--compute-capability", "8.9", "--opt-level", "0", "--workspace-mb", "256"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "built" in text and "needs a GPU" in text and (tmp_path / "cnn.plan.json").is_file()
+    assert main(args) == 0
+    assert "engine cache hit" in capsys.readouterr().out
+
+
+def test_fp32_graph_built_as_fp32(tiny_checkpoint, tmp_path):
+    paths = export_onnx(tiny_checkpoint, tmp_path / "o", "fp32").paths
+    r = build_engine(paths["cnn"], tmp_path / "cnn.engine", profiles=["batch=1:1:2,time=1:4:8"],
+                     backend="tensorrt_rtx").report
+    assert r["precision_check"]["half_layers"] == 0
+    assert {"FLOAT"} == {dt for layer in r["layers"] if layer["type"] == "CONVOLUTION"
+                         for dt in layer["output_dtypes"]}
+
+
+def test_missing_flavour_explains_install(fp16_graphs, tmp_path):
+    with pytest.raises(TrtNotAvailableError) as info:
+        build_engine(fp16_graphs["cnn"], tmp_path / "x.engine", backend="tensorrt")
+    msg = str(info.value)
+    assert "pip install tensorrt-cu13" in msg and "tensorrt-rtx-cu13" in msg and "GPU" in msg
+    assert main([str(fp16_graphs["cnn"]), "--out", str(tmp_path / "y"), "--backend", "tensorrt"]) == 3
+
+
+@pytest.mark.parametrize("text,match", [
+    ("batch=1:8:4,time=1:2:3", "min <= opt <= max"),
+    ("batch=1:1", "AXIS=MIN:OPT:MAX"),
+    ("channels=1:1:1", "valid axes: batch, time"),
+    ("batch=0:1:2", "min must be >= 1"),
+    ("batch=1:1:2,batch=1:1:2", "given twice"),
+])
+def test_bad_profile_strings(text, match):
+    with pytest.raises(ProfileError, match=match):
+        parse_profile(text)
+
+
+def test_profile_names_checked_against_graph(fp16_graphs, tmp_path):
+    inputs = onnx_inputs(onnx.load(str(fp16_graphs["bilstm"])))
+    with pytest.raises(ProfileError, match="does not set") as info:
+        resolve_profile({"batch": (1, 1, 2)}, inputs)
+    assert "features (batch, time, 512)" in str(info.value) and "lengths (batch)" in str(info.value)
+    with pytest.raises(ProfileError, match=r"names \['frames'\].*inputs are features"):
+        resolve_profile({"frames": [(1,), (1,), (1,)], "batch": (1, 1, 1), "time": (1, 1, 1)}, inputs)
+    with pytest.raises(ProfileError, match="min <= opt <= max"):
+        build_engine(fp16_graphs["bilstm"], tmp_path / "e", profiles=["batch=2:1:4,time=1:1:1"],
+                     backend="tensorrt_rtx")
+
+
+def test_parser_failure_names_node(fp16_graphs, tmp_path):
+    m = onnx.load(str(fp16_graphs["bilstm"]))
+    index = next(i for i, n in enumerate(m.graph.node) if n.op_type == "MatMul")
+    m.graph.node[index].op_type = "NoSuchOpXyz"  # a node TensorRT has no importer for
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(m.SerializeToString())
+    with pytest.raises(OnnxParseError) as info:
+        build_engine(bad, tmp_path / "bad.engine", backend="tensorrt_rtx")
+    msg = str(info.value)
+    assert f"ONNX node #{index}" in msg and "op='NoSuchOpXyz'" in msg and repr(m.graph.node[index].name) in msg
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(fp16_graphs["cnn"].read_bytes()[:1000])
+    with pytest.raises(OnnxParseError, match="not a loadable ONNX model"):
+        build_engine(truncated, tmp_path / "t.engine", backend="tensorrt_rtx")
+
+
+def test_bad_options(fp16_graphs, tmp_path):
+    with pytest.raises(ValueError, match="valid choices: .*8.6"):
+        build_engine(fp16_graphs["cnn"], tmp_path / "e", backend="tensorrt_rtx", compute_capability="9.9")
+    with pytest.raises(ValueError, match="opt_level must be in 0..5"):
+        build_engine(fp16_graphs["cnn"], tmp_path / "e", opt_level=7)
+    with pytest.raises(ValueError, match="not found"):
+        build_engine(tmp_path / "missing.onnx", tmp_path / "e")

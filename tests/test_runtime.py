@@ -1,0 +1,374 @@
+"""Runtime API on CPU with the real libraries: ONNX Runtime and PyTorch runners against the eager model, every bad
+input, threads, preprocessing, classification, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import runtime
+from runtime import RuntimeInputError, preprocess_frames
+
+pytest.importorskip("onnxruntime")
+
+from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD  # noqa: E402
+
+H, W = TINY_CONFIG.frame_size
+# (B, T, lengths): a single frame, one full clip, and padded batches whose shortest clip is 1 frame long.
+SHAPES = [(1, 1, None), (2, 6, None), (3, 7, [7, 2, 1]), (4, 5, [5, 5, 3, 1])]
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(tiny_checkpoint, tmp_path_factory):
+    from export.to_onnx import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx"), precision="fp32").paths
+
+
+@pytest.fixture(scope="module")
+def ort_model(onnx_paths):
+    with runtime.load(onnx_paths["model"], device="cpu") as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_checkpoint):
+    with runtime.load(tiny_checkpoint, device="cpu") as r:
+        yield r
+
+
+def _frames(b, t, seed=0):
+    return torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def _reference(model, x, lengths):
+    with torch.no_grad():
+        lt = None if lengths is None else torch.tensor(lengths)
+        frame, clip = model(torch.from_numpy(x), lt)
+    return frame.numpy(), clip.numpy()
+
+
+def _assert_close(out, ref, lengths, rel=1e-4):
+    frame_ref, clip_ref = ref
+    b, t = frame_ref.shape[:2]
+    mask = np.ones((b, t), bool) if lengths is None else np.arange(t)[None] < np.asarray(lengths)[:, None]
+    got_frame = out["frame_logits"][mask]
+    assert out["frame_logits"].shape == frame_ref.shape and out["clip_logits"].shape == clip_ref.shape
+    assert np.linalg.norm(got_frame - frame_ref[mask]) <= rel * np.linalg.norm(frame_ref[mask])
+    assert np.linalg.norm(out["clip_logits"] - clip_ref) <= rel * np.linalg.norm(clip_ref)
+
+
+# --- agreement ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b,t,lengths", SHAPES)
+@pytest.mark.parametrize("which", ["ort", "torch"])
+def test_runner_matches_eager_model(which, b, t, lengths, request, tiny_model):
+    runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+    x = _frames(b, t, seed=b * 10 + t)
+    out = runner.infer(x, None if lengths is None else np.asarray(lengths, np.int64))
+    assert set(out) == {"frame_logits", "clip_logits"}
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in out.values())
+    _assert_close(out, _reference(tiny_model, x, lengths), lengths)
+
+
+def test_padded_clip_equals_unpadded_clip(ort_model):
+    """Padding a clip inside a batch changes nothing for its real frames (exact padded batches)."""
+    x = _frames(2, 6, seed=3)
+    alone = ort_model.infer(x[1:2, :3])
+    batched = ort_model.infer(x, np.array([6, 3]))
+    np.testing.assert_allclose(batched["clip_logits"][1], alone["clip_logits"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched["frame_logits"][1, :3], alone["frame_logits"][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["cnn", "bilstm"])
+def test_stage_runners_compose_to_the_model(stage, onnx_paths, tiny_checkpoint, tiny_model):
+    x = _frames(2, 4, seed=5)
+    lengths = np.array([4, 2])
+    with runtime.load(onnx_paths[stage]) as ort_stage, runtime.load(tiny_checkpoint, stage=stage) as torch_stage:
+        assert ort_stage.stage == torch_stage.stage == stage
+        if stage == "cnn":
+            with torch.no_grad():
+                ref = tiny_model.extract_features(torch.from_numpy(x)).numpy()
+            for r in (ort_stage, torch_stage):
+                feats = r.infer(x)["features"]
+                assert feats.shape == (2, 4, TINY_CONFIG.feature_dim)
+                np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-5)
+        else:
+            feats = torch.randn(2, 4, TINY_CONFIG.feature_dim).numpy()
+            with torch.no_grad():
+                ref = tiny_model.classify(torch.from_numpy(feats), torch.from_numpy(lengths))
+            for r in (ort_stage, torch_stage):
+                _assert_close(r.infer(feats, lengths), (ref[0].numpy(), ref[1].numpy()), lengths)
+
+
+def test_torch_tensor_in_gives_torch_tensor_out(ort_model, torch_model):
+    x = torch.from_numpy(_frames(2, 3, seed=7))
+    for r in (ort_model, torch_model):
+        out = r.infer(x, torch.tensor([3, 1]))
+        assert isinstance(out["clip_logits"], torch.Tensor) and out["clip_logits"].device == x.device
+    a = ort_model.infer(x)["clip_logits"].numpy()
+    b = torch_model.infer(x.numpy())["clip_logits"]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_runner_attributes(ort_model, torch_model, onnx_paths):
+    for r, backend in ((ort_model, "onnxruntime"), (torch_model, "torch")):
+        assert r.backend_name == backend and r.stage == "model"
+        assert r.metadata.class_names == TINY_CLASSES
+        assert r.metadata.mean == TINY_MEAN and r.metadata.std == TINY_STD
+        assert r.input_spec.frame_size == (H, W) and r.input_spec.input_name == "frames"
+        assert r.input_spec.batch_range == (1, None)
+    assert ort_model.provider == "CPUExecutionProvider"
+    with runtime.load(onnx_paths["bilstm"]) as r:
+        assert r.input_spec.input_name == "features" and r.input_spec.item_shape == (TINY_CONFIG.feature_dim,)
+
+
+def test_classify_returns_labels_and_probabilities(ort_model):
+    x = _frames(2, 5, seed=9)
+    res = ort_model.classify(x, np.array([5, 2]), top_k=2)
+    logits = ort_model.infer(x, np.array([5, 2]))["clip_logits"]
+    assert res.probs.shape == (2, 2) and res.indices.shape == (2, 2)
+    assert np.all(res.probs[:, 0] >= res.probs[:, 1])
+    assert list(res.indices[:, 0]) == list(logits.argmax(axis=1))
+    assert res.labels[0][0] == TINY_CLASSES[int(logits[0].argmax())]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(res.probs[:, 0], p.max(1), rtol=1e-5)
+    assert [len(f) for f in res.frame_labels] == [5, 2]
+    assert res.frame_probs.shape == (2, 5, 2)
+    with pytest.raises(RuntimeInputError, match="top_k"):
+        ort_model.classify(x, top_k=4)
+
+
+def test_lifecycle_and_del_warning(tiny_checkpoint, caplog):
+    r = runtime.load(tiny_checkpoint)
+    assert not r.is_active
+    with r:
+        assert r.is_active
+    assert not r.is_active
+    r2 = runtime.load(tiny_checkpoint)
+    r2.activate()
+    with caplog.at_level("WARNING", logger="runtime.base"):
+        r2.__del__()
+    assert "never deactivated" in caplog.text and not r2.is_active
+
+
+# --- preprocessing -----------------------------------------------------------------------------------------------
+
+
+def test_preprocess_frames_normalises_and_checks_size():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, size=(4, H, W, 3), dtype=np.uint8)
+    x = preprocess_frames(clip, TINY_MEAN, TINY_STD, (H, W))
+    assert x.shape == (1, 4, 3, H, W) and x.dtype == np.float32 and x.flags.c_contiguous
+    expected = (clip[1, 2, 3, 0] / 255.0 - TINY_MEAN[0]) / TINY_STD[0]
+    assert x[0, 1, 0, 2, 3] == pytest.approx(expected, rel=1e-6)
+    batch = rng.integers(0, 256, size=(2, 3, H, W, 3), dtype=np.uint8)
+    assert preprocess_frames(batch, TINY_MEAN, TINY_STD).shape == (2, 3, 3, H, W)
+    big = rng.integers(0, 256, size=(2, 2 * H, 2 * W, 3), dtype=np.uint8)
+    with pytest.raises(RuntimeInputError, match=f"{2 * H}x{2 * W}.*takes {H}x{W}.*resize=True"):
+        preprocess_frames(big, TINY_MEAN, TINY_STD, (H, W))
+    assert preprocess_frames(big, TINY_MEAN, TINY_STD, (H, W), resize=True).shape == (1, 2, 3, H, W)
+    with pytest.raises(RuntimeInputError, match="uint8"):
+        preprocess_frames(clip.astype(np.float32), TINY_MEAN, TINY_STD)
+    with pytest.raises(RuntimeInputError, match=r"\(T, H, W, 3\)"):
+        preprocess_frames(clip[0, 0], TINY_MEAN, TINY_STD)
+    with pytest.raises(RuntimeInputError, match="channels last"):
+        preprocess_frames(clip[..., :2], TINY_MEAN, TINY_STD)
+
+
+def test_preprocess_then_infer_matches_manual_normalisation(ort_model):
+    clip = np.random.default_rng(1).integers(0, 256, size=(3, H, W, 3), dtype=np.uint8)
+    manual = ((clip / 255.0 - np.array(TINY_MEAN)) / np.array(TINY_STD)).transpose(0, 3, 1, 2)[None]
+    a = ort_model.infer(preprocess_frames(clip, ort_model.metadata.mean, ort_model.metadata.std, (H, W)))
+    b = ort_model.infer(manual.astype(np.float32))
+    np.testing.assert_allclose(a["clip_logits"], b["clip_logits"], rtol=1e-5, atol=1e-6)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+BAD_INPUTS = [
+    ("rank", lambda: (np.zeros((2, 3, H, W), np.float32), None), r"5 dims \(B, T, 3, 16, 16\).*x\[None\]"),
+    ("channels_last", lambda: (np.zeros((1, 2, H, W, 3), np.float32), None), "preprocess_frames"),
+    ("frame_size", lambda: (np.zeros((1, 2, 3, 8, 8), np.float32), None), "8x8 .*takes 16x16"),
+    ("dtype_float64", lambda: (np.zeros((1, 2, 3, H, W), np.float64), None), "must be float32, got float64"),
+    ("dtype_uint8", lambda: (np.zeros((1, 2, 3, H, W), np.uint8), None), "uint8 .*preprocess_frames"),
+    ("type_list", lambda: ([[0.0]], None), "numpy array or a torch tensor"),
+    ("empty_batch", lambda: (np.zeros((0, 2, 3, H, W), np.float32), None), "at least one clip"),
+    ("lengths_shape", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([3])), r"shape \(2,\)"),
+    ("lengths_float", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([3.0, 1.0])), "integers"),
+    ("lengths_bool", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([True, True])), "integers"),
+    ("lengths_zero", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([3, 0])), r"1\.\.T=3.*min 0"),
+    ("lengths_over_t", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([4, 1])), r"1\.\.T=3.*max 4"),
+]
+
+
+@pytest.mark.parametrize("which", ["ort", "torch"])
+@pytest.mark.parametrize("case,make,match", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_raises_one_clear_error(which, case, make, match, request):
+    runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+    x, lengths = make()
+    with pytest.raises(RuntimeInputError, match=match) as info:
+        runner.infer(x, lengths)
+    assert isinstance(info.value, ValueError)
+
+
+def test_nan_inf_rejected_only_when_asked(ort_model, onnx_paths):
+    x = _frames(1, 2)
+    x[0, 1, 2, 3, 4] = np.nan
+    assert ort_model.infer(x)["clip_logits"].shape == (1, 3)  # unchecked by default (a full scan costs time)
+    with pytest.raises(RuntimeInputError, match=r"1 NaN/Inf values \(first at index \(0, 1, 2, 3, 4\)\)"):
+        ort_model.infer(x, check_finite=True)
+    with runtime.load(onnx_paths["model"], check_finite=True) as checked:
+        x[0, 1, 2, 3, 4] = np.inf
+        with pytest.raises(RuntimeInputError, match="NaN/Inf"):
+            checked.infer(torch.from_numpy(x))
+
+
+def test_cnn_stage_rejects_lengths_and_classify(onnx_paths):
+    with runtime.load(onnx_paths["cnn"]) as r:
+        with pytest.raises(RuntimeInputError, match="takes no lengths"):
+            r.infer(_frames(1, 2), np.array([2]))
+        with pytest.raises(RuntimeInputError, match="classify needs a model or bilstm"):
+            r.classify(_frames(1, 2))
+
+
+def test_features_of_wrong_width_rejected(onnx_paths):
+    with runtime.load(onnx_paths["bilstm"]) as r:
+        with pytest.raises(RuntimeInputError, match=r"F = 512.*\(1, 2, 7\)"):
+            r.infer(np.zeros((1, 2, 7), np.float32))
+
+
+# --- bad files -----------------------------------------------------------------------------------------------------
+
+
+def test_files_that_are_not_what_they_say(tmp_path, tiny_checkpoint, onnx_paths):
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.onnx"
+    noise.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(RuntimeInputError, match="not a loadable ONNX model"):
+        runtime.load(noise)
+    zipped = tmp_path / "archive.engine"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("a.txt", "hello")
+    with pytest.raises(RuntimeInputError, match="zip archive"):
+        runtime.load(zipped)
+    ckpt_as_onnx = tmp_path / "ckpt.onnx"
+    ckpt_as_onnx.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(RuntimeInputError, match="zip archive .*PyTorch checkpoint"):
+        runtime.load(ckpt_as_onnx)
+    onnx_as_pt = tmp_path / "model.pt"
+    onnx_as_pt.write_bytes(onnx_paths["model"].read_bytes())
+    with pytest.raises(RuntimeInputError, match="neither a zip nor a pickle"):
+        runtime.load(onnx_as_pt)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(onnx_paths["model"].read_bytes()[:5000])
+    with pytest.raises(RuntimeInputError, match="not a loadable ONNX model"):
+        runtime.load(truncated)
+    broken_ckpt = tmp_path / "broken.pt"
+    broken_ckpt.write_bytes(tiny_checkpoint.read_bytes()[:2000])
+    with pytest.raises(RuntimeInputError, match="not a readable checkpoint"):
+        runtime.load(broken_ckpt)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(RuntimeInputError, match="empty"):
+        runtime.load(tmp_path / "empty.onnx")
+
+
+def test_foreign_onnx_without_metadata(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["frames"], ["features"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("frames", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1])])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(RuntimeInputError, match="lacks the 'cnn_bilstm_deploy' metadata"):
+        runtime.load(path)
+
+
+def test_load_argument_errors(tmp_path, tiny_checkpoint, onnx_paths):
+    with pytest.raises(RuntimeInputError, match="does not exist"):
+        runtime.load(tmp_path / "missing.onnx")
+    with pytest.raises(RuntimeInputError, match="is a directory"):
+        runtime.load(tmp_path)
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(RuntimeInputError, match="valid extensions: .engine, .onnx, .plan, .pt, .pth"):
+        runtime.load(tmp_path / "model.bin")
+    with pytest.raises(RuntimeInputError, match="backend 'torch' cannot read a .onnx"):
+        runtime.load(onnx_paths["model"], backend="torch")
+    with pytest.raises(RuntimeInputError, match=r"unknown options \['stages'\].*valid options:.*stage"):
+        runtime.load(tiny_checkpoint, stages="cnn")
+    with pytest.raises(RuntimeInputError, match="stage must be one of"):
+        runtime.load(tiny_checkpoint, stage="lstm")
+    with pytest.raises(RuntimeInputError, match="needs the fast path on a CUDA device"):
+        runtime.load(tiny_checkpoint, device="cpu", precision="fp16")
+    with pytest.raises(RuntimeInputError, match="not available"):
+        runtime.load(onnx_paths["model"], providers=["NoSuchExecutionProvider"])
+
+
+# --- threads and memory --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["ort", "torch"])
+def test_threads_give_the_same_results_as_one_thread(which, request):
+    runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+    # Tiny inputs (1-2 frames) keep 8 x 200 calls quick; different shapes and lengths catch shared-state bugs.
+    inputs = [(_frames(1 + i % 2, 1 + i % 2, seed=i), None if i % 2 == 0 else np.array([2, 1]))
+              for i in range(6)]
+    expected = [runner.infer(x, ln)["clip_logits"] for x, ln in inputs]
+    errors, mismatches = [], []
+
+    def work(k):
+        try:
+            for j in range(200):
+                i = (k + j) % len(inputs)
+                got = runner.infer(*inputs[i])["clip_logits"]
+                if not np.array_equal(got, expected[i]):
+                    mismatches.append((k, j))
+        except Exception as e:  # surfaced below: an exception in a thread must fail the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["ort", "torch"])
+def test_ten_thousand_calls_do_not_grow_memory(which, request):
+    runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+    x, lengths = _frames(2, 2, seed=1), np.array([2, 1])
+    for _ in range(500):  # warm up allocators and arenas
+        runner.infer(x, lengths)
+    before = _rss_mb()
+    for _ in range(10_000):
+        runner.infer(x, lengths)
+    growth = _rss_mb() - before
+    assert growth < 20, f"RSS grew by {growth:.1f} MiB over 10,000 calls"
+
+
+def test_import_runtime_is_cheap():
+    code = ("import sys, runtime; runtime.RuntimeInputError; runtime.preprocess_frames; "
+            "heavy = [m for m in ('torch', 'onnxruntime', 'tensorrt', 'tensorrt_rtx', 'onnx') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -1,0 +1,140 @@
+"""GPU checks of the runtime (auto-skipped without CUDA): the fast PyTorch path against the eager fp32 model,
+padded-batch exactness across buckets, CUDA tensors in/out, streaming on the GPU, cuda-python buffers, and the real
+TensorRT path (skipped unless TensorRT is installed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG  # noqa: E402
+
+import runtime
+from runtime import StreamingClassifier
+
+pytestmark = pytest.mark.gpu
+H, W = TINY_CONFIG.frame_size
+# (B, T, lengths): bucket-sized, padded in B and T, beyond T=32, and a shape past the largest default bucket.
+SHAPES = [(1, 16, None), (3, 5, [5, 2, 1]), (8, 16, None), (2, 33, [33, 17]), (65, 2, None)]
+TOL = {"fp16": 2e-3, "fp32": 1e-3, "fp16-all": 1e-2}  # fp32 allows TF32 convolutions (cuDNN's default)
+
+
+def _rel(a, b):
+    return float(torch.linalg.norm(a.double() - b.double()) / torch.linalg.norm(b.double()))
+
+
+def _reference(model, x, lengths):
+    with torch.no_grad():
+        return model(x, None if lengths is None else torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32", "fp16-all"])
+def test_fast_path_matches_eager_fp32(tiny_checkpoint, tiny_model, precision):
+    with runtime.load(tiny_checkpoint, device="cuda", precision=precision) as r:
+        assert r.fast and r.cuda_graphs
+        for b, t, lengths in SHAPES:
+            x = torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(b + t))
+            ref_frame, ref_clip = _reference(tiny_model, x, lengths)
+            out = r.infer(x.cuda(), None if lengths is None else torch.tensor(lengths))
+            frame, clip = out["frame_logits"].cpu(), out["clip_logits"].cpu()
+            mask = torch.ones(b, t, dtype=torch.bool) if lengths is None else (
+                torch.arange(t)[None] < torch.tensor(lengths)[:, None])
+            assert frame.shape == (b, t, 3) and clip.shape == (b, 3)
+            assert _rel(frame[mask], ref_frame[mask]) <= TOL[precision], (b, t)
+            assert _rel(clip, ref_clip) <= TOL[precision], (b, t)
+
+
+def test_graphs_are_captured_per_bucket(tiny_checkpoint):
+    with runtime.load(tiny_checkpoint, device="cuda") as r:
+        r.infer(np.zeros((3, 5, 3, H, W), np.float32))
+        r.infer(np.zeros((1, 16, 3, H, W), np.float32))
+        assert set(r._buckets) == {(4, 8), (1, 16)}
+        assert all(bk.graph is not None for bk in r._buckets.values())
+
+
+def test_padded_batch_matches_single_clips(tiny_checkpoint):
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 3, H, W, device="cuda")
+    lengths = [12, 7, 1]
+    with runtime.load(tiny_checkpoint, device="cuda", precision="fp32") as r:
+        batched = r.infer(x, torch.tensor(lengths))
+        for i, n in enumerate(lengths):
+            alone = r.infer(x[i:i + 1, :n].contiguous())
+            assert _rel(batched["clip_logits"][i], alone["clip_logits"][0]) <= 1e-3
+            assert _rel(batched["frame_logits"][i, :n], alone["frame_logits"][0]) <= 1e-3
+
+
+def test_cuda_in_cuda_out_numpy_in_numpy_out(tiny_checkpoint):
+    with runtime.load(tiny_checkpoint) as r:  # device=None picks CUDA, fast=None turns the fast path on
+        assert r.device.type == "cuda" and r.fast
+        x = torch.randn(2, 4, 3, H, W, device="cuda")
+        out = r.infer(x)
+        assert out["clip_logits"].is_cuda and out["clip_logits"].dtype == torch.float32
+        out_np = r.infer(x.cpu().numpy())
+        assert isinstance(out_np["clip_logits"], np.ndarray)
+        np.testing.assert_allclose(out_np["clip_logits"], out["clip_logits"].cpu().numpy(), rtol=1e-5, atol=1e-6)
+        first = out["clip_logits"].clone()
+        r.infer(torch.randn(2, 4, 3, H, W, device="cuda"))
+        assert torch.equal(first, out["clip_logits"])  # returned tensors are not the static graph buffers
+
+
+def test_streaming_on_gpu_matches_full_model(tiny_checkpoint, tiny_model):
+    window = 8
+    frames = torch.randn(11, 3, H, W, generator=torch.Generator().manual_seed(3))
+    with StreamingClassifier(tiny_checkpoint, window=window, device="cuda") as stream:
+        for n in range(1, len(frames) + 1):
+            res = stream.push(frames[n - 1].cuda())
+            k = min(n, window)
+            ref_frame, ref_clip = _reference(tiny_model, frames[None, n - k:n], None)
+            assert _rel(torch.from_numpy(res.clip_logits), ref_clip[0]) <= TOL["fp16"]
+            assert _rel(torch.from_numpy(res.frame_logits), ref_frame[0, -1]) <= 5 * TOL["fp16"]
+
+
+def test_cuda_python_buffers_round_trip():
+    pytest.importorskip("cuda.bindings")
+    from runtime.cuda_mem import CudaApi, DeviceBuffer
+
+    cuda = CudaApi()
+    info = cuda.device_info(0)
+    major, minor = torch.cuda.get_device_capability(0)
+    assert info["compute_capability"] == f"{major}.{minor}"
+    stream = cuda.stream_create()
+    dev, host = DeviceBuffer(cuda), DeviceBuffer(cuda, pinned_host=True)
+    try:
+        data = np.arange(1000, dtype=np.float32)
+        assert dev.ensure(data.nbytes) and host.ensure(data.nbytes)
+        assert not dev.ensure(data.nbytes // 2)  # reused, not reallocated
+        host.view(data.nbytes)[:] = data.view(np.uint8)
+        cuda.memcpy_htod_async(dev.ptr, host.ptr, data.nbytes, stream)
+        host.view(data.nbytes)[:] = 0
+        cuda.memcpy_dtoh_async(host.ptr, dev.ptr, data.nbytes, stream)
+        cuda.stream_synchronize(stream)
+        np.testing.assert_array_equal(host.view(data.nbytes).view(np.float32), data)
+    finally:
+        dev.free()
+        host.free()
+        cuda.stream_destroy(stream)
+
+
+@pytest.mark.trt
+def test_tensorrt_engine_matches_eager(tiny_checkpoint, tiny_model, tmp_path):
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("cuda.bindings")
+    from export.to_onnx import export_onnx
+    from export.to_trt import build_engine
+
+    onnx_path = export_onnx(tiny_checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
+    engine = build_engine(onnx_path, tmp_path / "model.engine", profiles=["batch=1:2:4,time=1:8:16"]).engine_path
+    for graphs in (False, True):
+        with runtime.load(engine, cuda_graphs=graphs) as r:
+            assert r.input_spec.batch_range == (1, 4) and r.input_spec.time_range == (1, 16)
+            x = torch.randn(3, 6, 3, H, W)
+            lengths = [6, 4, 1]
+            ref_frame, ref_clip = _reference(tiny_model, x, lengths)
+            for inp in (x.numpy(), x.cuda()):
+                out = r.infer(inp, np.array(lengths))
+                clip = out["clip_logits"] if isinstance(out["clip_logits"], np.ndarray) else out[
+                    "clip_logits"].cpu().numpy()
+                assert _rel(torch.from_numpy(clip), ref_clip) <= 1e-2
+            with pytest.raises(runtime.RuntimeInputError, match="batch=1:5:5"):
+                r.infer(np.zeros((5, 2, 3, H, W), np.float32))

@@ -1,0 +1,94 @@
+"""StreamingClassifier: after N pushes its output equals the full model on the same window of frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG, TINY_MEAN, TINY_STD  # noqa: E402
+
+import runtime
+from runtime import RuntimeInputError, StreamingClassifier
+
+H, W = TINY_CONFIG.frame_size
+WINDOW = 4
+
+
+def _full_model(model, frames):
+    with torch.no_grad():
+        frame, clip = model(torch.from_numpy(frames[None]))
+    return frame[0, -1].numpy(), clip[0].numpy()
+
+
+def _check_stream(stream, model, n_frames=7, window=WINDOW):
+    frames = np.random.default_rng(0).standard_normal((n_frames, 3, H, W)).astype(np.float32)
+    for n in range(1, n_frames + 1):
+        res = stream.push(frames[n - 1])
+        k = min(n, window)
+        ref_frame, ref_clip = _full_model(model, frames[n - k:n])
+        assert res.frames_seen == n and res.window_frames == k
+        np.testing.assert_allclose(res.frame_logits, ref_frame, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(res.clip_logits, ref_clip, rtol=1e-4, atol=1e-5)
+        assert res.clip_label == stream.metadata.class_names[int(ref_clip.argmax())]
+    return frames
+
+
+def test_stream_from_checkpoint_matches_full_model(tiny_checkpoint, tiny_model):
+    with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
+        _check_stream(stream, tiny_model)
+        stream.reset()
+        assert stream.frames_seen == 0
+        _check_stream(stream, tiny_model, n_frames=3)  # after reset the window starts empty again
+
+
+def test_stream_from_onnx_export_dir_and_runner_pair(tiny_checkpoint, tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export.to_onnx import export_onnx
+
+    paths = export_onnx(tiny_checkpoint, tmp_path / "export", precision="fp32").paths
+    with StreamingClassifier(tmp_path / "export", window=WINDOW) as stream:
+        assert stream.cnn.backend_name == stream.bilstm.backend_name == "onnxruntime"
+        _check_stream(stream, tiny_model)
+    with runtime.load(paths["cnn"]) as cnn, runtime.load(tiny_checkpoint, stage="bilstm", device="cpu") as bilstm:
+        with StreamingClassifier((cnn, bilstm), window=WINDOW) as stream:
+            _check_stream(stream, tiny_model, n_frames=5)
+        assert cnn.is_active  # runners passed in belong to the caller
+
+
+def test_cnn_runs_once_per_frame(tiny_checkpoint, tiny_model):
+    with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
+        seen = []
+        orig = stream.cnn.infer
+        stream.cnn.infer = lambda x, *a, **k: (seen.append(tuple(x.shape)), orig(x, *a, **k))[1]
+        for _ in range(6):
+            stream.push(np.zeros((3, H, W), np.float32))
+        assert seen == [(1, 1, 3, H, W)] * 6
+
+
+def test_raw_uint8_frames_are_preprocessed(tiny_checkpoint, tiny_model):
+    raw = np.random.default_rng(2).integers(0, 256, size=(3, H, W, 3), dtype=np.uint8)
+    norm = runtime.preprocess_frames(raw, TINY_MEAN, TINY_STD, (H, W))[0]
+    with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as a, \
+            StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as b:
+        for i in range(3):
+            ra, rb = a.push(raw[i]), b.push(torch.from_numpy(norm[i]))
+            np.testing.assert_allclose(ra.clip_logits, rb.clip_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(RuntimeInputError, match="window must be an integer >= 1"):
+        StreamingClassifier(tiny_checkpoint, window=0)
+    with pytest.raises(RuntimeInputError, match="neither cnn.onnx"):
+        StreamingClassifier(tmp_path)
+    with runtime.load(tiny_checkpoint, device="cpu") as model_runner:
+        with pytest.raises(RuntimeInputError, match="separate cnn and bilstm runners"):
+            StreamingClassifier(model_runner)
+        with pytest.raises(RuntimeInputError, match=r"stages \('model', 'model'\)"):
+            StreamingClassifier((model_runner, model_runner))
+    with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
+        with pytest.raises(RuntimeInputError, match=rf"\(3, {H}, {W}\).*\({H}, {W}, 3\)"):
+            stream.push(np.zeros((3, H + 1, W), np.float32))
+        with pytest.raises(RuntimeInputError, match=f"takes {H}x{W}"):
+            stream.push(np.zeros((H * 2, W * 2, 3), np.uint8))
+        with pytest.raises(RuntimeInputError, match="numpy array or torch tensor"):
+            stream.push([[0.0]])
