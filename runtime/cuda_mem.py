@@ -112,8 +112,12 @@ class CudaApi:
         self._check(self.cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
     def stream_handle(self, stream) -> int:
-        """The integer handle ``execute_async_v3`` takes."""
-        return int(stream) if not hasattr(stream, "getPtr") else int(stream.getPtr())
+        """The integer handle ``execute_async_v3`` takes.
+
+        ``int(cudaStream_t)`` is the stream itself; cuda-python's ``getPtr()`` is the address *of* the handle
+        (``&stream``), which TensorRT would take for a (wild) stream.
+        """
+        return int(stream)
 
     def begin_capture(self, stream) -> None:
         mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
@@ -162,9 +166,10 @@ class DeviceBuffer:
         """Make room for ``nbytes``; returns True when the address changed (graphs baked with it are stale)."""
         if nbytes <= self.nbytes:
             return False
+        old = self.nbytes  # read before free(), which zeroes it
         self.free()
         # Grow by at least 1.5x so a stream of slowly growing shapes does not reallocate every call.
-        size = _round_up(max(int(nbytes), int(self.nbytes * 1.5)))
+        size = _round_up(max(int(nbytes), int(old * 1.5)))
         self.ptr = self.cuda.malloc_host(size) if self.pinned_host else self.cuda.malloc(size)
         self.nbytes = size
         self.reallocations += 1

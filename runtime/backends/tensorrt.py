@@ -189,11 +189,14 @@ class TrtRunner(BaseRunner):
         trt = self.tm.trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        try:
+            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+            why = "damaged, or not a TensorRT plan although the report matched"
+        except Exception as e:  # some versions raise instead of returning None
+            engine, why = None, f"{type(e).__name__}: {e}"
         if engine is None:
-            raise RuntimeInputError(f"{self.tm.describe()} could not deserialize {self.path} (damaged, or not a "
-                                    "TensorRT plan although the report matched); rebuild it with "
-                                    "`python -m export.to_trt`")
+            raise RuntimeInputError(f"{self.tm.describe()} could not deserialize {self.path} ({why}); rebuild it "
+                                    "with `python -m export.to_trt`")
         return engine
 
     def _io_names(self, metadata: ModelMetadata) -> None:
@@ -252,11 +255,17 @@ class TrtRunner(BaseRunner):
     def _set_shapes(self, feed: Feed, stream_handle: int) -> dict:
         """Select the profile, set input shapes, and read the output shapes back from the context."""
         if self._profile != feed.profile:
-            self.context.set_optimization_profile_async(feed.profile, stream_handle)
+            if not self.context.set_optimization_profile_async(feed.profile, stream_handle):
+                raise RuntimeError(f"{self.tm.describe()} refused optimization profile {feed.profile} of {self.path}")
             self._profile = feed.profile
-        self.context.set_input_shape(self.input_name, tuple(feed.x.shape))
+        shapes = {self.input_name: tuple(feed.x.shape)}
         if "lengths" in self.inputs:
-            self.context.set_input_shape("lengths", (feed.batch,))
+            shapes["lengths"] = (feed.batch,)
+        for n, shape in shapes.items():
+            # False here would leave unresolved (-1) output shapes and a failed enqueue: say so instead.
+            if not self.context.set_input_shape(n, shape):
+                raise RuntimeError(f"{self.tm.describe()} set_input_shape({n!r}, {shape}) failed in profile "
+                                   f"{feed.profile} of {self.path}; see the TensorRT log")
         return {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs}
 
     def infer_impl(self, feed: Feed) -> dict:
