@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench bench-smoke clean
+.PHONY: venv demo test lint bench bench-smoke clean
 
 venv: $(STAMP)
 
@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash scripts/demo.sh
 
+# Unit, integration and CLI tests, plus the benchmark suite in smoke mode (tiny model, smallest grid, untimed): every
+# contender's outputs are still checked against eager PyTorch, so the suite cannot rot.
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests benchmarks --benchmark-disable --bench-smoke $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
@@ -36,6 +38,9 @@ lint: venv
 bench: venv
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=runs/bench.json
 	$(PY) -m benchmarks.report runs/bench.json --out runs/bench-report
+
+bench-smoke: venv
+	$(PY) -m pytest benchmarks -q --benchmark-disable --bench-smoke
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -34,7 +34,9 @@ STREAM_WINDOW = 16
 
 # Norm-relative error ||y - y_ref|| / ||y_ref|| allowed against eager fp32 (TF32 off), per precision label.
 # "tf32": fp32 on CUDA with PyTorch's default of TF32 cuDNN convolutions/RNNs (10-bit mantissa, like fp16).
-TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 2e-3, "fp16-cnn": 2e-3}
+# fp16: the export spec's fp16 bound (export/spec.py, 1e-2); plain eager .half() of the reference model measured 6-7e-3
+# against fp32 on an H200 (2026-11-27), so a tighter bound would fail the eager fp16 baseline itself.
+TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 1e-2, "fp16-cnn": 1e-2}
 
 # Stated or measured dense peaks used for the compute floor, matched by substring of the device name (first hit wins).
 # Sources: ../shared/docs/baselines.md (H100 fp16 matmul measured 732 TFLOP/s at 8192^3; this CPU ~260 GFLOP/s fp32

@@ -12,7 +12,7 @@ step "1/6 train on synthetic clips (class = direction of motion, so frame order 
 $PY -m train --preset demo --out "$DIR" --force --no-progress
 
 step "2/6 evaluate on held-out clips, and on the same clips with their frames shuffled"
-$PY -m train.evaluate "$DIR/best.pt" --preset demo --confusion "$DIR/confusion.png" --json "$DIR/eval.json"
+$PY -m train.evaluate "$DIR/best.pt" --data synthetic --frames 8 --val-clips 512 --confusion "$DIR/confusion.png" --json "$DIR/eval.json"
 
 step "3/6 export model/cnn/bilstm graphs in fp32 and fp16, each verified against PyTorch"
 $PY -m export.to_onnx "$DIR/best.pt" --out "$DIR/onnx" --precision all-default
@@ -32,7 +32,7 @@ fi
 step "5/6 runtime: load the exported graphs, compare with PyTorch on held-out clips, stream a clip frame by frame"
 $PY scripts/demo_runtime.py "$DIR"
 
-step "6/6 quick latency look (B=1, T=8)"
+step "6/6 quick latency look (B=1, T=16; a quick look, the full suite is: make bench)"
 $PY -m benchmarks.quick "$DIR/best.pt" --onnx-dir "$DIR/onnx/fp32"
 
 step "done: artifacts in $DIR"

@@ -45,10 +45,13 @@ def test_fast_path_matches_eager_fp32(tiny_checkpoint, tiny_model, precision):
 
 
 def test_graphs_are_captured_per_bucket(tiny_checkpoint):
+    rng = np.random.default_rng(0)
     with runtime.load(tiny_checkpoint, device="cuda") as r:
-        r.infer(np.zeros((3, 5, 3, H, W), np.float32))
-        r.infer(np.zeros((1, 16, 3, H, W), np.float32))
-        assert set(r._buckets) == {(4, 8), (1, 16)}
+        # Full-length clips keep their exact T (fused cuDNN BiLSTM); mixed lengths pad T to its bucket.
+        r.infer(rng.standard_normal((3, 5, 3, H, W), dtype=np.float32))
+        r.infer(rng.standard_normal((1, 16, 3, H, W), dtype=np.float32))
+        r.infer(rng.standard_normal((3, 5, 3, H, W), dtype=np.float32), np.array([5, 2, 1]))
+        assert set(r._buckets) == {(4, 5, True), (1, 16, True), (4, 8, False)}
         assert all(bk.graph is not None for bk in r._buckets.values())
 
 
