@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from train.data import DataSpec, build_dataset, pad_collate
 
 
 def held_out_batch(run_dir: Path, ckpt, max_clips: int):
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = json.loads((run_dir / "config.json").read_text())["args"]
     spec = DataSpec(name=cfg["data"], data_dir=cfg.get("data_dir"), frames=cfg["frames"],
                     frame_size=tuple(ckpt.config.frame_size), seed=cfg["seed"], num_clips=cfg.get("val_clips"),
                     num_classes=cfg.get("synthetic_classes", ckpt.config.num_classes), mean=ckpt.mean, std=ckpt.std)
@@ -38,7 +37,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="run folder of `python -m train` that `export.to_onnx` exported into")
     p.add_argument("--clips", type=int, default=256, help="held-out clips to compare (default %(default)s)")
-    p.add_argument("--window", type=int, default=None, help="streaming window (default: the clip length)")
+    p.add_argument("--window", type=int, default=6,
+                   help="streaming window; shorter than the clip, so the ring buffer wraps (default %(default)s)")
     args = p.parse_args(argv)
 
     ckpt = load_checkpoint(args.run_dir / "best.pt")
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     # Streaming: push the frames of one held-out clip one at a time.
     clip = x[0, : int(lengths[0])]
-    window = args.window or len(clip)
+    window = min(args.window, len(clip))
     onnx_dir = args.run_dir / "onnx" / "fp32"
     source = onnx_dir if (onnx_dir / "cnn.onnx").exists() else args.run_dir / "best.pt"
     with runtime.StreamingClassifier(source, window=window) as stream:

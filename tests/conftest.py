@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks._common import build_random_model
 from runtime.checkpoint import save_checkpoint
-from runtime.model import ModelConfig, build_model
+from runtime.model import ModelConfig
 
 # Small enough that a forward pass over a few clips takes milliseconds on 2 CPU cores, but the same architecture
 # family as the product (ResNet + 2-layer BiLSTM + two heads).
@@ -48,17 +49,9 @@ def _restore_rng_state():
 
 
 def _tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(TINY_CONFIG)
-    # Non-trivial BatchNorm statistics, so eval-mode BN (and any conv-BN folding) is really exercised.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model.eval()
+    # Seeded random weights with non-trivial BatchNorm statistics, so eval-mode BN (and any conv-BN folding) is
+    # really exercised; the benchmark suite builds its models the same way.
+    return build_random_model(TINY_CONFIG, seed=seed)
 
 
 @pytest.fixture(scope="session")
