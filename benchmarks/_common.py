@@ -740,7 +740,10 @@ class BenchContext:
         if key not in self._cache:
             engine = self.workdir / "trt" / f"{graph}.engine"
             if not engine.exists():
-                build_engine(self.onnx_dir("fp32") / f"{graph}.onnx", engine)
+                # The fp16 graph (fp16 CNN, fp32 BiLSTM): a strongly typed network takes its precision from the
+                # graph, so an fp32 graph would give an fp32 engine. One profile spans the whole default grid.
+                build_engine(self.onnx_dir("fp16") / f"{graph}.onnx", engine,
+                             profiles=["batch=1:1:64,time=1:16:128"])
             runner = runtime.load(engine)
             runner.activate()
             self._cache[key] = runner
@@ -748,7 +751,7 @@ class BenchContext:
             raise Unavailable("streaming over TensorRT engines is not benchmarked yet")
         runner = self._cache[key]
         pool = self.torch_pool(workload, batch, time_steps)
-        return Prepared(fn=runner.infer, inputs=pool, timer="perf-counter", precision="fp16", sync=self._sync(),
+        return Prepared(fn=runner.infer, inputs=pool, timer="perf-counter", precision="fp16-cnn", sync=self._sync(),
                         probe=lambda: runner.infer(pool[0]), info={"note": flavour})
 
     def _runtime_stream(self, contender, batch, *, loader, precision, numpy_inputs=False, info=None) -> Prepared:

@@ -129,8 +129,8 @@ class BaseRunner:
         return self
 
     def deactivate(self) -> None:
-        """Release the backend's resources. A no-op when not active."""
-        with self._activate_lock:
+        """Release the backend's resources. A no-op when not active. Waits for a serialised call in flight."""
+        with self._activate_lock, self._lock:
             if self.is_active:
                 try:
                     self.deactivate_impl()

@@ -91,7 +91,11 @@ def read_checkpoint_dict(path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in d]
     if missing:
         raise CheckpointError(f"{path} lacks required checkpoint keys {missing}")
-    if int(d["format_version"]) > FORMAT_VERSION:
+    try:
+        version = int(d["format_version"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid format_version {d['format_version']!r} (an integer)") from e
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format version {d['format_version']}, newer than this package reads "
             f"({FORMAT_VERSION}); upgrade cnn-bilstm-deploy (it was written by version {d.get('package_version')})"

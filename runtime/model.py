@@ -155,8 +155,10 @@ class CNNBiLSTM(nn.Module):
         if lengths is None:
             pooled = lstm_out.mean(dim=1)
         else:
-            mask = length_mask(lengths, lstm_out.shape[1]).unsqueeze(-1).to(lstm_out.dtype)
-            lstm_out = lstm_out * mask  # padded steps are exactly zero whatever the LSTM implementation left there
+            mask = length_mask(lengths, lstm_out.shape[1]).unsqueeze(-1)
+            # Padded steps become exactly zero whatever an LSTM implementation left there (a select, not a product:
+            # NaN or Inf in padding must not leak into the pooled clip logits).
+            lstm_out = lstm_out.masked_fill(~mask, 0.0)
             pooled = lstm_out.sum(dim=1) / lengths.to(lstm_out.dtype).unsqueeze(1)
         return self.frame_head(lstm_out), self.clip_head(pooled)
 

@@ -137,6 +137,10 @@ class StreamingClassifier:
                 cnn.metadata.class_names != bilstm.metadata.class_names):
             raise RuntimeInputError("the cnn and bilstm runners come from different models (feature width or class "
                                     "names differ)")
+        sha = [r.metadata.extra.get("checkpoint_sha256") for r in (cnn, bilstm)]
+        if all(sha) and sha[0] != sha[1]:
+            raise RuntimeInputError(f"the cnn and bilstm graphs were exported from different checkpoints (sha256 "
+                                    f"{sha[0][:12]}... vs {sha[1][:12]}...); export both from the same one")
         cnn.input_spec.find_profile(1, 1)
         bilstm.input_spec.find_profile(1, 1)
         bilstm.input_spec.find_profile(1, self.window)

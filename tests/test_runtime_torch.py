@@ -133,3 +133,21 @@ def test_runner_does_not_modify_a_shared_checkpoint(tiny_checkpoint):
     with TorchRunner(ckpt, device="cpu", fast=True) as r:
         r.infer(np.zeros((1, 2, 3, H, W), np.float32))
     assert all(torch.equal(before[k], v) for k, v in ckpt.model.state_dict().items())
+
+
+def test_non_finite_padding_never_reaches_real_outputs(fast_cpu, tiny_model):
+    """NaN/Inf in padded steps (np.empty padding, or a bad earlier call left in a bucket) must not leak: padded steps
+    are zeroed by a select, not a product (NaN * 0 is NaN)."""
+    x = torch.randn(2, 6, 3, H, W, generator=torch.Generator().manual_seed(7))
+    lengths = torch.tensor([6, 3])
+    with torch.no_grad():
+        ref_frame, ref_clip = tiny_model(x, lengths)
+    poisoned = x.clone()
+    poisoned[1, 3:] = float("nan")
+    for run in (lambda: fast_cpu.infer(poisoned, lengths), lambda: tiny_model(poisoned, lengths)):
+        with torch.no_grad():
+            out = run()
+        frame, clip = (out["frame_logits"], out["clip_logits"]) if isinstance(out, dict) else out
+        assert torch.isfinite(clip).all()
+        assert _rel(clip, ref_clip) < 1e-5
+        assert _rel(frame[1, :3], ref_frame[1, :3]) < 1e-5

@@ -520,10 +520,11 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng_state(),
             "best_metric": best, "best_epoch": best_epoch, "history": history,
         }
-        # last.pt first: if we die before best.pt is written, resuming redoes nothing and best.pt is at most stale.
-        save_checkpoint(last, model, train_state=train_state, **save_kw)
+        # best.pt before last.pt: a kill between the two leaves last.pt at the previous epoch, so resuming redoes
+        # this epoch and rewrites the same best.pt; the other order could leave best.pt stale for good.
         if improved:
             save_checkpoint(out / "best.pt", model, **save_kw)
+        save_checkpoint(last, model, train_state=train_state, **save_kw)
         atomic_write_json(out / "metrics.json", history)
         logger.info(
             "epoch %d/%d  train loss %.4f frame acc %.4f clip acc %.4f | test loss %.4f frame acc %.4f clip acc "

@@ -96,7 +96,9 @@ def evaluate_checkpoint(
     out = {
         "checkpoint": str(checkpoint), "data": data, "split": split, "class_names": list(ckpt.class_names),
         "clips": res["clips"], "loss": res["loss"], "frame_acc": res["frame_acc"], "clip_acc": res["clip_acc"],
-        "per_class_acc": dict(zip(ckpt.class_names, res["per_class_acc"], strict=True)), "confusion": res["confusion"],
+        # None (JSON null) for a class absent from the split: NaN is not valid JSON.
+        "per_class_acc": {name: (None if math.isnan(acc) else acc)
+                          for name, acc in zip(ckpt.class_names, res["per_class_acc"], strict=True)}, "confusion": res["confusion"],
     }
     if shuffled:
         sh = evaluate(ckpt.model, loader, dev, shuffle_frames=True, seed=seed, progress=progress)
@@ -158,7 +160,7 @@ def format_report(res: dict[str, Any]) -> str:
     lines.append("  per-class clip accuracy:")
     width = max(len(c) for c in res["class_names"])
     for name, acc in res["per_class_acc"].items():
-        lines.append(f"    {name:<{width}}  {'n/a' if math.isnan(acc) else f'{acc:.4f}'}")
+        lines.append(f"    {name:<{width}}  {'n/a' if acc is None or math.isnan(acc) else f'{acc:.4f}'}")
     return "\n".join(lines)
 
 

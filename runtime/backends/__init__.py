@@ -52,7 +52,8 @@ def sniff_file(path: Path, backend: str) -> None:
                                 "in .pt")
     if backend == "tensorrt" and head.lstrip()[:1] in (b"{", b"["):
         raise RuntimeInputError(f"{path} is JSON text, not a TensorRT engine (the engine's report is ENGINE.json)")
-    if backend == "tensorrt" and head[:1] == b"\x08" and b"pytorch" in _read_head(path, 256).lower():
+    if backend == "tensorrt" and head[:1] == b"\x08" and any(
+            producer in _read_head(path, 256).lower() for producer in (b"pytorch", b"cnn-bilstm-deploy")):
         raise RuntimeInputError(f"{path} looks like an ONNX model, not a TensorRT engine; build one with "
                                 "`python -m export.to_trt MODEL.onnx --out ENGINE`")
     if backend == "torch" and not (head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"):

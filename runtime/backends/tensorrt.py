@@ -108,8 +108,9 @@ def check_engine_compat(report: dict, flavour: str, version: str, device: Option
                                 f"{flavour} {version} is installed; plans are tied to the TensorRT version that built "
                                 f"them: {rebuild} (or install {built_flavour or 'tensorrt'}=={built_version})")
     target = report.get("target") or {}
-    want_cc = str(target.get("compute_capability", "unknown"))
-    if device is None or want_cc in ("unknown", "default", "None", ""):
+    want_cc = str(target.get("compute_capability", "unknown")).strip().lower()
+    # "current" (TensorRT-RTX: the build machine's GPU), "default" and "unknown" name no fixed capability to compare.
+    if device is None or want_cc in ("unknown", "default", "current", "none", ""):
         return
     have_cc = str(device.get("compute_capability"))
     if want_cc != have_cc:
@@ -186,8 +187,13 @@ class TrtRunner(BaseRunner):
 
     # --- loading -----------------------------------------------------------------------------------------------------
     def _deserialize(self):
+        from ..trt_compat import make_logger
+
         trt = self.tm.trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        # A collecting logger keeps TensorRT's own reason (e.g. "does not support this compute capability") for the
+        # error message; modules without ILogger (stripped builds, test fakes) get the plain logger.
+        collect = hasattr(trt, "ILogger")
+        self._logger = make_logger(self.tm, "warning", collect=collect)
         self._runtime = trt.Runtime(self._logger)
         try:
             engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -195,8 +201,14 @@ class TrtRunner(BaseRunner):
         except Exception as e:  # some versions raise instead of returning None
             engine, why = None, f"{type(e).__name__}: {e}"
         if engine is None:
-            raise RuntimeInputError(f"{self.tm.describe()} could not deserialize {self.path} ({why}); rebuild it "
-                                    "with `python -m export.to_trt`")
+            said = "; ".join(self._logger.errors())[:500] if collect else ""
+            if "compute capability" in said.lower():
+                raise RuntimeInputError(f"{self.tm.describe()} does not support this GPU: {said}. TensorRT for RTX "
+                                        "runs on RTX-class GPUs (compute capability 8.6/8.9/12.0), not on H100/H200; "
+                                        "use full TensorRT (pip install '.[trt]') there")
+            raise RuntimeInputError(f"{self.tm.describe()} could not deserialize {self.path} ({why}"
+                                    f"{'; TensorRT said: ' + said if said else ''}); rebuild it with "
+                                    "`python -m export.to_trt`")
         return engine
 
     def _io_names(self, metadata: ModelMetadata) -> None:
@@ -269,6 +281,7 @@ class TrtRunner(BaseRunner):
         return {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs}
 
     def infer_impl(self, feed: Feed) -> dict:
+        self.cuda.set_device(self.device_index)  # the current device is per thread; calls may come from any thread
         if feed.is_torch and feed.x.is_cuda:
             return self._infer_torch_cuda(feed)
         x = feed.x.detach().cpu().numpy() if feed.is_torch else feed.x
@@ -323,7 +336,11 @@ class TrtRunner(BaseRunner):
         import torch
 
         x = feed.x
-        stream = torch.cuda.current_stream(x.device).cuda_stream
+        if x.device.index is not None and x.device.index != self.device_index:
+            raise RuntimeInputError(f"the input is on {x.device}, but this engine runs on cuda:{self.device_index}; "
+                                    f"move it there (x.to('cuda:{self.device_index}'))")
+        torch_stream = torch.cuda.current_stream(x.device)
+        stream = torch_stream.cuda_stream
         out_shapes = self._set_shapes(feed, stream)
         tensors = {self.input_name: x}
         if "lengths" in self.inputs:
@@ -333,6 +350,9 @@ class TrtRunner(BaseRunner):
         for n, t in tensors.items():
             self.context.set_tensor_address(n, t.data_ptr())
         self._execute(stream)
+        # One execution context must not run on two streams at once, and the next call may come on another stream
+        # (a numpy call on the runner's stream, or another thread's current stream): finish before the lock opens.
+        torch_stream.synchronize()
         return outs
 
 

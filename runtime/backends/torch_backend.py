@@ -135,7 +135,7 @@ class ExactBiLSTM(nn.Module):
                 main.wait_stream(side)
             out_r = out_r.gather(1, idx.expand(-1, -1, out_r.shape[-1]))
             h = torch.cat([out_f, out_r], dim=-1)
-        return h * valid.unsqueeze(-1).to(h.dtype)
+        return h.masked_fill(~valid.unsqueeze(-1), 0.0)  # a select: NaN/Inf in the padding cannot leak through
 
     def _side_stream(self, x: torch.Tensor):
         if not x.is_cuda:
