@@ -707,9 +707,11 @@ class BenchContext:
         if workload == "stream":
             import runtime
 
+            # allow_spinning=False: what StreamingClassifier(export_dir) sets for its two alternating sessions.
             return self._runtime_stream(contender, batch, loader=lambda stage: runtime.load(
                 self.onnx_dir(precision) / f"{stage}.onnx", providers=providers,
-                intra_op_threads=self.ort_threads), precision=precision, numpy_inputs=not on_gpu, info=info)
+                intra_op_threads=self.ort_threads, allow_spinning=False), precision=precision,
+                numpy_inputs=not on_gpu, info=info)
         runner = self._ort_runner(precision, _stage(workload))
         info["provider"] = getattr(runner, "provider", providers[0])
         pool = self.host_pool(workload, batch, time_steps)

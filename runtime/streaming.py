@@ -111,6 +111,9 @@ class StreamingClassifier:
             path = Path(runner_or_path)
             if path.is_dir():
                 cnn_path, bilstm_path = _find_pair(path, backend)
+                if cnn_path.suffix == ".onnx":
+                    # The two sessions alternate on the same cores: spinning idle threads would steal them.
+                    options = {"allow_spinning": False, **options}
                 cnn = load(cnn_path, device=device, backend=backend, **options)
                 bilstm = load(bilstm_path, device=device, backend=backend, **options)
             elif path.suffix.lower() in (".pt", ".pth"):

@@ -48,7 +48,12 @@ def test_stream_from_onnx_export_dir_and_runner_pair(tiny_checkpoint, tiny_model
     paths = export_onnx(tiny_checkpoint, tmp_path / "export", precision="fp32").paths
     with StreamingClassifier(tmp_path / "export", window=WINDOW) as stream:
         assert stream.cnn.backend_name == stream.bilstm.backend_name == "onnxruntime"
+        # The two alternating sessions must not busy-wait for each other's cores.
+        for r in (stream.cnn, stream.bilstm):
+            assert r._options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         _check_stream(stream, tiny_model)
+    with runtime.load(paths["model"]) as single:  # one session alone keeps ONNX Runtime's low-latency default
+        assert single._options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     with runtime.load(paths["cnn"]) as cnn, runtime.load(tiny_checkpoint, stage="bilstm", device="cpu") as bilstm:
         with StreamingClassifier((cnn, bilstm), window=WINDOW) as stream:
             _check_stream(stream, tiny_model, n_frames=5)

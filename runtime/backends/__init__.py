@@ -76,7 +76,8 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
             Defaults to None.
         backend (str): "auto" (by extension) or the backend the extension implies. Defaults to "auto".
         **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``buckets`` (torch);
-            ``providers``, ``intra_op_threads`` (onnxruntime); ``cuda_graphs`` (tensorrt); ``check_finite`` (all).
+            ``providers``, ``intra_op_threads``, ``allow_spinning`` (onnxruntime); ``cuda_graphs`` (tensorrt);
+            ``check_finite`` (all).
 
     Returns:
         BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner` or :class:`TorchRunner`.
