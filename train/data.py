@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runtime.preprocess import preprocess_frames
+
 logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "cifar10", "folder")
@@ -71,10 +73,8 @@ def normalize_frames(frames: np.ndarray | torch.Tensor, mean: Sequence[float], s
     Returns:
         Tensor: float32 ``(T, 3, H, W)``.
     """
-    x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
+    # The runtime's preprocessing, so training and serving normalise frames with the same code.
+    return torch.from_numpy(preprocess_frames(frames, mean, std)[0])
 
 
 def pad_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
