@@ -861,6 +861,95 @@ class _EagerStream:
             return {"frame_logits": frame_logits[:, -1].float(), "clip_logits": clip_logits.float()}
 
 
+def time_interleaved(prepared: dict[str, Prepared], rounds: int, *, warmup: int = 1, seed: int = 0,
+                     gap_s: float = 0.0,
+                     progress: Optional[Callable[[int, int], None]] = None) -> dict[str, list[float]]:
+    """Time every contender once per round, in a fresh random order each round (paired samples).
+
+    pytest-benchmark times one contender after another, so a noisy minute on a shared machine lands on one of them
+    and the ratio of their medians swings with it. Interleaving exposes all contenders to the same phases; sample
+    ``i`` of every contender comes from round ``i``, which :func:`paired_speedup` uses.
+
+    Back-to-back calls are not independent on a CPU: thread pools busy-wait after their work (ONNX Runtime's
+    intra-op threads, OpenMP's), and a contender started right after another one shares the cores with those
+    spinning threads. On the 2-core CI VM this made eager PyTorch ~15% slower right after an ONNX Runtime call, which
+    inflated ONNX Runtime's speedup from ~1.1x to ~1.3x. ``gap_s`` sleeps (untimed) before every call so that each
+    one starts on quiet cores.
+
+    Args:
+        prepared (dict[str, Prepared]): contenders by name, ready for the same (workload, B, T).
+        rounds (int): timed rounds (>= 1).
+        warmup (int): untimed rounds first. Defaults to 1.
+        seed (int): seed of the per-round order. Defaults to 0.
+        gap_s (float): untimed sleep before every call, seconds (0.1 is plenty on a CPU). Defaults to 0.
+        progress (callable, optional): called with (rounds done, rounds) after each round. Defaults to None.
+
+    Returns:
+        dict[str, list[float]]: latency samples in milliseconds per contender, in round order.
+
+    Raises:
+        ValueError: rounds < 1, warmup < 0 or no contenders.
+    """
+    import random
+
+    if rounds < 1 or warmup < 0 or gap_s < 0:
+        raise ValueError(f"need rounds >= 1, warmup >= 0 and gap_s >= 0, got rounds={rounds}, warmup={warmup}, "
+                         f"gap_s={gap_s}")
+    if not prepared:
+        raise ValueError("no contenders to time")
+    recorders = {name: LatencyRecorder(p.timer, p.sync) for name, p in prepared.items()}
+    inputs = {name: cycle(p.inputs) for name, p in prepared.items()}
+    order = list(prepared)
+    rng = random.Random(seed)
+    for _ in range(warmup):
+        for name in order:
+            recorders[name](prepared[name].fn, next(inputs[name]))
+    for rec in recorders.values():
+        rec.reset()
+    for done in range(1, rounds + 1):
+        rng.shuffle(order)
+        for name in order:
+            if gap_s:
+                time.sleep(gap_s)
+            recorders[name](prepared[name].fn, next(inputs[name]))
+        if progress is not None:
+            progress(done, rounds)
+    return {name: rec.samples_ms() for name, rec in recorders.items()}
+
+
+def paired_speedup(baseline_ms: Sequence[float], contender_ms: Sequence[float], *, resamples: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Speedup of a contender over the baseline from paired samples: the median of per-round ratios.
+
+    Args:
+        baseline_ms (Sequence[float]): baseline latencies, one per round.
+        contender_ms (Sequence[float]): the contender's latencies of the same rounds.
+        resamples (int): bootstrap resamples for the 95% interval of that median. Defaults to 2000.
+        seed (int): bootstrap seed. Defaults to 0.
+
+    Returns:
+        dict: ``median`` (baseline/contender, > 1 means faster), ``ci95`` (low, high), ``per_round`` ratios,
+        ``faster_rounds`` (fraction of rounds where the contender was faster).
+
+    Raises:
+        ValueError: different numbers of samples, none, or a non-positive latency.
+    """
+    import numpy as np
+
+    base = np.asarray(baseline_ms, dtype=np.float64)
+    other = np.asarray(contender_ms, dtype=np.float64)
+    if base.shape != other.shape or base.ndim != 1 or base.size == 0:
+        raise ValueError(f"paired samples need two equally long non-empty series, got {base.shape} and {other.shape}")
+    if (base <= 0).any() or (other <= 0).any():
+        raise ValueError("latencies must be positive")
+    ratios = base / other
+    rng = np.random.default_rng(seed)
+    boot = np.median(ratios[rng.integers(0, ratios.size, size=(resamples, ratios.size))], axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"median": float(np.median(ratios)), "ci95": (float(low), float(high)),
+            "per_round": [float(r) for r in ratios], "faster_rounds": float((ratios > 1).mean())}
+
+
 def cycle(pool: Sequence[Any]):
     """Endless iterator over an input pool, starting after the first element (used by the correctness probe)."""
     it = itertools.cycle(pool)

@@ -14,18 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import (
-    BASELINE,
-    CONTENDERS,
-    TOLERANCES,
-    BenchContext,
-    LatencyRecorder,
-    Unavailable,
-    cycle,
-    environment,
-    percentiles,
-    rel_error,
-)
+from benchmarks._common import CONTENDERS, BenchContext, environment
+from benchmarks.paired import compare_paired
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +23,9 @@ logger = logging.getLogger(__name__)
 def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None, rounds: int = 5,
                device: Optional[str] = None, batch: int = 1, time_steps: int = 16) -> tuple[list[dict], list[tuple]]:
     """Time every available contender on the whole model for a few rounds.
+
+    Contenders are timed in interleaved rounds (see :func:`benchmarks._common.time_interleaved`); the speedup is
+    the median of per-round ratios against eager fp32.
 
     Args:
         checkpoint (str | Path): the ``.pt`` checkpoint.
@@ -54,38 +47,20 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows, skipped = [], []
+    contenders = [c for c in CONTENDERS if c != "torch-compile"]  # compiling takes minutes: --bench-compile
+    skipped = []
+    if onnx_dir is None:
+        skipped = [(c, "no --onnx-dir given") for c in contenders if c.startswith("ort")]
+        contenders = [c for c in contenders if not c.startswith("ort")]
     with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
         ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None)
         try:
-            reference = ctx.reference("model", batch, time_steps)
-            for contender in CONTENDERS:
-                if contender == "torch-compile":
-                    continue  # minutes of compilation: the suite's --bench-compile
-                if contender.startswith("ort") and onnx_dir is None:
-                    skipped.append((contender, "no --onnx-dir given"))
-                    continue
-                try:
-                    prepared = ctx.prepare(contender, "model", batch, time_steps)
-                except Unavailable as e:
-                    skipped.append((contender, str(e)))
-                    continue
-                error = rel_error(prepared.probe(), reference)
-                recorder = LatencyRecorder(prepared.timer, prepared.sync)
-                inputs = cycle(prepared.inputs)
-                recorder(prepared.fn, next(inputs))  # warm-up
-                recorder.reset()
-                for _ in range(rounds):
-                    recorder(prepared.fn, next(inputs))
-                stats = percentiles(recorder.samples_ms())
-                rows.append({"contender": contender, "precision": prepared.precision, **stats, "rel_error": error,
-                             "ok": error <= TOLERANCES[prepared.precision]})
+            result = compare_paired(ctx, contenders, batch=batch, time_steps=time_steps, rounds=rounds, warmup=1,
+                                    gap_s=0.0 if ctx.is_cuda else 0.1, strict=False)
         finally:
             ctx.close()
-    base = next((r["p50_ms"] for r in rows if r["contender"] == BASELINE), None)
-    for r in rows:
-        r["speedup"] = None if base is None else base / r["p50_ms"]
-    return rows, skipped
+    rows = [{**r, "speedup": r["speedup"]["median"]} for r in result["rows"]]
+    return rows, skipped + result["skipped"]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -107,9 +82,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}")
         return 2
     env = environment(args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu"))
-    print(f"QUICK LOOK, not a benchmark: whole model at B=1, T=16, {args.rounds} rounds after 1 warm-up, on "
+    print(f"QUICK LOOK, not a benchmark: whole model at B=1, T=16, {args.rounds} interleaved rounds after 1 warm-up, on "
           f"{env['device_name']}.")
-    print("Full suite: `make bench` (pytest benchmarks --benchmark-json=... then python -m benchmarks.report).")
+    print("Full suite: `make bench`; a paired ratio to quote: python -m benchmarks.paired.")
     print(f"{'contender':<14}{'precision':<10}{'median ms':>10}{'p90 ms':>9}{'vs eager':>10}{'rel.err':>10}  check")
     for r in rows:
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"

@@ -9,13 +9,16 @@ import torch
 from benchmarks._common import (
     BenchContext,
     LatencyRecorder,
+    Prepared,
     Unavailable,
     bilstm_flops,
     cnn_flops_per_frame,
+    paired_speedup,
     percentiles,
     reference_config,
     rel_error,
     stated_peak,
+    time_interleaved,
     workload_flops,
 )
 from tests.conftest import TINY_CONFIG
@@ -84,3 +87,100 @@ def test_context_on_cpu(tiny_checkpoint, tmp_path):
     # the eager streaming step after `window` pushes equals the model on the window
     assert rel_error(eager.probe(), ctx.reference("stream", 1, 16)) < 1e-5
     ctx.close()
+
+
+def _busy(ms: float):
+    import time
+
+    def fn(_x):
+        end = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < end:
+            pass
+
+    return fn
+
+
+def test_time_interleaved_pairs_rounds_and_shuffles_order():
+    calls = []
+
+    def contender(name, ms):
+        busy = _busy(ms)
+
+        def fn(x):
+            calls.append((name, x))
+            busy(x)
+
+        return Prepared(fn=fn, inputs=[0, 1, 2], timer="perf-counter", precision="fp32", probe=dict)
+
+    prepared = {"slow": contender("slow", 3.0), "fast": contender("fast", 1.0)}
+    samples = time_interleaved(prepared, 12, warmup=2, seed=3, gap_s=0.001)
+    assert {k: len(v) for k, v in samples.items()} == {"slow": 12, "fast": 12}  # warm-up rounds are not kept
+    assert len(calls) == 2 * 14
+    timed = calls[4:]
+    rounds = [tuple(name for name, _ in timed[i:i + 2]) for i in range(0, len(timed), 2)]
+    assert all(sorted(r) == ["fast", "slow"] for r in rounds)  # each round runs every contender once
+    assert len(set(rounds)) == 2  # ... in an order that changes between rounds
+    assert [x for name, x in calls if name == "slow"][:4] == [1, 2, 0, 1]  # inputs rotate (cycle starts after 0)
+    assert min(samples["slow"]) >= 2.9 and min(samples["fast"]) >= 0.9
+    assert paired_speedup(samples["slow"], samples["fast"])["median"] > 1.5
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        time_interleaved(prepared, 0)
+    with pytest.raises(ValueError, match="no contenders"):
+        time_interleaved({}, 3)
+
+
+def test_paired_speedup_statistics():
+    base = [10.0, 12.0, 30.0, 11.0, 10.0]  # a noisy round (30) is shared by both series
+    other = [5.0, 6.0, 15.0, 5.5, 5.0]
+    result = paired_speedup(base, other, resamples=500)
+    assert result["median"] == pytest.approx(2.0) and result["per_round"] == [2.0, 2.0, 2.0, 2.0, 2.0]
+    assert result["ci95"] == pytest.approx((2.0, 2.0)) and result["faster_rounds"] == 1.0
+    mixed = paired_speedup([10, 10, 10, 10], [5, 20, 10, 8])
+    assert mixed["median"] == pytest.approx((1.0 + 1.25) / 2) and mixed["faster_rounds"] == 0.5
+    assert mixed["ci95"][0] <= mixed["median"] <= mixed["ci95"][1]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_speedup([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        paired_speedup([1.0, 0.0], [1.0, 1.0])
+
+
+def test_paired_cli_writes_checked_results(tiny_checkpoint, tmp_path):
+    import json
+
+    from benchmarks import paired
+
+    out = tmp_path / "out"
+    rc = paired.main([
+        "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders", "ort-fp32,trt", "--batch", "1",
+        "--time", "3", "--rounds", "4", "--warmup", "1", "--gap-ms", "1", "--out", str(out), "--prefix", "p",
+    ])
+    assert rc == 0
+    data = json.loads((out / "p.json").read_text())
+    rows = {r["contender"]: r for r in data["result"]["rows"]}
+    assert set(rows) == {"eager-fp32", "ort-fp32"}  # the baseline is always added; trt cannot run here
+    assert rows["ort-fp32"]["ok"] and rows["ort-fp32"]["rel_error"] < 1e-4
+    assert len(rows["ort-fp32"]["samples_ms"]) == 4 and rows["eager-fp32"]["speedup"]["median"] == 1.0
+    assert data["result"]["skipped"][0][0] == "trt" and data["result"]["gap_s"] == pytest.approx(0.001)
+    md = (out / "p.md").read_text()
+    assert "| ort-fp32 | fp32 |" in md and "interleaved rounds" in md
+    assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--gap-ms", "-1"], "--gap-ms must be >= 0"),
+    (["--onnx-dir", "."], "has no model.onnx"),
+    (["--checkpoint", "missing.pt"], "is not a file"),
+])
+def test_paired_cli_rejects_bad_arguments(args, message, capsys):
+    from benchmarks import paired
+
+    assert paired.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
+    from benchmarks import paired
+
+    assert paired.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders", "numba"]) == 1
+    assert "unknown contenders ['numba']" in capsys.readouterr().err
