@@ -386,6 +386,11 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
     except ValueError:
         metadata = None
     precision = str((metadata or {}).get("precision") or "unknown")
+    if precision == "int8":
+        raise PrecisionCheckError(
+            f"{onnx_path} is an int8 (QDQ) graph from export.quantize, calibrated and verified for ONNX Runtime on "
+            "CPUs; build TensorRT engines from the fp16 export (python -m export.to_onnx CKPT --precision fp16)"
+        )
     half_usage = graph_half_usage(proto)
     inputs = onnx_inputs(proto)
     parsed = [parse_profile(p) if isinstance(p, str) else dict(p) for p in (profiles or SPEC.default_profiles)]

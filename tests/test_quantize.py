@@ -1,0 +1,171 @@
+"""int8 quantization of an fp32 export (real ONNX Runtime quantization and inference on the CPU): graph structure,
+agreement with fp32, padding, streaming, the runtime, the verification gate, and every error path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+
+import runtime  # noqa: E402
+from benchmarks._common import build_random_model  # noqa: E402
+from export.quantize import INT8, QUANTIZED_OPS, main, quantize_export  # noqa: E402
+from export.to_onnx import (  # noqa: E402
+    ExportError,
+    ExportOverwriteError,
+    ExportVerificationError,
+    check_lstm_structure,
+    export_onnx,
+    read_metadata,
+)
+from runtime.checkpoint import save_checkpoint  # noqa: E402
+from runtime.model import ModelConfig  # noqa: E402
+from tests.conftest import TINY_CONFIG  # noqa: E402
+
+
+def _clips(n, t=4, seed=0, scale=1.0):
+    return (scale * np.random.default_rng(seed).standard_normal((n, t, 3, 16, 16))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tmp_path_factory, tiny_checkpoint):
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("fp32"), "fp32").paths["model"].parent
+
+
+@pytest.fixture(scope="module")
+def int8(fp32_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8")
+    return quantize_export(fp32_dir, out, _clips(16, seed=1), _clips(48, seed=2), min_agreement=0.9,
+                           data_description="N(0,1) test clips")
+
+
+def _ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def _run(path, frames, lengths=None):
+    with runtime.load(path, device="cpu") as runner:
+        return runner.infer(frames, lengths)
+
+
+def test_cnn_is_quantized_and_the_bilstm_stays_float(int8, fp32_dir):
+    for graph in ("model", "cnn"):
+        ops = _ops(int8.paths[graph])
+        assert ops.count("QuantizeLinear") >= 10 and ops.count("DequantizeLinear") >= 20  # QDQ around the convs
+        assert ops.count("Conv") == _ops(fp32_dir / f"{graph}.onnx").count("Conv")
+    # The recurrence is untouched: native bidirectional LSTMs with sequence_lens wired, float weights.
+    model = onnx.load(str(int8.paths["model"]))
+    assert len(check_lstm_structure(model, TINY_CONFIG.num_layers, "lengths")) == TINY_CONFIG.num_layers
+    lstm_inputs = {i for n in model.graph.node if n.op_type == "LSTM" for i in n.input}
+    quantized_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert not lstm_inputs & quantized_outputs  # no int8 weights fed to the LSTM
+    bilstm, ref = onnx.load(str(int8.paths["bilstm"])), onnx.load(str(fp32_dir / "bilstm.onnx"))
+    assert [n.op_type for n in bilstm.graph.node] == [n.op_type for n in ref.graph.node]
+
+
+def test_metadata_and_report(int8, fp32_dir):
+    src = read_metadata(fp32_dir / "model.onnx")
+    for graph, path in int8.paths.items():
+        meta = read_metadata(path)
+        assert meta["precision"] == INT8 and meta["graph"] == graph
+        assert meta["checkpoint_sha256"] == src["checkpoint_sha256"]
+        assert meta["quantization"]["quantized_ops"] == list(QUANTIZED_OPS)
+    report = json.loads(int8.report_path.read_text())
+    v = report["verification"]
+    assert report["ok"] and v["clips"] == 48 and v["clip_agreement"] >= 0.9
+    assert 0 < v["clip_logits_rel"] < 0.2 and v["padded_lengths"] == [4, 2, 1, 1]
+    assert report["quantization"]["calibration_clips"] == 16 and report["quantization"]["data"] == "N(0,1) test clips"
+
+
+def test_runtime_runs_int8_close_to_fp32_with_exact_padding(int8, fp32_dir):
+    frames = _clips(3, t=6, seed=9)
+    lengths = np.array([6, 3, 1], dtype=np.int32)
+    got = _run(int8.paths["model"], frames, lengths)
+    want = _run(fp32_dir / "model.onnx", frames, lengths)
+    for key in ("frame_logits", "clip_logits"):
+        rel = np.linalg.norm(got[key] - want[key]) / np.linalg.norm(want[key])
+        assert 0 < rel < 0.2, (key, rel)  # quantized (not a copy of fp32), but close
+    # A padded clip gives what it gives alone: the padding never leaks into real frames in either direction.
+    alone = _run(int8.paths["model"], frames[1:2, :3])
+    np.testing.assert_allclose(got["clip_logits"][1], alone["clip_logits"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_on_the_int8_export_equals_its_model_graph(int8):
+    frames = _clips(1, t=7, seed=4)[0]
+    with runtime.StreamingClassifier(int8.paths["model"].parent, window=5) as stream:
+        for f in frames:
+            out = stream.push(f)
+    want = _run(int8.paths["model"], frames[None, -5:])
+    np.testing.assert_allclose(out.clip_logits, want["clip_logits"][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.frame_logits, want["frame_logits"][0, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_unrepresentative_calibration_fails_the_gate_and_writes_nothing(fp32_dir, tmp_path):
+    # Ranges calibrated on near-zero frames clip every real activation: predictions change, the gate says so.
+    with pytest.raises(ExportVerificationError, match="agrees with fp32 on") as info:
+        quantize_export(fp32_dir, tmp_path / "bad", _clips(8, scale=1e-3), _clips(48, seed=2), min_agreement=0.99)
+    assert info.value.report["verification"]["clip_agreement"] < 0.99
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_bad_requests_are_refused(fp32_dir, int8, tmp_path, tiny_checkpoint):
+    good = _clips(4)
+    with pytest.raises(ExportError, match=r"must be float \(N, T, 3, 16, 16\)"):
+        quantize_export(fp32_dir, tmp_path / "a", _clips(4)[:, :, :, :8], good)
+    with pytest.raises(ExportError, match="dtype uint8"):
+        quantize_export(fp32_dir, tmp_path / "a", (good * 0).astype(np.uint8), good)
+    nan = good.copy()
+    nan[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(ExportError, match="NaN or Inf"):
+        quantize_export(fp32_dir, tmp_path / "a", good, nan)
+    with pytest.raises(ExportError, match="must differ"):
+        quantize_export(fp32_dir, fp32_dir, good, good)
+    with pytest.raises(ExportError, match="starts from the fp32 export"):
+        quantize_export(int8.paths["model"].parent, tmp_path / "b", good, good)
+    with pytest.raises(ExportError, match="has no model.onnx"):
+        quantize_export(tmp_path, tmp_path / "c", good, good)
+    with pytest.raises(ExportError, match="unknown calibration method"):
+        quantize_export(fp32_dir, tmp_path / "a", good, good, method="vibes")
+    # Another checkpoint's graphs in --out are not overwritten without force.
+    other = export_onnx(tiny_checkpoint, tmp_path / "other", "fp32").paths["model"].parent
+    with pytest.raises(ExportOverwriteError, match="holds another export"):
+        quantize_export(fp32_dir, other, good, good, min_agreement=0.0)
+
+
+def test_tensorrt_build_refuses_int8_graphs(int8, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from export.to_trt import PrecisionCheckError, build_engine
+
+    with pytest.raises(PrecisionCheckError, match="int8 .QDQ. graph from export.quantize"):
+        build_engine(int8.paths["cnn"], tmp_path / "cnn.engine", backend="tensorrt_rtx", compute_capability="8.6")
+
+
+def test_cli_calibrates_on_training_data(tmp_path, capsys):
+    from train.data import SYNTHETIC_MEAN, SYNTHETIC_STD, synthetic_class_names
+
+    config = ModelConfig(**{**TINY_CONFIG.to_dict(), "num_classes": 4})
+    ckpt = save_checkpoint(tmp_path / "syn.pt", build_random_model(config, seed=3),
+                           class_names=synthetic_class_names(4), mean=list(SYNTHETIC_MEAN), std=list(SYNTHETIC_STD))
+    src = export_onnx(ckpt, tmp_path / "fp32", "fp32").paths["model"].parent
+    out = tmp_path / "int8"
+    rc = main([str(src), "--out", str(out), "--data", "synthetic", "--frames", "5", "--calibration-clips", "8",
+               "--verify-clips", "16", "--min-agreement", "0"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "clip top-1 agreement" in printed and (out / "model.onnx").is_file()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["verification"]["clips"] == 16 and "synthetic" in report["quantization"]["data"]
+    # A data source with other classes than the model is refused with both lists named.
+    assert main([str(src), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4",
+                 "--calibration-clips", "0"]) == 2
+    assert "--calibration-clips must be >= 1" in capsys.readouterr().out
+
+
+def test_cli_refuses_data_with_other_classes(fp32_dir, tmp_path, capsys):
+    assert main([str(fp32_dir), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4"]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: calibration data:") and "classes" in out
