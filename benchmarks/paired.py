@@ -170,6 +170,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None, help="checkpoint to time (default: the reference model, "
                         "ResNet-34 cifar stem + BiLSTM 2x256, random seeded weights)")
     parser.add_argument("--onnx-dir", default=None, help="fp32 ONNX graphs of --checkpoint (default: exported here)")
+    parser.add_argument("--int8-dir", default=None, help="int8 export of --checkpoint (python -m export.quantize; "
+                        "default: quantized here, calibrated on N(0,1) frames)")
     parser.add_argument("--contenders", default=None,
                         help=f"comma list of {','.join(CONTENDERS)} (default: all but torch-compile; eager fp32 is "
                              "always included as the baseline)")
@@ -203,8 +205,10 @@ def _check_args(args) -> Optional[str]:
         return f"--checkpoint {args.checkpoint} is not a file"
     if args.onnx_dir is not None and not (Path(args.onnx_dir) / "model.onnx").is_file():
         return f"--onnx-dir {args.onnx_dir} has no model.onnx (export with python -m export.to_onnx)"
-    if args.onnx_dir is not None and args.checkpoint is None:
-        return "--onnx-dir needs the --checkpoint it was exported from"
+    if args.int8_dir is not None and not (Path(args.int8_dir) / "model.onnx").is_file():
+        return f"--int8-dir {args.int8_dir} has no model.onnx (quantize with python -m export.quantize)"
+    if (args.onnx_dir is not None or args.int8_dir is not None) and args.checkpoint is None:
+        return "--onnx-dir and --int8-dir need the --checkpoint they were exported from"
     return None
 
 
@@ -230,7 +234,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checkpoint = Path(args.checkpoint) if args.checkpoint else write_random_checkpoint(
             Path(work) / "reference.pt", reference_config())
         ctx = BenchContext(checkpoint, device, Path(work), ort_threads=args.ort_threads,
-                           onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
+                           onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
+                           int8_dir=Path(args.int8_dir) if args.int8_dir else None)
         try:
             result = compare_paired(ctx, contenders, workload=args.workload, batch=args.batch,
                                     time_steps=args.time, rounds=args.rounds, warmup=args.warmup, seed=args.seed,

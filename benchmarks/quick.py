@@ -20,7 +20,8 @@ from benchmarks.paired import compare_paired
 logger = logging.getLogger(__name__)
 
 
-def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None, rounds: int = 5,
+def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
+               int8_dir: Optional[str | Path] = None, rounds: int = 5,
                device: Optional[str] = None, batch: int = 1, time_steps: int = 16) -> tuple[list[dict], list[tuple]]:
     """Time every available contender on the whole model for a few rounds.
 
@@ -30,7 +31,9 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
     Args:
         checkpoint (str | Path): the ``.pt`` checkpoint.
         onnx_dir (str | Path, optional): folder with the fp32 ``model.onnx`` (and friends) of that checkpoint; without
-            it the ONNX Runtime contender is skipped (exporting here would dwarf the look). Defaults to None.
+            it the ONNX Runtime contenders are skipped (exporting here would dwarf the look). Defaults to None.
+        int8_dir (str | Path, optional): its ``export.quantize`` folder; without it ``ort-int8`` is skipped.
+            Defaults to None.
         rounds (int): timed rounds per contender (after one warm-up call). Defaults to 5.
         device (str, optional): "cpu" or "cuda[:i]"; None picks CUDA when available. Defaults to None.
         batch (int): B. Defaults to 1.
@@ -52,8 +55,12 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
     if onnx_dir is None:
         skipped = [(c, "no --onnx-dir given") for c in contenders if c.startswith("ort")]
         contenders = [c for c in contenders if not c.startswith("ort")]
+    elif int8_dir is None:
+        skipped = [("ort-int8", "no --int8-dir given (python -m export.quantize)")]
+        contenders.remove("ort-int8")
     with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
-        ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None)
+        ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None,
+                           int8_dir=Path(int8_dir) if int8_dir else None)
         try:
             result = compare_paired(ctx, contenders, batch=batch, time_steps=time_steps, rounds=rounds, warmup=1,
                                     gap_s=0.0 if ctx.is_cuda else 0.1, strict=False)
@@ -68,6 +75,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      add_help=add_help)
     parser.add_argument("checkpoint", help=".pt checkpoint")
     parser.add_argument("--onnx-dir", default=None, help="folder with the fp32 model.onnx of the checkpoint")
+    parser.add_argument("--int8-dir", default=None, help="folder of its int8 export (python -m export.quantize)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contender (default 5)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     return parser
@@ -77,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        rows, skipped = quick_look(args.checkpoint, onnx_dir=args.onnx_dir, rounds=args.rounds, device=args.device)
+        rows, skipped = quick_look(args.checkpoint, onnx_dir=args.onnx_dir, int8_dir=args.int8_dir,
+                                   rounds=args.rounds, device=args.device)
     except ValueError as e:  # CheckpointError, RuntimeInputError and bad arguments are all ValueErrors
         print(f"error: {e}")
         return 2
@@ -90,6 +99,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         print(f"{r['contender']:<14}{r['precision']:<10}{r['p50_ms']:>10.2f}{r['p90_ms']:>9.2f}{sp:>10}"
               f"{r['rel_error']:>10.1e}  {'ok' if r['ok'] else 'MISMATCH'}")
+    for r in rows:
+        if r["precision"] == "int8-data":
+            info = r.get("info", {})
+            print(f"  {r['contender']}: its error on random frames is not gated; the export passed its top-1 agreement "
+                  f"gate ({info.get('int8_clip_agreement')} on {info.get('int8_verified_clips')} held-out clips)")
     for contender, reason in skipped:
         print(f"  skipped {contender}: {reason}")
     return 0 if all(r["ok"] for r in rows) else 1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the product end to end on built-in synthetic clips, CPU only, no downloads.
-#   train -> evaluate (+ shuffled-frame control) -> ONNX fp32 + fp16 (verified) -> TensorRT engines (if a TensorRT is
-#   installed; TensorRT for RTX builds on a CPU) -> runtime.load vs PyTorch + streaming -> quick latency look.
+#   train -> evaluate (+ shuffled-frame control) -> ONNX fp32 + fp16 (verified) + int8 for CPUs (calibrated, gated by
+#   agreement) -> TensorRT engines (if a TensorRT is installed; TensorRT for RTX builds on a CPU) -> runtime.load vs
+#   PyTorch + streaming -> quick latency look.
 set -euo pipefail
 PY=${PY:-python3}
 DIR=${DEMO_DIR:-runs/demo}
@@ -14,8 +15,10 @@ $PY -m train --preset demo --out "$DIR" --force --no-progress
 step "2/6 evaluate on held-out clips, and on the same clips with their frames shuffled"
 $PY -m train.evaluate "$DIR/best.pt" --data synthetic --frames 8 --val-clips 512 --confusion "$DIR/confusion.png" --json "$DIR/eval.json"
 
-step "3/6 export model/cnn/bilstm graphs in fp32 and fp16, each verified against PyTorch"
+step "3/6 export model/cnn/bilstm graphs in fp32 and fp16 (each verified against PyTorch), and int8 for CPUs"
 $PY -m export.to_onnx "$DIR/best.pt" --out "$DIR/onnx" --precision all-default
+echo "int8 for ONNX Runtime on CPUs: calibrated on training clips, checked against fp32 on held-out clips"
+$PY -m export.quantize "$DIR/onnx/fp32" --out "$DIR/onnx/int8" --data synthetic --frames 8 --force
 
 step "4/6 build TensorRT FP16 engines (whichever TensorRT is installed)"
 if $PY -c "from runtime.trt_compat import import_trt; import_trt()" 2>/dev/null; then
@@ -33,6 +36,6 @@ step "5/6 runtime: load the exported graphs, compare with PyTorch on held-out cl
 $PY scripts/demo_runtime.py "$DIR"
 
 step "6/6 quick latency look (B=1, T=16; a quick look, the full suite is: make bench)"
-$PY -m benchmarks.quick "$DIR/best.pt" --onnx-dir "$DIR/onnx/fp32"
+$PY -m benchmarks.quick "$DIR/best.pt" --onnx-dir "$DIR/onnx/fp32" --int8-dir "$DIR/onnx/int8"
 
 step "done: artifacts in $DIR"

@@ -1,7 +1,7 @@
 """Step 5 of `make demo`: serve the exported model through `runtime.load` and check it against PyTorch.
 
 Reads the run folder written by `python -m train` (best.pt, config.json) and `python -m export.to_onnx`
-(onnx/fp32, onnx/fp16), then:
+(onnx/fp32, onnx/fp16) and `python -m export.quantize` (onnx/int8), then:
   1. builds the held-out clips the run was evaluated on,
   2. runs eager PyTorch and every exported graph through the runtime and reports top-1 agreement and accuracy,
   3. streams one held-out clip frame by frame (CNN once per frame, BiLSTM over the window) and checks the last
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     print(f"{'artifact':<34} {'backend':<22} {'top-1 agree':>11} {'clip acc':>9} {'max |dlogit|':>13}")
     worst = 1.0
     candidates = [("checkpoint (runtime torch)", args.run_dir / "best.pt")]
-    candidates += [(f"onnx/{prec}/model.onnx", args.run_dir / "onnx" / prec / "model.onnx") for prec in ("fp32", "fp16")]
+    candidates += [(f"onnx/{prec}/model.onnx", args.run_dir / "onnx" / prec / "model.onnx") for prec in ("fp32", "fp16", "int8")]
     for name, path in candidates:
         if not path.exists():
             print(f"{name:<34} missing, skipped")

@@ -169,3 +169,23 @@ def test_cli_refuses_data_with_other_classes(fp32_dir, tmp_path, capsys):
     assert main([str(fp32_dir), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4"]) == 2
     out = capsys.readouterr().out
     assert out.startswith("error: calibration data:") and "classes" in out
+
+
+def test_benchmarks_take_a_given_int8_export_only_if_it_passed_for_this_checkpoint(int8, tiny_checkpoint, tmp_path):
+    from benchmarks._common import BenchContext
+    from tests.conftest import TINY_CLASSES, TINY_MEAN, TINY_STD
+
+    folder = int8.paths["model"].parent
+    ctx = BenchContext(tiny_checkpoint, "cpu", tmp_path / "w1", int8_dir=folder)
+    try:
+        prepared = ctx.prepare("ort-int8", "model", 1, 3)
+        assert prepared.precision == "int8-data" and prepared.info["int8_verified_clips"] == 48
+        assert set(prepared.probe()) == {"frame_logits", "clip_logits"}
+    finally:
+        ctx.close()
+    other = save_checkpoint(tmp_path / "other.pt", build_random_model(TINY_CONFIG, seed=5), class_names=TINY_CLASSES,
+                            mean=TINY_MEAN, std=TINY_STD)
+    ctx = BenchContext(other, "cpu", tmp_path / "w2", int8_dir=folder)
+    with pytest.raises(ValueError, match="quantized from another checkpoint"):
+        ctx.prepare("ort-int8", "model", 1, 3)
+    ctx.close()
