@@ -144,12 +144,13 @@ def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for r in result["rows"]:
-        left.plot(range(1, len(r["samples_ms"]) + 1), r["samples_ms"], marker=".", label=r["contender"])
+        color = left.plot(range(1, len(r["samples_ms"]) + 1), r["samples_ms"], marker=".",
+                          label=r["contender"])[0].get_color()  # the same colour for a contender in both panels
         if r["contender"] != BASELINE:
             sp = r["speedup"]
-            line = right.plot(range(1, len(sp["per_round"]) + 1), sp["per_round"], marker=".",
-                              label=f"{r['contender']} (median {sp['median']:.2f}x)")[0]
-            right.axhline(sp["median"], color=line.get_color(), linestyle="--", linewidth=1)
+            right.plot(range(1, len(sp["per_round"]) + 1), sp["per_round"], marker=".", color=color,
+                       label=f"{r['contender']} (median {sp['median']:.2f}x)")
+            right.axhline(sp["median"], color=color, linestyle="--", linewidth=1)
     right.axhline(1.0, color="k", linewidth=0.8)
     left.set(xlabel="round", ylabel="latency (ms)", title="latency per round (same rounds for all)")
     right.set(xlabel="round", ylabel="eager fp32 / contender", title="per-round speedup")

@@ -172,12 +172,12 @@ def _argmax_agreement(a, b) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).mean())
 
 
-def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, batch: int = 8) -> dict:
+def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, labels=None, batch: int = 8) -> dict:
     """Compare an int8 ``model.onnx`` with the fp32 one on held-out clips (full length) and one padded batch.
 
     Returns:
         dict: ``clip_agreement``, ``frame_agreement`` (top-1), ``clip_logits_rel`` / ``frame_logits_rel`` (norm-relative
-        error over all clips), ``padded_rel`` and the number of clips.
+        error over all clips), ``padded_rel``, the number of clips, and with ``labels`` the clip accuracy of both.
     """
     import numpy as np
 
@@ -200,6 +200,10 @@ def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, batch: int = 8) -
         "clip_logits_rel": compare(clip_q, clip_r)["rel"],
         "frame_logits_rel": compare(frame_q, frame_r)["rel"],
     }
+    if labels is not None:
+        labels = np.asarray(labels)
+        result["clip_accuracy_fp32"] = float((clip_r.argmax(-1) == labels).mean())
+        result["clip_accuracy_int8"] = float((clip_q.argmax(-1) == labels).mean())
     # Padding: quantization only touches the CNN, so a padded batch must err no more than the full-length clips do.
     t = clips.shape[1]
     x = clips[: min(4, len(clips))]
@@ -212,8 +216,8 @@ def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, batch: int = 8) -
     return result
 
 
-def quantize_export(source_dir, out_dir, calibration, verification, *, min_agreement: float = 0.98,
-                    method: str = "minmax", batch: int = 8, force: bool = False,
+def quantize_export(source_dir, out_dir, calibration, verification, *, verification_labels=None,
+                    min_agreement: float = 0.98, method: str = "minmax", batch: int = 8, force: bool = False,
                     data_description: str = "") -> ExportResult:
     """Quantize the CNN of an fp32 export to int8 (QDQ), verify it against the fp32 graph, write the int8 export.
 
@@ -222,6 +226,8 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, min_agree
         out_dir (str | PathLike): folder for the int8 graphs and ``export_report.json`` (not ``source_dir``).
         calibration (array): float32 (N, T, 3, H, W) normalised clips for the activation ranges.
         verification (array): held-out clips of the same form for the agreement check.
+        verification_labels (array, optional): their class indices, to report both models' clip accuracy.
+            Defaults to None.
         min_agreement (float): lowest clip top-1 agreement with the fp32 graph that is accepted. Defaults to 0.98.
         method (str): calibration method, one of :data:`CALIBRATION_METHODS`. Defaults to "minmax".
         batch (int): clips per calibration / verification call. Defaults to 8.
@@ -285,7 +291,10 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, min_agree
         blobs[graph] = proto.SerializeToString()
 
     logger.info("verifying int8 model.onnx against the fp32 graph on %d held-out clips", len(verification))
-    check = verify_int8(blobs["model"], source_dir / "model.onnx", verification, batch=batch)
+    if verification_labels is not None and len(verification_labels) != len(verification):
+        raise ExportError(f"{len(verification_labels)} verification labels for {len(verification)} clips")
+    check = verify_int8(blobs["model"], source_dir / "model.onnx", verification, labels=verification_labels,
+                        batch=batch)
     # The int8 cnn.onnx must compute what the int8 model.onnx's CNN computes (the streaming classifier uses it).
     import numpy as np
 
@@ -323,7 +332,8 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, min_agree
 
 def clips_from_data(data: str, split: str, num_clips: int, frames: int, metadata: dict, *, data_dir=None,
                     seed: int = 0):
-    """``num_clips`` normalised clips (N, T, 3, H, W) of a training data source, with the export's mean/std.
+    """``num_clips`` normalised clips (N, T, 3, H, W) of a training data source, with the export's mean/std, and
+    their labels (N,).
 
     Raises:
         ExportError: the data cannot be built (unknown source, missing folder) or has other classes than the model.
@@ -343,13 +353,13 @@ def clips_from_data(data: str, split: str, num_clips: int, frames: int, metadata
     if list(ds.class_names) != list(metadata["class_names"]):
         raise ExportError(f"the {data} data has classes {list(ds.class_names)}, but the export was trained on "
                           f"{list(metadata['class_names'])}")
-    n = min(num_clips, len(ds))
-    clips = [ds[i][0].numpy() for i in range(n)]
+    items = [ds[i] for i in range(min(num_clips, len(ds)))]
+    clips = [x.numpy() for x, _ in items]
     lengths = {c.shape[0] for c in clips}
     if len(lengths) != 1:  # folder clips of mixed lengths: keep the common prefix so that one batch holds them
         t = min(lengths)
         clips = [c[:t] for c in clips]
-    return np.stack(clips).astype(np.float32)
+    return np.stack(clips).astype(np.float32), np.array([int(y) for _, y in items])
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -383,9 +393,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         metadata = _load_source(Path(args.source))["model"]
         kwargs = dict(data_dir=args.data_dir, seed=args.seed)
-        calibration = clips_from_data(args.data, "train", args.calibration_clips, args.frames, metadata, **kwargs)
-        verification = clips_from_data(args.data, "test", args.verify_clips, args.frames, metadata, **kwargs)
-        result = quantize_export(args.source, args.out, calibration, verification, min_agreement=args.min_agreement,
+        calibration, _ = clips_from_data(args.data, "train", args.calibration_clips, args.frames, metadata, **kwargs)
+        verification, labels = clips_from_data(args.data, "test", args.verify_clips, args.frames, metadata, **kwargs)
+        result = quantize_export(args.source, args.out, calibration, verification, verification_labels=labels,
+                                 min_agreement=args.min_agreement,
                                  method=args.method, force=args.force,
                                  data_description=f"{args.data} (train split for calibration, test split for the "
                                                   f"check, seed {args.seed})")
@@ -399,6 +410,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"int8 vs fp32 on {v['clips']} held-out clips (T={v['time']}): clip top-1 agreement "
           f"{v['clip_agreement']:.4f}, frame {v['frame_agreement']:.4f}; logits rel error clip "
           f"{v['clip_logits_rel']:.3g}, frame {v['frame_logits_rel']:.3g}; padded batch rel {v['padded_rel']:.3g}")
+    if "clip_accuracy_int8" in v:
+        print(f"clip accuracy on those clips: fp32 {v['clip_accuracy_fp32']:.4f}, int8 {v['clip_accuracy_int8']:.4f}")
     print(f"wrote {', '.join(str(p) for p in result.paths.values())}")
     print(f"report {result.report_path}")
     return 0

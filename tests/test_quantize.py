@@ -159,6 +159,7 @@ def test_cli_calibrates_on_training_data(tmp_path, capsys):
     assert "clip top-1 agreement" in printed and (out / "model.onnx").is_file()
     report = json.loads((out / "export_report.json").read_text())
     assert report["verification"]["clips"] == 16 and "synthetic" in report["quantization"]["data"]
+    assert 0 <= report["verification"]["clip_accuracy_int8"] <= 1 and "clip accuracy on those clips" in printed
     # A data source with other classes than the model is refused with both lists named.
     assert main([str(src), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4",
                  "--calibration-clips", "0"]) == 2
