@@ -140,7 +140,7 @@ def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.report import _save_figure
+    from benchmarks.report import save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for r in result["rows"]:
@@ -159,10 +159,7 @@ def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
         if ax.has_data():
             ax.legend(fontsize=8)
     fig.suptitle(f"{result['workload']} B={result['batch']} T={result['time']}, interleaved rounds", fontsize=11)
-    try:
-        return _save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

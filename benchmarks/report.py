@@ -281,12 +281,18 @@ def compact_table(results: Results) -> str:
 # --- plots -----------------------------------------------------------------------------------------------------------
 
 
-def _save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (also when writing fails)."""
     import io
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+    import matplotlib.pyplot as plt
+
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        return atomic_write_bytes(Path(path), buf.getvalue())
+    finally:
+        plt.close(fig)
 
 
 def plot_latency(results: Results, path: str | os.PathLike) -> Optional[Path]:
@@ -334,10 +340,7 @@ def plot_latency(results: Results, path: str | os.PathLike) -> Optional[Path]:
             if ax.has_data():
                 ax.legend(fontsize=7)
     fig.suptitle(f"Latency vs T - {results.device_name}", fontsize=11)
-    try:
-        return _save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
@@ -369,10 +372,7 @@ def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
     ax.set_title(f"Speedup over eager PyTorch fp32 - {results.device_name}", fontsize=11)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    try:
-        return _save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 # --- the whole report ------------------------------------------------------------------------------------------------
