@@ -671,7 +671,8 @@ class BenchContext:
         """Folder with model/cnn/bilstm ONNX graphs of the checkpoint at a precision (exported once, cached).
 
         int8 is quantized from the fp32 export, calibrated on seeded N(0,1) clips (the distribution the benchmark
-        feeds), with no agreement gate: the random-weight reference model has no accuracy to keep.
+        feeds), with the agreement gate off (the random-weight reference model has no accuracy to keep); padding
+        exactness and the cnn + bilstm composition are still gated by export.quantize.
         """
         if precision == "int8" and precision not in self._onnx_dirs:
             import numpy as np
@@ -950,7 +951,7 @@ def time_interleaved(prepared: dict[str, Prepared], rounds: int, *, warmup: int 
         dict[str, list[float]]: latency samples in milliseconds per contender, in round order.
 
     Raises:
-        ValueError: rounds < 1, warmup < 0 or no contenders.
+        ValueError: rounds < 1, warmup < 0, gap_s < 0 or no contenders.
     """
     import random
 

@@ -114,17 +114,23 @@ def result_markdown(result: dict, env: dict) -> str:
              f"{env.get('python')}; torch threads {env.get('torch_threads')}, 1-min load average "
              f"{env.get('load_average_1min')} at the start; {env.get('date', '')}", "",
              f"{result['rounds']} interleaved rounds (random order per round, {result['warmup']} warm-up rounds, "
-             f"{1e3 * result['gap_s']:.0f} ms untimed pause before every call). "
+             f"{1e3 * result['gap_s']:.0f} ms untimed pause before every call, so each call is timed from idle "
+             "cores: single-request latency, not back-to-back throughput). "
              "Speedup = median over rounds of (eager fp32 latency / contender latency) in the same round, with a "
-             "bootstrap 95% interval.", "",
+             "bootstrap 95% interval" + (" (coarse with fewer than 20 rounds)" if result["rounds"] < 20 else "")
+             + ".", "",
              "| contender | precision | median ms | min ms | p90 ms | speedup vs eager fp32 | 95% interval | "
              "rounds faster | rel. error |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         sp = r["speedup"]
+        if r["contender"] == BASELINE:
+            ratio = "1.00x (baseline) | - | -"
+        else:
+            ratio = (f"{sp['median']:.2f}x | {sp['ci95'][0]:.2f}-{sp['ci95'][1]:.2f} | "
+                     f"{100 * sp['faster_rounds']:.0f}%")
         lines.append(f"| {r['contender']} | {r['precision']} | {r['p50_ms']:.2f} | {r['min_ms']:.2f} | "
-                     f"{r['p90_ms']:.2f} | {sp['median']:.2f}x | {sp['ci95'][0]:.2f}-{sp['ci95'][1]:.2f} | "
-                     f"{100 * sp['faster_rounds']:.0f}% | {r['rel_error']:.1e} |")
+                     f"{r['p90_ms']:.2f} | {ratio} | {r['rel_error']:.1e} |")
     for name, reason in result["skipped"]:
         lines.append(f"\nSkipped {name}: {reason}")
     return "\n".join(lines) + "\n"
@@ -231,18 +237,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="paired-bench-") as work:
         checkpoint = Path(args.checkpoint) if args.checkpoint else write_random_checkpoint(
             Path(work) / "reference.pt", reference_config())
-        ctx = BenchContext(checkpoint, device, Path(work), ort_threads=args.ort_threads,
-                           onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
-                           int8_dir=Path(args.int8_dir) if args.int8_dir else None)
+        ctx = None
         try:
+            ctx = BenchContext(checkpoint, device, Path(work), ort_threads=args.ort_threads,
+                               onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
+                               int8_dir=Path(args.int8_dir) if args.int8_dir else None)
             result = compare_paired(ctx, contenders, workload=args.workload, batch=args.batch,
                                     time_steps=args.time, rounds=args.rounds, warmup=args.warmup, seed=args.seed,
                                     gap_s=gap_ms / 1e3, progress=progress)
-        except ValueError as e:  # unknown contender, a wrong answer, a bad checkpoint (CheckpointError)
+        except (ValueError, Unavailable) as e:  # unknown contender, a wrong answer, a bad checkpoint, no baseline
             print(f"error: {e}", file=sys.stderr)
             return 1
         finally:
-            ctx.close()
+            if ctx is not None:
+                ctx.close()
     env = {**environment(device), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     text = result_markdown(result, env)
     print(text, end="")

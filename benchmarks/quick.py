@@ -52,12 +52,12 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     contenders = [c for c in CONTENDERS if c != "torch-compile"]  # compiling takes minutes: --bench-compile
     skipped = []
-    if onnx_dir is None:
-        skipped = [(c, "no --onnx-dir given") for c in contenders if c.startswith("ort")]
-        contenders = [c for c in contenders if not c.startswith("ort")]
-    elif int8_dir is None:
-        skipped = [("ort-int8", "no --int8-dir given (python -m export.quantize)")]
-        contenders.remove("ort-int8")
+    given = {"ort-fp32": onnx_dir, "ort-fp16": onnx_dir, "ort-int8": int8_dir}
+    for contender, folder in given.items():
+        if folder is None:  # exporting or quantizing here would dwarf the look
+            flag = "--int8-dir (python -m export.quantize)" if contender == "ort-int8" else "--onnx-dir"
+            skipped.append((contender, f"no {flag} given"))
+            contenders.remove(contender)
     with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
         ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None,
                            int8_dir=Path(int8_dir) if int8_dir else None)

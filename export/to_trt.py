@@ -361,7 +361,8 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
     Raises:
         runtime.trt_compat.TrtNotAvailableError: the flavour is not installed (says how to install each).
         ProfileError: bad profiles. OnnxParseError: the parser rejected the graph (node index, name, op).
-        PrecisionCheckError: the network lost the FP16 the graph asked for.
+        PrecisionCheckError: the network lost the FP16 the graph asked for, or the graph is an int8 export (those
+            are for ONNX Runtime on CPUs; engines are built from the fp16 export).
         EngineBuildError: other bad options or a failed build (with TensorRT's own error messages).
     """
     import onnx

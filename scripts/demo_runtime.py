@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     print(f"held-out clips: {len(x)} of shape {tuple(x.shape[1:])}; eager PyTorch clip accuracy "
           f"{(ref_top1 == labels.numpy()).mean():.3f}")
     print(f"{'artifact':<34} {'backend':<22} {'top-1 agree':>11} {'clip acc':>9} {'max |dlogit|':>13}")
-    worst = 1.0
+    worst = 1.0  # over the exact-ish artifacts; int8 is held to its own export gate (export.quantize --min-agreement)
+    int8_ok = True
     candidates = [("checkpoint (runtime torch)", args.run_dir / "best.pt")]
     candidates += [(f"onnx/{prec}/model.onnx", args.run_dir / "onnx" / prec / "model.onnx") for prec in ("fp32", "fp16", "int8")]
     for name, path in candidates:
@@ -62,7 +63,10 @@ def main(argv=None) -> int:
             backend = getattr(runner, "provider", None) or runner.backend_name
         top1 = out["clip_logits"].argmax(1)
         agree = float((top1 == ref_top1).mean())
-        worst = min(worst, agree)
+        if "int8" in name:
+            int8_ok = agree >= 0.98
+        else:
+            worst = min(worst, agree)
         diff = float(np.abs(out["clip_logits"] - ref_clip.numpy()).max())
         print(f"{name:<34} {backend:<22} {agree:>11.4f} {(top1 == labels.numpy()).mean():>9.3f} {diff:>13.2e}")
 
@@ -80,8 +84,9 @@ def main(argv=None) -> int:
     print(f"streaming ({source.name}, window {window}): {len(clip)} frames pushed; last window -> "
           f"{result.clip_label!r} (label {ckpt.class_names[int(labels[0])]!r}); max |clip logit - full model| "
           f"{stream_err:.2e}")
-    ok = worst >= 0.99 and stream_err < 1e-3
-    print("runtime check:", "OK" if ok else "FAILED (agreement < 99 % or streaming differs from the full model)")
+    ok = worst >= 0.99 and int8_ok and stream_err < 1e-3
+    print("runtime check:", "OK" if ok else "FAILED (agreement < 99 % (int8: < 98 %) or streaming differs from the "
+          "full model)")
     return 0 if ok else 1
 
 

@@ -184,3 +184,13 @@ def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
 
     assert paired.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders", "numba"]) == 1
     assert "unknown contenders ['numba']" in capsys.readouterr().err
+
+
+def test_paired_cli_reports_a_damaged_checkpoint(tmp_path, capsys):
+    from benchmarks import paired
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert paired.main(["--checkpoint", str(bad), "--device", "cpu", "--contenders", "ort-fp32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.pt" in err

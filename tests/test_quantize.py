@@ -106,9 +106,10 @@ def test_streaming_on_the_int8_export_equals_its_model_graph(int8):
 
 def test_unrepresentative_calibration_fails_the_gate_and_writes_nothing(fp32_dir, tmp_path):
     # Ranges calibrated on near-zero frames clip every real activation: predictions change, the gate says so.
-    with pytest.raises(ExportVerificationError, match="agrees with fp32 on") as info:
+    with pytest.raises(ExportVerificationError, match="int8 export failed: it agrees with fp32 on") as info:
         quantize_export(fp32_dir, tmp_path / "bad", _clips(8, scale=1e-3), _clips(48, seed=2), min_agreement=0.99)
     assert info.value.report["verification"]["clip_agreement"] < 0.99
+    assert info.value.report["failed"] and "representative calibration clips" in str(info.value)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
@@ -130,14 +131,16 @@ def test_bad_requests_are_refused(fp32_dir, int8, tmp_path, tiny_checkpoint):
         quantize_export(tmp_path, tmp_path / "c", good, good)
     with pytest.raises(ExportError, match="unknown calibration method"):
         quantize_export(fp32_dir, tmp_path / "a", good, good, method="vibes")
-    # Another checkpoint's graphs in --out are not overwritten without force.
+    # Another export (here this checkpoint's fp32 graphs) in --out is not overwritten without force.
     other = export_onnx(tiny_checkpoint, tmp_path / "other", "fp32").paths["model"].parent
     with pytest.raises(ExportOverwriteError, match="holds another export"):
         quantize_export(fp32_dir, other, good, good, min_agreement=0.0)
+    with pytest.raises(ExportError, match="2 verification labels for 4 clips"):
+        quantize_export(fp32_dir, tmp_path / "a", good, good, verification_labels=[0, 1])
+    assert not (tmp_path / "a").exists()  # every refusal above came before any file was written
 
 
 def test_tensorrt_build_refuses_int8_graphs(int8, tmp_path):
-    pytest.importorskip("tensorrt_rtx")
     from export.to_trt import PrecisionCheckError, build_engine
 
     with pytest.raises(PrecisionCheckError, match="int8 .QDQ. graph from export.quantize"):
@@ -160,7 +163,6 @@ def test_cli_calibrates_on_training_data(tmp_path, capsys):
     report = json.loads((out / "export_report.json").read_text())
     assert report["verification"]["clips"] == 16 and "synthetic" in report["quantization"]["data"]
     assert 0 <= report["verification"]["clip_accuracy_int8"] <= 1 and "clip accuracy on those clips" in printed
-    # A data source with other classes than the model is refused with both lists named.
     assert main([str(src), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4",
                  "--calibration-clips", "0"]) == 2
     assert "--calibration-clips must be >= 1" in capsys.readouterr().out
@@ -190,3 +192,33 @@ def test_benchmarks_take_a_given_int8_export_only_if_it_passed_for_this_checkpoi
     with pytest.raises(ValueError, match="quantized from another checkpoint"):
         ctx.prepare("ort-int8", "model", 1, 3)
     ctx.close()
+
+
+def test_recalibration_replaces_this_checkpoints_int8_but_not_another_checkpoints(fp32_dir, tmp_path):
+    from tests.conftest import TINY_CLASSES, TINY_MEAN, TINY_STD
+
+    out = tmp_path / "int8"
+    first = quantize_export(fp32_dir, out, _clips(8, seed=1), _clips(8, seed=2), min_agreement=0.0)
+    second = quantize_export(fp32_dir, out, _clips(8, seed=3), _clips(8, seed=2), min_agreement=0.0, method="percentile")
+    assert json.loads(second.report_path.read_text())["quantization"]["method"] == "percentile"
+    assert first.paths == second.paths
+    other_ckpt = save_checkpoint(tmp_path / "other.pt", build_random_model(TINY_CONFIG, seed=7),
+                                 class_names=TINY_CLASSES, mean=TINY_MEAN, std=TINY_STD)
+    other_fp32 = export_onnx(other_ckpt, tmp_path / "other-fp32", "fp32").paths["model"].parent
+    with pytest.raises(ExportOverwriteError, match="not this checkpoint's int8 model graph"):
+        quantize_export(other_fp32, out, _clips(8), _clips(8), min_agreement=0.0)
+    (out / "cnn.onnx").write_bytes(b"garbage")  # an unreadable file is another export too, not a crash
+    with pytest.raises(ExportOverwriteError, match="cnn.onnx holds another export"):
+        quantize_export(fp32_dir, out, _clips(8), _clips(8), min_agreement=0.0)
+
+
+def test_single_clip_and_single_frame_verification(fp32_dir, tmp_path):
+    # One verification clip: the padded-batch check repeats it (rows of lengths 4, 2), so padding is still checked.
+    one = quantize_export(fp32_dir, tmp_path / "one", _clips(8, seed=1), _clips(1, seed=2), min_agreement=0.0)
+    v = one.report["verification"]
+    assert v["clips"] == 1 and v["padded_lengths"] == [4, 2] and v["padded_rel"] <= 1e-4
+    assert v["composition_rel"] <= 1e-4
+    # T = 1: nothing to pad; reported as not checked rather than as a fake pass.
+    t1 = quantize_export(fp32_dir, tmp_path / "t1", _clips(8, t=1, seed=1), _clips(3, t=1, seed=2),
+                         min_agreement=0.0)
+    assert t1.report["verification"]["padded_rel"] is None and t1.report["ok"]
