@@ -219,9 +219,14 @@ def workload_table(results: Results, workload: str) -> str:
         fl = floor_ms(results, gflop)
         best = min((r.median_ms for r in rows if r is not None), default=None)
         cells += [_fmt_ms(fl) if fl is not None else "-",
-                  f"{best / fl:.0f}x" if best is not None and fl else "-"]
+                  _fmt_ratio(best / fl) if best is not None and fl else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _fmt_ratio(x: float) -> str:
+    """1.3x, 18x, 0.33x: two significant digits below 10 (an int8 run can beat the fp32 floor: 0x would hide it)."""
+    return f"{x:.2g}x" if x < 10 else f"{x:.0f}x"
 
 
 def results_markdown(results: Results) -> str:

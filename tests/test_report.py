@@ -76,6 +76,7 @@ def test_report_tables_and_plots_match_input(tmp_path):
     assert cells[4] == "143 (1.31x)"
     peak = stated_peak("Test CPU (2 cores)")[0]
     assert cells[5] == f"{37.1e9 / peak * 1e3:.0f}"
+    assert cells[6] == f"{143 / (37.1e9 / peak * 1e3):.2g}x"  # best / floor keeps two digits below 10 (not "1x")
     cells = _table_row(md, "model", 1, 1)
     assert cells[3:5] == ["20.0", "10.0 (2.00x)"]
     cells = _table_row(md, "cnn", 1, 16)
