@@ -570,7 +570,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--precision", action="append", choices=list(PRECISIONS) + ["all-default"], default=None,
         help="fp32 (default), fp16 (fp16 CNN, fp32 BiLSTM and heads) or fp16-all (everything fp16 inside; I/O "
              "stays float32 in all). Give it once to write into --out itself; give it several times (or "
-             "'all-default' = fp32 + fp16) to write each precision into --out/<precision>/.",
+             "'all-default' = fp32 + fp16) to write each precision into --out/<precision>/. For int8 on CPUs, "
+             "quantize the fp32 export with `python -m export.quantize` (it needs calibration data).",
     )
     parser.add_argument("--force", action="store_true", help="overwrite graphs of another checkpoint or precision")
     parser.add_argument("--opset", type=int, default=SPEC.default_opset, help="ONNX opset (default %(default)s)")
