@@ -96,13 +96,11 @@ def _check_clips(clips, metadata: dict, what: str):
     return clips
 
 
-def _session(path_or_bytes, threads: Optional[int] = None):
+def _session(path_or_bytes):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
     return ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes),
                                 opts, providers=["CPUExecutionProvider"])
 
@@ -117,6 +115,7 @@ def _quantize_cnn(src: Path, calibration, batch: int, method: str, tmp: Path):
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -124,8 +123,6 @@ def _quantize_cnn(src: Path, calibration, batch: int, method: str, tmp: Path):
 
         def get_next(self):
             return next(self._it, None)
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     # ONNX Runtime's recommended pre-pass (graph optimisation + shape inference) so every tensor has a known type.
     pre = tmp / "cnn.pre.onnx"
