@@ -32,6 +32,7 @@ from benchmarks._common import (
     TOLERANCES,
     BenchContext,
     Unavailable,
+    default_gap_s,
     environment,
     paired_speedup,
     percentiles,
@@ -226,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    gap_ms = args.gap_ms if args.gap_ms is not None else (0.0 if device.startswith("cuda") else 100.0)
+    gap_ms = args.gap_ms if args.gap_ms is not None else 1e3 * default_gap_s(device)
     contenders = ([c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders
                   else [c for c in CONTENDERS if c != "torch-compile"])
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import CONTENDERS, BenchContext, environment
+from benchmarks._common import CONTENDERS, BenchContext, default_gap_s, environment
 from benchmarks.paired import compare_paired
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
                            int8_dir=Path(int8_dir) if int8_dir else None)
         try:
             result = compare_paired(ctx, contenders, batch=batch, time_steps=time_steps, rounds=rounds, warmup=1,
-                                    gap_s=0.0 if ctx.is_cuda else 0.1, strict=False)
+                                    gap_s=default_gap_s(device), strict=False)
         finally:
             ctx.close()
     rows = [{**r, "speedup": r["speedup"]["median"]} for r in result["rows"]]
