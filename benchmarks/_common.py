@@ -31,6 +31,14 @@ WORKLOADS = ("model", "cnn", "bilstm", "stream")
 CONTENDERS = ("eager-fp32", "eager-fp16", "runtime-fast", "ort-fp32", "ort-fp16", "ort-int8", "trt", "torch-compile")
 BASELINE = "eager-fp32"
 STREAM_WINDOW = 16
+# Variants of the runtime's fast path, named "runtime-fast+VARIANT[+VARIANT...]": runtime.load options on top of
+# fast=True, so that one run compares the forms the runner offers (which is fastest differs by GPU and shape).
+FAST_VARIANTS = {
+    "fp16-all": {"precision": "fp16-all"},  # BiLSTM and heads in fp16 too (cuDNN's persistent fp16 RNN kernels)
+    "fused": {"cnn_form": "fused"},  # cuDNN conv + bias (+ residual) + ReLU in one call
+    "unfolded": {"cnn_form": "unfolded"},  # BatchNorm not folded into the convs
+    "auto": {"cnn_form": "auto"},  # per bucket, the fastest CNN form (timed when the bucket is built)
+}
 
 # Norm-relative error ||y - y_ref|| / ||y_ref|| allowed against eager fp32 (TF32 off), per precision label.
 # "tf32": fp32 on CUDA with PyTorch's default of TF32 cuDNN convolutions/RNNs (10-bit mantissa, like fp16).
@@ -60,6 +68,29 @@ PEAKS: tuple[tuple[str, float, str], ...] = (
 
 class Unavailable(Exception):
     """A contender cannot run here (missing library, no GPU, ...); the message is the skip reason."""
+
+
+def parse_contender(name: str) -> tuple[str, dict]:
+    """``"runtime-fast+fused+fp16-all"`` -> ``("runtime-fast", {"cnn_form": "fused", "precision": "fp16-all"})``.
+
+    Raises:
+        ValueError: an unknown contender or variant, a variant of another contender, or one given twice.
+    """
+    base, *variants = str(name).split("+")
+    if base not in CONTENDERS:
+        raise ValueError(f"unknown contender {name!r}; valid: {', '.join(CONTENDERS)} (runtime-fast also as "
+                         f"runtime-fast+VARIANT with VARIANT in {', '.join(FAST_VARIANTS)})")
+    if variants and base != "runtime-fast":
+        raise ValueError(f"{name!r}: only runtime-fast takes +variants ({', '.join(FAST_VARIANTS)})")
+    options: dict = {}
+    for variant in variants:
+        if variant not in FAST_VARIANTS:
+            raise ValueError(f"{name!r}: unknown variant {variant!r}; valid: {', '.join(FAST_VARIANTS)}")
+        clash = set(options) & set(FAST_VARIANTS[variant])
+        if clash:
+            raise ValueError(f"{name!r}: {variant!r} sets {sorted(clash)} a second time")
+        options.update(FAST_VARIANTS[variant])
+    return base, options
 
 
 # --- model configs and the reference checkpoint ----------------------------------------------------------------------
@@ -575,9 +606,10 @@ class BenchContext:
             "runtime-fast": self._runtime_torch, "ort-fp32": self._ort, "ort-fp16": self._ort, "ort-int8": self._ort,
             "trt": self._trt,
         }
-        if contender not in builders:
-            raise ValueError(f"unknown contender {contender!r}; valid: {', '.join(CONTENDERS)}")
-        return builders[contender](contender, workload, batch, time_steps)
+        base, options = parse_contender(contender)
+        if options:
+            return self._runtime_torch(contender, workload, batch, time_steps, options)
+        return builders[base](contender, workload, batch, time_steps)
 
     def _torch_precision(self, half: bool) -> str:
         import torch
@@ -648,24 +680,35 @@ class BenchContext:
                         precision=self._torch_precision(False), probe=lambda: fn(pool[0]),
                         info={"note": f"torch.compile mode={self.compile_mode}, fp32 weights"})
 
-    def _runtime_torch(self, contender, workload, batch, time_steps) -> Prepared:
+    def _runtime_torch(self, contender, workload, batch, time_steps, options: Optional[dict] = None) -> Prepared:
         import runtime
 
         if not self.is_cuda:
             raise Unavailable("the runtime's PyTorch fast path (fp16 CNN, CUDA graphs) needs CUDA")
+        options = dict(options or {})
+        precision = "fp16" if options.get("precision") == "fp16-all" else "fp16-cnn"
+        note = "runtime.load(.pt, fast=True" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"
         if workload == "stream":
             return self._runtime_stream(contender, batch, loader=lambda stage: runtime.load(
-                self.checkpoint, device=self.device, stage=stage, fast=True), precision="fp16-cnn")
-        key = ("runtime-fast", workload)
+                self.checkpoint, device=self.device, stage=stage, fast=True, **options), precision=precision)
+        key = (contender, workload)
         if key not in self._cache:
-            runner = runtime.load(self.checkpoint, device=self.device, stage=_stage(workload), fast=True)
+            runner = runtime.load(self.checkpoint, device=self.device, stage=_stage(workload), fast=True, **options)
             runner.activate()
             self._cache[key] = runner
         runner = self._cache[key]
         pool = self.torch_pool(workload, batch, time_steps)
-        return Prepared(fn=runner.infer, inputs=pool, timer="cuda-events", precision="fp16-cnn",
-                        probe=lambda: runner.infer(pool[0]),
-                        info={"backend": getattr(runner, "backend_name", "?"), "note": "runtime.load(.pt, fast=True)"})
+        info = {"backend": getattr(runner, "backend_name", "?"), "note": note}
+
+        def probe():
+            out = runner.infer(pool[0])
+            forms = getattr(runner, "bucket_forms", {})
+            if options.get("cnn_form") == "auto" and forms:  # which form the bucket of this shape chose
+                info["cnn_forms"] = ", ".join(f"B{b}T{t}: {f}" for (b, t), f in sorted(forms.items()))
+            return out
+
+        return Prepared(fn=runner.infer, inputs=pool, timer="cuda-events", precision=precision, probe=probe,
+                        info=info)
 
     def onnx_dir(self, precision: str) -> Path:
         """Folder with model/cnn/bilstm ONNX graphs of the checkpoint at a precision (exported once, cached).

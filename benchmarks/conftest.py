@@ -4,7 +4,8 @@ Options (all optional):
     --bench-batch 1,8,64        batch sizes B (default 1,8,64 on CUDA; 1,8 on CPU, where B=64,T=64 takes minutes)
     --bench-time 1,16,64        clip lengths T (default 1,16,64 on CUDA; 1,16 on CPU)
     --bench-workload ...        subset of model,cnn,bilstm,stream (default: all)
-    --bench-contender ...       subset of the contenders (default: all but torch-compile)
+    --bench-contender ...       subset of the contenders (default: all but torch-compile); the runtime's fast path
+                                also as variants, e.g. runtime-fast+fused, runtime-fast+auto+fp16-all
     --bench-checkpoint PATH     any checkpoint (default: the reference model, random weights, seeded)
     --bench-onnx-dir DIR        already exported fp32 graphs of that checkpoint (default: exported once per session)
     --bench-compile             add the torch.compile contender (compiles per shape: minutes on a GPU)
@@ -30,8 +31,10 @@ import pytest
 
 from benchmarks._common import (
     CONTENDERS,
+    FAST_VARIANTS,
     WORKLOADS,
     BenchContext,
+    parse_contender,
     reference_config,
     smoke_config,
     write_random_checkpoint,
@@ -56,12 +59,25 @@ def _name_list(text: str, option: str, valid) -> list[str]:
     return values
 
 
+def _contender_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise pytest.UsageError(f"--bench-contender: no contender in {text!r}; valid: {', '.join(CONTENDERS)}")
+    for value in values:
+        try:
+            parse_contender(value)
+        except ValueError as e:
+            raise pytest.UsageError(f"--bench-contender: {e}") from e
+    return values
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("cnn-bilstm benchmarks")
     group.addoption("--bench-batch", default=None, help="comma list of batch sizes (default 1,8,64; CPU 1,8)")
     group.addoption("--bench-time", default=None, help="comma list of clip lengths T (default 1,16,64; CPU 1,16)")
     group.addoption("--bench-workload", default=None, help=f"comma list of {','.join(WORKLOADS)} (default all)")
-    group.addoption("--bench-contender", default=None, help=f"comma list of {','.join(CONTENDERS)}")
+    group.addoption("--bench-contender", default=None, help=f"comma list of {','.join(CONTENDERS)}, or "
+                    f"runtime-fast+VARIANT[+VARIANT] with VARIANT in {','.join(FAST_VARIANTS)}")
     group.addoption("--bench-checkpoint", default=None, help="checkpoint to time (default: reference model)")
     group.addoption("--bench-onnx-dir", default=None, help="fp32 ONNX graphs of --bench-checkpoint (else exported)")
     group.addoption("--bench-compile", action="store_true", default=False, help="add the torch.compile contender")
@@ -110,7 +126,7 @@ def bench_grid(config) -> tuple[list[int], list[int], list[str], list[str]]:
         workloads = _name_list(config.getoption("--bench-workload"), "--bench-workload", WORKLOADS)
     contenders = [c for c in CONTENDERS if c != "torch-compile" or config.getoption("--bench-compile")]
     if config.getoption("--bench-contender"):
-        contenders = _name_list(config.getoption("--bench-contender"), "--bench-contender", CONTENDERS)
+        contenders = _contender_list(config.getoption("--bench-contender"))
     return batches, times, workloads, contenders
 
 

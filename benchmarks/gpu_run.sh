@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# One GPU run, start to finish in under 8 minutes on an H100/H200 with a bare image (torch + CUDA, no TensorRT):
+# One GPU run, start to finish in under 9.5 minutes on an H100/H200 with a bare image (torch + CUDA, no TensorRT):
 #   1. environment (nvidia-smi, versions, which optional modules are missing)          -> OUTDIR/env.txt
 #   2. the GPU-marked tests (failures are recorded, not fatal)                          -> OUTDIR/gpu-tests.log
 #   3. the latency suite at the default CUDA grid (B 1,8,64 x T 1,16,64, all workloads) -> OUTDIR/bench.json, bench.log
-#   4. the report (markdown + 2 PNGs) and a compact table printed last                  -> OUTDIR/report*.{md,png}
+#   4. the report (markdown + 2 PNGs)                                                  -> OUTDIR/report*.{md,png}
+#   5. the fast path's variants (CNN forms, fp16 BiLSTM), paired against eager at the issue's shapes
+#      (B1T16, B64T16, B1T64, streaming window 16)                                      -> OUTDIR/variants-*.{json,md,png}
+#   and the compact table of step 4 printed last.
 # Usage (from the repository root, the repo on PYTHONPATH, not pip-installed):
 #   bash benchmarks/gpu_run.sh OUTDIR
 # Environment: PY (default python3), BENCH_ARGS (extra pytest args for step 3, e.g. "--bench-compile"),
-#   BENCH_BUDGET (timed seconds per benchmark, default 0.75), GPU_TESTS_TIMEOUT (default 120 s) and BENCH_TIMEOUT
-#   (default 270 s) to fit a shorter lease.
+#   BENCH_BUDGET (timed seconds per benchmark, default 0.75), GPU_TESTS_TIMEOUT (default 100 s), BENCH_TIMEOUT
+#   (default 220 s), VARIANTS (comma list of contenders for step 5, or "none" to skip it), VARIANTS_TIMEOUT (seconds
+#   per shape, default 45)
+#   to fit a shorter lease.
 # ONNX Runtime: with only the CPU provider installed it is timed at B=1, T<=16 as a reference point (see
 # BenchContext._ort); with onnxruntime-gpu the CUDA provider runs the whole grid. TensorRT contenders are skipped
-# when TensorRT is missing (the report lists every skip and its reason). OUTDIR stays flat: 7 files.
+# when TensorRT is missing (the report lists every skip and its reason). OUTDIR stays flat: 7 + 12 files.
 set -u -o pipefail
 
 OUT=${1:?usage: bash benchmarks/gpu_run.sh OUTDIR}
@@ -58,27 +63,45 @@ if [ "$ENV_RC" = 3 ]; then
   note "torchvision or pytest-benchmark is missing: the model or the suite cannot run; stopping early (see env.txt)"
 fi
 
-# --- 2. GPU-marked tests (<= 120 s; their failures are recorded, not fatal) ---------------------------------------------
-timeout -s INT -k 10 "${GPU_TESTS_TIMEOUT:-120}" "$PY" -m pytest -m gpu tests -q -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/gpu-tests.log"
+# --- 2. GPU-marked tests (<= 100 s; their failures are recorded, not fatal) ---------------------------------------------
+timeout -s INT -k 10 "${GPU_TESTS_TIMEOUT:-100}" "$PY" -m pytest -m gpu tests -q -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/gpu-tests.log"
 note "gpu tests rc=$? (0 pass, 1 failures, 5 none selected, 124/130 timeout)"
 
-# --- 3. the latency suite (<= 270 s; SIGINT first so pytest-benchmark still writes the JSON of what ran) ----------------
+# --- 3. the latency suite (<= 220 s; SIGINT first so pytest-benchmark still writes the JSON of what ran) ----------------
 if [ "$ENV_RC" != 3 ]; then
   # shellcheck disable=SC2086
-  timeout -s INT -k 20 "${BENCH_TIMEOUT:-270}" "$PY" -m pytest benchmarks -q -p no:cacheprovider -rfEs --bench-budget "$BUDGET" \
+  timeout -s INT -k 20 "${BENCH_TIMEOUT:-220}" "$PY" -m pytest benchmarks -q -p no:cacheprovider -rfEs --bench-budget "$BUDGET" \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=median,min,max,rounds --benchmark-sort=name \
     ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
   note "benchmark suite rc=$?"
 fi
 
-# --- 4. report (<= 60 s) and the compact table last -------------------------------------------------------------------
+# --- 4. report (<= 40 s) ---------------------------------------------------------------------------------------------
 if [ -s "$OUT/bench.json" ]; then
-  timeout 60 "$PY" -m benchmarks.report "$OUT/bench.json" --out "$OUT" --prefix report > "$OUT/report.log" 2>&1
+  timeout 40 "$PY" -m benchmarks.report "$OUT/bench.json" --out "$OUT" --prefix report > "$OUT/report.log" 2>&1
   note "report rc=$?"
   cat "$OUT/report.log" >> "$OUT/bench.log" && rm -f "$OUT/report.log"
-  note "done in $(elapsed); files: $(ls "$OUT" | tr '\n' ' ')"
-  echo
-  sed -n '/median ms per call/,$p' "$OUT/bench.log"
 else
   note "no bench.json: nothing to report (see bench.log)"
 fi
+
+# --- 5. fast-path variants, paired against eager (<= 4 x 45 s; a variant over its tolerance is timed and flagged) ------
+VARIANTS=${VARIANTS:-runtime-fast,runtime-fast+fused,runtime-fast+unfolded,runtime-fast+auto,runtime-fast+fp16-all,runtime-fast+auto+fp16-all}
+if [ "$ENV_RC" != 3 ] && [ "$VARIANTS" != none ]; then
+  for shape in "model 1 16" "model 64 16" "model 1 64" "stream 1 16"; do
+    read -r workload batch time_steps <<< "$shape"
+    timeout -s INT -k 5 "${VARIANTS_TIMEOUT:-45}" "$PY" -m benchmarks.paired --device cuda --contenders "$VARIANTS" \
+      --workload "$workload" --batch "$batch" --time "$time_steps" --rounds 30 --no-strict --out "$OUT" \
+      --prefix "variants-$workload-B$batch-T$time_steps" >> "$OUT/variants.log" 2>&1
+    note "variants $shape rc=$?"
+  done
+fi
+
+note "done in $(elapsed); files: $(ls "$OUT" | tr '\n' ' ')"
+if [ -s "$OUT/bench.log" ]; then
+  echo
+  sed -n '/median ms per call/,$p' "$OUT/bench.log"
+fi
+for f in "$OUT"/variants-*.md; do
+  [ -e "$f" ] && { echo; sed -n '/^| contender/,$p' "$f"; }
+done

@@ -29,12 +29,14 @@ from typing import Any, Optional, Sequence
 from benchmarks._common import (
     BASELINE,
     CONTENDERS,
+    FAST_VARIANTS,
     TOLERANCES,
     BenchContext,
     Unavailable,
     default_gap_s,
     environment,
     paired_speedup,
+    parse_contender,
     percentiles,
     reference_config,
     rel_error,
@@ -53,7 +55,8 @@ def compare_paired(ctx: BenchContext, contenders: Sequence[str], *, workload: st
 
     Args:
         ctx (BenchContext): checkpoint, device and exported graphs.
-        contenders (Sequence[str]): names from :data:`benchmarks._common.CONTENDERS`.
+        contenders (Sequence[str]): names from :data:`benchmarks._common.CONTENDERS`, or runtime-fast variants
+            (``runtime-fast+fused``; see :data:`benchmarks._common.FAST_VARIANTS`).
         workload (str): model, cnn, bilstm or stream. Defaults to "model".
         batch (int): B. Defaults to 1.
         time_steps (int): T (the window for ``stream``). Defaults to 16.
@@ -73,9 +76,8 @@ def compare_paired(ctx: BenchContext, contenders: Sequence[str], *, workload: st
         ValueError: unknown contender, or (``strict``) a contender's outputs exceed its tolerance; the message names
             the contender and the error.
     """
-    unknown = [c for c in contenders if c not in CONTENDERS]
-    if unknown:
-        raise ValueError(f"unknown contenders {unknown}; valid: {', '.join(CONTENDERS)}")
+    for name in contenders:
+        parse_contender(name)  # ValueError naming what is valid
     names = [BASELINE] + [c for c in dict.fromkeys(contenders) if c != BASELINE]
     if workload == "stream":
         time_steps = ctx.window
@@ -115,8 +117,9 @@ def result_markdown(result: dict, env: dict) -> str:
              f"{env.get('python')}; torch threads {env.get('torch_threads')}, 1-min load average "
              f"{env.get('load_average_1min')} at the start; {env.get('date', '')}", "",
              f"{result['rounds']} interleaved rounds (random order per round, {result['warmup']} warm-up rounds, "
-             f"{1e3 * result['gap_s']:.0f} ms untimed pause before every call, so each call is timed from idle "
-             "cores: single-request latency, not back-to-back throughput). "
+             + (f"{1e3 * result['gap_s']:.0f} ms untimed pause before every call, so each call is timed from idle "
+                "cores: single-request latency, not back-to-back throughput). " if result["gap_s"] else
+                "calls back to back). ") +
              "Speedup = median over rounds of (eager fp32 latency / contender latency) in the same round, with a "
              "bootstrap 95% interval" + (" (coarse with fewer than 20 rounds)" if result["rounds"] < 20 else "")
              + ".", "",
@@ -130,8 +133,12 @@ def result_markdown(result: dict, env: dict) -> str:
         else:
             ratio = (f"{sp['median']:.2f}x | {sp['ci95'][0]:.2f}-{sp['ci95'][1]:.2f} | "
                      f"{100 * sp['faster_rounds']:.0f}%")
+        flag = "" if r["ok"] else " (over tolerance)"
         lines.append(f"| {r['contender']} | {r['precision']} | {r['p50_ms']:.2f} | {r['min_ms']:.2f} | "
-                     f"{r['p90_ms']:.2f} | {ratio} | {r['rel_error']:.1e} |")
+                     f"{r['p90_ms']:.2f} | {ratio} | {r['rel_error']:.1e}{flag} |")
+    for r in result["rows"]:
+        if r["info"].get("cnn_forms"):
+            lines.append(f"\n{r['contender']}: CNN form per bucket: {r['info']['cnn_forms']}")
     for name, reason in result["skipped"]:
         lines.append(f"\nSkipped {name}: {reason}")
     return "\n".join(lines) + "\n"
@@ -178,7 +185,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--int8-dir", default=None, help="int8 export of --checkpoint (python -m export.quantize; "
                         "default: quantized here, calibrated on N(0,1) frames)")
     parser.add_argument("--contenders", default=None,
-                        help=f"comma list of {','.join(CONTENDERS)} (default: all but torch-compile; eager fp32 is "
+                        help=f"comma list of {','.join(CONTENDERS)}, or runtime-fast+VARIANT[+VARIANT] with "
+                             f"VARIANT in {','.join(FAST_VARIANTS)} (default: all but torch-compile; eager fp32 is "
                              "always included as the baseline)")
     parser.add_argument("--workload", default="model", choices=["model", "cnn", "bilstm", "stream"])
     parser.add_argument("--batch", type=int, default=1, help="B (default 1)")
@@ -191,6 +199,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--ort-threads", type=int, default=None, help="ONNX Runtime intra-op threads "
                         "(default: os.cpu_count())")
+    parser.add_argument("--no-strict", dest="strict", action="store_false", help="time a contender whose outputs "
+                        "exceed its tolerance anyway (its row says so) instead of stopping with an error")
     parser.add_argument("--out", default=None, help="folder for PREFIX.json/.md/.png (default: print only)")
     parser.add_argument("--prefix", default=None, help="file name stem (default paired-WORKLOAD-B{b}-T{t})")
     return parser
@@ -227,6 +237,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {device}, but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
+        return 2
     gap_ms = args.gap_ms if args.gap_ms is not None else 1e3 * default_gap_s(device)
     contenders = ([c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders
                   else [c for c in CONTENDERS if c != "torch-compile"])
@@ -245,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                int8_dir=Path(args.int8_dir) if args.int8_dir else None)
             result = compare_paired(ctx, contenders, workload=args.workload, batch=args.batch,
                                     time_steps=args.time, rounds=args.rounds, warmup=args.warmup, seed=args.seed,
-                                    gap_s=gap_ms / 1e3, progress=progress)
+                                    gap_s=gap_ms / 1e3, strict=args.strict, progress=progress)
         except (ValueError, Unavailable) as e:  # unknown contender, a wrong answer, a bad checkpoint, no baseline
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -212,8 +212,14 @@ class StreamingClassifier:
         k = min(self._count, w)
         end = i + w + 1
         out = self.bilstm.infer(self._buf[end - k:end][None])
-        frame_logits = _to_numpy(out["frame_logits"][0, -1]).astype(np.float32)
-        clip_logits = _to_numpy(out["clip_logits"][0]).astype(np.float32)
+        frame_logits, clip_logits = out["frame_logits"][0, -1], out["clip_logits"][0]
+        if _is_torch(frame_logits):  # one device -> host copy (and one synchronisation) for both
+            import torch
+
+            both = _to_numpy(torch.stack([frame_logits, clip_logits]))
+            frame_logits, clip_logits = both[0], both[1]
+        frame_logits = np.asarray(frame_logits, dtype=np.float32)
+        clip_logits = np.asarray(clip_logits, dtype=np.float32)
         fi, fp = _softmax_top1(frame_logits)
         ci, cp = _softmax_top1(clip_logits)
         names = self.metadata.class_names

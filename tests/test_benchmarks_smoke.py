@@ -179,11 +179,41 @@ def test_paired_cli_rejects_bad_arguments(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_paired_cli_without_a_gpu_says_so(capsys):
+    import torch
+
+    from benchmarks import paired
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: --device cuda is valid")
+    assert paired.main(["--device", "cuda"]) == 2
+    assert "torch sees no CUDA GPU here" in capsys.readouterr().err
+
+
 def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
     from benchmarks import paired
 
     assert paired.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders", "numba"]) == 1
-    assert "unknown contenders ['numba']" in capsys.readouterr().err
+    assert "unknown contender 'numba'" in capsys.readouterr().err
+    assert paired.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders",
+                        "runtime-fast+winograd"]) == 1
+    assert "unknown variant 'winograd'; valid: fp16-all, fused, unfolded, auto" in capsys.readouterr().err
+
+
+def test_fast_path_variants_parse_into_runner_options(tiny_checkpoint, tmp_path):
+    from benchmarks._common import parse_contender
+
+    assert parse_contender("ort-fp32") == ("ort-fp32", {})
+    assert parse_contender("runtime-fast+auto+fp16-all") == ("runtime-fast", {"cnn_form": "auto",
+                                                                               "precision": "fp16-all"})
+    for bad, message in (("runtime-fast+fused+unfolded", "a second time"), ("ort-fp32+fused", "only runtime-fast"),
+                         ("runtime-fast+", "unknown variant ''")):
+        with pytest.raises(ValueError, match=message):
+            parse_contender(bad)
+    ctx = BenchContext(tiny_checkpoint, "cpu", tmp_path)
+    with pytest.raises(Unavailable, match="needs CUDA"):  # a variant is the fast path too: CUDA only
+        ctx.prepare("runtime-fast+fused", "model", 1, 2)
+    ctx.close()
 
 
 def test_paired_cli_reports_a_damaged_checkpoint(tmp_path, capsys):

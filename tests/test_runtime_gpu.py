@@ -55,6 +55,24 @@ def test_graphs_are_captured_per_bucket(tiny_checkpoint):
         assert all(bk.graph is not None for bk in r._buckets.values())
 
 
+@pytest.mark.parametrize("form", ["fused", "unfolded", "auto"])
+def test_cnn_forms_match_eager_fp32(tiny_checkpoint, tiny_model, form):
+    """The fused form runs cuDNN's conv + bias (+ residual) + ReLU kernels; every form stays within fp16 tolerance,
+    padded or not, and "auto" captures one graph per bucket in the form it chose."""
+    with runtime.load(tiny_checkpoint, device="cuda", cnn_form=form) as r:
+        for b, t, lengths in SHAPES[:4]:
+            x = torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(b + t))
+            ref_frame, ref_clip = _reference(tiny_model, x, lengths)
+            out = r.infer(x.cuda(), None if lengths is None else torch.tensor(lengths))
+            mask = torch.ones(b, t, dtype=torch.bool) if lengths is None else (
+                torch.arange(t)[None] < torch.tensor(lengths)[:, None])
+            assert _rel(out["frame_logits"].cpu()[mask], ref_frame[mask]) <= TOL["fp16"], (form, b, t)
+            assert _rel(out["clip_logits"].cpu(), ref_clip) <= TOL["fp16"], (form, b, t)
+        forms = r.bucket_forms
+        assert len(forms) == 4 and all(bk.graph is not None for bk in r._buckets.values())
+        assert set(forms.values()) <= ({"folded", "fused", "unfolded"} if form == "auto" else {form})
+
+
 def test_padded_batch_matches_single_clips(tiny_checkpoint):
     torch.manual_seed(0)
     x = torch.randn(3, 12, 3, H, W, device="cuda")

@@ -151,3 +151,111 @@ def test_non_finite_padding_never_reaches_real_outputs(fast_cpu, tiny_model):
         assert torch.isfinite(clip).all()
         assert _rel(clip, ref_clip) < 1e-5
         assert _rel(frame[1, :3], ref_frame[1, :3]) < 1e-5
+
+
+# --- CNN forms of the fast path (folded / fused / unfolded / auto) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone,stem", [("resnet18", "cifar"), ("resnet50", "imagenet")])
+def test_cnn_forms_compute_the_same_features(backbone, stem):
+    """Every form is the same function: on CPU the fused form runs conv + bias (+ residual) + ReLU in sequence."""
+    from runtime.backends.torch_backend import CNN_FORMS, FusedResNet, build_cnn_form
+    from runtime.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, stem=stem, frame_size=(32, 32), hidden_size=8)).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.cnn(x)
+        for form in CNN_FORMS:
+            cnn = build_cnn_form(model.cnn, form)
+            assert _rel(cnn(x), ref) < 1e-5, form
+    fused = build_cnn_form(model.cnn, "fused")
+    assert isinstance(fused, FusedResNet)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ReLU)) for m in fused.modules())
+    with pytest.raises(ValueError, match="cnn form"):
+        build_cnn_form(model.cnn, "winograd")
+
+
+def test_fused_resnet_needs_folded_batchnorm(tiny_model):
+    from runtime.backends.torch_backend import FusedResNet
+
+    with pytest.raises(ValueError, match="fold_conv_bn"):
+        FusedResNet(copy.deepcopy(tiny_model.cnn))
+
+
+def test_conv_relu_adds_the_residual_before_the_relu():
+    from runtime.backends.torch_backend import ConvReLU
+
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1, bias=True)
+    x, residual = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        fused = ConvReLU(conv)
+        assert torch.equal(fused(x), torch.relu(conv(x)))
+        assert torch.equal(fused(x, residual), torch.relu(conv(x) + residual))
+    with pytest.raises(ValueError, match="zero padding"):
+        ConvReLU(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+
+
+@pytest.mark.parametrize("form", ["fused", "unfolded", "auto"])
+def test_every_cnn_form_is_exact_on_padded_buckets(tiny_checkpoint, tiny_model, form):
+    x = torch.randn(3, 5, 3, H, W, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([5, 2, 4])
+    with torch.no_grad():
+        ref_frame, ref_clip = tiny_model(x, lengths)
+    with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form=form, buckets=((4,), (8,))) as r:
+        out = r.infer(x, lengths)
+        (bucket, chosen), = r.bucket_forms.items()
+        assert bucket == (4, 8)
+        assert chosen == form or (form == "auto" and chosen in ("folded", "fused", "unfolded"))
+    mask = torch.arange(5)[None] < lengths[:, None]
+    assert _rel(out["frame_logits"][mask], ref_frame[mask]) < 1e-5
+    assert _rel(out["clip_logits"], ref_clip) < 1e-5
+
+
+def test_auto_keeps_the_fastest_form_that_agrees(tiny_checkpoint, tiny_model, caplog):
+    """"auto" times the forms per bucket and never keeps one whose outputs disagree with the folded form."""
+    import logging
+    import time
+
+    class Slow(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            time.sleep(0.03)
+            return self.inner(x)
+
+    class Wrong(Slow):
+        def forward(self, x):
+            return self.inner(x) * 1.5  # fastest of all, but a different answer
+
+    with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="auto", buckets=((1, 2), (4,))) as r:
+        r.activate()
+        cnns = r._fast_model.cnns
+        assert set(cnns) == {"folded", "fused", "unfolded"}
+        cnns["folded"], cnns["fused"] = Slow(cnns["folded"]), Wrong(cnns["fused"])
+        x = torch.randn(2, 3, 3, H, W, generator=torch.Generator().manual_seed(5))
+        with caplog.at_level(logging.INFO, logger="runtime.backends.torch_backend"):
+            out = r.infer(x, torch.tensor([3, 2]))
+        assert r.bucket_forms == {(2, 4): "unfolded"}
+        assert "'fused' differs from 'folded'" in caplog.text and "uses CNN form 'unfolded'" in caplog.text
+        # Beyond the largest bucket: the form the last bucket chose, without a graph.
+        big = r.infer(torch.randn(3, 5, 3, H, W))
+        assert big["clip_logits"].shape == (3, 3)
+    with torch.no_grad():
+        ref_frame, ref_clip = tiny_model(x, torch.tensor([3, 2]))
+    assert _rel(out["clip_logits"], ref_clip) < 1e-5
+
+
+def test_cnn_form_is_checked(tiny_checkpoint):
+    with pytest.raises(runtime.RuntimeInputError, match="cnn_form must be one of"):
+        runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="winograd")
+    with pytest.raises(runtime.RuntimeInputError, match="fast path"):
+        runtime.load(tiny_checkpoint, device="cpu", fast=False, cnn_form="fused")

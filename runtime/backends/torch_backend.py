@@ -4,7 +4,14 @@ Eager (``fast=False``, the default on CPU): the checkpoint's model as trained, p
 
 Fast (``fast=True``, the default on CUDA):
 
-* CNN: a deep copy with every conv-BN pair folded (``fuse_conv_bn_eval``), in float16 and channels_last;
+* CNN: a deep copy in float16 and channels_last, in one of three exact forms (``cnn_form``):
+  - ``"folded"`` (the default): every conv-BN pair folded into the conv (``fuse_conv_bn_eval``);
+  - ``"fused"``: folded, and each conv + bias + ReLU (with the residual add where a block ends) one cuDNN call
+    (``torch.cudnn_convolution_relu`` / ``cudnn_convolution_add_relu``): no separate element-wise passes over the
+    activations, which dominate memory traffic at large batches;
+  - ``"unfolded"``: BatchNorm kept as its own op (a probe on an H100 found it faster than folding at B=64);
+  - ``"auto"``: every bucket builds all three, checks that they agree (fp16 tolerance), times them and keeps the
+    fastest; :attr:`TorchRunner.bucket_forms` says which form each bucket uses;
 * BiLSTM, two exact forms, float32 by default (``precision="fp16-all"`` runs it and the heads in float16):
   - every clip of the call is T frames long (no ``lengths``, or all equal to T): cuDNN's fused bidirectional LSTM,
     the fastest form. Batch rows added to reach a bucket are independent of the real rows, so this is exact; the
@@ -45,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("model", "cnn", "bilstm")
 PRECISIONS = ("fp32", "fp16", "fp16-all")
+CNN_FORMS = ("folded", "fused", "unfolded")
+AUTO_TOLERANCE = 2e-2  # "auto": max |a - b| / max |b| allowed between a form's outputs and the folded form's
+AUTO_ROUNDS = 7  # "auto": timed runs per form (interleaved, median)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TIME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -73,6 +83,87 @@ def fold_conv_bn(module):
                     m[i] = fuse_conv_bn_eval(m[i], m[i + 1])
                     m[i + 1] = nn.Identity()
     return module
+
+
+class ConvReLU(nn.Module):
+    """``relu(conv(x) + bias [+ residual])``: one cuDNN call on CUDA, the same ops in sequence elsewhere.
+
+    Built from a Conv2d with BatchNorm already folded into it. The residual, when given, has the output's shape.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"ConvReLU needs zero padding given as numbers, got {conv.padding!r} "
+                             f"({conv.padding_mode})")
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        if x.is_cuda:
+            if residual is None:
+                return torch.cudnn_convolution_relu(x, self.weight, self.bias, *args)
+            return torch.cudnn_convolution_add_relu(x, self.weight, residual, 1.0, self.bias, *args)
+        y = nn.functional.conv2d(x, self.weight, self.bias, *args)
+        return torch.relu(y if residual is None else y + residual)
+
+
+class _FusedBlock(nn.Module):
+    """A torchvision BasicBlock or Bottleneck (BatchNorm folded) whose convs end in their ReLU (and residual add)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        convs = [getattr(block, f"conv{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+        self.convs = nn.ModuleList(ConvReLU(c) for c in convs)
+        self.downsample = block.downsample if block.downsample is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.downsample(x)
+        for conv in self.convs[:-1]:
+            x = conv(x)
+        return self.convs[-1](x, residual=identity)
+
+
+class FusedResNet(nn.Module):
+    """A folded torchvision ResNet (classifier removed) with conv + bias (+ residual) + ReLU fused per conv."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        if not isinstance(getattr(net, "bn1", None), nn.Identity):
+            raise ValueError("FusedResNet needs a ResNet with BatchNorm folded (fold_conv_bn first)")
+        self.stem = ConvReLU(net.conv1)
+        self.maxpool = net.maxpool
+        layers = []
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            for block in getattr(net, name):
+                if not isinstance(block, (BasicBlock, Bottleneck)) or not isinstance(block.bn1, nn.Identity):
+                    raise ValueError(f"FusedResNet needs folded BasicBlock/Bottleneck blocks, got {type(block)}")
+                layers.append(_FusedBlock(block))
+        self.blocks = nn.Sequential(*layers)
+        self.avgpool = net.avgpool
+        self.fc = net.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.maxpool(self.stem(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_cnn_form(cnn: nn.Module, form: str) -> nn.Module:
+    """A new eval-mode CNN in one of :data:`CNN_FORMS` ("folded", "fused", "unfolded"); ``cnn`` is left as it is."""
+    if form == "unfolded":
+        return copy.deepcopy(cnn).eval()
+    folded = fold_conv_bn(cnn)
+    if form == "folded":
+        return folded
+    if form == "fused":
+        return FusedResNet(folded).eval()
+    raise ValueError(f"cnn form must be one of {CNN_FORMS}, got {form!r}")
 
 
 class ExactBiLSTM(nn.Module):
@@ -158,14 +249,20 @@ def exact_bilstm(lstm: nn.LSTM) -> ExactBiLSTM:
 
 
 class _FastModel:
-    """The fast path's modules and its two stages on padded inputs (shapes (Bb, Tb, ...), lengths on device)."""
+    """The fast path's modules and its two stages on padded inputs (shapes (Bb, Tb, ...), lengths on device).
 
-    def __init__(self, model, stage: str, device, cnn_dtype, lstm_dtype, channels_last: bool):
+    ``cnn_forms``: the CNN forms to build (:data:`CNN_FORMS`); a call names the one it runs.
+    """
+
+    def __init__(self, model, stage: str, device, cnn_dtype, lstm_dtype, channels_last: bool,
+                 cnn_forms: Sequence[str] = ("folded",)):
         self.stage, self.cnn_dtype, self.lstm_dtype, self.channels_last = stage, cnn_dtype, lstm_dtype, channels_last
-        self.cnn = self.lstm = None
+        self.cnns: dict = {}
+        self.lstm = None
         if stage in ("model", "cnn"):
-            cnn = fold_conv_bn(model.cnn).to(device=device, dtype=cnn_dtype)
-            self.cnn = cnn.to(memory_format=torch.channels_last) if channels_last else cnn
+            for form in cnn_forms:
+                cnn = build_cnn_form(model.cnn, form).to(device=device, dtype=cnn_dtype)
+                self.cnns[form] = cnn.to(memory_format=torch.channels_last) if channels_last else cnn
         if stage in ("model", "bilstm"):
             lstm = copy.deepcopy(model.lstm).to(device=device, dtype=lstm_dtype).eval()
             lstm.flatten_parameters()
@@ -174,12 +271,12 @@ class _FastModel:
             self.frame_head = copy.deepcopy(model.frame_head).to(device=device, dtype=lstm_dtype).eval()
             self.clip_head = copy.deepcopy(model.clip_head).to(device=device, dtype=lstm_dtype).eval()
 
-    def features(self, frames):
+    def features(self, frames, form: str):
         b, t = frames.shape[:2]
         x = frames.reshape(b * t, *frames.shape[2:]).to(self.cnn_dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.cnn(x).float().reshape(b, t, -1)
+        return self.cnns[form](x).float().reshape(b, t, -1)
 
     def bilstm(self, features, lengths, full_length: bool = False):
         if full_length:  # every real clip spans the whole time axis: the fused kernel is exact
@@ -190,44 +287,79 @@ class _FastModel:
             pooled = out.sum(dim=1) / lengths.to(out.dtype).unsqueeze(1)
         return self.frame_head(out).float(), self.clip_head(pooled).float()
 
-    def __call__(self, x, lengths, full_length: bool = False):
+    def __call__(self, x, lengths, full_length: bool = False, form: str = "folded"):
         """-> dict of float32 outputs for padded ``x`` (``full_length``: no real clip is shorter than x's T)."""
         if self.stage == "cnn":
-            return {"features": self.features(x)}
-        feats = self.features(x) if self.stage == "model" else x
+            return {"features": self.features(x, form)}
+        feats = self.features(x, form) if self.stage == "model" else x
         frame, clip = self.bilstm(feats, lengths, full_length)
         return {"frame_logits": frame, "clip_logits": clip}
 
 
 class _Bucket:
-    """Static buffers and the CUDA graph of one (batch, time) bucket."""
+    """Static buffers and the CUDA graph of one (batch, time) bucket, running one CNN form."""
 
-    def __init__(self, fast: _FastModel, shape: tuple, device, use_graph: bool, full_length: bool = False):
+    def __init__(self, fast: _FastModel, shape: tuple, device, use_graph: bool, full_length: bool = False,
+                 form: str = "folded"):
         self.shape = shape
         self.full_length = full_length
+        self.form = form
         self.x = torch.zeros(shape, device=device, dtype=torch.float32)
         self.lengths = torch.ones(shape[0], device=device, dtype=torch.int64)
         self.host_lengths = None  # what self.lengths holds, to skip redundant copies
         self.graph = None
+        self.fast = fast
         if use_graph:
             # Warm up on a side stream (cuDNN autotuning, lazy init), then capture: the pattern of shared/probes.
             side = torch.cuda.Stream(device=device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side), torch.inference_mode():
                 for _ in range(3):
-                    fast(self.x, self.lengths, full_length)
+                    self._forward()
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph), torch.inference_mode():
-                self.out = fast(self.x, self.lengths, full_length)
-        self.fast = fast
+                self.out = self._forward()
+
+    def _forward(self):
+        return self.fast(self.x, self.lengths, self.full_length, self.form)
 
     def run(self):
         if self.graph is not None:
             self.graph.replay()
             return self.out
         with torch.inference_mode():
-            return self.fast(self.x, self.lengths, self.full_length)
+            return self._forward()
+
+
+def _time_buckets(buckets: dict, rounds: int) -> dict:
+    """Median seconds of one ``run()`` per bucket, the buckets interleaved round by round (same drift for all)."""
+    import time
+
+    samples: dict = {name: [] for name in buckets}
+    cuda = next(iter(buckets.values())).x.is_cuda
+    for _ in range(rounds):
+        for name, bucket in buckets.items():
+            if cuda:
+                torch.cuda.synchronize(bucket.x.device)
+            t0 = time.perf_counter()
+            bucket.run()
+            if cuda:
+                torch.cuda.synchronize(bucket.x.device)
+            samples[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def _max_rel_diff(out: dict, ref: dict) -> float:
+    """max |out - ref| / max |ref| over every output (inf when non-finite)."""
+    worst = 0.0
+    for key, r in ref.items():
+        o = out[key].float()
+        if not torch.isfinite(o).all():
+            return float("inf")
+        scale = max(float(r.float().abs().max()), 1e-12)
+        worst = max(worst, float((o - r.float()).abs().max()) / scale)
+    return worst
 
 
 class TorchRunner(BaseRunner):
@@ -243,6 +375,9 @@ class TorchRunner(BaseRunner):
         precision (str | None): fast path precision: "fp16" (fp16 CNN, fp32 BiLSTM and heads), "fp16-all" or "fp32";
             None means "fp16" on CUDA and "fp32" on CPU (fp16 needs CUDA). Defaults to None.
         cuda_graphs (bool): capture a CUDA graph per bucket on the fast CUDA path. Defaults to True.
+        cnn_form (str): the fast path's CNN: "folded", "fused", "unfolded" or "auto" (per bucket, the fastest of the
+            three that agree with "folded"; see the module docstring). Ignored by the bilstm stage. Defaults to
+            "folded".
         buckets (tuple[Sequence[int], Sequence[int]] | None): (batch buckets, time buckets) the fast path pads up to;
             None means (1, 2, 4, ..., 64) and (1, 2, 4, ..., 128). Larger inputs run the fast modules without a graph.
             Defaults to None.
@@ -250,13 +385,14 @@ class TorchRunner(BaseRunner):
         check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
 
     Raises:
-        RuntimeInputError: unreadable checkpoint, unknown stage or precision, fp16 on CPU, bad buckets.
+        RuntimeInputError: unreadable checkpoint, unknown stage, precision or CNN form, fp16 on CPU, a CNN form
+            without the fast path, bad buckets.
     """
 
     backend_name = "torch"
 
     def __init__(self, checkpoint, device=None, *, stage: str = "model", fast: Optional[bool] = None,
-                 precision: Optional[str] = None, cuda_graphs: bool = True,
+                 precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: str = "folded",
                  buckets: Optional[tuple] = None, channels_last: bool = True, check_finite: bool = False) -> None:
         from ..checkpoint import CheckpointError, load_checkpoint
 
@@ -281,6 +417,12 @@ class TorchRunner(BaseRunner):
             raise RuntimeInputError(f"precision={precision!r} needs the fast path on a CUDA device (fast=True, "
                                     f"device='cuda'); the {'eager' if not self.fast else 'CPU'} path is fp32")
         self.precision = precision
+        if cnn_form not in CNN_FORMS + ("auto",):
+            raise RuntimeInputError(f"cnn_form must be one of {CNN_FORMS + ('auto',)}, got {cnn_form!r}")
+        if cnn_form != "folded" and not self.fast:
+            raise RuntimeInputError(f"cnn_form={cnn_form!r} applies to the fast path (fast=True); the eager path runs "
+                                    "the checkpoint's modules as they are")
+        self.cnn_form = cnn_form
         self.cuda_graphs = bool(cuda_graphs) and on_cuda and self.fast
         self.channels_last = bool(channels_last)
         bb, tb = buckets if buckets is not None else (DEFAULT_BATCH_BUCKETS, DEFAULT_TIME_BUCKETS)
@@ -293,11 +435,17 @@ class TorchRunner(BaseRunner):
         self._fast_model = None
         self._buckets: dict = {}
         self._warned_large = False
+        self._large_form = None  # the CNN form for shapes beyond the largest bucket ("auto": the last one chosen)
 
     @property
     def buckets(self) -> tuple:
         """(batch buckets, time buckets) of the fast path."""
         return self.batch_buckets, self.time_buckets
+
+    @property
+    def bucket_forms(self) -> dict:
+        """{(batch, time): CNN form} of every bucket built so far (the time of full-length calls is their exact T)."""
+        return {key[:2]: bucket.form for key, bucket in self._buckets.items()}
 
     def activate_impl(self) -> None:
         if not self.fast:
@@ -310,8 +458,10 @@ class TorchRunner(BaseRunner):
         half = torch.float16
         cnn_dtype = half if self.precision in ("fp16", "fp16-all") else torch.float32
         lstm_dtype = half if self.precision == "fp16-all" else torch.float32
+        forms = CNN_FORMS if self.cnn_form == "auto" else (self.cnn_form,)
         self._fast_model = _FastModel(self.checkpoint.model, self.stage, self.device, cnn_dtype, lstm_dtype,
-                                      self.channels_last and self.device.type == "cuda")
+                                      self.channels_last and self.device.type == "cuda", forms)
+        self._large_form = "folded" if self.cnn_form == "auto" else self.cnn_form
 
     def deactivate_impl(self) -> None:
         self._model = None
@@ -344,9 +494,39 @@ class TorchRunner(BaseRunner):
         if key not in self._buckets:
             item = tuple(self.input_spec.item_shape)
             logger.debug("%s: building bucket %s (graph=%s)", self.name, key, self.cuda_graphs)
-            self._buckets[key] = _Bucket(self._fast_model, key[:2] + item, self.device, self.cuda_graphs,
-                                         full_length)
+            shape = key[:2] + item
+            if self.cnn_form == "auto" and self.stage != "bilstm":
+                self._buckets[key] = self._fastest_bucket(shape, full_length)
+                self._large_form = self._buckets[key].form
+            else:
+                self._buckets[key] = _Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length,
+                                             self._large_form)
         return self._buckets[key]
+
+    def _fastest_bucket(self, shape: tuple, full_length: bool) -> _Bucket:
+        """Build the bucket in every CNN form, drop forms whose outputs leave fp16 tolerance of "folded", keep the
+        fastest (timed interleaved on random frames)."""
+        gen = torch.Generator().manual_seed(0)
+        frames = torch.randn(shape, generator=gen)
+        candidates, outputs = {}, {}
+        for form in CNN_FORMS:
+            bucket = _Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length, form)
+            bucket.x.copy_(frames)
+            candidates[form] = bucket
+            outputs[form] = {k: v.clone() for k, v in bucket.run().items()}
+        for form in CNN_FORMS[1:]:
+            diff = _max_rel_diff(outputs[form], outputs["folded"])
+            if not diff <= AUTO_TOLERANCE:
+                logger.warning("%s: CNN form %r differs from 'folded' by %.2g (> %g) at %s; not used", self.name,
+                               form, diff, AUTO_TOLERANCE, shape[:2])
+                del candidates[form]
+        seconds = _time_buckets(candidates, AUTO_ROUNDS)
+        best = min(seconds, key=seconds.get)
+        logger.info("%s: bucket %s uses CNN form %r (%s)", self.name, shape[:2], best,
+                    ", ".join(f"{f} {1e3 * t:.3f} ms" for f, t in seconds.items()))
+        chosen = candidates[best]
+        chosen.x.zero_()
+        return chosen
 
     def infer_impl(self, feed: Feed) -> dict:
         x = feed.x if feed.is_torch else torch.from_numpy(feed.x)
@@ -370,7 +550,7 @@ class TorchRunner(BaseRunner):
                 self._warned_large = True
             with torch.inference_mode():
                 lengths = torch.from_numpy(lengths_np.astype(np.int64)).to(self.device)
-                out = self._fast_model(x.to(self.device), lengths, full_length)
+                out = self._fast_model(x.to(self.device), lengths, full_length, self._large_form)
             return {k: v for k, v in out.items()}
         bb = bucket.shape[0]
         bucket.x[:b, :t].copy_(x, non_blocking=False)
