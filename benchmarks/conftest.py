@@ -67,7 +67,7 @@ def _contender_list(text: str) -> list[str]:
         try:
             parse_contender(value)
         except ValueError as e:
-            raise pytest.UsageError(f"--bench-contender: {e}") from e
+            raise pytest.UsageError(f"--bench-contender: {e}") from None
     return values
 
 
