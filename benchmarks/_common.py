@@ -35,9 +35,10 @@ STREAM_WINDOW = 16
 # fast=True, so that one run compares the forms the runner offers (which is fastest differs by GPU and shape).
 FAST_VARIANTS = {
     "fp16-all": {"precision": "fp16-all"},  # BiLSTM and heads in fp16 too (cuDNN's persistent fp16 RNN kernels)
+    # CNN forms; the default on CUDA, "auto", picks one of these per bucket by timing them
+    "folded": {"cnn_form": "folded"},  # conv-BN folded; bias add and ReLU separate kernels
     "fused": {"cnn_form": "fused"},  # cuDNN conv + bias (+ residual) + ReLU in one call
     "unfolded": {"cnn_form": "unfolded"},  # BatchNorm not folded into the convs
-    "auto": {"cnn_form": "auto"},  # per bucket, the fastest CNN form (timed when the bucket is built)
 }
 
 # Norm-relative error ||y - y_ref|| / ||y_ref|| allowed against eager fp32 (TF32 off), per precision label.
@@ -703,7 +704,7 @@ class BenchContext:
         def probe():
             out = runner.infer(pool[0])
             forms = getattr(runner, "bucket_forms", {})
-            if options.get("cnn_form") == "auto" and forms:  # which form the bucket of this shape chose
+            if getattr(runner, "cnn_form", None) == "auto" and forms:  # the forms the buckets so far chose
                 info["cnn_forms"] = ", ".join(f"B{b}T{t}: {f}" for (b, t), f in sorted(forms.items()))
             return out
 

@@ -197,14 +197,14 @@ def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
     assert "unknown contender 'numba'" in capsys.readouterr().err
     assert paired.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders",
                         "runtime-fast+winograd"]) == 1
-    assert "unknown variant 'winograd'; valid: fp16-all, fused, unfolded, auto" in capsys.readouterr().err
+    assert "unknown variant 'winograd'; valid: fp16-all, folded, fused, unfolded" in capsys.readouterr().err
 
 
 def test_fast_path_variants_parse_into_runner_options(tiny_checkpoint, tmp_path):
     from benchmarks._common import parse_contender
 
     assert parse_contender("ort-fp32") == ("ort-fp32", {})
-    assert parse_contender("runtime-fast+auto+fp16-all") == ("runtime-fast", {"cnn_form": "auto",
+    assert parse_contender("runtime-fast+folded+fp16-all") == ("runtime-fast", {"cnn_form": "folded",
                                                                                "precision": "fp16-all"})
     for bad, message in (("runtime-fast+fused+unfolded", "a second time"), ("ort-fp32+fused", "only runtime-fast"),
                          ("runtime-fast+", "unknown variant ''")):

@@ -55,7 +55,7 @@ def test_graphs_are_captured_per_bucket(tiny_checkpoint):
         assert all(bk.graph is not None for bk in r._buckets.values())
 
 
-@pytest.mark.parametrize("form", ["fused", "unfolded", "auto"])
+@pytest.mark.parametrize("form", ["folded", "fused", "unfolded", "auto"])
 def test_cnn_forms_match_eager_fp32(tiny_checkpoint, tiny_model, form):
     """The fused form runs cuDNN's conv + bias (+ residual) + ReLU kernels; every form stays within fp16 tolerance,
     padded or not, and "auto" captures one graph per bucket in the form it chose."""
@@ -69,6 +69,7 @@ def test_cnn_forms_match_eager_fp32(tiny_checkpoint, tiny_model, form):
             assert _rel(out["frame_logits"].cpu()[mask], ref_frame[mask]) <= TOL["fp16"], (form, b, t)
             assert _rel(out["clip_logits"].cpu(), ref_clip) <= TOL["fp16"], (form, b, t)
         forms = r.bucket_forms
+        assert runtime.load(tiny_checkpoint, device="cuda").cnn_form == "auto"  # the CUDA default
         assert len(forms) == 4 and all(bk.graph is not None for bk in r._buckets.values())
         assert set(forms.values()) <= ({"folded", "fused", "unfolded"} if form == "auto" else {form})
 

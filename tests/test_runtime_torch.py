@@ -254,7 +254,26 @@ def test_auto_keeps_the_fastest_form_that_agrees(tiny_checkpoint, tiny_model, ca
     assert _rel(out["clip_logits"], ref_clip) < 1e-5
 
 
+def test_auto_skips_a_form_that_fails(tiny_checkpoint, caplog):
+    import logging
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED (a fake failure)")
+
+    with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="auto", buckets=((1,), (2,))) as r:
+        r.activate()
+        r._fast_model.cnns["fused"] = Broken()
+        with caplog.at_level(logging.WARNING, logger="runtime.backends.torch_backend"):
+            out = r.infer(np.zeros((1, 2, 3, H, W), np.float32))
+        assert out["clip_logits"].shape == (1, 3)
+        assert r.bucket_forms[(1, 2)] in ("folded", "unfolded")
+        assert "CNN form 'fused' failed" in caplog.text and "CUDNN_STATUS_NOT_SUPPORTED" in caplog.text
+
+
 def test_cnn_form_is_checked(tiny_checkpoint):
+    # The default: "folded" on CPU (the forms run the same ops there), "auto" on CUDA (tests/test_runtime_gpu.py).
+    assert runtime.load(tiny_checkpoint, device="cpu", fast=True).cnn_form == "folded"
     with pytest.raises(runtime.RuntimeInputError, match="cnn_form must be one of"):
         runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="winograd")
     with pytest.raises(runtime.RuntimeInputError, match="fast path"):

@@ -5,13 +5,15 @@ Eager (``fast=False``, the default on CPU): the checkpoint's model as trained, p
 Fast (``fast=True``, the default on CUDA):
 
 * CNN: a deep copy in float16 and channels_last, in one of three exact forms (``cnn_form``):
-  - ``"folded"`` (the default): every conv-BN pair folded into the conv (``fuse_conv_bn_eval``);
+  - ``"folded"``: every conv-BN pair folded into the conv (``fuse_conv_bn_eval``); PyTorch still adds the bias and
+    applies the ReLU as separate kernels;
   - ``"fused"``: folded, and each conv + bias + ReLU (with the residual add where a block ends) one cuDNN call
-    (``torch.cudnn_convolution_relu`` / ``cudnn_convolution_add_relu``): no separate element-wise passes over the
-    activations, which dominate memory traffic at large batches;
+    (``torch.cudnn_convolution_relu`` / ``cudnn_convolution_add_relu``): about a third of the kernels at batch 1,
+    where a graph is launch-bound, and no separate element-wise passes over the activations at large batches;
   - ``"unfolded"``: BatchNorm kept as its own op (a probe on an H100 found it faster than folding at B=64);
-  - ``"auto"``: every bucket builds all three, checks that they agree (fp16 tolerance), times them and keeps the
-    fastest; :attr:`TorchRunner.bucket_forms` says which form each bucket uses;
+  - ``"auto"`` (the default on CUDA): every bucket builds the three, drops any that fails or leaves fp16 tolerance
+    of "folded", times the rest and keeps the fastest, like ``cudnn.benchmark`` one level up;
+    :attr:`TorchRunner.bucket_forms` says which form each bucket uses. Building a bucket costs three captures.
 * BiLSTM, two exact forms, float32 by default (``precision="fp16-all"`` runs it and the heads in float16):
   - every clip of the call is T frames long (no ``lengths``, or all equal to T): cuDNN's fused bidirectional LSTM,
     the fastest form. Batch rows added to reach a bucket are independent of the real rows, so this is exact; the
@@ -25,7 +27,7 @@ Fast (``fast=True``, the default on CUDA):
   to the input's shape. A shape beyond the largest bucket runs the same fast modules eagerly (exact, just without
   the graph's launch savings) and logs that once.
 
-On CPU, ``fast=True`` gives the folded float32 CNN and :class:`ExactBiLSTM` without graphs (for testing the padding
+On CPU, ``fast=True`` gives the folded float32 CNN (another ``cnn_form`` on request) and :class:`ExactBiLSTM` without graphs (for testing the padding
 logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True`` (process-wide) on CUDA.
 
 Threading: the eager path runs calls concurrently; the fast path owns static buffers and graphs, so its calls are
@@ -251,7 +253,8 @@ def exact_bilstm(lstm: nn.LSTM) -> ExactBiLSTM:
 class _FastModel:
     """The fast path's modules and its two stages on padded inputs (shapes (Bb, Tb, ...), lengths on device).
 
-    ``cnn_forms``: the CNN forms to build (:data:`CNN_FORMS`); a call names the one it runs.
+    ``cnn_forms``: the CNN forms to build (:data:`CNN_FORMS`); a call names the one it runs. The first is required;
+    the others are candidates ("auto"), skipped with a warning when they cannot be built for this CNN.
     """
 
     def __init__(self, model, stage: str, device, cnn_dtype, lstm_dtype, channels_last: bool,
@@ -261,7 +264,13 @@ class _FastModel:
         self.lstm = None
         if stage in ("model", "cnn"):
             for form in cnn_forms:
-                cnn = build_cnn_form(model.cnn, form).to(device=device, dtype=cnn_dtype)
+                try:
+                    cnn = build_cnn_form(model.cnn, form).to(device=device, dtype=cnn_dtype)
+                except ValueError as e:
+                    if form == cnn_forms[0]:
+                        raise
+                    logger.warning("CNN form %r cannot be built for this model (%s); not used", form, e)
+                    continue
                 self.cnns[form] = cnn.to(memory_format=torch.channels_last) if channels_last else cnn
         if stage in ("model", "bilstm"):
             lstm = copy.deepcopy(model.lstm).to(device=device, dtype=lstm_dtype).eval()
@@ -273,9 +282,10 @@ class _FastModel:
 
     def features(self, frames, form: str):
         b, t = frames.shape[:2]
-        x = frames.reshape(b * t, *frames.shape[2:]).to(self.cnn_dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = frames.reshape(b * t, *frames.shape[2:])
+        # One copy kernel for the cast and the layout (inside a graph at batch 1, kernels cost more than bytes).
+        x = x.to(dtype=self.cnn_dtype, memory_format=torch.channels_last if self.channels_last else
+                 torch.preserve_format)
         return self.cnns[form](x).float().reshape(b, t, -1)
 
     def bilstm(self, features, lengths, full_length: bool = False):
@@ -375,9 +385,10 @@ class TorchRunner(BaseRunner):
         precision (str | None): fast path precision: "fp16" (fp16 CNN, fp32 BiLSTM and heads), "fp16-all" or "fp32";
             None means "fp16" on CUDA and "fp32" on CPU (fp16 needs CUDA). Defaults to None.
         cuda_graphs (bool): capture a CUDA graph per bucket on the fast CUDA path. Defaults to True.
-        cnn_form (str): the fast path's CNN: "folded", "fused", "unfolded" or "auto" (per bucket, the fastest of the
-            three that agree with "folded"; see the module docstring). Ignored by the bilstm stage. Defaults to
-            "folded".
+        cnn_form (str | None): the fast path's CNN: "folded", "fused", "unfolded" or "auto" (per bucket, the fastest of
+            the three that agree with "folded"; see the module docstring). None means "auto" on CUDA and "folded" on
+            CPU (where the forms compute the same ops and timing them is pointless). Ignored by the bilstm stage.
+            Defaults to None.
         buckets (tuple[Sequence[int], Sequence[int]] | None): (batch buckets, time buckets) the fast path pads up to;
             None means (1, 2, 4, ..., 64) and (1, 2, 4, ..., 128). Larger inputs run the fast modules without a graph.
             Defaults to None.
@@ -392,7 +403,7 @@ class TorchRunner(BaseRunner):
     backend_name = "torch"
 
     def __init__(self, checkpoint, device=None, *, stage: str = "model", fast: Optional[bool] = None,
-                 precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: str = "folded",
+                 precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: Optional[str] = None,
                  buckets: Optional[tuple] = None, channels_last: bool = True, check_finite: bool = False) -> None:
         from ..checkpoint import CheckpointError, load_checkpoint
 
@@ -417,6 +428,8 @@ class TorchRunner(BaseRunner):
             raise RuntimeInputError(f"precision={precision!r} needs the fast path on a CUDA device (fast=True, "
                                     f"device='cuda'); the {'eager' if not self.fast else 'CPU'} path is fp32")
         self.precision = precision
+        if cnn_form is None:
+            cnn_form = "auto" if (self.fast and on_cuda) else "folded"
         if cnn_form not in CNN_FORMS + ("auto",):
             raise RuntimeInputError(f"cnn_form must be one of {CNN_FORMS + ('auto',)}, got {cnn_form!r}")
         if cnn_form != "folded" and not self.fast:
@@ -509,12 +522,18 @@ class TorchRunner(BaseRunner):
         gen = torch.Generator().manual_seed(0)
         frames = torch.randn(shape, generator=gen)
         candidates, outputs = {}, {}
-        for form in CNN_FORMS:
-            bucket = _Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length, form)
-            bucket.x.copy_(frames)
+        for form in self._fast_model.cnns:  # "folded" first: it must work, the others may fail to run or capture
+            try:
+                bucket = _Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length, form)
+                bucket.x.copy_(frames)
+                outputs[form] = {k: v.clone() for k, v in bucket.run().items()}
+            except (RuntimeError, ValueError) as e:
+                if form == "folded":
+                    raise
+                logger.warning("%s: CNN form %r failed at %s (%s); not used", self.name, form, shape[:2], e)
+                continue
             candidates[form] = bucket
-            outputs[form] = {k: v.clone() for k, v in bucket.run().items()}
-        for form in CNN_FORMS[1:]:
+        for form in [f for f in candidates if f != "folded"]:
             diff = _max_rel_diff(outputs[form], outputs["folded"])
             if not diff <= AUTO_TOLERANCE:
                 logger.warning("%s: CNN form %r differs from 'folded' by %.2g (> %g) at %s; not used", self.name,
