@@ -200,6 +200,8 @@ def test_conv_relu_adds_the_residual_before_the_relu():
         assert torch.equal(fused(x, residual), torch.relu(conv(x) + residual))
     with pytest.raises(ValueError, match="zero padding"):
         ConvReLU(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    # The RGB stem stays unfused on CUDA (cuDNN's fused NHWC kernels want channels in multiples of 8).
+    assert not ConvReLU(torch.nn.Conv2d(3, 64, 3)).fused and ConvReLU(torch.nn.Conv2d(64, 64, 3)).fused
 
 
 @pytest.mark.parametrize("form", ["fused", "unfolded", "auto"])

@@ -91,6 +91,8 @@ class ConvReLU(nn.Module):
     """``relu(conv(x) + bias [+ residual])``: one cuDNN call on CUDA, the same ops in sequence elsewhere.
 
     Built from a Conv2d with BatchNorm already folded into it. The residual, when given, has the output's shape.
+    Convs whose input channels are not a multiple of 8 (the RGB stem) run unfused: cuDNN's fused fp16 NHWC kernels
+    want aligned channels, and one unsupported stem would cost the whole fused form under "auto".
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -103,10 +105,11 @@ class ConvReLU(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False)
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.fused = conv.in_channels % 8 == 0 and conv.out_channels % 8 == 0
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         args = (self.stride, self.padding, self.dilation, self.groups)
-        if x.is_cuda:
+        if x.is_cuda and self.fused:
             if residual is None:
                 return torch.cudnn_convolution_relu(x, self.weight, self.bias, *args)
             return torch.cudnn_convolution_add_relu(x, self.weight, residual, 1.0, self.bias, *args)
