@@ -115,6 +115,7 @@ def test_fast_path_stages(tiny_checkpoint, tiny_model, stage):
                 ref = tiny_model.classify(f, lengths)
             out = r.infer(f, lengths)
             assert _rel(out["clip_logits"], ref[1]) < 1e-5
+            assert r.bucket_forms == {}  # no CNN in this stage
 
 
 def test_bad_buckets_rejected(tiny_checkpoint):
@@ -202,6 +203,12 @@ def test_conv_relu_adds_the_residual_before_the_relu():
         ConvReLU(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
     # The RGB stem stays unfused on CUDA (cuDNN's fused NHWC kernels want channels in multiples of 8).
     assert not ConvReLU(torch.nn.Conv2d(3, 64, 3)).fused and ConvReLU(torch.nn.Conv2d(64, 64, 3)).fused
+    # Without a residual only shape-keeping convs fuse (z = x, alpha 0): never uninitialised memory as z.
+    assert ConvReLU(torch.nn.Conv2d(64, 64, 3, padding=1)).keeps_shape
+    assert ConvReLU(torch.nn.Conv2d(64, 64, 3, padding=2, dilation=2)).keeps_shape
+    assert not ConvReLU(torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)).keeps_shape
+    assert not ConvReLU(torch.nn.Conv2d(64, 128, 3, padding=1)).keeps_shape
+    assert not ConvReLU(torch.nn.Conv2d(64, 64, 3, padding=0)).keeps_shape
 
 
 @pytest.mark.parametrize("form", ["fused", "unfolded", "auto"])
@@ -213,7 +220,7 @@ def test_every_cnn_form_is_exact_on_padded_buckets(tiny_checkpoint, tiny_model, 
     with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form=form, buckets=((4,), (8,))) as r:
         out = r.infer(x, lengths)
         (bucket, chosen), = r.bucket_forms.items()
-        assert bucket == (4, 8)
+        assert bucket == (4, 8, False)
         assert chosen == form or (form == "auto" and chosen in ("folded", "fused", "unfolded"))
     mask = torch.arange(5)[None] < lengths[:, None]
     assert _rel(out["frame_logits"][mask], ref_frame[mask]) < 1e-5
@@ -246,11 +253,11 @@ def test_auto_keeps_the_fastest_form_that_agrees(tiny_checkpoint, tiny_model, ca
         x = torch.randn(2, 3, 3, H, W, generator=torch.Generator().manual_seed(5))
         with caplog.at_level(logging.INFO, logger="runtime.backends.torch_backend"):
             out = r.infer(x, torch.tensor([3, 2]))
-        assert r.bucket_forms == {(2, 4): "unfolded"}
+        assert r.bucket_forms == {(2, 4, False): "unfolded"}
         assert "'fused' differs from 'folded'" in caplog.text and "uses CNN form 'unfolded'" in caplog.text
-        # Beyond the largest bucket: the form the last bucket chose, without a graph.
+        # Beyond the largest bucket: "folded" (never timed there), without a graph.
         big = r.infer(torch.randn(3, 5, 3, H, W))
-        assert big["clip_logits"].shape == (3, 3)
+        assert big["clip_logits"].shape == (3, 3) and r._large_form == "folded"
     with torch.no_grad():
         ref_frame, ref_clip = tiny_model(x, torch.tensor([3, 2]))
     assert _rel(out["clip_logits"], ref_clip) < 1e-5
@@ -269,7 +276,7 @@ def test_auto_skips_a_form_that_fails(tiny_checkpoint, caplog):
         with caplog.at_level(logging.WARNING, logger="runtime.backends.torch_backend"):
             out = r.infer(np.zeros((1, 2, 3, H, W), np.float32))
         assert out["clip_logits"].shape == (1, 3)
-        assert r.bucket_forms[(1, 2)] in ("folded", "unfolded")
+        assert r.bucket_forms[(1, 2, True)] in ("folded", "unfolded")
         assert "CNN form 'fused' failed" in caplog.text and "CUDNN_STATUS_NOT_SUPPORTED" in caplog.text
 
 

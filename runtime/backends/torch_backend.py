@@ -8,8 +8,8 @@ Fast (``fast=True``, the default on CUDA):
   - ``"folded"``: every conv-BN pair folded into the conv (``fuse_conv_bn_eval``); PyTorch still adds the bias and
     applies the ReLU as separate kernels;
   - ``"fused"``: folded, and each conv + bias + ReLU (with the residual add where a block ends) one cuDNN call
-    (``torch.cudnn_convolution_relu`` / ``cudnn_convolution_add_relu``): about a third of the kernels at batch 1,
-    where a graph is launch-bound, and no separate element-wise passes over the activations at large batches;
+    (``torch.cudnn_convolution_add_relu``; see :class:`ConvReLU` for the convs that stay unfused): far fewer kernels
+    at batch 1, where a graph is launch-bound, and fewer element-wise passes over the activations at large batches;
   - ``"unfolded"``: BatchNorm kept as its own op (a probe on an H100 found it faster than folding at B=64);
   - ``"auto"`` (the default on CUDA): every bucket builds the three, drops any that fails or leaves fp16 tolerance
     of "folded", times the rest and keeps the fastest, like ``cudnn.benchmark`` one level up;
@@ -88,11 +88,20 @@ def fold_conv_bn(module):
 
 
 class ConvReLU(nn.Module):
-    """``relu(conv(x) + bias [+ residual])``: one cuDNN call on CUDA, the same ops in sequence elsewhere.
+    """``relu(conv(x) + bias [+ residual])``: one cuDNN call on CUDA where that is safe, the same ops in sequence
+    elsewhere.
 
     Built from a Conv2d with BatchNorm already folded into it. The residual, when given, has the output's shape.
-    Convs whose input channels are not a multiple of 8 (the RGB stem) run unfused: cuDNN's fused fp16 NHWC kernels
-    want aligned channels, and one unsupported stem would cost the whole fused form under "auto".
+    On CUDA, with input and output channels multiples of 8 (cuDNN's fused fp16 NHWC kernels want aligned channels; the
+    RGB stem runs unfused, so that it cannot cost the whole fused form under "auto"):
+
+    * with a residual: ``torch.cudnn_convolution_add_relu(x, w, residual, 1, bias)``;
+    * without one, when the conv keeps the shape (stride 1, as many output as input channels, "same" padding):
+      the same call with ``z = x`` and ``alpha = 0``. Not ``torch.cudnn_convolution_relu``: that passes its own
+      uninitialised output as ``z`` (times 0), and NaN or Inf left in reused memory by an earlier call (NaN
+      padding, say) would become NaN in real outputs if cuDNN reads it. ``x`` is this frame's own input: wherever
+      it is not finite, the conv's output is not finite either, so ``0 * x`` changes nothing;
+    * other convs (stride 2, a change of width): conv, then bias + ReLU as PyTorch does them.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -106,13 +115,16 @@ class ConvReLU(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.fused = conv.in_channels % 8 == 0 and conv.out_channels % 8 == 0
+        self.keeps_shape = (conv.in_channels == conv.out_channels and all(s == 1 for s in conv.stride) and all(
+            2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size, strict=True)))
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         args = (self.stride, self.padding, self.dilation, self.groups)
         if x.is_cuda and self.fused:
-            if residual is None:
-                return torch.cudnn_convolution_relu(x, self.weight, self.bias, *args)
-            return torch.cudnn_convolution_add_relu(x, self.weight, residual, 1.0, self.bias, *args)
+            if residual is not None:
+                return torch.cudnn_convolution_add_relu(x, self.weight, residual, 1.0, self.bias, *args)
+            if self.keeps_shape:
+                return torch.cudnn_convolution_add_relu(x, self.weight, x, 0.0, self.bias, *args)
         y = nn.functional.conv2d(x, self.weight, self.bias, *args)
         return torch.relu(y if residual is None else y + residual)
 
@@ -331,8 +343,16 @@ class _Bucket:
                     self._forward()
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.inference_mode():
-                self.out = self._forward()
+            caller = torch.cuda.current_stream(device)
+            try:
+                with torch.cuda.graph(self.graph), torch.inference_mode():
+                    self.out = self._forward()
+            except Exception:
+                # When ending a capture fails, torch.cuda.graph does not switch back from its capture stream: do it
+                # here, or every later call of this thread would run on that stream.
+                torch.cuda.set_stream(caller)
+                self.graph = None
+                raise
 
     def _forward(self):
         return self.fast(self.x, self.lengths, self.full_length, self.form)
@@ -383,8 +403,8 @@ class TorchRunner(BaseRunner):
         device (str | torch.device | None): "cpu", "cuda", "cuda:1", ...; None picks CUDA when available. Defaults
             to None.
         stage (str): "model", "cnn" or "bilstm". Defaults to "model".
-        fast (bool | None): the fast path (folded fp16 CNN, ExactBiLSTM, CUDA graphs); None means True on CUDA and
-            False on CPU. Defaults to None.
+        fast (bool | None): the fast path (fp16 CNN in ``cnn_form``, cuDNN BiLSTM, CUDA graphs); None means True on
+            CUDA and False on CPU. Defaults to None.
         precision (str | None): fast path precision: "fp16" (fp16 CNN, fp32 BiLSTM and heads), "fp16-all" or "fp32";
             None means "fp16" on CUDA and "fp32" on CPU (fp16 needs CUDA). Defaults to None.
         cuda_graphs (bool): capture a CUDA graph per bucket on the fast CUDA path. Defaults to True.
@@ -451,7 +471,7 @@ class TorchRunner(BaseRunner):
         self._fast_model = None
         self._buckets: dict = {}
         self._warned_large = False
-        self._large_form = None  # the CNN form for shapes beyond the largest bucket ("auto": the last one chosen)
+        self._large_form = None  # the CNN form for shapes beyond the largest bucket ("auto": "folded", never timed there)
 
     @property
     def buckets(self) -> tuple:
@@ -460,8 +480,14 @@ class TorchRunner(BaseRunner):
 
     @property
     def bucket_forms(self) -> dict:
-        """{(batch, time): CNN form} of every bucket built so far (the time of full-length calls is their exact T)."""
-        return {key[:2]: bucket.form for key, bucket in self._buckets.items()}
+        """{(batch, time, full_length): CNN form} of every bucket built so far; empty for the bilstm stage.
+
+        ``full_length`` buckets serve calls whose clips are all T frames long and keep that exact T; the others pad
+        time to a bucket (see the module docstring).
+        """
+        if self.stage == "bilstm":
+            return {}
+        return {key: bucket.form for key, bucket in self._buckets.items()}
 
     def activate_impl(self) -> None:
         if not self.fast:
@@ -513,7 +539,6 @@ class TorchRunner(BaseRunner):
             shape = key[:2] + item
             if self.cnn_form == "auto" and self.stage != "bilstm":
                 self._buckets[key] = self._fastest_bucket(shape, full_length)
-                self._large_form = self._buckets[key].form
             else:
                 self._buckets[key] = _Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length,
                                              self._large_form)
@@ -529,6 +554,7 @@ class TorchRunner(BaseRunner):
             try:
                 bucket = _Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length, form)
                 bucket.x.copy_(frames)
+                bucket.lengths.fill_(shape[1])  # every step real: the comparison covers every frame
                 outputs[form] = {k: v.clone() for k, v in bucket.run().items()}
             except (RuntimeError, ValueError) as e:
                 if form == "folded":
@@ -548,6 +574,7 @@ class TorchRunner(BaseRunner):
                     ", ".join(f"{f} {1e3 * t:.3f} ms" for f, t in seconds.items()))
         chosen = candidates[best]
         chosen.x.zero_()
+        chosen.lengths.fill_(1)  # host_lengths is None: the next call copies its own
         return chosen
 
     def infer_impl(self, feed: Feed) -> dict:
