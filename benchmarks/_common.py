@@ -705,7 +705,8 @@ class BenchContext:
             out = runner.infer(pool[0])
             forms = getattr(runner, "bucket_forms", {})
             if getattr(runner, "cnn_form", None) == "auto" and forms:  # the forms the buckets so far chose
-                info["cnn_forms"] = ", ".join(f"B{b}T{t}: {f}" for (b, t), f in sorted(forms.items()))
+                info["cnn_forms"] = ", ".join(f"({b}, {t}{', full' if full else ''}): {f}"
+                                              for (b, t, full), f in sorted(forms.items()))
             return out
 
         return Prepared(fn=runner.infer, inputs=pool, timer="cuda-events", precision=precision, probe=probe,
