@@ -85,19 +85,27 @@ class StreamingClassifier:
         device (str | None): passed to :func:`runtime.load` for paths. Defaults to None.
         backend (str): passed to :func:`runtime.load`; for a directory it also picks engines or ONNX.
             Defaults to "auto".
+        resize (bool): resize raw uint8 frames of another size to the model's frame size (as
+            :func:`runtime.preprocess_frames` does) instead of rejecting them. Defaults to False.
         **options: more :func:`runtime.load` options for both stages (e.g. ``fast``, ``providers``).
+
+    Frames may come as numpy arrays or torch tensors, mixed: the ring buffer keeps the kind (and device) of the
+    first frame after the start or a :meth:`reset`, and later features are moved to it. One classifier is one
+    stream: it is not thread-safe (use one per stream and thread).
 
     Raises:
         RuntimeInputError: a bad window, runners of the wrong stages or of different models, a window outside what
             the bilstm runner accepts, or anything :func:`runtime.load` rejects.
     """
 
-    def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", **options) -> None:
+    def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
+                 resize: bool = False, **options) -> None:
         from .backends import load
 
         if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise RuntimeInputError(f"window must be an integer >= 1, got {window!r}")
         self.window = int(window)
+        self.resize = bool(resize)
         self._owns = True
         if isinstance(runner_or_path, (tuple, list)):
             if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
@@ -161,8 +169,9 @@ class StreamingClassifier:
         return self._count
 
     def reset(self) -> None:
-        """Forget every frame (a new stream starts)."""
+        """Forget every frame (a new stream starts; it may bring frames of another kind or device)."""
         self._count = 0
+        self._buf = None
 
     def _to_input(self, frame: Any):
         """One frame -> (1, 1, 3, H, W) float32 (numpy or torch, as given)."""
@@ -170,9 +179,15 @@ class StreamingClassifier:
         if dtype == "uint8":
             shape = tuple(frame.shape)
             if len(shape) != 3 or shape[-1] != 3:
-                raise RuntimeInputError(f"a raw frame must be uint8 (H, W, 3), got shape {shape}")
+                raise RuntimeInputError(f"a raw frame must be uint8 ({self.frame_size[0]}, {self.frame_size[1]}, 3) "
+                                        f"(H, W, RGB), got shape {shape}")
+            h, w = self.frame_size
+            if shape[:2] != (h, w) and not self.resize:
+                raise RuntimeInputError(f"raw frames are {shape[0]}x{shape[1]} (H x W) but the model takes {h}x{w}; "
+                                        "resize them in your decoder or create the StreamingClassifier with "
+                                        "resize=True")
             m = self.cnn.metadata
-            return preprocess_frames(frame, m.mean, m.std, self.frame_size)
+            return preprocess_frames(frame, m.mean, m.std, self.frame_size, resize=self.resize)
         if not (_is_torch(frame) or isinstance(frame, np.ndarray)):
             raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
         if tuple(frame.shape) != (3,) + self.frame_size:
@@ -186,7 +201,8 @@ class StreamingClassifier:
 
         Args:
             frame (np.ndarray | torch.Tensor): normalised float32 (3, H, W), or raw uint8 (H, W, 3) (normalised here
-                with the model's mean/std; another size is an error).
+                with the model's mean/std; another size is an error unless the classifier was made with
+                ``resize=True``).
 
         Returns:
             StreamResult: the newest frame's and the window's prediction.
@@ -196,15 +212,19 @@ class StreamingClassifier:
         """
         feat = self.cnn.infer(self._to_input(frame))["features"][0, 0]  # (F,)
         w = self.window
-        if self._buf is None or _is_torch(self._buf) != _is_torch(feat) or (
-                _is_torch(feat) and self._buf.device != feat.device):
+        if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
             if _is_torch(feat):
                 import torch
 
                 self._buf = torch.zeros((2 * w, feat.shape[0]), dtype=feat.dtype, device=feat.device)
             else:
                 self._buf = np.zeros((2 * w, feat.shape[0]), dtype=np.float32)
-            self._count = min(self._count, 0)
+        elif _is_torch(self._buf):  # a frame of another kind or device joins the same window
+            import torch
+
+            feat = torch.as_tensor(feat).to(self._buf.device)
+        elif _is_torch(feat):
+            feat = _to_numpy(feat)
         i = self._count % w
         self._buf[i] = feat
         self._buf[i + w] = feat

@@ -93,7 +93,35 @@ def test_stream_errors(tiny_checkpoint, tmp_path):
     with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
         with pytest.raises(RuntimeInputError, match=rf"\(3, {H}, {W}\).*\({H}, {W}, 3\)"):
             stream.push(np.zeros((3, H + 1, W), np.float32))
-        with pytest.raises(RuntimeInputError, match=f"takes {H}x{W}"):
+        with pytest.raises(RuntimeInputError, match=f"takes {H}x{W}.*StreamingClassifier with resize=True"):
             stream.push(np.zeros((H * 2, W * 2, 3), np.uint8))
+        with pytest.raises(RuntimeInputError, match=rf"uint8 \({H}, {W}, 3\)"):
+            stream.push(np.zeros((H, W, 4), np.uint8))
+        assert stream.frames_seen == 0  # nothing rejected was counted
         with pytest.raises(RuntimeInputError, match="numpy array or torch tensor"):
             stream.push([[0.0]])
+
+
+def test_frames_of_mixed_kinds_share_one_window(tiny_checkpoint, tiny_model):
+    """numpy, torch and raw uint8 frames (which preprocess to numpy) may alternate: the window keeps every one."""
+    raw = np.random.default_rng(3).integers(0, 256, size=(6, H, W, 3), dtype=np.uint8)
+    norm = runtime.preprocess_frames(raw, TINY_MEAN, TINY_STD, (H, W))[0]
+    kinds = [lambda i: norm[i], lambda i: torch.from_numpy(norm[i]), lambda i: raw[i]]
+    with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
+        for i in range(6):
+            res = stream.push(kinds[i % 3](i))
+            k = min(i + 1, WINDOW)
+            assert res.frames_seen == i + 1 and res.window_frames == k
+            ref_frame, ref_clip = _full_model(tiny_model, norm[i + 1 - k:i + 1])
+            np.testing.assert_allclose(res.clip_logits, ref_clip, rtol=1e-4, atol=1e-5)
+        stream.reset()  # a new stream may start with another kind
+        res = stream.push(torch.from_numpy(norm[0]))
+        assert res.frames_seen == 1 and res.window_frames == 1
+
+
+def test_resize_option_resizes_raw_frames(tiny_checkpoint):
+    big = np.random.default_rng(4).integers(0, 256, size=(H * 2, W * 2, 3), dtype=np.uint8)
+    small = runtime.preprocess_frames(big, TINY_MEAN, TINY_STD, (H, W), resize=True)[0, 0]
+    with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu", resize=True) as a, \
+            StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as b:
+        np.testing.assert_allclose(a.push(big).clip_logits, b.push(small).clip_logits, rtol=1e-5, atol=1e-6)
