@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import logging
 import os
 import tempfile
@@ -369,6 +370,7 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
                                       + " Nothing was written.", report)
     paths = {g: atomic_write_bytes(out_dir / SPEC.graph(g).filename, blobs[g]) for g in ("model", "cnn", "bilstm")}
     report["files"] = {g: p.name for g, p in paths.items()}
+    report["sha256"] = {p.name: hashlib.sha256(blobs[g]).hexdigest() for g, p in paths.items()}  # runtime checks
     report_path = atomic_write_json(out_dir / REPORT_NAME, report)
     logger.info("wrote int8 export to %s", out_dir)
     return ExportResult(paths=paths, report=report, report_path=report_path, precision=INT8)

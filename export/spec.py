@@ -32,10 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-GRAPHS = ("model", "cnn", "bilstm")
+# Re-exported: one definition each, in runtime (which reads them too and must not import export).
+from runtime.spec import EXPORT_REPORT_NAME as REPORT_NAME  # noqa: F401
+from runtime.spec import GRAPHS, METADATA_KEY  # noqa: F401
+
 PRECISIONS = ("fp32", "fp16", "fp16-all")
-METADATA_KEY = "cnn_bilstm_deploy"
-REPORT_NAME = "export_report.json"
 BATCH_AXIS = "batch"
 TIME_AXIS = "time"
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -277,8 +278,6 @@ def read_metadata(model) -> Optional[dict]:
 
 
 def _checkpoint_sha256(ckpt) -> str:
-    import hashlib
-
     import torch
 
     if ckpt.path is not None and Path(ckpt.path).is_file():
@@ -527,6 +526,7 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
     for graph in GRAPHS:
         paths[graph] = atomic_write_bytes(out_dir / SPEC.graph(graph).filename, blobs[graph])
     report["files"] = {g: str(p.name) for g, p in paths.items()}
+    report["sha256"] = {p.name: hashlib.sha256(blobs[g]).hexdigest() for g, p in paths.items()}  # runtime checks
     report_path = atomic_write_json(out_dir / REPORT_NAME, report)
     logger.info("wrote %s and %s", ", ".join(str(p) for p in paths.values()), report_path)
     return ExportResult(paths=paths, report=report, report_path=report_path, precision=precision)

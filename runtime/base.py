@@ -81,6 +81,24 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x)
 
 
+def check_device(device) -> None:
+    """Accept None, "cpu", "cuda", "cuda:N", an int N (a CUDA index) or a torch.device; anything else is an error.
+
+    Raises:
+        RuntimeInputError: another value (``"gpu"``, ``"cuda:x"``, ``-1``), naming the valid forms.
+    """
+    if device is None or (isinstance(device, int) and not isinstance(device, bool) and device >= 0):
+        return
+    if type(device).__name__ == "device" and hasattr(device, "type"):  # torch.device, without importing torch
+        device = str(device)
+    if isinstance(device, str):
+        kind, _, index = device.partition(":")
+        if (kind == "cpu" and not index) or (kind == "cuda" and (not _ or index.isdigit())):
+            return
+    raise RuntimeInputError(f"device must be 'cpu', 'cuda', 'cuda:N', a CUDA index N >= 0 or None (the backend's "
+                            f"default), got {device!r}")
+
+
 class BaseRunner:
     """Common lifecycle, validation and conveniences of every runner.
 
@@ -298,7 +316,7 @@ class BaseRunner:
         if self.stage == "cnn":
             raise RuntimeInputError("classify needs a model or bilstm runner; the cnn stage outputs features only")
         c = self.metadata.num_classes
-        if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= c:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= c:
             raise RuntimeInputError(f"top_k must be an integer in 1..{c} (the number of classes), got {top_k!r}")
         out = self.infer(x, lengths)
         clip = _to_numpy(out["clip_logits"]).astype(np.float64)

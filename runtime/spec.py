@@ -14,6 +14,44 @@ from .errors import RuntimeInputError
 
 GRAPHS = ("model", "cnn", "bilstm")
 METADATA_KEY = "cnn_bilstm_deploy"  # docs/ARCHITECTURE.md: the ONNX metadata property / engine report "metadata"
+EXPORT_REPORT_NAME = "export_report.json"  # beside the graphs of an export folder; "sha256" maps file name -> digest
+
+
+def check_export_file(path) -> bool:
+    """Compare an exported graph with the sha256 its folder's ``export_report.json`` records for it.
+
+    A graph damaged inside (a bit flip, a partial overwrite) still parses and runs, so only a digest can tell.
+    Nothing to compare (no report beside the file, an older report without digests, a file it does not list) is
+    not an error: the check is skipped and False returned.
+
+    Returns:
+        bool: True when the file was checked and matched.
+
+    Raises:
+        RuntimeInputError: the file's digest differs from the recorded one.
+    """
+    import logging
+    from pathlib import Path
+
+    from ._io import sha256_file
+
+    path = Path(path)
+    report_path = path.parent / EXPORT_REPORT_NAME
+    try:
+        recorded = (json.loads(report_path.read_text(encoding="utf-8")).get("sha256") or {}).get(path.name)
+    except (OSError, ValueError, AttributeError) as e:
+        if report_path.exists():
+            logging.getLogger(__name__).warning("%s is unreadable (%s); %s is not checked against it", report_path,
+                                                e, path.name)
+        return False
+    if not recorded:
+        return False
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise RuntimeInputError(f"{path} is damaged or was replaced after export: its sha256 is {actual[:16]}..., but "
+                                f"{EXPORT_REPORT_NAME} beside it records {recorded[:16]}...; export the folder again "
+                                "(python -m export.to_onnx / export.quantize)")
+    return True
 
 
 @dataclass(frozen=True)
@@ -193,9 +231,13 @@ class InputSpec:
                 return i
         boxes = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(self.profiles))
         hint = ""
-        if any(p.batch[1] is not None or p.time[1] is not None for p in self.profiles):
-            hint = (f". Rebuild the engine with a profile that covers it, e.g. `python -m export.to_trt "
-                    f"{self.graph}.onnx --profile batch=1:{batch}:{batch},time=1:{time}:{time}`, or split the input")
+        (b_lo, b_hi), (t_lo, t_hi) = self.batch_range, self.time_range
+        if b_hi is not None and t_hi is not None:  # an engine: one profile over the old ranges and this shape
+            b_range = f"{min(b_lo, batch)}:{batch}:{max(b_hi, batch)}"
+            t_range = f"{min(t_lo, time)}:{time}:{max(t_hi, time)}"
+            hint = (f". Rebuild the engine with a profile that covers it and every shape it took before, e.g. "
+                    f"`python -m export.to_trt {self.graph}.onnx --out {self.graph}.engine --profile "
+                    f"batch={b_range},time={t_range}`, or split the input")
         raise RuntimeInputError(f"{self.input_name} of batch {batch} and time {time} is outside what this "
                                 f"{self.graph} runner accepts ({boxes}){hint}")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import runtime
-from runtime import RuntimeInputError, preprocess_frames
+from runtime import RuntimeInputError, StreamingClassifier, preprocess_frames
 
 pytest.importorskip("onnxruntime")
 
@@ -143,8 +143,9 @@ def test_classify_returns_labels_and_probabilities(ort_model):
     np.testing.assert_allclose(res.probs[:, 0], p.max(1), rtol=1e-5)
     assert [len(f) for f in res.frame_labels] == [5, 2]
     assert res.frame_probs.shape == (2, 5, 2)
-    with pytest.raises(RuntimeInputError, match="top_k"):
-        ort_model.classify(x, top_k=4)
+    for bad in (4, 0, True, 1.0):
+        with pytest.raises(RuntimeInputError, match=r"top_k must be an integer in 1\.\.3"):
+            ort_model.classify(x, top_k=bad)
 
 
 def test_lifecycle_and_del_warning(tiny_checkpoint, caplog):
@@ -281,6 +282,45 @@ def test_files_that_are_not_what_they_say(tmp_path, tiny_checkpoint, onnx_paths)
         runtime.load(tmp_path / "empty.onnx")
 
 
+def test_files_damaged_inside_are_refused(tmp_path, tiny_checkpoint, onnx_paths):
+    """A changed byte inside the weights still parses and runs: the export's sha256 (graphs) and the zip's CRC-32s
+    (checkpoints) catch it, with a message that says so."""
+    import json
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(onnx_paths["model"].parent, folder)
+    report = json.loads((folder / "export_report.json").read_text())
+    assert set(report["sha256"]) == {"model.onnx", "cnn.onnx", "bilstm.onnx"}
+    with runtime.load(folder / "model.onnx") as r:  # intact: checked and loaded
+        r.infer(np.zeros((1, 2, 3, H, W), np.float32))
+    data = bytearray((folder / "model.onnx").read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(64)  # inside an initializer: still a valid protobuf
+    (folder / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(RuntimeInputError, match="damaged or was replaced after export: its sha256"):
+        runtime.load(folder / "model.onnx")
+    alone = tmp_path / "alone" / "model.onnx"  # without its report nothing can tell: it loads (documented limit)
+    alone.parent.mkdir()
+    alone.write_bytes(bytes(data))
+    runtime.load(alone).deactivate()
+
+    ckpt = bytearray(tiny_checkpoint.read_bytes())
+    ckpt[len(ckpt) // 2] ^= 0xFF
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(ckpt))
+    with pytest.raises(RuntimeInputError, match="fails its CRC-32 check"):
+        runtime.load(flipped)
+
+    import pickle
+
+    pickled = tmp_path / "object.pt"
+    pickled.write_bytes(pickle.dumps({"weights": object}))
+    with pytest.raises(RuntimeInputError, match="never unpickles.*stopped at: Unsupported") as info:
+        runtime.load(pickled)
+    assert "weights_only=False" not in str(info.value)
+
+
 def test_foreign_onnx_without_metadata(tmp_path):
     import onnx
     from onnx import TensorProto, helper
@@ -312,6 +352,14 @@ def test_load_argument_errors(tmp_path, tiny_checkpoint, onnx_paths):
         runtime.load(tiny_checkpoint, device="cpu", precision="fp16")
     with pytest.raises(RuntimeInputError, match="not available"):
         runtime.load(onnx_paths["model"], providers=["NoSuchExecutionProvider"])
+    for path in (tiny_checkpoint, onnx_paths["model"]):
+        for device in ("gpu", "cuda:x", -1):
+            with pytest.raises(RuntimeInputError, match=r"device must be 'cpu', 'cuda', 'cuda:N'.*got"):
+                runtime.load(path, device=device)
+    with pytest.raises(RuntimeInputError, match="contradicts providers"):
+        runtime.load(onnx_paths["model"], device="cuda", providers=["CPUExecutionProvider"])
+    with pytest.raises(RuntimeInputError, match="device must be"):
+        StreamingClassifier(tiny_checkpoint, device="gpu")
 
 
 # --- threads and memory --------------------------------------------------------------------------------------------
@@ -353,17 +401,91 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["ort", "torch"])
-def test_ten_thousand_calls_do_not_grow_memory(which, request):
-    runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+@pytest.mark.parametrize("which", ["ort", "torch", "stream"])
+def test_ten_thousand_calls_do_not_grow_memory(which, request, onnx_paths):
+    """10,000 calls after a warm-up: Python objects (tracemalloc) and the process's resident memory (native arenas
+    and allocators) stay flat. Keeping every result alive would add ~4 MB of Python objects: 60x the bound."""
+    import tracemalloc
+
     x, lengths = _frames(2, 2, seed=1), np.array([2, 1])
-    for _ in range(500):  # warm up allocators and arenas
-        runner.infer(x, lengths)
-    before = _rss_mb()
-    for _ in range(10_000):
-        runner.infer(x, lengths)
-    growth = _rss_mb() - before
-    assert growth < 20, f"RSS grew by {growth:.1f} MiB over 10,000 calls"
+    if which == "stream":
+        runner = StreamingClassifier(onnx_paths["model"].parent, window=4)
+        frame = x[0, 0]
+
+        def call():
+            return runner.push(frame)
+    else:
+        runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+
+        def call():
+            return runner.infer(x, lengths)
+    try:
+        for _ in range(500):  # warm up allocators and arenas
+            call()
+        tracemalloc.start()
+        rss_start = _rss_mb()
+        for i in range(10_000):
+            call()
+            if i == 1_999:  # the first calls may still settle caches; compare the last 8,000
+                rss_mid, traced_mid = _rss_mb(), tracemalloc.get_traced_memory()[0]
+        rss_end, traced_end = _rss_mb(), tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        if which == "stream":
+            runner.close()
+    assert traced_end - traced_mid < 64 * 1024, f"Python objects grew by {traced_end - traced_mid} bytes"
+    assert rss_end - rss_mid < 8, f"RSS grew by {rss_end - rss_mid:.1f} MiB over the last 8,000 calls"
+    assert rss_end - rss_start < 20, f"RSS grew by {rss_end - rss_start:.1f} MiB over 10,000 calls"
+
+
+_NO_TORCH = """
+import builtins, sys
+real_import = builtins.__import__
+def guard(name, *args, **kwargs):
+    if name.split(".")[0] in ("torch", "torchvision", "train", "export"):
+        raise ImportError("blocked by the test: " + name)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guard
+import numpy as np
+import runtime
+folder = sys.argv[1]
+raw = np.random.default_rng(0).integers(0, 256, (5, {h}, {w}, 3), dtype=np.uint8)
+with runtime.load(folder + "/model.onnx", device="cpu") as r:
+    x = runtime.preprocess_frames(raw, r.metadata.mean, r.metadata.std, r.input_spec.frame_size)
+    out = r.infer(x, np.array([5]))
+    top = r.classify(x, top_k=2)
+    try:
+        r.infer(x[0])
+    except runtime.RuntimeInputError as e:
+        print("bad input refused:", str(e)[:40])
+with runtime.StreamingClassifier(folder, window=4) as stream:
+    for frame in raw:
+        res = stream.push(frame)
+print(out["clip_logits"].shape, res.window_frames, sorted(m for m in sys.modules if m.split(".")[0] in
+      ("torch", "torchvision", "train", "export")))
+"""
+
+
+def test_onnx_runtime_path_needs_no_torch_and_no_training_code(onnx_paths):
+    """The ONNX Runtime path (load, preprocess, infer, classify, bad input, streaming) with torch, torchvision,
+    train and export unimportable, in a fresh interpreter."""
+    code = _NO_TORCH.format(h=H, w=W)
+    out = subprocess.run([sys.executable, "-c", code, str(onnx_paths["model"].parent)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("bad input refused: frames must have 5 dims")
+    assert lines[-1] == "(1, 3) 4 []"
+
+
+def test_runtime_never_imports_training_or_export_code():
+    code = ("import importlib, pkgutil, sys, runtime, runtime.backends\n"
+            "for pkg in (runtime, runtime.backends):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        importlib.import_module(m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('train', 'export', 'benchmarks')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def test_import_runtime_is_cheap():

@@ -664,11 +664,17 @@ def test_shape_outside_every_profile_names_ranges_and_the_export_command(engine,
     msg = str(info.value)
     assert f"batch {b} and time {t}" in msg
     assert "profile 0: batch 1..8, time 1..128" in msg and "profile 1: batch 8..64, time 1..32" in msg
-    # The suggested command must be one that really covers the shape.
-    assert "python -m export.to_trt" in msg
-    suggested = msg.split("--profile ", 1)[1].split("`", 1)[0]
-    prof = parse_profile(suggested)
+    # The suggested command must run as written and cover the shape and every shape the engine took before.
+    import shlex
+
+    from export.to_trt import get_args_parser
+
+    command = msg.split("`python -m export.to_trt ", 1)[1].split("`", 1)[0]
+    args = get_args_parser().parse_args(shlex.split(command))
+    assert args.out and len(args.profile) == 1
+    prof = parse_profile(args.profile[0])
     assert prof["batch"][0] <= b <= prof["batch"][2] and prof["time"][0] <= t <= prof["time"][2]
+    assert prof["batch"][0] <= 1 and prof["batch"][2] >= 64 and prof["time"][0] <= 1 and prof["time"][2] >= 128
     assert not r.is_active and fakes.cuda.device_allocs == 0  # refused before anything ran
 
 
@@ -898,7 +904,7 @@ def test_bilstm_engine_takes_features_and_lengths(tmp_path, fakes):
         x = np.random.default_rng(0).standard_normal((3, 7, FEATURE_DIM)).astype(np.float32)
         assert_outputs(r.infer(x, lengths=[7, 4, 1]), x, [7, 4, 1])
         assert set(ctx.addresses) == {"features", "lengths", "frame_logits", "clip_logits"}
-        with pytest.raises(RuntimeInputError, match="batch=1:5:5,time=1:7:7"):
+        with pytest.raises(RuntimeInputError, match="--out bilstm.engine --profile batch=1:5:5,time=1:7:16"):
             r.infer(np.zeros((5, 7, FEATURE_DIM), np.float32))
 
 

@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..base import BaseRunner, Feed
+from ..base import BaseRunner, Feed, check_device
 from ..errors import RuntimeInputError
-from ..spec import METADATA_KEY, InputSpec, ModelMetadata
+from ..spec import METADATA_KEY, InputSpec, ModelMetadata, check_export_file
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,18 @@ def choose_providers(available: Sequence[str], device: Optional[str], requested:
     Raises:
         RuntimeInputError: a requested provider is not available, or a CUDA device without a GPU EP.
     """
+    dev = str(device) if device is not None else None
     if requested is not None:
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in requested]
         missing = [n for n in names if n not in available]
         if missing:
             raise RuntimeInputError(f"providers {missing} are not available in this onnxruntime; available: "
                                     f"{list(available)}")
+        gpu = [n for n in names if n != "CPUExecutionProvider"]
+        if (dev == "cpu" and gpu) or (dev is not None and dev.startswith("cuda") and not gpu):
+            raise RuntimeInputError(f"device {dev!r} contradicts providers {names}; give one of them (device='cpu' "
+                                    "means CPUExecutionProvider only, device='cuda' needs a GPU provider)")
         return list(requested)
-    dev = str(device) if device is not None else None
     if dev == "cpu":
         return ["CPUExecutionProvider"]
     chosen = [p for p in PREFERRED if p in available]
@@ -86,8 +90,9 @@ class OnnxRuntimeRunner(BaseRunner):
             streaming step took 32-37 ms with spinning, 17 ms without). Defaults to True.
 
     Raises:
-        RuntimeInputError: not an ONNX file, damaged, not written by this package's exporter, or I/O names that do
-            not match docs/ARCHITECTURE.md.
+        RuntimeInputError: not an ONNX file, damaged (including a sha256 that differs from the one the folder's
+            ``export_report.json`` records), not written by this package's exporter, or I/O names that do not match
+            docs/ARCHITECTURE.md.
     """
 
     backend_name = "onnxruntime"
@@ -95,6 +100,7 @@ class OnnxRuntimeRunner(BaseRunner):
     def __init__(self, path, device=None, *, providers: Optional[Sequence] = None,
                  intra_op_threads: Optional[int] = None, check_finite: bool = False,
                  allow_spinning: bool = True) -> None:
+        check_device(device)
         ort = _ort()
         self.path = Path(path)
         self.device = device
@@ -110,6 +116,7 @@ class OnnxRuntimeRunner(BaseRunner):
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self._options = opts
+        check_export_file(self.path)  # damage inside a graph parses and runs: only the export's digest tells
         try:
             self.session = ort.InferenceSession(os.fspath(self.path), sess_options=opts, providers=self._providers)
         except Exception as e:  # InvalidProtobuf, Fail, ...: all mean "not a usable ONNX file" to the caller

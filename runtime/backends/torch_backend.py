@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..base import BaseRunner, Feed
+from ..base import BaseRunner, Feed, check_device
 from ..errors import RuntimeInputError
 from ..spec import InputSpec, ModelMetadata, metadata_from_checkpoint
 
@@ -432,6 +432,7 @@ class TorchRunner(BaseRunner):
 
         if stage not in STAGES:
             raise RuntimeInputError(f"stage must be one of {STAGES}, got {stage!r}")
+        check_device(device)
         if isinstance(checkpoint, (str, os.PathLike)):
             try:
                 checkpoint = load_checkpoint(Path(checkpoint), map_location="cpu")
