@@ -92,8 +92,8 @@ def check_device(device) -> None:
     if type(device).__name__ == "device" and hasattr(device, "type"):  # torch.device, without importing torch
         device = str(device)
     if isinstance(device, str):
-        kind, _, index = device.partition(":")
-        if (kind == "cpu" and not index) or (kind == "cuda" and (not _ or index.isdigit())):
+        kind, sep, index = device.partition(":")
+        if (kind == "cpu" and not sep) or (kind == "cuda" and (not sep or index.isdigit())):
             return
     raise RuntimeInputError(f"device must be 'cpu', 'cuda', 'cuda:N', a CUDA index N >= 0 or None (the backend's "
                             f"default), got {device!r}")

@@ -7,10 +7,15 @@ once for all backends and a user can ask any runner what it takes before feeding
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ._io import sha256_file
 from .errors import RuntimeInputError
+
+logger = logging.getLogger(__name__)
 
 GRAPHS = ("model", "cnn", "bilstm")
 METADATA_KEY = "cnn_bilstm_deploy"  # docs/ARCHITECTURE.md: the ONNX metadata property / engine report "metadata"
@@ -30,19 +35,13 @@ def check_export_file(path) -> bool:
     Raises:
         RuntimeInputError: the file's digest differs from the recorded one.
     """
-    import logging
-    from pathlib import Path
-
-    from ._io import sha256_file
-
     path = Path(path)
     report_path = path.parent / EXPORT_REPORT_NAME
     try:
         recorded = (json.loads(report_path.read_text(encoding="utf-8")).get("sha256") or {}).get(path.name)
     except (OSError, ValueError, AttributeError) as e:
         if report_path.exists():
-            logging.getLogger(__name__).warning("%s is unreadable (%s); %s is not checked against it", report_path,
-                                                e, path.name)
+            logger.warning("%s is unreadable (%s); %s is not checked against it", report_path, e, path.name)
         return False
     if not recorded:
         return False

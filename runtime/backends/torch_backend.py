@@ -27,8 +27,9 @@ Fast (``fast=True``, the default on CUDA):
   to the input's shape. A shape beyond the largest bucket runs the same fast modules eagerly (exact, just without
   the graph's launch savings) and logs that once.
 
-On CPU, ``fast=True`` gives the folded float32 CNN (another ``cnn_form`` on request) and :class:`ExactBiLSTM` without graphs (for testing the padding
-logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True`` (process-wide) on CUDA.
+On CPU, ``fast=True`` gives the folded float32 CNN (another ``cnn_form`` on request) and :class:`ExactBiLSTM`
+without graphs (for testing the padding logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True``
+(process-wide) on CUDA.
 
 Threading: the eager path runs calls concurrently; the fast path owns static buffers and graphs, so its calls are
 serialised by the runner's lock.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -367,8 +369,6 @@ class _Bucket:
 
 def _time_buckets(buckets: dict, rounds: int) -> dict:
     """Median seconds of one ``run()`` per bucket, the buckets interleaved round by round (same drift for all)."""
-    import time
-
     samples: dict = {name: [] for name in buckets}
     cuda = next(iter(buckets.values())).x.is_cuda
     for _ in range(rounds):
@@ -472,7 +472,8 @@ class TorchRunner(BaseRunner):
         self._fast_model = None
         self._buckets: dict = {}
         self._warned_large = False
-        self._large_form = None  # the CNN form for shapes beyond the largest bucket ("auto": "folded", never timed there)
+        # The CNN form for shapes beyond the largest bucket; under "auto" "folded" (no form was timed at such shapes).
+        self._large_form = None
 
     @property
     def buckets(self) -> tuple:
