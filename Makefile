@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # torch and torchvision pinned together: PyPI's torchvision does not import beside other torch builds.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-EXTRAS := onnx,trt-rtx,plots,dev
+EXTRAS := onnx,openvino,trt-rtx,plots,dev
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=

@@ -130,6 +130,23 @@ class ModelMetadata:
             raise RuntimeInputError(f"{source}: the {METADATA_KEY!r} metadata is not valid JSON: {e}") from e
         return cls.from_dict(d, source)
 
+    def check_same_model(self, other: "ModelMetadata", what: str) -> None:
+        """Raise unless ``other`` (another stage's artifact) comes from the same model and checkpoint.
+
+        Args:
+            other (ModelMetadata): the other artifact's metadata.
+            what (str): the two artifacts, for the message (e.g. "the cnn and bilstm runners").
+
+        Raises:
+            RuntimeInputError: feature width or class names differ, or both record checkpoints and they differ.
+        """
+        if self.feature_dim != other.feature_dim or self.class_names != other.class_names:
+            raise RuntimeInputError(f"{what} come from different models (feature width or class names differ)")
+        sha = [m.extra.get("checkpoint_sha256") for m in (self, other)]
+        if all(sha) and sha[0] != sha[1]:
+            raise RuntimeInputError(f"{what} were exported from different checkpoints (sha256 {sha[0][:12]}... vs "
+                                    f"{sha[1][:12]}...); export both from the same one")
+
     def with_graph(self, graph: str) -> "ModelMetadata":
         """The same metadata for another stage (a checkpoint serves all three)."""
         from dataclasses import replace

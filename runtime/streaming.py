@@ -144,14 +144,7 @@ class StreamingClassifier:
                                     f"{type(runner_or_path).__name__}")
         if cnn.stage != "cnn" or bilstm.stage != "bilstm":
             raise RuntimeInputError(f"need a cnn and a bilstm runner, got stages ({cnn.stage!r}, {bilstm.stage!r})")
-        if cnn.metadata.feature_dim != bilstm.metadata.feature_dim or (
-                cnn.metadata.class_names != bilstm.metadata.class_names):
-            raise RuntimeInputError("the cnn and bilstm runners come from different models (feature width or class "
-                                    "names differ)")
-        sha = [r.metadata.extra.get("checkpoint_sha256") for r in (cnn, bilstm)]
-        if all(sha) and sha[0] != sha[1]:
-            raise RuntimeInputError(f"the cnn and bilstm graphs were exported from different checkpoints (sha256 "
-                                    f"{sha[0][:12]}... vs {sha[1][:12]}...); export both from the same one")
+        cnn.metadata.check_same_model(bilstm.metadata, "the cnn and bilstm runners")
         cnn.input_spec.find_profile(1, 1)
         bilstm.input_spec.find_profile(1, 1)
         bilstm.input_spec.find_profile(1, self.window)

@@ -125,3 +125,24 @@ def test_resize_option_resizes_raw_frames(tiny_checkpoint):
     with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu", resize=True) as a, \
             StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as b:
         np.testing.assert_allclose(a.push(big).clip_logits, b.push(small).clip_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_runner_pair_from_different_checkpoints_is_refused(tiny_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from conftest import TINY_CLASSES, _tiny_model
+
+    from export.to_onnx import export_onnx
+    from runtime.checkpoint import save_checkpoint
+
+    ours = export_onnx(tiny_checkpoint, tmp_path / "ours", precision="fp32").paths
+    other_ckpt = save_checkpoint(tmp_path / "other.pt", _tiny_model(seed=5), class_names=TINY_CLASSES, mean=TINY_MEAN,
+                                 std=TINY_STD)
+    other = export_onnx(other_ckpt, tmp_path / "other", precision="fp32").paths
+    with runtime.load(ours["cnn"]) as cnn, runtime.load(other["bilstm"]) as bilstm:
+        with pytest.raises(RuntimeInputError, match="exported from different checkpoints"):
+            StreamingClassifier((cnn, bilstm), window=WINDOW)
+    renamed = save_checkpoint(tmp_path / "renamed.pt", _tiny_model(), class_names=["a", "b", "c"], mean=TINY_MEAN,
+                              std=TINY_STD)
+    with runtime.load(ours["cnn"]) as cnn, runtime.load(renamed, stage="bilstm", device="cpu") as bilstm:
+        with pytest.raises(RuntimeInputError, match="come from different models"):
+            StreamingClassifier((cnn, bilstm), window=WINDOW)

@@ -77,7 +77,8 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
         backend (str): "auto" (by extension) or the backend the extension implies. Defaults to "auto".
         **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``cnn_form``,
             ``buckets``, ``channels_last`` (torch);
-            ``providers``, ``intra_op_threads``, ``allow_spinning`` (onnxruntime); ``cuda_graphs`` (tensorrt);
+            ``providers``, ``intra_op_threads``, ``allow_spinning``, ``openvino_precision`` (onnxruntime);
+            ``cuda_graphs`` (tensorrt);
             ``check_finite`` (all).
 
     Returns:

@@ -1,0 +1,177 @@
+"""The ONNX Runtime runner on OpenVINO's execution provider (the real onnxruntime-ep-openvino plugin, CPU device).
+
+What must hold: the CNN really runs on OpenVINO (a plain providers list would silently fall back to the CPU EP), fp32
+is exact on padded batches (OpenVINO's own LSTM is not: the BiLSTM stays on the CPU EP), bf16 is opt-in and within
+its tolerance, and every misuse is refused with a message that says what is valid.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import runtime
+from benchmarks._common import TOLERANCES
+from runtime import RuntimeInputError, StreamingClassifier
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_ep_openvino")
+
+from conftest import TINY_CONFIG  # noqa: E402
+
+OPENVINO = "OpenVINOExecutionProvider"
+H, W = TINY_CONFIG.frame_size
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(tiny_checkpoint, tmp_path_factory):
+    from export.to_onnx import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx-ov"), precision="fp32").paths
+
+
+@pytest.fixture(scope="module")
+def ov_model(onnx_paths):
+    with runtime.load(onnx_paths["model"], providers=[OPENVINO], intra_op_threads=2) as r:
+        yield r
+
+
+def _frames(b, t, seed=0):
+    return torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def _eager(model, x, lengths=None):
+    with torch.no_grad():
+        frame, clip = model(torch.from_numpy(x), None if lengths is None else torch.tensor(lengths))
+    return {"frame_logits": frame.numpy(), "clip_logits": clip.numpy()}
+
+
+def _rel(got, ref, lengths=None):
+    """Norm-relative error over real (unpadded) frames and the clip logits, the larger of the two."""
+    b, t = ref["frame_logits"].shape[:2]
+    mask = np.ones((b, t), bool) if lengths is None else np.arange(t)[None] < np.asarray(lengths)[:, None]
+    frame = np.linalg.norm(got["frame_logits"][mask] - ref["frame_logits"][mask]) / np.linalg.norm(
+        ref["frame_logits"][mask])
+    clip = np.linalg.norm(got["clip_logits"] - ref["clip_logits"]) / np.linalg.norm(ref["clip_logits"])
+    return max(frame, clip)
+
+
+@pytest.mark.parametrize("b,t,lengths", [(1, 1, None), (2, 6, None), (3, 8, [8, 5, 1]), (4, 5, [5, 5, 3, 1])])
+def test_fp32_on_openvino_matches_eager_including_padded_batches(ov_model, tiny_model, b, t, lengths):
+    x = _frames(b, t, seed=b * 10 + t)
+    out = ov_model.infer(x, None if lengths is None else np.array(lengths))
+    assert out["frame_logits"].shape == (b, t, 3) and out["clip_logits"].shape == (b, 3)
+    assert _rel(out, _eager(tiny_model, x, lengths), lengths) <= 1e-4
+
+
+def test_the_cnn_runs_on_openvino_and_the_bilstm_on_the_cpu_ep(ov_model, onnx_paths):
+    assert ov_model.provider == OPENVINO
+    assert ov_model.stage_providers == {"cnn": OPENVINO, "bilstm": "CPUExecutionProvider"}
+    assert ov_model._cnn_session.get_providers()[0] == OPENVINO  # not a silent fallback to the CPU EP
+    with runtime.load(onnx_paths["cnn"], providers=[OPENVINO]) as cnn:
+        assert cnn.session.get_providers()[0] == OPENVINO and cnn.stage_providers == {"cnn": OPENVINO}
+        x = _frames(2, 3)
+        with runtime.load(onnx_paths["cnn"], device="cpu") as ref:
+            np.testing.assert_allclose(cnn.infer(x)["features"], ref.infer(x)["features"], rtol=1e-4, atol=1e-5)
+    with runtime.load(onnx_paths["bilstm"], providers=[OPENVINO]) as bilstm:
+        # OpenVINO's LSTM ignores sequence_lens in the reverse direction, so this graph stays on the CPU EP.
+        assert bilstm.provider == "CPUExecutionProvider" and bilstm.stage_providers == {"bilstm": "CPUExecutionProvider"}
+
+
+def test_bf16_is_opt_in_and_within_its_tolerance(onnx_paths, tiny_model, ov_model):
+    x = _frames(2, 8, seed=3)
+    lengths = [8, 3]
+    with runtime.load(onnx_paths["model"], providers=[OPENVINO], openvino_precision="bf16") as bf16:
+        err = _rel(bf16.infer(x, np.array(lengths)), _eager(tiny_model, x, lengths), lengths)
+    assert err <= TOLERANCES["bf16"]
+    # The default (f32) is the exact one: OpenVINO's own default on AMX/AVX-512 bf16 CPUs would be bf16.
+    assert _rel(ov_model.infer(x, np.array(lengths)), _eager(tiny_model, x, lengths), lengths) <= 1e-4
+
+
+def test_streaming_on_openvino_equals_the_full_model(onnx_paths, tiny_model):
+    window = 4
+    frames = np.random.default_rng(0).standard_normal((6, 3, H, W)).astype(np.float32)
+    folder = onnx_paths["model"].parent
+    with StreamingClassifier(folder, window=window, providers=[OPENVINO]) as stream:
+        assert stream.cnn.provider == OPENVINO and stream.bilstm.provider == "CPUExecutionProvider"
+        for n in range(1, len(frames) + 1):
+            res = stream.push(frames[n - 1])
+            ref = _eager(tiny_model, frames[max(0, n - window):n][None])
+            np.testing.assert_allclose(res.clip_logits, ref["clip_logits"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_threads_give_the_same_results_as_one_thread(ov_model):
+    inputs = [(_frames(1 + i % 2, 1 + i % 3, seed=i), None if i % 2 == 0 else np.array([1 + i % 3, 1]))
+              for i in range(6)]
+    expected = [ov_model.infer(x, ln)["clip_logits"] for x, ln in inputs]
+    errors, mismatches = [], []
+
+    def work(k):
+        try:
+            for j in range(100):
+                i = (k + j) % len(inputs)
+                if not np.array_equal(ov_model.infer(*inputs[i])["clip_logits"], expected[i]):
+                    mismatches.append((k, j))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches
+
+
+def test_misuse_is_refused_with_what_is_valid(onnx_paths):
+    model = onnx_paths["model"]
+    with pytest.raises(RuntimeInputError, match=r"openvino_precision must be one of \('f32', 'bf16', 'f16'\)"):
+        runtime.load(model, providers=[OPENVINO], openvino_precision="fp16")
+    with pytest.raises(RuntimeInputError, match="openvino_precision applies to OpenVINOExecutionProvider only"):
+        runtime.load(model, device="cpu", openvino_precision="bf16")
+    with pytest.raises(RuntimeInputError, match="combines only with CPUExecutionProvider"):
+        runtime.load(model, providers=[OPENVINO, "CUDAExecutionProvider"])
+    with pytest.raises(RuntimeInputError, match="device 'cuda' contradicts"):
+        runtime.load(model, device="cuda", providers=[OPENVINO])
+    with pytest.raises(RuntimeInputError, match="builds OpenVINO's load_config itself"):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": "{}"})])
+    runtime.load(model, device="cpu", providers=[OPENVINO, "CPUExecutionProvider"]).deactivate()  # both is fine
+
+
+def test_model_graph_without_its_export_folder_is_refused(onnx_paths, tmp_path):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(onnx_paths["model"], alone / "model.onnx")
+    with pytest.raises(RuntimeInputError, match=r"lacks \['cnn.onnx', 'bilstm.onnx'\].*export.to_onnx writes all"):
+        runtime.load(alone / "model.onnx", providers=[OPENVINO])
+    runtime.load(alone / "model.onnx", device="cpu").deactivate()  # the CPU EP needs nothing beside it
+
+
+def test_model_graph_beside_another_checkpoints_cnn_is_refused(onnx_paths, tmp_path):
+    from conftest import TINY_CLASSES, TINY_MEAN, TINY_STD, _tiny_model
+
+    from export.to_onnx import export_onnx
+    from runtime.checkpoint import save_checkpoint
+
+    # Same architecture and class names, other weights: only the recorded checkpoint digests differ.
+    ckpt = save_checkpoint(tmp_path / "other.pt", _tiny_model(seed=7), class_names=TINY_CLASSES, mean=TINY_MEAN,
+                           std=TINY_STD)
+    other = export_onnx(ckpt, tmp_path / "other", precision="fp32").paths
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(onnx_paths["model"], mixed / "model.onnx")
+    shutil.copy(other["cnn"], mixed / "cnn.onnx")  # no export_report.json here: only the metadata can tell
+    shutil.copy(onnx_paths["bilstm"], mixed / "bilstm.onnx")
+    with pytest.raises(RuntimeInputError, match="exported from different checkpoints"):
+        runtime.load(mixed / "model.onnx", providers=[OPENVINO])
+
+
+def test_missing_plugin_names_the_package(onnx_paths, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
+    with pytest.raises(RuntimeInputError, match="pip install onnxruntime-ep-openvino"):
+        runtime.load(onnx_paths["model"], providers=[OPENVINO])
