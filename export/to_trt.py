@@ -223,6 +223,13 @@ def _target(tm, compute_capability: Optional[str]) -> dict:
     if tm.is_rtx:
         return {"kind": "compute_capability", "compute_capability": compute_capability or "default"}
     gpu = {"kind": "gpu", "name": "unknown", "compute_capability": "unknown"}
+    try:  # cuda-python first: the runtime reads the GPU the same way (a CPU-only torch would say "no GPU")
+        from runtime.cuda_mem import CudaApi
+
+        gpu.update(CudaApi().device_info(0))
+        return gpu
+    except Exception:  # cuda-python missing or no driver: try torch
+        pass
     try:
         import torch
 
@@ -309,7 +316,6 @@ def _try_engine_inspection(tm, blob) -> dict:
     trt = tm.trt
     # Failure is expected without a supported GPU and is reported in the result, so keep TensorRT's errors quiet.
     trt_logger = make_logger(tm, "error", collect=True, forward=False)
-    n_before = 0
     try:
         engine = trt.Runtime(trt_logger).deserialize_cuda_engine(blob)
     except Exception as e:  # some versions raise instead of returning None
@@ -317,7 +323,7 @@ def _try_engine_inspection(tm, blob) -> dict:
     else:
         exc = None
     if engine is None:
-        msgs = [m for s, m in getattr(trt_logger, "messages", [])[n_before:] if s in ("error", "internal_error")]
+        msgs = trt_logger.errors() if hasattr(trt_logger, "errors") else []
         reason = exc or ("; ".join(msgs[:3]) if msgs else "deserialize_cuda_engine returned None")
         if "compute capability" in reason.lower():
             reason = f"this GPU is not supported by {tm.describe()}: {reason}"
@@ -339,7 +345,7 @@ def _try_engine_inspection(tm, blob) -> dict:
 
 def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", timing_cache=None,
                  workspace_mb: Optional[int] = None, opt_level: Optional[int] = None,
-                 compute_capability: Optional[str] = None, force: bool = False) -> BuildResult:
+                 compute_capability: Optional[str] = None, tf32: bool = False, force: bool = False) -> BuildResult:
     """Build (or reuse) a strongly typed TensorRT engine for an exported ONNX graph.
 
     Args:
@@ -353,6 +359,9 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         workspace_mb (int | None): workspace memory pool limit in MiB. Defaults to None (TensorRT's default).
         opt_level (int | None): builder optimisation level 0..5. Defaults to None (TensorRT's default, 3).
         compute_capability (str | None): TensorRT-RTX target such as "8.6", "8.9", "12.0". Defaults to None.
+        tf32 (bool): let float32 layers (the BiLSTM of an fp16 export, all of an fp32 one) use TF32 tensor cores
+            (10-bit mantissa). TensorRT turns TF32 on by default; off here, so float32 layers compute what the graph
+            says. Defaults to False.
         force (bool): rebuild even when the cached engine matches. Defaults to False.
 
     Returns:
@@ -409,7 +418,8 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
     key = _cache_key(schema=CACHE_SCHEMA, onnx_sha256=onnx_sha, profiles=resolved, precision=precision,
                      half_usage=half_usage,
                      flavour=tm.flavour, version=tm.version_string, target=target,
-                     options={"workspace_mb": workspace_mb, "opt_level": opt_level, "strongly_typed": True})
+                     options={"workspace_mb": workspace_mb, "opt_level": opt_level, "strongly_typed": True,
+                              "tf32": bool(tf32)})
     report_path = Path(str(out_path) + ".json")
 
     if not force and out_path.is_file() and report_path.is_file():
@@ -440,6 +450,12 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
     except trt_compat.TrtCompatError as e:
         raise EngineBuildError(str(e)) from e
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    tf32_flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+    if tf32_flag is not None:  # on by default in TensorRT 10/11: float32 layers would silently run TF32
+        if tf32:
+            config.set_flag(tf32_flag)
+        else:
+            config.clear_flag(tf32_flag)
     for res in resolved:
         prof = builder.create_optimization_profile()
         for name, (lo, opt, hi) in res.items():
@@ -453,7 +469,14 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
             tc_path = Path(timing_cache)
             blob_in = tc_path.read_bytes() if tc_path.is_file() else b""
             cache = config.create_timing_cache(blob_in)
-            config.set_timing_cache(cache, ignore_mismatch=False)
+            if config.set_timing_cache(cache, ignore_mismatch=False) is False:
+                # Written by another TensorRT version or GPU: start an empty cache (saved over the old one).
+                logger.warning("--timing-cache %s does not match %s or this GPU; starting an empty one", tc_path,
+                               tm.describe())
+                cache = config.create_timing_cache(b"")
+                config.set_timing_cache(cache, ignore_mismatch=False)
+                cache_info["discarded"] = f"{len(blob_in)} bytes from another TensorRT version or GPU"
+                blob_in = b""
             cache_info.update(used=True, loaded_bytes=len(blob_in))
         else:
             cache_info["why_not"] = f"{tm.describe()} ignores timing caches (no-op since TensorRT-RTX 1.2)"
@@ -500,7 +523,8 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         "trt": {"flavour": tm.flavour, "version": tm.version_string, "strongly_typed": True},
         "target": target,
         "profiles": [{"axes": {k: list(v) for k, v in p.items()}, "shapes": r} for p, r in zip(parsed, resolved, strict=True)],
-        "builder": {"workspace_mb": workspace_mb, "opt_level": opt_level, "timing_cache": cache_info},
+        "builder": {"workspace_mb": workspace_mb, "opt_level": opt_level, "tf32": bool(tf32) if tf32_flag is not None
+                    else "no TF32 flag in this TensorRT", "timing_cache": cache_info},
         "io_tensors": engine_info["io_tensors"] if engine_info["available"] else network_info["io_tensors"],
         "layers_source": "engine inspector" if engine_info["available"] else "network definition (engine not "
                                                                               "deserializable here)",
@@ -543,6 +567,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--opt-level", type=int, default=None, help="builder optimisation level 0..5")
     parser.add_argument("--compute-capability", default=None,
                         help="TensorRT-RTX target, e.g. 8.6, 8.9, 12.0 (default: TensorRT-RTX's own default)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let float32 layers use TF32 tensor cores (TensorRT's default; off here so float32 "
+                             "layers stay float32)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cached engine matches")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -557,7 +584,8 @@ def main(argv=None) -> int:
     try:
         result = build_engine(args.onnx, args.out, profiles=args.profile, backend=args.backend,
                               timing_cache=args.timing_cache, workspace_mb=args.workspace_mb,
-                              opt_level=args.opt_level, compute_capability=args.compute_capability, force=args.force)
+                              opt_level=args.opt_level, compute_capability=args.compute_capability, tf32=args.tf32,
+                              force=args.force)
     except TrtNotAvailableError as e:
         print(f"error: {e}")
         return 3

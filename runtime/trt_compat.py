@@ -18,6 +18,7 @@ backend) call :func:`import_trt` and work with the returned :class:`TrtModule`.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import logging
@@ -170,9 +171,10 @@ def make_logger(tm: TrtModule, severity: str = "warning", *, collect: bool = Fal
     Args:
         tm (TrtModule): the flavour.
         severity (str): minimum severity passed on. Defaults to "warning".
-        collect (bool): return an ``ILogger`` subclass that forwards to Python logging and keeps every message at or
-            above ``severity`` in ``.messages`` (list of (severity name, text)), so callers can put TensorRT's own
-            words (e.g. "does not support this compute capability") into their exceptions. Defaults to False.
+        collect (bool): return an ``ILogger`` subclass that forwards to Python logging and keeps the last 500
+            messages at or above ``severity`` in ``.messages`` ((severity name, text) pairs), so callers can put
+            TensorRT's own words (e.g. "does not support this compute capability") into their exceptions. Defaults to
+            False.
         forward (bool): with ``collect``, also pass messages on to Python logging (False: keep them only, for
             attempts whose failure is expected and reported otherwise). Defaults to True.
 
@@ -190,7 +192,8 @@ def make_logger(tm: TrtModule, severity: str = "warning", *, collect: bool = Fal
     class CollectingLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.messages: list = []
+            # Bounded: TensorRT logs to it for the runtime's whole life (e.g. a warning per enqueue).
+            self.messages = collections.deque(maxlen=500)
 
         def log(self, sev, msg) -> None:  # called by TensorRT, possibly from its own threads
             idx = min(int(sev), len(_SEVERITIES) - 1)
@@ -216,10 +219,11 @@ def network_creation_flags(tm: TrtModule) -> int:
     flag is deprecated/ignored there but still accepted, so it is passed when it exists.
 
     Raises:
-        TrtCompatError: a full TensorRT older than 10.0 (no strongly typed networks worth relying on).
+        TrtCompatError: a full TensorRT older than 10.12 (the FP16 flag's deprecation; strongly typed FP16 LSTMs
+            before it are not worth relying on).
     """
     trt = tm.trt
-    if not tm.is_rtx and tm.major < 10:
+    if not tm.is_rtx and tuple(tm.version[:2]) < (10, 12):
         raise TrtCompatError(
             f"{tm.describe()} is too old: this package needs TensorRT >= 10.12 (strongly typed networks) or 11.x, "
             "or TensorRT-RTX"

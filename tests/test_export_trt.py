@@ -90,6 +90,12 @@ def test_engine_cache_hit_and_miss(fp16_graphs, engines, caplog):
     changed = build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES[:1], backend="tensorrt_rtx",
                            compute_capability="8.6")
     assert not changed.cache_hit and changed.report["cache_key"] != res.report["cache_key"]
+    # TF32 is off unless asked (TensorRT's default is on): another setting is another engine.
+    assert res.report["builder"]["tf32"] is False
+    tf32 = build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES[:1], backend="tensorrt_rtx",
+                        compute_capability="8.6", tf32=True)
+    assert not tf32.cache_hit and tf32.report["builder"]["tf32"] is True
+    assert tf32.report["cache_key"] != changed.report["cache_key"]
 
 
 def test_cli_build_and_cache_message(fp16_graphs, tmp_path, capsys):

@@ -369,6 +369,12 @@ class FakeTensorRT:
         def __init__(self, severity=2) -> None:
             self.severity = severity
 
+    class ILogger:
+        """FAKE trt.ILogger: subclasses call ``ILogger.__init__(self)`` and override ``log(severity, msg)``."""
+
+        def __init__(self) -> None:
+            pass
+
     class TensorIOMode(enum.Enum):
         NONE = 0
         INPUT = 1
@@ -384,6 +390,7 @@ class FakeTensorRT:
 
     def __init__(self, gpu: FakeCudart, *, deserialize_raises: bool = False) -> None:
         self.gpu = gpu
+        self.deserialize_log: str | None = None  # an error FakeRuntime logs before returning None
         self.plans: dict = {}  # plan bytes -> engine options
         self.calls: Counter = Counter()
         self.deserialize_raises = deserialize_raises
@@ -403,6 +410,8 @@ class FakeRuntime:
         if options is None:
             if self.trt.deserialize_raises:
                 raise RuntimeError("fake TensorRT: Serialization assertion failed (magic tag mismatch)")
+            if self.trt.deserialize_log and hasattr(self.logger, "log"):
+                self.logger.log(1, self.trt.deserialize_log)  # severity ERROR, as TensorRT logs before giving up
             return None  # what TensorRT does for a plan it cannot read (after logging an error)
         engine = FakeEngine(self.trt, **options)
         self.trt.engines.append(engine)
@@ -413,7 +422,7 @@ class FakeEngine:
     """FAKE ICudaEngine of one of the three graphs, with optimization profiles over (batch, time)."""
 
     def __init__(self, trt: FakeTensorRT, graph: str = "model", profiles=TWO_PROFILES, lengths_dtype: str = "INT32",
-                 drop_tensor: str | None = None) -> None:
+                 drop_tensor: str | None = None, dtype_overrides: dict | None = None) -> None:
         self.trt, self.graph, self.profiles = trt, graph, profiles
         dt, mode = trt.DataType, trt.TensorIOMode
         if graph == "model":
@@ -426,7 +435,8 @@ class FakeEngine:
                   ("frame_logits", mode.OUTPUT, dt.FLOAT), ("clip_logits", mode.OUTPUT, dt.FLOAT)]
         else:
             raise AssertionError(f"fake engine for graph {graph!r} not implemented")
-        self.io = [t for t in io if t[0] != drop_tensor]
+        overrides = dtype_overrides or {}
+        self.io = [(n, m, dt[overrides[n]] if n in overrides else d) for n, m, d in io if n != drop_tensor]
         self.contexts: list = []
 
     @property
@@ -486,6 +496,7 @@ class FakeExecutionContext:
         self.executions: list = []  # stream handles of execute_async_v3 calls
         self.capture_behaviour = "ok"
         self.reject_shapes = False
+        self.reject_addresses = False  # set_tensor_address returns False (e.g. a misaligned pointer)
 
     def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
         assert isinstance(stream_handle, int), "TensorRT takes the stream as an int handle"
@@ -517,6 +528,8 @@ class FakeExecutionContext:
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
         self.engine._tensor(name)
+        if self.reject_addresses or int(ptr) % 256:
+            return False  # TensorRT keeps the previous address
         self.addresses[name] = int(ptr)
         return True
 
@@ -758,6 +771,52 @@ def test_engine_with_the_wrong_io_tensors_is_refused(tmp_path, fakes):
     path = write_engine(tmp_path, fakes, drop_tensor="lengths")
     with pytest.raises(RuntimeInputError, match=r"model engine must have inputs \['frames', 'lengths'\]"):
         load(path, fakes)
+
+
+@pytest.mark.parametrize("overrides", [{"frames": "HALF"}, {"clip_logits": "HALF"}, {"lengths": "BOOL"}])
+def test_engine_with_io_dtypes_the_runtime_does_not_feed_is_refused(tmp_path, fakes, overrides):
+    # A HALF input would be handed float32 bytes; the runtime's contract is export.to_onnx's float32 I/O.
+    path = write_engine(tmp_path, fakes, dtype_overrides=overrides)
+    with pytest.raises(RuntimeInputError, match=r"engine I/O dtypes .* are not what the runtime feeds"):
+        load(path, fakes)
+
+
+def test_tensorrt_reason_for_a_foreign_gpu_reaches_the_error(tmp_path, fakes):
+    # TensorRT logs why it cannot deserialize, then returns None; the collecting logger (an ILogger subclass, as
+    # with real TensorRT) carries that reason into the message.
+    fakes.trt.deserialize_log = "Target GPU does not support this compute capability (SM 9.0)"
+    blob = b"RTX-PLAN" * 10
+    path = write_engine(tmp_path, None, blob=blob, report=make_report(blob))
+    with pytest.raises(RuntimeInputError, match=r"does not support this GPU: .*compute capability.*not on H100/H200"):
+        load(path, fakes)
+
+
+def test_refused_tensor_address_is_an_error_not_a_stale_pointer(engine, fakes):
+    with load(engine, fakes) as r:
+        r.infer(frames(1, 2))  # addresses of this call are now set in the context
+        fakes.trt.engines[0].contexts[0].reject_addresses = True
+        with pytest.raises(RuntimeError, match="refused the address of 'frames'.*256-byte alignment"):
+            r.infer(frames(1, 3))
+
+
+def test_auto_backend_imports_the_flavour_that_built_the_engine(tmp_path, fakes, monkeypatch):
+    from runtime import trt_compat
+
+    asked = []
+
+    def fake_import(backend="auto"):  # records the request; no flavour installed here
+        asked.append(backend)
+        raise trt_compat.TrtNotAvailableError(f"{backend} not installed (test)")
+
+    monkeypatch.setattr(trt_compat, "import_trt", fake_import)
+    blob = b"PLAN" * 10
+    for flavour, backend, want in (("tensorrt_rtx", "auto", "tensorrt_rtx"), ("tensorrt", "auto", "tensorrt"),
+                                   ("tensorrt_rtx", "tensorrt", "tensorrt")):
+        report = make_report(blob, trt={"flavour": flavour, "version": "1.7.1"})
+        path = write_engine(tmp_path, None, blob=blob, report=report)
+        with pytest.raises(trt_compat.TrtNotAvailableError):
+            runtime.load(path, trt_backend=backend, cuda_api=fakes.cuda)
+        assert asked[-1] == want
 
 
 def test_device_must_be_cuda(engine, fakes):

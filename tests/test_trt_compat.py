@@ -16,10 +16,21 @@ from runtime.trt_compat import TrtCompatError, TrtModule, TrtNotAvailableError
 
 
 def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_flag: bool = True):
-    """A FakeTensorRT module: just the enums and network flag handling trt_compat touches."""
+    """A FakeTensorRT module: just the enums and network flag handling trt_compat touches.
+
+    Major version 11 follows the real 11.0: EXPLICIT_BATCH removed, STRONGLY_TYPED kept at 0 (deprecated, ignored:
+    every network is strongly typed), plus the plugin flags. 10.x: EXPLICIT_BATCH 0 (deprecated) and STRONGLY_TYPED 1.
+    """
     fake = types.ModuleType("tensorrt")
     fake.__version__ = version
-    members = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if strongly_typed_flag else {"EXPLICIT_BATCH": 0}
+    v11 = int(version.split(".")[0]) >= 11
+    if v11:
+        members = {"STRONGLY_TYPED": 0, "PREFER_AOT_PYTHON_PLUGINS": 1, "PREFER_JIT_PYTHON_PLUGINS": 2}
+    else:
+        members = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
+    if not strongly_typed_flag:
+        members.pop("STRONGLY_TYPED")
+        members = members or {"EXPLICIT_BATCH": 0}
     fake.NetworkDefinitionCreationFlag = enum.IntEnum("FakeNetworkDefinitionCreationFlag", members)
     fake.BuilderFlag = enum.IntEnum("FakeBuilderFlag", {"FP16": 0, "TF32": 1} if fp16_flag else {"TF32": 1})
 
@@ -28,6 +39,8 @@ def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_f
             self.flags = flags
 
         def get_flag(self, flag):
+            if v11 and int(flag) == members.get("STRONGLY_TYPED"):
+                return True  # 11.x: strongly typed whatever the flags
             return bool(self.flags & (1 << int(flag)))
 
     class FakeBuilder:
@@ -58,19 +71,31 @@ def test_fake_tensorrt_10x_gets_strongly_typed_flag(monkeypatch):
 
 
 def test_fake_tensorrt_11x_without_weak_typing(monkeypatch):
-    fake = make_fake_tensorrt("11.4.0.106", strongly_typed_flag=False, fp16_flag=False)
+    fake = make_fake_tensorrt("11.4.0.106", fp16_flag=False)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     tm = trt_compat.import_trt("auto")  # full TensorRT wins over TensorRT-RTX in auto mode
     assert tm.flavour == "tensorrt" and tm.major == 11
-    assert trt_compat.network_creation_flags(tm) == 0  # strongly typed always in 11.x
+    # The deprecated flag (value 0 in 11.x) is still passed: accepted and ignored, strongly typed either way.
+    assert trt_compat.network_creation_flags(tm) == 1 << 0
     assert not trt_compat.has_weak_typing_fp16(tm)
-    assert trt_compat.is_strongly_typed(tm, fake.Builder().create_network(0))
+    net = trt_compat.create_network(tm, fake.Builder())
+    assert trt_compat.is_strongly_typed(tm, net)
+
+
+def test_fake_tensorrt_11x_after_the_flag_is_removed(monkeypatch):
+    fake = make_fake_tensorrt("11.9.0", strongly_typed_flag=False, fp16_flag=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    tm = trt_compat.import_trt("tensorrt")
+    assert trt_compat.network_creation_flags(tm) == 0  # nothing to pass: strongly typed always
 
 
 def test_fake_tensorrt_too_old_and_cc_refused(monkeypatch):
     tm = TrtModule(trt=make_fake_tensorrt("8.6.1"), flavour="tensorrt", version=(8, 6, 1))
     with pytest.raises(TrtCompatError, match="too old"):
         trt_compat.network_creation_flags(tm)
+    tm1011 = TrtModule(trt=make_fake_tensorrt("10.11.0"), flavour="tensorrt", version=(10, 11, 0))
+    with pytest.raises(TrtCompatError, match=r"needs TensorRT >= 10\.12"):
+        trt_compat.network_creation_flags(tm1011)
     tm10 = TrtModule(trt=make_fake_tensorrt("10.13"), flavour="tensorrt", version=(10, 13))
     with pytest.raises(TrtCompatError, match="TensorRT-RTX option"):
         trt_compat.set_compute_capability(tm10, object(), "8.6")

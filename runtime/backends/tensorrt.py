@@ -12,9 +12,11 @@ chosen by shape (``set_optimization_profile_async``), output shapes are read fro
 ``cuda_graphs=True`` each (profile, shape) is captured once into a CUDA graph and replayed; when capture fails (an
 engine TensorRT cannot capture, e.g. some loop layers) that shape falls back to a plain enqueue.
 
-torch CUDA tensors are read in place (``data_ptr``, no copy) and the outputs are written into new torch CUDA
-tensors on the torch current stream (returned without a host sync, as torch does); graphs are used on the numpy path
-only, whose inputs live in the runner's own buffers.
+torch CUDA tensors are read in place (``data_ptr``, no copy; a view not on TensorRT's 256-byte alignment is copied
+first) and the outputs are written into new torch CUDA tensors. The engine runs on the torch current stream, or on a
+private stream that waits for it when the current one is the legacy default stream (TensorRT syncs the device around
+work on stream 0); the call waits for the engine before it returns, since one execution context must not run on two
+streams at once. Graphs are used on the numpy path only, whose inputs live in the runner's own buffers.
 
 Threading: one execution context per runner, so calls are serialised by the runner's lock. For parallel
 inference make one runner per thread (each gets its own context, stream and buffers; note that contexts used at the
@@ -160,9 +162,11 @@ class TrtRunner(BaseRunner):
         report = read_report(self.path)
         metadata = ModelMetadata.from_dict(report["metadata"], str(report_path_for(self.path)))
         if trt_module is None:
-            from ..trt_compat import import_trt
+            from ..trt_compat import FLAVOURS, import_trt
 
-            trt_module = import_trt(trt_backend)
+            built_by = (report.get("trt") or {}).get("flavour")
+            # "auto" means the flavour that built the engine (another one could not load it anyway).
+            trt_module = import_trt(built_by if trt_backend == "auto" and built_by in FLAVOURS else trt_backend)
         if cuda_api is None:
             from ..cuda_mem import CudaApi
 
@@ -184,6 +188,7 @@ class TrtRunner(BaseRunner):
         self._host_bufs: dict = {}
         self._graphs: dict = {}
         self._profile = None
+        self._torch_stream = None  # made on first use, for callers on the legacy default stream
 
     # --- loading -----------------------------------------------------------------------------------------------------
     def _deserialize(self):
@@ -223,6 +228,14 @@ class TrtRunner(BaseRunner):
                                     f"{list(spec.output_names)}, got {self.inputs} and {self.outputs}")
         self.input_name = spec.input_name
         self._dtypes = {n: _np_dtype(trt, e.get_tensor_dtype(n)) for n in names}
+        # The runner feeds float32 frames/features and reads float32 logits (export.to_onnx's I/O contract);
+        # a HALF input would be handed float32 bytes.
+        wrong = {n: np.dtype(d).name for n, d in self._dtypes.items()
+                 if (d not in (np.int32, np.int64) if n == "lengths" else d is not np.float32)}
+        if wrong:
+            raise RuntimeInputError(f"{self.path}: engine I/O dtypes {wrong} are not what the runtime feeds and reads "
+                                    "(float32 frames/features and outputs, int32/int64 lengths); build the engine "
+                                    "from a graph of `python -m export.to_onnx`")
 
     def _profiles(self) -> list:
         e = self.engine
@@ -302,7 +315,7 @@ class TrtRunner(BaseRunner):
             self._host_bufs[n].view(a.nbytes)[:] = a.reshape(-1).view(np.uint8)
             self.cuda.memcpy_htod_async(self._device_bufs[n].ptr, self._host_bufs[n].ptr, a.nbytes, self.stream)
         for n in self.inputs + self.outputs:
-            self.context.set_tensor_address(n, self._device_bufs[n].ptr)
+            self._bind(n, self._device_bufs[n].ptr)
         self._enqueue(feed, tuple(x.shape), stream)
         for n in self.outputs:
             self.cuda.memcpy_dtoh_async(self._host_bufs[n].ptr, self._device_bufs[n].ptr, sizes[n], self.stream)
@@ -328,6 +341,12 @@ class TrtRunner(BaseRunner):
         self.cuda.graph_launch(graph[1], self.stream)
         return None
 
+    def _bind(self, name: str, ptr: int) -> None:
+        # False keeps the previous call's address, which may point at freed memory: never run on after it.
+        if not self.context.set_tensor_address(name, ptr):
+            raise RuntimeError(f"{self.tm.describe()} refused the address of {name!r} ({ptr:#x}; TensorRT needs "
+                               f"256-byte alignment) for {self.path}; see the TensorRT log")
+
     def _execute(self, stream: int) -> None:
         if not self.context.execute_async_v3(stream):
             raise RuntimeError(f"{self.tm.describe()} execute_async_v3 failed for {self.path}; see the TensorRT log")
@@ -340,16 +359,25 @@ class TrtRunner(BaseRunner):
             raise RuntimeInputError(f"the input is on {x.device}, but this engine runs on cuda:{self.device_index}; "
                                     f"move it there (x.to('cuda:{self.device_index}'))")
         torch_stream = torch.cuda.current_stream(x.device)
+        if torch_stream.cuda_stream == 0:  # the legacy default stream: TensorRT would sync the device around it
+            if self._torch_stream is None:
+                self._torch_stream = torch.cuda.Stream(x.device)
+            self._torch_stream.wait_stream(torch_stream)  # x is written by work queued on the current stream
+            torch_stream = self._torch_stream
         stream = torch_stream.cuda_stream
-        out_shapes = self._set_shapes(feed, stream)
-        tensors = {self.input_name: x}
-        if "lengths" in self.inputs:
-            tensors["lengths"] = torch.from_numpy(feed.lengths_or_full()).to(x.device, non_blocking=False)
-        outs = {n: torch.empty(s, dtype=torch.float32, device=x.device) for n, s in out_shapes.items()}
-        tensors.update(outs)
-        for n, t in tensors.items():
-            self.context.set_tensor_address(n, t.data_ptr())
-        self._execute(stream)
+        with torch.cuda.stream(torch_stream):
+            out_shapes = self._set_shapes(feed, stream)
+            if x.data_ptr() % 256:  # a view at an offset: TensorRT needs 256-byte aligned addresses
+                x = x.clone()
+            tensors = {self.input_name: x}
+            if "lengths" in self.inputs:
+                lengths = feed.lengths_or_full().astype(self._dtypes["lengths"], copy=False)
+                tensors["lengths"] = torch.from_numpy(lengths).to(x.device, non_blocking=False)
+            outs = {n: torch.empty(s, dtype=torch.float32, device=x.device) for n, s in out_shapes.items()}
+            tensors.update(outs)
+            for n, t in tensors.items():
+                self._bind(n, t.data_ptr())
+            self._execute(stream)
         # One execution context must not run on two streams at once, and the next call may come on another stream
         # (a numpy call on the runner's stream, or another thread's current stream): finish before the lock opens.
         torch_stream.synchronize()
