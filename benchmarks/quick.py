@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import CONTENDERS, BenchContext, default_gap_s, environment
+from benchmarks._common import CONTENDERS, ORT_CONTENDERS, BenchContext, default_gap_s, environment
 from benchmarks.paired import compare_paired
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,9 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     contenders = [c for c in CONTENDERS if c != "torch-compile"]  # compiling takes minutes: --bench-compile
     skipped = []
-    given = {"ort-fp32": onnx_dir, "ort-fp16": onnx_dir, "ort-int8": int8_dir}
-    for contender, folder in given.items():
-        if folder is None:  # exporting or quantizing here would dwarf the look
-            flag = "--int8-dir (python -m export.quantize)" if contender == "ort-int8" else "--onnx-dir"
+    for contender, (precision, _) in ORT_CONTENDERS.items():
+        if (int8_dir if precision == "int8" else onnx_dir) is None:  # exporting or quantizing here would dwarf it
+            flag = "--int8-dir (python -m export.quantize)" if precision == "int8" else "--onnx-dir"
             skipped.append((contender, f"no {flag} given"))
             contenders.remove(contender)
     with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
@@ -94,10 +93,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"QUICK LOOK, not a benchmark: whole model at B=1, T=16, {args.rounds} interleaved rounds after 1 warm-up, on "
           f"{env['device_name']}.")
     print("Full suite: `make bench`; a paired ratio to quote: python -m benchmarks.paired.")
-    print(f"{'contender':<14}{'precision':<10}{'median ms':>10}{'p90 ms':>9}{'vs eager':>10}{'rel.err':>10}  check")
+    print(f"{'contender':<20}{'precision':<10}{'median ms':>10}{'p90 ms':>9}{'vs eager':>10}{'rel.err':>10}  check")
     for r in rows:
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        print(f"{r['contender']:<14}{r['precision']:<10}{r['p50_ms']:>10.2f}{r['p90_ms']:>9.2f}{sp:>10}"
+        print(f"{r['contender']:<20}{r['precision']:<10}{r['p50_ms']:>10.2f}{r['p90_ms']:>9.2f}{sp:>10}"
               f"{r['rel_error']:>10.1e}  {'ok' if r['ok'] else 'MISMATCH'}")
     for r in rows:
         if r["precision"] == "int8-data":

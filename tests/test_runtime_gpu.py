@@ -181,3 +181,48 @@ def test_tensorrt_engine_matches_eager(tiny_checkpoint, tiny_model, tmp_path):
                 assert _rel(torch.from_numpy(clip), ref_clip) <= 1e-2
             with pytest.raises(runtime.RuntimeInputError, match="batch=1:5:5"):
                 r.infer(np.zeros((5, 2, 3, H, W), np.float32))
+
+
+@pytest.mark.trt
+def test_tensorrt_graphs_replay_correctly_when_shapes_alternate(tiny_checkpoint, tiny_model, tmp_path):
+    # One context keeps one CUDA graph per (profile, shape); replaying shape A after shape B ran must still give
+    # shape A's answer (profile, shapes and addresses are set again before each replay).
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("cuda.bindings")
+    from export.to_onnx import export_onnx
+    from export.to_trt import build_engine
+
+    onnx_path = export_onnx(tiny_checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
+    engine = build_engine(onnx_path, tmp_path / "model.engine",
+                          profiles=["batch=1:1:2,time=1:8:16", "batch=3:4:8,time=1:8:16"]).engine_path
+    shapes = [(1, 5, None), (4, 8, [8, 2, 5, 1]), (2, 3, [3, 1]), (1, 5, None), (4, 8, [8, 2, 5, 1])]
+    with runtime.load(engine, cuda_graphs=True) as r:
+        for i, (b, t, lengths) in enumerate(shapes * 2):
+            x = torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(i % len(shapes)))
+            _, ref_clip = _reference(tiny_model, x, lengths)
+            out = r.infer(x.numpy(), None if lengths is None else np.array(lengths))
+            assert _rel(torch.from_numpy(out["clip_logits"]), ref_clip) <= 1e-2, (i, b, t)
+
+
+@pytest.mark.trt
+def test_tensorrt_torch_cuda_path_on_the_default_stream_and_at_an_offset(tiny_checkpoint, tiny_model, tmp_path):
+    # The torch path: a view at an offset (not 256-byte aligned) is copied, and the legacy default stream is swapped
+    # for the runner's own stream; results must match either way.
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("cuda.bindings")
+    from export.to_onnx import export_onnx
+    from export.to_trt import build_engine
+
+    onnx_path = export_onnx(tiny_checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
+    engine = build_engine(onnx_path, tmp_path / "model.engine", profiles=["batch=1:2:4,time=1:8:16"]).engine_path
+    big = torch.randn(4 * 6 * 3 * H * W + 7).cuda()
+    x = big[7:].view(4, 6, 3, H, W)  # 28 bytes past an aligned allocation
+    assert x.data_ptr() % 256
+    _, ref_clip = _reference(tiny_model, x.cpu(), None)
+    with runtime.load(engine) as r:
+        assert torch.cuda.current_stream().cuda_stream == 0
+        out = r.infer(x)
+        assert _rel(out["clip_logits"].cpu(), ref_clip) <= 1e-2
+        with torch.cuda.stream(torch.cuda.Stream()):
+            out = r.infer(x)
+        assert _rel(out["clip_logits"].cpu(), ref_clip) <= 1e-2
