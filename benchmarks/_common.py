@@ -287,7 +287,7 @@ def cnn_flops_per_frame(config) -> int:
     from runtime.model import build_backbone
 
     with torch.device("meta"):
-        net = build_backbone(config)
+        net = build_backbone(config).eval()  # training-mode BatchNorm refuses one value per channel (1x1 maps)
         x = torch.empty(1, 3, *config.frame_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
