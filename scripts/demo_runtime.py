@@ -12,7 +12,6 @@ Exits non-zero if an exported model disagrees with PyTorch on more than 1 % of c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 import runtime
+from runtime.backends.onnxrt import openvino_installed
 from runtime.checkpoint import load_checkpoint
 from train.data import DataSpec, build_dataset, pad_collate
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     candidates = [("checkpoint (runtime torch)", args.run_dir / "best.pt", {}, 0.99)]
     candidates += [(f"onnx/{prec}/model.onnx", onnx / prec / "model.onnx", {}, 0.98 if prec == "int8" else 0.99)
                    for prec in ("fp32", "fp16", "int8")]
-    if importlib.util.find_spec("onnxruntime_ep_openvino") is not None:  # the `openvino` extra (Intel CPUs)
+    if openvino_installed():  # the `openvino` extra (Intel CPUs)
         openvino = {"providers": ["OpenVINOExecutionProvider"]}
         candidates += [("onnx/fp32 on OpenVINO, bf16", onnx / "fp32" / "model.onnx",
                         {**openvino, "openvino_precision": "bf16"}, 0.99),

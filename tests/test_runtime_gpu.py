@@ -222,7 +222,9 @@ def test_tensorrt_torch_cuda_path_on_the_default_stream_and_at_an_offset(tiny_ch
     with runtime.load(engine) as r:
         assert torch.cuda.current_stream().cuda_stream == 0
         out = r.infer(x)
+        assert r._torch_stream is not None  # the engine ran on the runner's own stream, not stream 0
         assert _rel(out["clip_logits"].cpu(), ref_clip) <= 1e-2
         with torch.cuda.stream(torch.cuda.Stream()):
+            assert torch.cuda.current_stream().cuda_stream != 0
             out = r.infer(x)
         assert _rel(out["clip_logits"].cpu(), ref_clip) <= 1e-2

@@ -7,6 +7,7 @@ its tolerance, and every misuse is refused with a message that says what is vali
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -84,11 +85,16 @@ def test_the_cnn_runs_on_openvino_and_the_bilstm_on_the_cpu_ep(ov_model, onnx_pa
 
 
 def test_bf16_is_opt_in_and_within_its_tolerance(onnx_paths, tiny_model, ov_model):
+    import onnxruntime as ort
+
     x = _frames(2, 8, seed=3)
     lengths = [8, 3]
     with runtime.load(onnx_paths["model"], providers=[OPENVINO], openvino_precision="bf16") as bf16:
         err = _rel(bf16.infer(x, np.array(lengths)), _eager(tiny_model, x, lengths), lengths)
     assert err <= TOLERANCES["bf16"]
+    device = next(d for d in ort.get_ep_devices() if d.ep_name == OPENVINO)
+    if "BF16" in device.ep_metadata.get("OPTIMIZATION_CAPABILITIES", ""):
+        assert err > 1e-4  # bf16 really ran (f32 errs by ~4e-7 here): the option was not lost on the way
     # The default (f32) is the exact one: OpenVINO's own default on AMX/AVX-512 bf16 CPUs would be bf16.
     assert _rel(ov_model.infer(x, np.array(lengths)), _eager(tiny_model, x, lengths), lengths) <= 1e-4
 
@@ -138,9 +144,29 @@ def test_misuse_is_refused_with_what_is_valid(onnx_paths):
         runtime.load(model, providers=[OPENVINO, "CUDAExecutionProvider"])
     with pytest.raises(RuntimeInputError, match="device 'cuda' contradicts"):
         runtime.load(model, device="cuda", providers=[OPENVINO])
-    with pytest.raises(RuntimeInputError, match="builds OpenVINO's load_config itself"):
-        runtime.load(model, providers=[(OPENVINO, {"load_config": "{}"})])
+    with pytest.raises(RuntimeInputError, match=r"ignores provider options \['cache_dir'\].*CACHE_DIR"):
+        runtime.load(model, providers=[(OPENVINO, {"cache_dir": "ov-cache"})])
+    with pytest.raises(RuntimeInputError, match="set the precision with openvino_precision="):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}})])
+    with pytest.raises(RuntimeInputError, match="load_config must map a device to its properties"):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": {"CACHE_DIR": "ov-cache"}})])
+    with pytest.raises(RuntimeInputError, match="load_config must be a dict or JSON object"):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": "{not json"})])
+    with pytest.raises(RuntimeInputError, match=r"OpenVINOExecutionProvider could not compile .*PERFORMANCE_HINT"):
+        runtime.load(onnx_paths["cnn"], providers=[(OPENVINO, {"load_config": {"CPU": {"PERFORMANCE_HINT": "NOPE"}}})])
+    # Once the plugin is registered, ONNX Runtime also lists "OpenVINOExecutionProvider.AUTO", which a plain
+    # providers list would activate with none of the runner's safeguards (BiLSTM on OpenVINO, OpenVINO's precision).
+    with pytest.raises(RuntimeInputError, match=r"use 'OpenVINOExecutionProvider', not \['OpenVINOExecutionProvider.AUTO'"):
+        runtime.load(model, providers=["OpenVINOExecutionProvider.AUTO"])
     runtime.load(model, device="cpu", providers=[OPENVINO, "CPUExecutionProvider"]).deactivate()  # both is fine
+
+
+def test_openvino_properties_reach_openvino_through_load_config(onnx_paths, tmp_path):
+    cache = tmp_path / "ov-cache"
+    config = {"load_config": json.dumps({"CPU": {"CACHE_DIR": str(cache)}})}  # a JSON string works as well as a dict
+    with runtime.load(onnx_paths["cnn"], providers=[(OPENVINO, config)], openvino_precision="bf16") as r:
+        r.infer(_frames(1, 2))
+    assert cache.is_dir() and any(cache.iterdir())  # OpenVINO wrote its compiled-model cache there
 
 
 def test_model_graph_without_its_export_folder_is_refused(onnx_paths, tmp_path):
