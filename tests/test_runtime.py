@@ -401,7 +401,7 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["ort", "torch", "stream"])
+@pytest.mark.parametrize("which", ["ort", "torch", "stream", "openvino"])
 def test_ten_thousand_calls_do_not_grow_memory(which, request, onnx_paths):
     """10,000 calls after a warm-up: Python objects (tracemalloc) and the process's resident memory (native arenas
     and allocators) stay flat. Keeping every result alive would add ~4 MB of Python objects: 60x the bound."""
@@ -414,6 +414,12 @@ def test_ten_thousand_calls_do_not_grow_memory(which, request, onnx_paths):
 
         def call():
             return runner.push(frame)
+    elif which == "openvino":  # two sessions per call: the CNN on OpenVINO, the BiLSTM on the CPU EP
+        pytest.importorskip("onnxruntime_ep_openvino")
+        runner = runtime.load(onnx_paths["model"], providers=["OpenVINOExecutionProvider"])
+
+        def call():
+            return runner.infer(x, lengths)
     else:
         runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
 
@@ -433,6 +439,8 @@ def test_ten_thousand_calls_do_not_grow_memory(which, request, onnx_paths):
         tracemalloc.stop()
         if which == "stream":
             runner.close()
+        elif which == "openvino":
+            runner.deactivate()
     assert traced_end - traced_mid < 64 * 1024, f"Python objects grew by {traced_end - traced_mid} bytes"
     assert rss_end - rss_mid < 8, f"RSS grew by {rss_end - rss_mid:.1f} MiB over the last 8,000 calls"
     assert rss_end - rss_start < 20, f"RSS grew by {rss_end - rss_start:.1f} MiB over 10,000 calls"
