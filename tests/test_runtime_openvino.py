@@ -119,7 +119,7 @@ def test_threads_give_the_same_results_as_one_thread(ov_model):
 
     def work(k):
         try:
-            for j in range(100):
+            for j in range(200):
                 i = (k + j) % len(inputs)
                 if not np.array_equal(ov_model.infer(*inputs[i])["clip_logits"], expected[i]):
                     mismatches.append((k, j))
