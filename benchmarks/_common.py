@@ -248,6 +248,12 @@ def environment(device: str) -> dict[str, Any]:
         env["onnxruntime_providers"] = list(ort.get_available_providers())
     except ImportError:
         env["onnxruntime"] = "not installed"
+    try:  # the OpenVINO plugin EP (the ort-openvino-* contenders)
+        from importlib.metadata import PackageNotFoundError, version
+
+        env["onnxruntime_ep_openvino"] = version("onnxruntime-ep-openvino")
+    except PackageNotFoundError:
+        pass
     try:
         import pytest_benchmark
 

@@ -113,7 +113,9 @@ def result_markdown(result: dict, env: dict) -> str:
     shape = (f"B={result['batch']}, window {result['time']}" if result["workload"] == "stream"
              else f"B={result['batch']}, T={result['time']}")
     lines = [f"# Paired latency: {result['workload']}, {shape}", "",
-             f"{env['device_name']}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, python "
+             f"{env['device_name']}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}"
+             + (f" (+ onnxruntime-ep-openvino {env['onnxruntime_ep_openvino']})" if "onnxruntime_ep_openvino" in env
+                else "") + ", python "
              f"{env.get('python')}; torch threads {env.get('torch_threads')}, 1-min load average "
              f"{env.get('load_average_1min')} at the start; {env.get('date', '')}", "",
              f"{result['rounds']} interleaved rounds (random order per round, {result['warmup']} warm-up rounds, "

@@ -178,7 +178,8 @@ def environment_markdown(results: Results) -> str:
     lines = [
         f"- device: **{results.device_name}** (`{env.get('device', '?')}`); host CPU: {env.get('host_cpu', '?')}",
         f"- torch {env.get('torch', '?')}, CUDA (torch build) {env.get('cuda', '?')}, cuDNN {env.get('cudnn', '?')}, "
-        f"ONNX Runtime {env.get('onnxruntime', '?')} (providers: {', '.join(env.get('onnxruntime_providers', [])) or '?'})"
+        f"ONNX Runtime {env.get('onnxruntime', '?')} (providers: {', '.join(env.get('onnxruntime_providers', [])) or '?'}"
+        + (f"; OpenVINO plugin {env['onnxruntime_ep_openvino']}" if env.get("onnxruntime_ep_openvino") else "") + ")"
         f", TensorRT: {env.get('tensorrt', '?')}, Python {env.get('python', '?')}, package {env.get('package', '?')}",
         f"- date: {results.datetime or '?'}" + (f", commit {results.commit}" if results.commit else ""),
         f"- compute floor: model FLOPs / {peak / 1e12:g} TFLOP/s (peak key `{key}`: {source})",
