@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -71,3 +72,27 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def assert_threads_agree_with_one_thread(runner, inputs, threads: int = 8, calls: int = 200) -> None:
+    """``threads`` threads x ``calls`` calls of ``runner.infer`` over ``inputs`` ((x, lengths) pairs, taken in turn)
+    give exactly the clip logits of one thread, and raise nothing. Different shapes and lengths in ``inputs`` catch
+    state shared between calls."""
+    expected = [runner.infer(x, ln)["clip_logits"] for x, ln in inputs]
+    errors, mismatches = [], []
+
+    def work(k):
+        try:
+            for j in range(calls):
+                i = (k + j) % len(inputs)
+                if not np.array_equal(runner.infer(*inputs[i])["clip_logits"], expected[i]):
+                    mismatches.append((k, j))
+        except Exception as e:  # surfaced below: an exception in a thread must fail the test
+            errors.append(e)
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors and not mismatches, (errors[:3], mismatches[:5])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import zipfile
 
 import numpy as np
@@ -17,7 +16,7 @@ from runtime import RuntimeInputError, StreamingClassifier, preprocess_frames
 
 pytest.importorskip("onnxruntime")
 
-from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD  # noqa: E402
+from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, assert_threads_agree_with_one_thread  # noqa: E402
 
 H, W = TINY_CONFIG.frame_size
 # (B, T, lengths): a single frame, one full clip, and padded batches whose shortest clip is 1 frame long.
@@ -368,28 +367,10 @@ def test_load_argument_errors(tmp_path, tiny_checkpoint, onnx_paths):
 @pytest.mark.parametrize("which", ["ort", "torch"])
 def test_threads_give_the_same_results_as_one_thread(which, request):
     runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
-    # Tiny inputs (1-2 frames) keep 8 x 200 calls quick; different shapes and lengths catch shared-state bugs.
+    # Tiny inputs (1-2 frames) keep 8 x 200 calls quick.
     inputs = [(_frames(1 + i % 2, 1 + i % 2, seed=i), None if i % 2 == 0 else np.array([2, 1]))
               for i in range(6)]
-    expected = [runner.infer(x, ln)["clip_logits"] for x, ln in inputs]
-    errors, mismatches = [], []
-
-    def work(k):
-        try:
-            for j in range(200):
-                i = (k + j) % len(inputs)
-                got = runner.infer(*inputs[i])["clip_logits"]
-                if not np.array_equal(got, expected[i]):
-                    mismatches.append((k, j))
-        except Exception as e:  # surfaced below: an exception in a thread must fail the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and not mismatches
+    assert_threads_agree_with_one_thread(runner, inputs)
 
 
 def _rss_mb() -> float:

@@ -159,15 +159,20 @@ def test_cuda_python_buffers_round_trip():
         cuda.stream_destroy(stream)
 
 
-@pytest.mark.trt
-def test_tensorrt_engine_matches_eager(tiny_checkpoint, tiny_model, tmp_path):
+def _fp16_engine(checkpoint, tmp_path, profiles):
+    """An fp16 model engine of ``checkpoint`` built with full TensorRT (skips without TensorRT and cuda-python)."""
     pytest.importorskip("tensorrt")
     pytest.importorskip("cuda.bindings")
     from export.to_onnx import export_onnx
     from export.to_trt import build_engine
 
-    onnx_path = export_onnx(tiny_checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
-    engine = build_engine(onnx_path, tmp_path / "model.engine", profiles=["batch=1:2:4,time=1:8:16"]).engine_path
+    onnx_path = export_onnx(checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
+    return build_engine(onnx_path, tmp_path / "model.engine", profiles=profiles).engine_path
+
+
+@pytest.mark.trt
+def test_tensorrt_engine_matches_eager(tiny_checkpoint, tiny_model, tmp_path):
+    engine = _fp16_engine(tiny_checkpoint, tmp_path, ["batch=1:2:4,time=1:8:16"])
     for graphs in (False, True):
         with runtime.load(engine, cuda_graphs=graphs) as r:
             assert r.input_spec.batch_range == (1, 4) and r.input_spec.time_range == (1, 16)
@@ -187,14 +192,7 @@ def test_tensorrt_engine_matches_eager(tiny_checkpoint, tiny_model, tmp_path):
 def test_tensorrt_graphs_replay_correctly_when_shapes_alternate(tiny_checkpoint, tiny_model, tmp_path):
     # One context keeps one CUDA graph per (profile, shape); replaying shape A after shape B ran must still give
     # shape A's answer (profile, shapes and addresses are set again before each replay).
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("cuda.bindings")
-    from export.to_onnx import export_onnx
-    from export.to_trt import build_engine
-
-    onnx_path = export_onnx(tiny_checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
-    engine = build_engine(onnx_path, tmp_path / "model.engine",
-                          profiles=["batch=1:1:2,time=1:8:16", "batch=3:4:8,time=1:8:16"]).engine_path
+    engine = _fp16_engine(tiny_checkpoint, tmp_path, ["batch=1:1:2,time=1:8:16", "batch=3:4:8,time=1:8:16"])
     shapes = [(1, 5, None), (4, 8, [8, 2, 5, 1]), (2, 3, [3, 1]), (1, 5, None), (4, 8, [8, 2, 5, 1])]
     with runtime.load(engine, cuda_graphs=True) as r:
         for i, (b, t, lengths) in enumerate(shapes * 2):
@@ -208,13 +206,7 @@ def test_tensorrt_graphs_replay_correctly_when_shapes_alternate(tiny_checkpoint,
 def test_tensorrt_torch_cuda_path_on_the_default_stream_and_at_an_offset(tiny_checkpoint, tiny_model, tmp_path):
     # The torch path: a view at an offset (not 256-byte aligned) is copied, and the legacy default stream is swapped
     # for the runner's own stream; results must match either way.
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("cuda.bindings")
-    from export.to_onnx import export_onnx
-    from export.to_trt import build_engine
-
-    onnx_path = export_onnx(tiny_checkpoint, tmp_path / "onnx", precision="fp16").paths["model"]
-    engine = build_engine(onnx_path, tmp_path / "model.engine", profiles=["batch=1:2:4,time=1:8:16"]).engine_path
+    engine = _fp16_engine(tiny_checkpoint, tmp_path, ["batch=1:2:4,time=1:8:16"])
     big = torch.randn(4 * 6 * 3 * H * W + 7).cuda()
     x = big[7:].view(4, 6, 3, H, W)  # 28 bytes past an aligned allocation
     assert x.data_ptr() % 256

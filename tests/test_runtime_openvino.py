@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from runtime import RuntimeInputError, StreamingClassifier
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_ep_openvino")
 
-from conftest import TINY_CONFIG  # noqa: E402
+from conftest import TINY_CONFIG, assert_threads_agree_with_one_thread  # noqa: E402
 
 OPENVINO = "OpenVINOExecutionProvider"
 H, W = TINY_CONFIG.frame_size
@@ -114,24 +113,7 @@ def test_streaming_on_openvino_equals_the_full_model(onnx_paths, tiny_model):
 def test_threads_give_the_same_results_as_one_thread(ov_model):
     inputs = [(_frames(1 + i % 2, 1 + i % 3, seed=i), None if i % 2 == 0 else np.array([1 + i % 3, 1]))
               for i in range(6)]
-    expected = [ov_model.infer(x, ln)["clip_logits"] for x, ln in inputs]
-    errors, mismatches = [], []
-
-    def work(k):
-        try:
-            for j in range(200):
-                i = (k + j) % len(inputs)
-                if not np.array_equal(ov_model.infer(*inputs[i])["clip_logits"], expected[i]):
-                    mismatches.append((k, j))
-        except Exception as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and not mismatches
+    assert_threads_agree_with_one_thread(ov_model, inputs)
 
 
 def test_misuse_is_refused_with_what_is_valid(onnx_paths):
