@@ -1,0 +1,187 @@
+"""``python -m runtime``: look inside a deployable model, or classify clips with it, from the command line.
+
+    python -m runtime info runs/demo/onnx/fp32/model.onnx
+    python -m runtime classify runs/demo/onnx/fp32/model.onnx clip1/ clip2.npy --top-k 3 --json preds.json
+
+A clip is a folder of frame images (PNG/JPEG/BMP, in file-name order) or a ``.npy`` file of uint8 (T, H, W, 3)
+frames. Clips of different lengths go into one padded batch with their lengths (padding is exact). Frames of another
+size than the model's are refused unless ``--resize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import RuntimeInputError, load, preprocess_frames
+from ._io import atomic_write_json
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_clip(path: str | os.PathLike) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of one clip: a folder of images (file-name order) or a ``.npy`` array.
+
+    Raises:
+        RuntimeInputError: missing path, no frames, frames of different sizes, not uint8 RGB, or another format.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise RuntimeInputError(f"{path} holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
+        from PIL import Image
+
+        frames = []
+        for f in files:
+            with Image.open(f) as im:
+                frames.append(np.asarray(im.convert("RGB")))
+            if frames[-1].shape != frames[0].shape:
+                raise RuntimeInputError(f"{f} is {frames[-1].shape[1]}x{frames[-1].shape[0]} but {files[0].name} is "
+                                        f"{frames[0].shape[1]}x{frames[0].shape[0]} (W x H); a clip's frames must "
+                                        "share one size")
+        return np.stack(frames)
+    if path.suffix.lower() == ".npy" and path.is_file():
+        try:
+            frames = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise RuntimeInputError(f"{path} is not a plain numpy array file: {e}") from e
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+            raise RuntimeInputError(f"{path} must hold uint8 (T, H, W, 3) RGB frames with T >= 1, got "
+                                    f"{frames.dtype} {frames.shape}")
+        return frames
+    if not path.exists():
+        raise RuntimeInputError(f"{path} does not exist")
+    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) frames")
+
+
+def _load_options(args) -> dict:
+    options = {}
+    if args.provider:
+        options["providers"] = args.provider
+    if args.openvino_precision:
+        options["openvino_precision"] = args.openvino_precision
+    return options
+
+
+def describe(runner) -> list[str]:
+    """Human-readable lines: backend and providers, stage, what ``infer`` accepts, and the model metadata."""
+    providers = getattr(runner, "stage_providers", None) or getattr(runner, "provider", None)
+    return _describe(f"{runner.backend_name}" + (f" ({providers})" if providers else ""), runner.input_spec,
+                     runner.metadata)
+
+
+def describe_engine_report(path: str | os.PathLike) -> list[str]:
+    """The lines of :func:`describe` for a TensorRT engine, from its JSON report alone (no GPU or TensorRT needed)."""
+    from .backends.tensorrt import read_report
+    from .spec import InputSpec, ModelMetadata, Profile
+
+    report = read_report(Path(path))
+    meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
+    profiles = [Profile(tuple(p["axes"]["batch"][::2]), tuple(p["axes"]["time"][::2])) for p in report["profiles"]]
+    trt = report.get("trt") or {}
+    target = report.get("target") or {}
+    header = (f"tensorrt engine, built by {trt.get('flavour')} {trt.get('version')} for "
+              f"{target.get('name') or 'compute capability ' + str(target.get('compute_capability'))} "
+              "(read from its report: not loaded here)")
+    return _describe(header, InputSpec.for_graph(meta.graph, meta, profiles), meta)
+
+
+def _describe(backend: str, spec, meta) -> list[str]:
+    lines = [f"backend      {backend}",
+             f"stage        {spec.graph}",
+             f"input        {spec.input_name}: {spec.dtype} (batch, time, {', '.join(map(str, spec.item_shape))})"
+             + (", lengths: int32 (batch,)" if spec.takes_lengths else ""),
+             "accepts      " + "; ".join(p.describe() for p in spec.profiles),
+             f"outputs      {', '.join(spec.output_names)}",
+             f"classes      {meta.num_classes}: {', '.join(meta.class_names)}",
+             f"frame size   {meta.frame_size[0]}x{meta.frame_size[1]} (H x W); mean {meta.mean}, std {meta.std}",
+             f"precision    {meta.precision}; written by package {meta.package_version}"]
+    if meta.extra.get("checkpoint_sha256"):
+        lines.append(f"checkpoint   sha256 {meta.extra['checkpoint_sha256'][:16]}...")
+    return lines
+
+
+def classify_clips(runner, clips: Sequence[np.ndarray], *, top_k: int = 1, resize: bool = False) -> list[dict]:
+    """Classify uint8 clips of any lengths in one padded batch.
+
+    Returns:
+        list[dict]: per clip, ``frames``, ``labels`` and ``probs`` (top-k, best first) and ``frame_labels`` (top-1 per
+        frame).
+    """
+    meta = runner.metadata
+    xs = [preprocess_frames(c, meta.mean, meta.std, runner.input_spec.frame_size, resize=resize)[0] for c in clips]
+    lengths = np.array([len(x) for x in xs], np.int32)
+    batch = np.zeros((len(xs), int(lengths.max())) + xs[0].shape[1:], np.float32)
+    for i, x in enumerate(xs):
+        batch[i, : len(x)] = x
+    result = runner.classify(batch, lengths, top_k=top_k)
+    return [{"frames": int(lengths[i]), "labels": result.labels[i],
+             "probs": [round(float(p), 6) for p in result.probs[i]],
+             "frame_labels": [labels[0] for labels in result.frame_labels[i]]} for i in range(len(xs))]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0],
+                                     add_help=add_help)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("model", help="model.onnx / cnn.onnx / bilstm.onnx, a .engine/.plan (with its .json report) "
+                                      "or a .pt checkpoint")
+    common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the backend's best)")
+    common.add_argument("--provider", action="append", default=None,
+                        help="ONNX Runtime execution provider, in priority order (repeat), e.g. "
+                             "OpenVINOExecutionProvider")
+    common.add_argument("--openvino-precision", default=None, choices=["f32", "bf16", "f16"],
+                        help="with --provider OpenVINOExecutionProvider (default f32)")
+    sub.add_parser("info", parents=[common], help="what the model accepts and returns, and its metadata")
+    cls = sub.add_parser("classify", parents=[common], help="top-k classes of clips (folders of frames or .npy)")
+    cls.add_argument("clips", nargs="+", help="folders of frame images (file-name order) or .npy uint8 (T, H, W, 3)")
+    cls.add_argument("--top-k", type=int, default=1, help="classes to show per clip (default 1)")
+    cls.add_argument("--resize", action="store_true", help="resize frames to the model's size instead of refusing")
+    cls.add_argument("--json", default=None, help="also write the predictions to this JSON file")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    engine = Path(args.model).suffix.lower() in (".engine", ".plan")
+    try:
+        if args.command == "info" and engine and not args.device:  # a report says it all, GPU or not
+            print("\n".join(describe_engine_report(args.model)))
+            return 0
+        clips = [read_clip(c) for c in args.clips] if args.command == "classify" else []
+        with load(args.model, device=args.device, **_load_options(args)) as runner:
+            if args.command == "info":
+                print("\n".join(describe(runner)))
+                return 0
+            want = tuple(runner.input_spec.frame_size or ())
+            for path, clip in zip(args.clips, clips, strict=True):
+                if want and clip.shape[1:3] != want and not args.resize:
+                    raise RuntimeInputError(f"{path}: frames are {clip.shape[1]}x{clip.shape[2]} (H x W) but the model "
+                                            f"takes {want[0]}x{want[1]}; pass --resize to resize them")
+            predictions = classify_clips(runner, clips, top_k=args.top_k, resize=args.resize)
+    except ValueError as e:  # RuntimeInputError, CheckpointError: the message says what was wrong and what is valid
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ImportError, RuntimeError) as e:  # a backend library or the GPU it needs is missing here
+        print(f"error: {args.model} cannot run on this machine: {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
+    for clip, pred in zip(args.clips, predictions, strict=True):
+        best = ", ".join(f"{label} {p:.3f}" for label, p in zip(pred["labels"], pred["probs"], strict=True))
+        print(f"{clip}: {best} ({pred['frames']} frames)")
+    if args.json:
+        atomic_write_json(args.json, {"model": str(args.model),
+                                      "clips": [{"clip": str(c), **p} for c, p in zip(args.clips, predictions,
+                                                                                      strict=True)]})
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""``python -m runtime``: info (from a runner, or from an engine's report without a GPU) and classify (folders of
+frame images and .npy clips, padded into one batch) against the runtime API, and every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.__main__ import main, read_clip
+
+pytest.importorskip("onnxruntime")
+
+from conftest import TINY_CLASSES, TINY_CONFIG  # noqa: E402
+
+H, W = TINY_CONFIG.frame_size
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(tiny_checkpoint, tmp_path_factory):
+    from export.to_onnx import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx-cli"), precision="fp32").paths
+
+
+def _write_frames(folder, frames):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):  # names sort as 0..N-1 only with zero padding: the reader sorts by name
+        Image.fromarray(f).save(folder / f"frame_{i:03d}.png")
+    return folder
+
+
+def test_info_describes_what_the_model_accepts(onnx_paths, tiny_checkpoint, capsys):
+    assert main(["info", str(onnx_paths["model"])]) == 0
+    out = capsys.readouterr().out
+    assert "stage        model" in out and f"frames: float32 (batch, time, 3, {H}, {W})" in out
+    assert "lengths: int32" in out and f"classes      3: {', '.join(TINY_CLASSES)}" in out
+    assert "checkpoint   sha256" in out
+    assert main(["info", str(onnx_paths["cnn"])]) == 0
+    out = capsys.readouterr().out
+    assert "stage        cnn" in out and "outputs      features" in out and "lengths" not in out
+    assert main(["info", str(tiny_checkpoint), "--device", "cpu"]) == 0
+    assert "backend      torch" in capsys.readouterr().out
+
+
+def test_info_of_an_engine_comes_from_its_report(onnx_paths, tmp_path, capsys):
+    pytest.importorskip("tensorrt_rtx")
+    from export.to_trt import build_engine
+
+    engine = build_engine(onnx_paths["cnn"], tmp_path / "cnn.engine", profiles=["batch=1:1:2,time=1:4:8"],
+                          backend="tensorrt_rtx", compute_capability="8.6").engine_path
+    assert main(["info", str(engine)]) == 0  # no GPU here: the report alone says what the engine accepts
+    out = capsys.readouterr().out
+    assert "built by tensorrt_rtx" in out and "compute capability 8.6" in out
+    assert "accepts      batch 1..2, time 1..8" in out and "stage        cnn" in out
+
+
+def test_classify_folders_and_npy_clips_of_different_lengths(onnx_paths, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    long_clip = rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8)
+    short_clip = rng.integers(0, 256, (2, H, W, 3), dtype=np.uint8)
+    folder = _write_frames(tmp_path / "clip_a", long_clip)
+    np.save(tmp_path / "clip_b.npy", short_clip)
+    out_json = tmp_path / "preds.json"
+    assert main(["classify", str(onnx_paths["model"]), str(folder), str(tmp_path / "clip_b.npy"), "--top-k", "2",
+                 "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{folder}: " in printed and "(5 frames)" in printed and "(2 frames)" in printed
+    preds = json.loads(out_json.read_text())["clips"]
+    np.testing.assert_array_equal(read_clip(folder), long_clip)  # PNG round trip is lossless, order kept
+    with runtime.load(onnx_paths["model"]) as r:  # each clip alone must give what the padded batch gave
+        for clip, pred in zip((long_clip, short_clip), preds, strict=True):
+            x = runtime.preprocess_frames(clip, r.metadata.mean, r.metadata.std, r.input_spec.frame_size)
+            alone = r.classify(x, top_k=2)
+            assert pred["labels"] == alone.labels[0] and pred["frames"] == len(clip)
+            np.testing.assert_allclose(pred["probs"], alone.probs[0], atol=1e-5)
+            assert pred["frame_labels"] == [labels[0] for labels in alone.frame_labels[0]]
+
+
+def test_bad_clips_are_refused_with_what_is_valid(onnx_paths, tmp_path, capsys):
+    model = str(onnx_paths["model"])
+    rng = np.random.default_rng(1)
+
+    def run(*clips, extra=()):
+        code = main(["classify", model, *map(str, clips), *extra])
+        return code, capsys.readouterr().err
+
+    code, err = run(tmp_path / "missing")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, err = run(tmp_path / "empty")
+    assert code == 2 and "holds no frame images" in err
+    mixed = _write_frames(tmp_path / "mixed", [rng.integers(0, 256, (H, W, 3), dtype=np.uint8)])
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (H + 2, W, 3), dtype=np.uint8)).save(mixed / "frame_999.png")
+    code, err = run(mixed)
+    assert code == 2 and "must share one size" in err
+    big = _write_frames(tmp_path / "big", rng.integers(0, 256, (3, H * 2, W * 2, 3), dtype=np.uint8))
+    code, err = run(big)
+    assert code == 2 and f"frames are {H * 2}x{W * 2}" in err and "pass --resize" in err
+    assert run(big, extra=["--resize"])[0] == 0
+    np.save(tmp_path / "float.npy", rng.random((2, H, W, 3)).astype(np.float32))
+    code, err = run(tmp_path / "float.npy")
+    assert code == 2 and "must hold uint8 (T, H, W, 3)" in err
+    (tmp_path / "notes.txt").write_text("hello")
+    code, err = run(tmp_path / "notes.txt")
+    assert code == 2 and "neither a folder of frame images nor a .npy" in err
+    assert main(["classify", model, str(big), "--resize", "--top-k", "9"]) == 2
+    assert "top_k must be an integer in 1..3" in capsys.readouterr().err
