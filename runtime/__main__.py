@@ -82,8 +82,13 @@ def describe_engine_report(path: str | os.PathLike) -> list[str]:
     from .spec import InputSpec, ModelMetadata, Profile
 
     report = read_report(Path(path))
-    meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
-    profiles = [Profile(tuple(p["axes"]["batch"][::2]), tuple(p["axes"]["time"][::2])) for p in report["profiles"]]
+    try:
+        meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
+        profiles = [Profile((int(p["axes"]["batch"][0]), int(p["axes"]["batch"][2])),
+                            (int(p["axes"]["time"][0]), int(p["axes"]["time"][2]))) for p in report["profiles"]]
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise RuntimeInputError(f"{path}.json lacks the metadata or profiles python -m export.to_trt writes "
+                                f"({type(e).__name__}: {e}); rebuild the engine with it") from e
     trt = report.get("trt") or {}
     target = report.get("target") or {}
     header = (f"tensorrt engine, built by {trt.get('flavour')} {trt.get('version')} for "
@@ -160,7 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.command == "info":
                 print("\n".join(describe(runner)))
                 return 0
-            want = tuple(runner.input_spec.frame_size or ())
+            if runner.stage != "model":
+                raise RuntimeInputError(f"classify takes a whole model (model.onnx, a model engine or a checkpoint); "
+                                        f"{args.model} is the {runner.stage} stage")
+            want = tuple(runner.input_spec.frame_size)
             for path, clip in zip(args.clips, clips, strict=True):
                 if want and clip.shape[1:3] != want and not args.resize:
                     raise RuntimeInputError(f"{path}: frames are {clip.shape[1]}x{clip.shape[2]} (H x W) but the model "

@@ -112,3 +112,21 @@ def test_bad_clips_are_refused_with_what_is_valid(onnx_paths, tmp_path, capsys):
     assert code == 2 and "neither a folder of frame images nor a .npy" in err
     assert main(["classify", model, str(big), "--resize", "--top-k", "9"]) == 2
     assert "top_k must be an integer in 1..3" in capsys.readouterr().err
+    assert main(["classify", str(onnx_paths["bilstm"]), str(big)]) == 2
+    assert "is the bilstm stage" in capsys.readouterr().err
+
+
+def test_engine_report_without_metadata_or_profiles_is_a_clear_error(tmp_path, capsys):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not really a plan")
+    metadata = {"graph": "model", "class_names": TINY_CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3,
+                "frame_size": [H, W]}
+    for report, missing in (({"metadata": {"graph": "model"}}, "lacks keys"), ({"metadata": metadata}, "'profiles'"),
+                            ({"metadata": metadata, "profiles": [{"axes": {"batch": [1, 2]}}]}, "")):
+        (tmp_path / "m.engine.json").write_text(json.dumps(report))
+        assert main(["info", str(engine)]) == 2
+        err = capsys.readouterr().err
+        assert "lacks the metadata or profiles python -m export.to_trt writes" in err and missing in err
+    (tmp_path / "m.engine.json").unlink()
+    assert main(["info", str(engine)]) == 2
+    assert "has no build report at m.engine.json" in capsys.readouterr().err
