@@ -789,16 +789,16 @@ class BenchContext:
         return {"providers": ["OpenVINOExecutionProvider"], "openvino_precision": openvino}
 
     def _ort(self, contender, workload, batch, time_steps) -> Prepared:
+        from runtime.backends.onnxrt import GPU_PROVIDERS, openvino_installed
+
         precision, openvino = ORT_CONTENDERS[contender]
-        providers = self.ort_providers()
+        self.ort_providers()  # Unavailable without onnxruntime, for every ONNX Runtime contender
         if openvino is not None:
             if self.is_cuda:
                 raise Unavailable("the OpenVINO contenders are CPU contenders; this run is on a GPU")
-            from runtime.backends.onnxrt import openvino_installed
-
             if not openvino_installed():
                 raise Unavailable("the OpenVINO plugin is not installed (pip install onnxruntime-ep-openvino)")
-            providers = ["OpenVINOExecutionProvider"]
+        providers = self._ort_options(openvino)["providers"]
         if precision == "int8":
             if self.is_cuda:
                 raise Unavailable("int8 graphs are for ONNX Runtime on CPUs; on a GPU the fp16 contenders apply")
@@ -812,8 +812,6 @@ class BenchContext:
             info["openvino_precision"] = openvino
         if precision == "int8" and self._int8_external:
             info.update(self._int8_gate())
-        from runtime.backends.onnxrt import GPU_PROVIDERS
-
         on_gpu = providers[0] in GPU_PROVIDERS
         if precision == "fp16" and not on_gpu:
             raise Unavailable("fp16 ONNX graphs need a GPU execution provider; only CPUExecutionProvider is here")

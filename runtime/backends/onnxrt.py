@@ -330,10 +330,10 @@ class OnnxRuntimeRunner(BaseRunner):
         (returned); both must come from the same checkpoint as the model graph.
         """
         peek = _Graph(ort, self.path, _peek_options(ort), ["CPUExecutionProvider"])
-        # The CPU EP's threads would spin between calls and slow OpenVINO's threads on the same cores.
-        cpu_opts = _session_options(ort, threads, allow_spinning=False)
         if peek.metadata.graph == "cnn":
             return _compile_on_openvino(ort, self.path, openvino_opts, peek)
+        # The CPU EP's threads would spin between calls and slow OpenVINO's threads on the same cores.
+        cpu_opts = _session_options(ort, threads, allow_spinning=False)
         if peek.metadata.graph == "bilstm":
             logger.info("%s: the BiLSTM runs on the CPU EP, not %s (its LSTM ignores sequence_lens in reverse)",
                         self.path, OPENVINO)
