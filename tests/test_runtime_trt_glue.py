@@ -388,6 +388,10 @@ class FakeTensorRT:
         BOOL = 4
         INT64 = 8
 
+    class CudaGraphStrategy(enum.Enum):  # TensorRT for RTX only
+        DISABLED = 0
+        WHOLE_GRAPH_CAPTURE = 1
+
     def __init__(self, gpu: FakeCudart, *, deserialize_raises: bool = False) -> None:
         self.gpu = gpu
         self.deserialize_log: str | None = None  # an error FakeRuntime logs before returning None
@@ -472,10 +476,48 @@ class FakeEngine:
             return [(b,) for b in batch]
         raise AssertionError(f"fake engine: {name!r} has no profile shape")
 
-    def create_execution_context(self):
+    def create_execution_context(self, runtime_config=None):
         ctx = FakeExecutionContext(self)
+        ctx.runtime_config = runtime_config
         self.contexts.append(ctx)
         return ctx
+
+    def create_runtime_config(self):  # TensorRT for RTX (and full TensorRT >= 10.11, which the runner does not use)
+        return FakeRuntimeConfig(self.trt)
+
+
+class FakeRuntimeConfig:
+    """FAKE TensorRT-RTX IRuntimeConfig: the CUDA graph strategy and the runtime (JIT kernel) cache."""
+
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+        self.cuda_graph_strategy = trt.CudaGraphStrategy.DISABLED
+        self.cache = None
+
+    def create_runtime_cache(self):
+        return FakeRuntimeCache(self.trt)
+
+    def set_runtime_cache(self, cache) -> bool:
+        self.cache = cache
+        return True
+
+
+class FakeRuntimeCache:
+    """FAKE IRuntimeCache: "kernels" are strings; a blob loads only if written for the same (fake) GPU."""
+
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.tag = b"FAKE-RTX-CACHE:" + trt.gpu.gpu_name + b"\n"
+        self.kernels: list = []
+
+    def deserialize(self, blob) -> bool:
+        blob = bytes(blob)
+        if not blob.startswith(self.tag):
+            return False  # another GPU, driver or version: TensorRT-RTX leaves the cache unchanged
+        self.kernels = blob[len(self.tag):].decode().split(",") if blob[len(self.tag):] else []
+        return True
+
+    def serialize(self) -> bytes:
+        return self.tag + ",".join(self.kernels).encode()
 
 
 class FakeExecutionContext:
@@ -497,6 +539,7 @@ class FakeExecutionContext:
         self.capture_behaviour = "ok"
         self.reject_shapes = False
         self.reject_addresses = False  # set_tensor_address returns False (e.g. a misaligned pointer)
+        self.runtime_config = None  # TensorRT for RTX: the IRuntimeConfig it was created with
 
     def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
         assert isinstance(stream_handle, int), "TensorRT takes the stream as an int handle"
@@ -536,6 +579,11 @@ class FakeExecutionContext:
     def execute_async_v3(self, stream_handle: int) -> bool:
         assert isinstance(stream_handle, int), "TensorRT takes the stream as an int handle"
         self.executions.append(stream_handle)
+        cache = getattr(self.runtime_config, "cache", None)
+        if cache is not None:  # TensorRT-RTX compiles a shape-specialised kernel once per shape
+            kernel_name = "x".join(map(str, self.shapes.get("frames", self.shapes.get("features", ()))))
+            if kernel_name not in cache.kernels:
+                cache.kernels.append(kernel_name)
         names = [t[0] for t in self.engine.io]
         inputs = [t[0] for t in self.engine.io if t[1] == self.engine.trt.TensorIOMode.INPUT]
         if any(n not in self.addresses for n in names) or any(n not in self.shapes for n in inputs):
@@ -573,11 +621,15 @@ _FAKE_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64":
 # ======================================================================================================================
 
 
+RTX_VERSION = (1, 7, 1, 116)
+
+
 class Fakes:
-    def __init__(self, **cuda_options) -> None:
+    def __init__(self, flavour: str = "tensorrt", **cuda_options) -> None:
         self.cuda = FakeCudaApi(**cuda_options)
         self.trt = FakeTensorRT(self.cuda.rt)
-        self.tm = TrtModule(trt=self.trt, flavour="tensorrt", version=TRT_VERSION)
+        self.tm = TrtModule(trt=self.trt, flavour=flavour,
+                            version=RTX_VERSION if flavour == "tensorrt_rtx" else TRT_VERSION)
 
 
 def make_report(blob: bytes, graph: str = "model", **overrides) -> dict:
@@ -1021,6 +1073,89 @@ def test_cuda_graph_capture_failure_falls_back_to_plain_enqueue(tmp_path, failur
         assert rt.calls["cudaGetLastError"] >= 1  # the sticky capture error is cleared
         assert not rt.is_capturing(int(r.stream))  # the stream is not left capturing
         assert rt.launched_on == [int(r.stream)] * 3  # every call really ran, on the runner's stream
+
+
+# ======================================================================================================================
+# TensorRT for RTX: built-in CUDA graphs and the runtime (JIT kernel) cache
+# ======================================================================================================================
+
+
+def rtx_engine(tmp_path, fakes, name: str = "model.engine"):
+    blob = b"FAKE-RTX-PLAN:" + name.encode() + bytes(range(32))
+    report = make_report(blob, trt={"flavour": "tensorrt_rtx", "version": ".".join(map(str, RTX_VERSION)),
+                                    "strongly_typed": True},
+                         target={"kind": "gpu", "name": "current", "compute_capability": "current"})
+    return write_engine(tmp_path, fakes, name, blob=blob, report=report)
+
+
+def test_rtx_cuda_graphs_use_its_builtin_capture_not_a_stream_capture(tmp_path):
+    fakes = Fakes("tensorrt_rtx")
+    rt = fakes.cuda.rt
+    with load(rtx_engine(tmp_path, fakes), fakes, cuda_graphs=True) as r:
+        ctx = fakes.trt.engines[0].contexts[0]
+        assert ctx.runtime_config.cuda_graph_strategy == fakes.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        for seed in range(3):
+            x = frames(2, 4, seed)
+            assert_outputs(r.infer(x), x)
+        # A stream capture around a JIT-compiling enqueue would be invalid: TensorRT-RTX is called every time.
+        assert rt.calls["cudaStreamBeginCapture"] == 0 and len(ctx.executions) == 3 and r._graphs == {}
+    fakes = Fakes("tensorrt_rtx")
+    with load(rtx_engine(tmp_path, fakes, "plain.engine"), fakes) as r:
+        r.infer(frames(1, 2))
+        assert fakes.trt.engines[0].contexts[0].runtime_config.cuda_graph_strategy.name == "DISABLED"
+
+
+def test_rtx_runtime_cache_is_saved_atomically_and_reloaded(tmp_path):
+    fakes = Fakes("tensorrt_rtx")
+    engine_path = rtx_engine(tmp_path, fakes)
+    cache_path = tmp_path / "caches" / "model.engine.rtcache"
+    with load(engine_path, fakes, runtime_cache=cache_path) as r:
+        r.infer(frames(1, 2))
+        r.infer(frames(2, 3))
+        assert not cache_path.exists()  # written at deactivation (or save_runtime_cache), not per call
+    assert cache_path.read_bytes().endswith(b"1x2x3x4x4,2x3x3x4x4")
+    assert list(cache_path.parent.iterdir()) == [cache_path]  # no temporary file left behind
+
+    with load(engine_path, fakes, runtime_cache=cache_path) as r:
+        cache = fakes.trt.engines[-1].contexts[-1].runtime_config.cache
+        assert cache.kernels == ["1x2x3x4x4", "2x3x3x4x4"]  # loaded at activation: nothing to recompile
+        r.infer(frames(1, 5))
+        assert r.save_runtime_cache() == cache_path
+        assert cache_path.read_bytes().endswith(b",1x5x3x4x4")
+
+
+def test_rtx_runtime_cache_from_another_gpu_is_replaced_with_a_warning(tmp_path, caplog):
+    fakes = Fakes("tensorrt_rtx")
+    cache_path = tmp_path / "model.engine.rtcache"
+    cache_path.write_bytes(b"FAKE-RTX-CACHE:NVIDIA GeForce RTX 4090\n9x9x3x4x4")
+    with caplog.at_level("WARNING", logger="runtime.backends.tensorrt"):
+        with load(rtx_engine(tmp_path, fakes), fakes, runtime_cache=cache_path) as r:
+            assert fakes.trt.engines[0].contexts[0].runtime_config.cache.kernels == []
+            r.infer(frames(1, 2))
+    assert "written for another GPU" in caplog.text
+    assert cache_path.read_bytes() == b"FAKE-RTX-CACHE:" + GPU_NAME + b"\n1x2x3x4x4"
+
+
+def test_runtime_cache_is_refused_for_full_tensorrt_and_for_a_directory(tmp_path, engine, fakes):
+    with pytest.raises(RuntimeInputError, match="runtime_cache is a TensorRT for RTX option"):
+        load(engine, fakes, runtime_cache=tmp_path / "x.rtcache")
+    rtx = Fakes("tensorrt_rtx")
+    (tmp_path / "rtx").mkdir()
+    with pytest.raises(RuntimeInputError, match="is a directory"):
+        load(rtx_engine(tmp_path / "rtx", rtx), rtx, runtime_cache=tmp_path)
+
+
+def test_fake_rtx_surface_exists_in_the_real_tensorrt_rtx():
+    """The names the runner calls on TensorRT for RTX (faked above) exist in the real module."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    assert hasattr(trt.ICudaEngine, "create_runtime_config")
+    assert "runtime_config" in trt.ICudaEngine.create_execution_context.__doc__
+    for name in ("cuda_graph_strategy", "create_runtime_cache", "set_runtime_cache"):
+        assert hasattr(trt.IRuntimeConfig, name), name
+    assert isinstance(trt.IRuntimeConfig.cuda_graph_strategy, property)
+    assert trt.IRuntimeConfig.cuda_graph_strategy.fset is not None
+    assert {"serialize", "deserialize"} <= set(dir(trt.IRuntimeCache))
+    assert set(trt.CudaGraphStrategy.__members__) >= {"DISABLED", "WHOLE_GRAPH_CAPTURE"}
 
 
 # ======================================================================================================================

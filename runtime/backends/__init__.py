@@ -78,7 +78,7 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
         **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``cnn_form``,
             ``buckets``, ``channels_last`` (torch);
             ``providers``, ``intra_op_threads``, ``allow_spinning``, ``openvino_precision`` (onnxruntime);
-            ``cuda_graphs`` (tensorrt);
+            ``cuda_graphs``, ``runtime_cache`` (tensorrt);
             ``check_finite`` (all).
 
     Returns:

@@ -12,6 +12,13 @@ chosen by shape (``set_optimization_profile_async``), output shapes are read fro
 ``cuda_graphs=True`` each (profile, shape) is captured once into a CUDA graph and replayed; when capture fails (an
 engine TensorRT cannot capture, e.g. some loop layers) that shape falls back to a plain enqueue.
 
+TensorRT for RTX compiles shape-specialised kernels just in time, so a stream capture around its enqueue is only
+valid for engines built with ``kREQUIRE_USER_ALLOCATION``; there ``cuda_graphs=True`` turns on its own CUDA graphs
+instead (``IRuntimeConfig.cuda_graph_strategy = WHOLE_GRAPH_CAPTURE``: captured per shape once that shape's kernels
+are compiled), and ``runtime_cache=PATH`` keeps the JIT-compiled kernels in a file across runs (loaded when the
+runner activates if it was written for this GPU, driver and TensorRT-RTX version; saved atomically when it
+deactivates, and by :meth:`TrtRunner.save_runtime_cache`).
+
 torch CUDA tensors are read in place (``data_ptr``, no copy; a view not on TensorRT's 256-byte alignment is copied
 first) and the outputs are written into new torch CUDA tensors. The engine runs on the torch current stream, or on a
 private stream that waits for it when the current one is the legacy default stream (TensorRT syncs the device around
@@ -138,7 +145,9 @@ class TrtRunner(BaseRunner):
         path (str | PathLike): ``.engine``/``.plan`` with its report at ``path + ".json"``.
         device (str | int | None): "cuda", "cuda:N" or N; None means GPU 0. Defaults to None.
         cuda_graphs (bool): capture one CUDA graph per (profile, shape) on the numpy path, falling back to plain
-            enqueue when capture fails. Defaults to False.
+            enqueue when capture fails; on TensorRT for RTX, its built-in CUDA graphs (every path). Defaults to False.
+        runtime_cache (str | PathLike | None): TensorRT for RTX only: a file for its JIT-compiled kernels, read at
+            activation (ignored with a warning when written elsewhere) and written at deactivation. Defaults to None.
         trt_backend (str): "auto", "tensorrt" or "tensorrt_rtx" (see :func:`runtime.trt_compat.import_trt`).
             Defaults to "auto".
         check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
@@ -148,7 +157,7 @@ class TrtRunner(BaseRunner):
 
     Raises:
         RuntimeInputError: missing/foreign report, an engine of another TensorRT version or GPU, a damaged engine,
-            a device that is not CUDA.
+            a device that is not CUDA, ``runtime_cache`` with full TensorRT or naming a directory.
         runtime.trt_compat.TrtNotAvailableError: no TensorRT flavour installed.
         ImportError: cuda-python missing.
     """
@@ -156,7 +165,8 @@ class TrtRunner(BaseRunner):
     backend_name = "tensorrt"
 
     def __init__(self, path, device=None, *, cuda_graphs: bool = False, trt_backend: str = "auto",
-                 check_finite: bool = False, trt_module: Any = None, cuda_api: Any = None) -> None:
+                 runtime_cache: Any = None, check_finite: bool = False, trt_module: Any = None,
+                 cuda_api: Any = None) -> None:
         self.path = Path(path)
         self.device_index = _device_index(device)
         report = read_report(self.path)
@@ -172,6 +182,7 @@ class TrtRunner(BaseRunner):
 
             cuda_api = CudaApi()
         self.tm, self.cuda, self.report = trt_module, cuda_api, report
+        self.runtime_cache_path = _check_runtime_cache(runtime_cache, trt_module)
         self.cuda.set_device(self.device_index)
         self.device_info = self.cuda.device_info(self.device_index)
         check_engine_compat(report, trt_module.flavour, trt_module.version_string, self.device_info)
@@ -189,6 +200,8 @@ class TrtRunner(BaseRunner):
         self._graphs: dict = {}
         self._profile = None
         self._torch_stream = None  # made on first use, for callers on the legacy default stream
+        self._runtime_config = None  # TensorRT for RTX: the context's runtime config and kernel cache
+        self._runtime_cache = None
 
     # --- loading -----------------------------------------------------------------------------------------------------
     def _deserialize(self):
@@ -250,7 +263,7 @@ class TrtRunner(BaseRunner):
         from ..cuda_mem import DeviceBuffer
 
         self.cuda.set_device(self.device_index)
-        self.context = self.engine.create_execution_context()
+        self.context = self._create_context()
         if self.context is None:
             raise RuntimeError(f"{self.tm.describe()} could not create an execution context for {self.path} "
                                "(out of device memory?)")
@@ -260,7 +273,46 @@ class TrtRunner(BaseRunner):
         self._graphs = {}
         self._profile = None
 
+    def _create_context(self):
+        if not self.tm.is_rtx:
+            return self.engine.create_execution_context()
+        trt = self.tm.trt
+        config = self.engine.create_runtime_config()
+        if self.cuda_graphs:
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        if self.runtime_cache_path is not None:
+            cache = config.create_runtime_cache()
+            path = self.runtime_cache_path
+            if path.is_file() and not cache.deserialize(path.read_bytes()):
+                logger.warning("%s: runtime cache %s was written for another GPU, driver or TensorRT-RTX version (or "
+                               "is damaged); starting an empty one, which replaces it at deactivation", self.name, path)
+            if not config.set_runtime_cache(cache):
+                raise RuntimeError(f"{self.tm.describe()} refused the runtime cache {path}")
+            self._runtime_cache = cache
+        self._runtime_config = config  # kept alive with the context that reads it
+        return self.engine.create_execution_context(runtime_config=config)
+
+    def save_runtime_cache(self) -> Optional[Path]:
+        """Write TensorRT for RTX's JIT-compiled kernels to ``runtime_cache`` now (atomically).
+
+        Returns:
+            Path | None: the file written; None without a runtime cache or before activation.
+        """
+        if self._runtime_cache is None:
+            return None
+        from .._io import atomic_write_bytes
+
+        return atomic_write_bytes(self.runtime_cache_path, bytes(self._runtime_cache.serialize()))
+
     def deactivate_impl(self) -> None:
+        if self._runtime_cache is not None:
+            try:
+                self.save_runtime_cache()
+            except (OSError, RuntimeError) as e:  # the kernels are only a cache: losing them costs a recompile
+                logger.warning("%s: could not save the runtime cache to %s: %s", self.name, self.runtime_cache_path,
+                               e)
+            self._runtime_cache = None
+        self._runtime_config = None
         self._drop_graphs()
         for buf in list(self._device_bufs.values()) + list(self._host_bufs.values()):
             buf.free()
@@ -324,7 +376,7 @@ class TrtRunner(BaseRunner):
                 for n in self.outputs}
 
     def _enqueue(self, feed: Feed, shape: tuple, stream: int) -> None:
-        if not self.cuda_graphs:
+        if not self.cuda_graphs or self.tm.is_rtx:  # TensorRT for RTX captures its own graphs (see _create_context)
             return self._execute(stream)
         key = (feed.profile, shape)
         if key not in self._graphs:
@@ -382,6 +434,19 @@ class TrtRunner(BaseRunner):
         # (a numpy call on the runner's stream, or another thread's current stream): finish before the lock opens.
         torch_stream.synchronize()
         return outs
+
+
+def _check_runtime_cache(runtime_cache, tm) -> Optional[Path]:
+    if runtime_cache is None:
+        return None
+    if not tm.is_rtx:
+        raise RuntimeInputError(f"runtime_cache is a TensorRT for RTX option (a file of its JIT-compiled kernels), but "
+                                f"this engine runs on {tm.describe()}, whose engines hold their kernels already; "
+                                "drop runtime_cache")
+    path = Path(runtime_cache)
+    if path.is_dir():
+        raise RuntimeInputError(f"runtime_cache {path} is a directory; pass a file path (e.g. model.engine.rtcache)")
+    return path
 
 
 def _device_index(device) -> int:
