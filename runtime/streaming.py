@@ -118,6 +118,12 @@ class StreamingClassifier:
         elif isinstance(runner_or_path, (str, os.PathLike)):
             path = Path(runner_or_path)
             if path.is_dir():
+                if options.get("runtime_cache") is not None:
+                    # One file for two engines: each stage would overwrite the other's kernels at deactivation.
+                    raise RuntimeInputError("runtime_cache names one file, but streaming runs two engines; load "
+                                            "them with a cache each and pass the pair: StreamingClassifier(("
+                                            "runtime.load(DIR/cnn.engine, runtime_cache=A), "
+                                            "runtime.load(DIR/bilstm.engine, runtime_cache=B)))")
                 cnn_path, bilstm_path = _find_pair(path, backend)
                 if cnn_path.suffix == ".onnx":
                     # The two sessions alternate on the same cores: spinning idle threads would steal them.

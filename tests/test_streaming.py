@@ -85,6 +85,8 @@ def test_stream_errors(tiny_checkpoint, tmp_path):
         StreamingClassifier(tiny_checkpoint, window=0)
     with pytest.raises(RuntimeInputError, match="neither cnn.onnx"):
         StreamingClassifier(tmp_path)
+    with pytest.raises(RuntimeInputError, match="runtime_cache names one file, but streaming runs two engines"):
+        StreamingClassifier(tmp_path, runtime_cache=tmp_path / "kernels.rtcache")
     with runtime.load(tiny_checkpoint, device="cpu") as model_runner:
         with pytest.raises(RuntimeInputError, match="separate cnn and bilstm runners"):
             StreamingClassifier(model_runner)
