@@ -99,6 +99,18 @@ def check_device(device) -> None:
                             f"default), got {device!r}")
 
 
+def check_flag(value, name: str, *, allow_none: bool = False) -> None:
+    """Accept only True or False (and None where the default is chosen later): no truthy strings or numbers.
+
+    Raises:
+        RuntimeInputError: another value, naming the option.
+    """
+    if isinstance(value, (bool, np.bool_)) or (allow_none and value is None):
+        return
+    valid = "True, False or None" if allow_none else "True or False"
+    raise RuntimeInputError(f"{name} must be {valid}, got {value!r}")
+
+
 class BaseRunner:
     """Common lifecycle, validation and conveniences of every runner.
 
@@ -110,7 +122,9 @@ class BaseRunner:
 
     Threading: ``infer`` may be called from several threads. Backends whose inference reuses state between calls
     (static buffers, CUDA graphs, one TensorRT execution context) set ``_serialize = True`` and calls then run one at
-    a time under a per-runner lock; the others run concurrently.
+    a time under a per-runner lock; the others run concurrently. ``deactivate`` waits for the calls in flight and
+    holds new ones back until it is done (they then activate the runner again), so it never frees what a running
+    call uses.
     """
 
     backend_name = "base"
@@ -124,8 +138,12 @@ class BaseRunner:
         self.name = name or f"{self.backend_name}:{metadata.graph}"
         self.is_active = False
         self._was_activated = False
+        self._lazily_activated = False  # by infer(), not by activate() or a with block
         self._lock = threading.Lock()
         self._activate_lock = threading.Lock()
+        self._calls = threading.Condition()  # guards the two below
+        self._in_flight = 0  # infer() calls between activation check and return
+        self._closing = False  # deactivate() is waiting for them or releasing resources
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     @property
@@ -144,16 +162,41 @@ class BaseRunner:
                 self.activate_impl()
                 self.is_active = True
                 self._was_activated = True
+                self._lazily_activated = False
         return self
 
     def deactivate(self) -> None:
-        """Release the backend's resources. A no-op when not active. Waits for a serialised call in flight."""
-        with self._activate_lock, self._lock:
-            if self.is_active:
-                try:
+        """Release the backend's resources. A no-op when not active. Waits for the calls in flight."""
+        with self._activate_lock:
+            with self._calls:
+                self._closing = True
+                self._calls.wait_for(lambda: self._in_flight == 0)
+            try:
+                if self.is_active:
                     self.deactivate_impl()
-                finally:
-                    self.is_active = False
+            finally:
+                self.is_active = False
+                with self._calls:
+                    self._closing = False
+                    self._calls.notify_all()
+
+    def _begin_call(self) -> None:
+        """Count a call in flight, activating first if needed (after any deactivate() under way)."""
+        while True:
+            with self._calls:
+                self._calls.wait_for(lambda: not self._closing)
+                if self.is_active:
+                    self._in_flight += 1
+                    return
+            logger.debug("%s: activating on first infer()", self.name)
+            self.activate()  # then check again: a deactivate() may have come in between
+            self._lazily_activated = True
+
+    def _end_call(self) -> None:
+        with self._calls:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._calls.notify_all()
 
     def __enter__(self) -> "BaseRunner":
         return self.activate()
@@ -163,8 +206,11 @@ class BaseRunner:
 
     def __del__(self) -> None:
         if getattr(self, "is_active", False):
-            logger.warning("%s was activated but never deactivated; use it as a context manager or call "
-                           "deactivate() to release its resources", getattr(self, "name", type(self).__name__))
+            # Activated by its first infer() (documented, lazy use): releasing it now is expected. Activated
+            # explicitly: the caller meant to deactivate it and did not.
+            level = logging.DEBUG if getattr(self, "_lazily_activated", False) else logging.WARNING
+            logger.log(level, "%s was activated but never deactivated; use it as a context manager or call "
+                       "deactivate() to release its resources", getattr(self, "name", type(self).__name__))
             try:
                 self.deactivate()
             except Exception:  # interpreter shutdown: modules may already be gone
@@ -193,14 +239,15 @@ class BaseRunner:
             RuntimeInputError: the input does not fit :attr:`input_spec` (the message says what would).
         """
         feed = self.check_input(x, lengths, check_finite=self.check_finite if check_finite is None else check_finite)
-        if not self.is_active:
-            logger.debug("%s: activating on first infer()", self.name)
-            self.activate()
-        if self._serialize:
-            with self._lock:
+        self._begin_call()
+        try:
+            if self._serialize:
+                with self._lock:
+                    out = self.infer_impl(feed)
+            else:
                 out = self.infer_impl(feed)
-        else:
-            out = self.infer_impl(feed)
+        finally:
+            self._end_call()
         return self._match_output_kind(out, x if feed.is_torch else None)
 
     def check_input(self, x: Any, lengths: Any = None, *, check_finite: bool = False) -> Feed:
@@ -273,6 +320,9 @@ class BaseRunner:
             raise RuntimeInputError("the cnn stage takes no lengths (frames are independent); pass lengths to the "
                                     "bilstm or model stage")
         arr = _to_numpy(lengths)
+        if arr.shape != (batch,) and arr.size == 0:  # an empty list is float64 to numpy: say what is missing
+            raise RuntimeInputError(f"lengths must have shape ({batch},), one per clip of the batch, got an empty "
+                                    f"{arr.shape} array")
         if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
             raise RuntimeInputError(f"lengths must be integers (frames per clip, 1..T={time}), got dtype {arr.dtype}")
         if arr.shape != (batch,):

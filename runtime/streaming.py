@@ -59,6 +59,9 @@ def _softmax_top1(logits: np.ndarray) -> tuple:
 
 
 def _find_pair(folder: Path, backend: str) -> tuple:
+    if backend == "torch":
+        raise RuntimeInputError(f"{folder} is an export folder (ONNX graphs or engines); the torch backend runs a .pt "
+                                "checkpoint: pass the checkpoint, or backend='auto'/'onnxruntime'/'tensorrt'")
     engines = [(folder / f"cnn{s}", folder / f"bilstm{s}") for s in (".engine", ".plan")]
     onnx = (folder / "cnn.onnx", folder / "bilstm.onnx")
     if backend in ("auto", "tensorrt"):
@@ -100,7 +103,7 @@ class StreamingClassifier:
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
                  resize: bool = False, **options) -> None:
-        from .backends import load
+        from .backends import check_options, load
 
         if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise RuntimeInputError(f"window must be an integer >= 1, got {window!r}")
@@ -113,8 +116,11 @@ class StreamingClassifier:
             cnn, bilstm = runner_or_path
             self._owns = False
         elif isinstance(runner_or_path, BaseRunner):
+            source = getattr(runner_or_path, "path", None)
+            hint = (f"StreamingClassifier({str(Path(source).parent)!r}) (the folder of {Path(source).name})"
+                    if source is not None else "the checkpoint path")
             raise RuntimeInputError(f"streaming needs separate cnn and bilstm runners, got one {runner_or_path.stage} "
-                                    "runner; pass (cnn_runner, bilstm_runner), a checkpoint or an export directory")
+                                    f"runner; pass {hint}, or a (cnn_runner, bilstm_runner) pair")
         elif isinstance(runner_or_path, (str, os.PathLike)):
             path = Path(runner_or_path)
             if path.is_dir():
@@ -136,12 +142,16 @@ class StreamingClassifier:
 
                 if backend not in ("auto", "torch"):
                     raise RuntimeInputError(f"a checkpoint runs on the torch backend, not {backend!r}")
+                check_options("torch", options)
                 try:
                     ckpt = load_checkpoint(path)  # once, shared by both stages
                 except CheckpointError as e:
                     raise RuntimeInputError(str(e)) from e
                 cnn = TorchRunner(ckpt, device=device, stage="cnn", **options)
                 bilstm = TorchRunner(ckpt, device=device, stage="bilstm", **options)
+            elif path.is_file() and path.suffix.lower() in (".onnx", ".engine", ".plan"):
+                raise RuntimeInputError(f"streaming runs the separate cnn and bilstm graphs, not {path.name}; pass the "
+                                        f"folder that holds them: StreamingClassifier({str(path.parent)!r})")
             else:
                 raise RuntimeInputError(f"{path} is neither a .pt checkpoint nor an export directory (with cnn.onnx + "
                                         "bilstm.onnx or cnn/bilstm engines)")

@@ -76,16 +76,17 @@ def rng():
 
 def assert_threads_agree_with_one_thread(runner, inputs, threads: int = 8, calls: int = 200) -> None:
     """``threads`` threads x ``calls`` calls of ``runner.infer`` over ``inputs`` ((x, lengths) pairs, taken in turn)
-    give exactly the clip logits of one thread, and raise nothing. Different shapes and lengths in ``inputs`` catch
-    state shared between calls."""
-    expected = [runner.infer(x, ln)["clip_logits"] for x, ln in inputs]
+    give exactly the outputs of one thread (every output: frame and clip logits, or features), and raise nothing.
+    Different shapes and lengths in ``inputs`` catch state shared between calls."""
+    expected = [runner.infer(x, ln) for x, ln in inputs]
     errors, mismatches = [], []
 
     def work(k):
         try:
             for j in range(calls):
                 i = (k + j) % len(inputs)
-                if not np.array_equal(runner.infer(*inputs[i])["clip_logits"], expected[i]):
+                out = runner.infer(*inputs[i])
+                if set(out) != set(expected[i]) or not all(np.array_equal(out[n], expected[i][n]) for n in out):
                     mismatches.append((k, j))
         except Exception as e:  # surfaced below: an exception in a thread must fail the test
             errors.append(e)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -158,6 +160,12 @@ def test_lifecycle_and_del_warning(tiny_checkpoint, caplog):
     with caplog.at_level("WARNING", logger="runtime.base"):
         r2.__del__()
     assert "never deactivated" in caplog.text and not r2.is_active
+    caplog.clear()
+    r3 = runtime.load(tiny_checkpoint, device="cpu")
+    r3.infer(np.zeros((1, 1, 3, H, W), np.float32))  # activated lazily, as load() documents: no warning
+    with caplog.at_level("WARNING", logger="runtime.base"):
+        r3.__del__()
+    assert caplog.text == "" and not r3.is_active
 
 
 # --- preprocessing -----------------------------------------------------------------------------------------------
@@ -207,6 +215,7 @@ BAD_INPUTS = [
     ("lengths_bool", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([True, True])), "integers"),
     ("lengths_zero", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([3, 0])), r"1\.\.T=3.*min 0"),
     ("lengths_over_t", lambda: (np.zeros((2, 3, 3, H, W), np.float32), np.array([4, 1])), r"1\.\.T=3.*max 4"),
+    ("lengths_empty", lambda: (np.zeros((2, 3, 3, H, W), np.float32), []), r"shape \(2,\).*empty"),
 ]
 
 
@@ -357,6 +366,16 @@ def test_load_argument_errors(tmp_path, tiny_checkpoint, onnx_paths):
                 runtime.load(path, device=device)
     with pytest.raises(RuntimeInputError, match="contradicts providers"):
         runtime.load(onnx_paths["model"], device="cuda", providers=["CPUExecutionProvider"])
+    # An int device is a CUDA index for every backend: here, with no GPU provider, that is an error, not the CPU.
+    with pytest.raises(RuntimeInputError, match="device 'cuda:1' asked for, but this onnxruntime has no GPU"):
+        runtime.load(onnx_paths["model"], device=1)
+    with pytest.raises(RuntimeInputError, match="providers must be a list"):
+        runtime.load(onnx_paths["model"], providers="CPUExecutionProvider")
+    for threads in (2.7, "2", True, 0):
+        with pytest.raises(RuntimeInputError, match="intra_op_threads must be an integer >= 1"):
+            runtime.load(onnx_paths["model"], intra_op_threads=threads)
+    with pytest.raises(RuntimeInputError, match="allow_spinning must be True or False"):
+        runtime.load(onnx_paths["model"], allow_spinning="no")
     with pytest.raises(RuntimeInputError, match="device must be"):
         StreamingClassifier(tiny_checkpoint, device="gpu")
 
@@ -364,13 +383,56 @@ def test_load_argument_errors(tmp_path, tiny_checkpoint, onnx_paths):
 # --- threads and memory --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["ort", "torch"])
+@pytest.fixture(scope="module")
+def torch_fast_model(tiny_checkpoint):
+    # The fast path on CPU: shared static buffers per bucket, calls serialised by the runner's lock.
+    with runtime.load(tiny_checkpoint, device="cpu", fast=True, buckets=((1, 2), (1, 2)), max_buckets=2) as r:
+        yield r
+
+
+@pytest.mark.parametrize("which", ["ort", "torch", "torch_fast"])
 def test_threads_give_the_same_results_as_one_thread(which, request):
-    runner = request.getfixturevalue({"ort": "ort_model", "torch": "torch_model"}[which])
+    runner = request.getfixturevalue(f"{which}_model")
     # Tiny inputs (1-2 frames) keep 8 x 200 calls quick.
     inputs = [(_frames(1 + i % 2, 1 + i % 2, seed=i), None if i % 2 == 0 else np.array([2, 1]))
               for i in range(6)]
     assert_threads_agree_with_one_thread(runner, inputs)
+
+
+@pytest.mark.parametrize("which", ["ort", "torch", "torch_fast"])
+def test_deactivate_while_other_threads_infer(which, tiny_checkpoint, onnx_paths):
+    """deactivate() from one thread while others call infer(): it waits for the calls in flight, later calls
+    activate the runner again, and every call returns the right outputs (none sees released resources)."""
+    path = onnx_paths["model"] if which == "ort" else tiny_checkpoint
+    options = {"fast": True, "buckets": ((1, 2), (1, 2))} if which == "torch_fast" else {}
+    runner = runtime.load(path, device="cpu", **options)
+    x = _frames(2, 2, seed=5)
+    expected = runner.infer(x)["clip_logits"]
+    errors, results = [], []
+    stop = threading.Event()
+
+    def call():
+        try:
+            while not stop.is_set():
+                results.append(np.array_equal(runner.infer(x)["clip_logits"], expected))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    pool = [threading.Thread(target=call) for _ in range(3)]
+    for t in pool:
+        t.start()
+    try:
+        for _ in range(15):
+            runner.deactivate()
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in pool:
+            t.join()
+        runner.deactivate()
+    assert not errors, errors[:3]
+    assert results and all(results)
+    assert not runner.is_active and runner._in_flight == 0
 
 
 def _rss_mb() -> float:
@@ -483,3 +545,36 @@ def test_import_runtime_is_cheap():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_provider_choice_for_an_int_device_and_the_session_gpu():
+    from runtime.backends.onnxrt import choose_providers, gpu_device_id
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = choose_providers(gpu, 1, None)  # device=1 is cuda:1, as for the TensorRT and PyTorch runners
+    assert chosen == [("TensorrtExecutionProvider", {"device_id": 1}), ("CUDAExecutionProvider", {"device_id": 1}),
+                      "CPUExecutionProvider"]
+    assert gpu_device_id(chosen) == 1
+    assert gpu_device_id(choose_providers(gpu, "cuda", None)) == 0
+    assert gpu_device_id([("CUDAExecutionProvider", {"device_id": 2}), "CPUExecutionProvider"]) == 2
+    assert gpu_device_id(["CUDAExecutionProvider"]) == 0 and gpu_device_id(["CPUExecutionProvider"]) is None
+    assert choose_providers(gpu, "cpu", None) == ["CPUExecutionProvider"]
+
+
+def test_onnx_runtime_session_is_released_at_deactivate_and_made_again(onnx_paths, tmp_path):
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(onnx_paths["model"].parent, folder)
+    r = runtime.load(folder / "model.onnx", device="cpu")
+    x = _frames(1, 2)
+    first = r.infer(x)
+    r.deactivate()
+    assert r.session is None  # the memory goes with the session, not with the runner
+    again = r.infer(x)  # activates: a new session of the same file
+    assert r.session is not None and np.array_equal(again["clip_logits"], first["clip_logits"])
+    r.deactivate()
+    shutil.copy(folder / "cnn.onnx", folder / "model.onnx")  # replaced on disk while deactivated
+    with pytest.raises(RuntimeInputError):
+        r.activate()
+    assert not r.is_active and r.session is None

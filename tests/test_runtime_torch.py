@@ -11,6 +11,7 @@ import torch
 from conftest import TINY_CONFIG  # noqa: E402
 
 import runtime
+from runtime import RuntimeInputError
 from runtime.backends.torch_backend import ExactBiLSTM, fold_conv_bn
 
 H, W = TINY_CONFIG.frame_size
@@ -94,10 +95,37 @@ def test_fast_path_reuses_buckets(fast_cpu):
     n = len(fast_cpu._buckets)
     fast_cpu.infer(torch.randn(4, 4, 3, H, W), torch.tensor([4, 2, 1, 3]))
     assert len(fast_cpu._buckets) == n and (4, 4, False) in fast_cpu._buckets
-    # Full-length clips keep their exact T (fused bidirectional kernel) and share batch buckets only.
+    # Full-length clips whose T fills a time bucket get the fused bidirectional kernel's bucket; a full-length T
+    # between buckets pads time like mixed lengths do, so buckets stay bounded whatever T the calls bring.
     fast_cpu.infer(torch.randn(3, 3, 3, H, W))
     fast_cpu.infer(torch.randn(4, 3, 3, H, W), torch.tensor([3, 3, 3, 3]))
-    assert (4, 3, True) in fast_cpu._buckets and len(fast_cpu._buckets) == n + 1
+    assert len(fast_cpu._buckets) == n
+    fast_cpu.infer(torch.randn(3, 4, 3, H, W))
+    assert (4, 4, True) in fast_cpu._buckets and len(fast_cpu._buckets) == n + 1
+
+
+def test_fast_path_keeps_at_most_max_buckets(tiny_checkpoint, tiny_model):
+    """Every (B, T) a long-running app may bring: the buckets stay bounded, the least recently used goes first, and
+    the outputs stay exact whether a bucket is new, kept or rebuilt."""
+    with runtime.load(tiny_checkpoint, device="cpu", fast=True, buckets=((1, 2, 4), (2, 4, 8)), max_buckets=3) as r:
+        gen = torch.Generator().manual_seed(3)
+        for b, t in [(1, 2), (2, 4), (1, 2), (4, 8), (3, 7), (1, 1), (2, 3), (4, 5), (1, 2)]:
+            x = torch.randn(b, t, 3, H, W, generator=gen)
+            with torch.no_grad():
+                ref_frame, ref_clip = tiny_model(x)
+            out = r.infer(x)
+            assert _rel(out["frame_logits"], ref_frame) < 1e-5 and _rel(out["clip_logits"], ref_clip) < 1e-5
+            assert len(r._buckets) <= 3
+        # The last calls, newest last: (2, 3) -> (2, 4) padded, (4, 5) -> (4, 8) padded, (1, 2) full length.
+        assert list(r._buckets) == [(2, 4, False), (4, 8, False), (1, 2, True)]
+    with pytest.raises(RuntimeInputError, match="max_buckets must be an integer >= 1"):
+        runtime.load(tiny_checkpoint, device="cpu", fast=True, max_buckets=0)
+
+
+@pytest.mark.parametrize(("option", "value"), [("fast", "no"), ("cuda_graphs", 1), ("channels_last", "False")])
+def test_flags_must_be_booleans(tiny_checkpoint, option, value):
+    with pytest.raises(RuntimeInputError, match=f"{option} must be True"):
+        runtime.load(tiny_checkpoint, device="cpu", **{option: value})
 
 
 @pytest.mark.parametrize("stage", ["cnn", "bilstm"])

@@ -876,6 +876,11 @@ def test_device_must_be_cuda(engine, fakes):
         load(engine, fakes, device="cpu")
     load(engine, fakes, device="cuda:1")
     assert fakes.cuda.rt.device_set == 1
+    for bad in (True, -1):  # True is not device 1, and no device is negative
+        with pytest.raises(RuntimeInputError, match="device must be"):
+            load(engine, fakes, device=bad)
+    with pytest.raises(RuntimeInputError, match="cuda_graphs must be True or False"):
+        load(engine, fakes, cuda_graphs="yes")
 
 
 # ======================================================================================================================

@@ -58,6 +58,15 @@ def test_stream_from_onnx_export_dir_and_runner_pair(tiny_checkpoint, tiny_model
         with StreamingClassifier((cnn, bilstm), window=WINDOW) as stream:
             _check_stream(stream, tiny_model, n_frames=5)
         assert cnn.is_active  # runners passed in belong to the caller
+    # What streaming cannot run, each refused with the call that would work.
+    folder = str(tmp_path / "export")
+    with pytest.raises(RuntimeInputError, match=f"pass the folder that holds them: StreamingClassifier\\('{folder}'"):
+        StreamingClassifier(paths["model"])
+    with runtime.load(paths["model"]) as single:
+        with pytest.raises(RuntimeInputError, match=f"got one model runner; pass StreamingClassifier\\('{folder}'"):
+            StreamingClassifier(single)
+    with pytest.raises(RuntimeInputError, match="the torch backend runs a .pt checkpoint"):
+        StreamingClassifier(folder, backend="torch")
 
 
 def test_cnn_runs_once_per_frame(tiny_checkpoint, tiny_model):
@@ -87,6 +96,8 @@ def test_stream_errors(tiny_checkpoint, tmp_path):
         StreamingClassifier(tmp_path)
     with pytest.raises(RuntimeInputError, match="runtime_cache names one file, but streaming runs two engines"):
         StreamingClassifier(tmp_path, runtime_cache=tmp_path / "kernels.rtcache")
+    with pytest.raises(RuntimeInputError, match=r"unknown options \['bogus'\] for the torch backend"):
+        StreamingClassifier(tiny_checkpoint, bogus=1)
     with runtime.load(tiny_checkpoint, device="cpu") as model_runner:
         with pytest.raises(RuntimeInputError, match="separate cnn and bilstm runners"):
             StreamingClassifier(model_runner)

@@ -76,7 +76,7 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
             Defaults to None.
         backend (str): "auto" (by extension) or the backend the extension implies. Defaults to "auto".
         **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``cnn_form``,
-            ``buckets``, ``channels_last`` (torch);
+            ``buckets``, ``max_buckets``, ``channels_last`` (torch);
             ``providers``, ``intra_op_threads``, ``allow_spinning``, ``openvino_precision`` (onnxruntime);
             ``cuda_graphs``, ``runtime_cache`` (tensorrt);
             ``check_finite`` (all).
@@ -103,14 +103,27 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
     if backend != "auto" and backend != implied:
         raise RuntimeInputError(f"backend {backend!r} cannot read a {path.suffix} file; {path.suffix} files run on "
                                 f"{implied!r} (or pass backend='auto')")
-    cls = runner_class(implied)
+    cls = check_options(implied, options)
+    sniff_file(path, implied)
+    return cls(path, device=device, **options)
+
+
+def check_options(backend: str, options: dict):
+    """Refuse options the backend's runner does not take (a clear error instead of a TypeError).
+
+    Returns:
+        type: the runner class.
+
+    Raises:
+        RuntimeInputError: unknown options, naming the valid ones.
+    """
+    cls = runner_class(backend)
     valid = _option_names(cls)
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise RuntimeInputError(f"unknown options {unknown} for the {implied} backend; valid options: "
+        raise RuntimeInputError(f"unknown options {unknown} for the {backend} backend; valid options: "
                                 f"{', '.join(sorted(valid))}")
-    sniff_file(path, implied)
-    return cls(path, device=device, **options)
+    return cls
 
 
 def _option_names(cls) -> set:

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..base import BaseRunner, Feed, check_device
+from ..base import BaseRunner, Feed, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import METADATA_KEY, InputSpec, ModelMetadata, check_export_file
 
@@ -68,8 +68,11 @@ def choose_providers(available: Sequence[str], device: Optional[str], requested:
     Raises:
         RuntimeInputError: a requested provider is not available, or a CUDA device without a GPU EP.
     """
-    dev = str(device) if device is not None else None
+    dev = _device_name(device)
     if requested is not None:
+        if isinstance(requested, str) or not isinstance(requested, (list, tuple)):
+            raise RuntimeInputError(f"providers must be a list of provider names (or (name, options) pairs), got "
+                                    f"{requested!r}; e.g. providers=['CPUExecutionProvider']")
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in requested]
         variants = [n for n in names if str(n).startswith(OPENVINO + ".")]
         if variants:
@@ -98,6 +101,26 @@ def choose_providers(available: Sequence[str], device: Optional[str], requested:
         device_id = int(dev.split(":")[1]) if ":" in dev else 0
         chosen = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in chosen]
     return chosen or ["CPUExecutionProvider"]
+
+
+def _device_name(device) -> Optional[str]:
+    """None, "cpu", "cuda" or "cuda:N" for a device that passed :func:`runtime.base.check_device` (an int N is
+    CUDA device N, as for the other backends)."""
+    if device is None:
+        return None
+    if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
+        return f"cuda:{int(device)}"
+    return str(device)
+
+
+def gpu_device_id(providers: Sequence) -> Optional[int]:
+    """The CUDA device a session of ``providers`` runs on (its first GPU provider's ``device_id``, else 0), or None
+    without a GPU provider."""
+    for p in providers:
+        name, options = (p[0], p[1] if len(p) > 1 else {}) if isinstance(p, (tuple, list)) else (p, {})
+        if name in GPU_PROVIDERS:
+            return int((options or {}).get("device_id", 0))
+    return None
 
 
 def _session_options(ort, intra_op_threads: Optional[int], allow_spinning: bool):
@@ -292,25 +315,23 @@ class OnnxRuntimeRunner(BaseRunner):
         ort = _ort()
         self.path = Path(path)
         self.device = device
-        if intra_op_threads is not None and int(intra_op_threads) < 1:
-            raise RuntimeInputError(f"intra_op_threads must be >= 1 (or None), got {intra_op_threads}")
+        if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(
+                intra_op_threads, (int, np.integer)) or intra_op_threads < 1):
+            raise RuntimeInputError(f"intra_op_threads must be an integer >= 1 (or None), got {intra_op_threads!r}")
+        check_flag(allow_spinning, "allow_spinning")
         self._providers = choose_providers(ort.get_available_providers(), device, providers)
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in self._providers]
         openvino = OPENVINO in names
         if openvino_precision is not None and not openvino:
             raise RuntimeInputError(f"openvino_precision applies to {OPENVINO} only; add it to providers= (providers "
                                     f"now: {names})")
-        opts = _session_options(ort, intra_op_threads, allow_spinning)
-        self._cnn_session = None  # set when a model graph runs as cnn (OpenVINO) + bilstm (CPU EP)
+        self._threads, self._allow_spinning = intra_op_threads, allow_spinning
+        self._openvino = None
         if openvino:
             entry = self._providers[names.index(OPENVINO)]
-            add_openvino(ort, opts, openvino_precision or "f32", intra_op_threads,
-                         dict(entry[1]) if isinstance(entry, (tuple, list)) else None)
-            graph = self._openvino_graph(ort, opts, intra_op_threads)
-        else:
-            graph = _Graph(ort, self.path, opts, self._providers)
-        self.session = graph.session
-        self._options = opts
+            self._openvino = (openvino_precision or "f32",
+                              dict(entry[1]) if isinstance(entry, (tuple, list)) else None)
+        graph = self._open(ort)  # here, not at activation, so that file errors surface from load()
         super().__init__(graph.metadata, graph.spec, check_finite=check_finite)
         # Which provider runs each part of the graph; provider is the one that runs the CNN when there is one.
         self.stage_providers = {"cnn": graph.provider, "bilstm": graph.provider}
@@ -321,6 +342,19 @@ class OnnxRuntimeRunner(BaseRunner):
         self._on_gpu = self.provider in GPU_PROVIDERS
         self._serialize = False
         logger.debug("%s: providers %s", self.name, self.stage_providers)
+
+    def _open(self, ort) -> _Graph:
+        """Create the session(s) (again after a deactivate: they hold the model's memory, on a GPU too)."""
+        opts = _session_options(ort, self._threads, self._allow_spinning)
+        self._cnn_session = None  # set when a model graph runs as cnn (OpenVINO) + bilstm (CPU EP)
+        if self._openvino is not None:
+            precision, ep_options = self._openvino
+            add_openvino(ort, opts, precision, self._threads, ep_options)
+            graph = self._openvino_graph(ort, opts, self._threads)
+        else:
+            graph = _Graph(ort, self.path, opts, self._providers)
+        self.session, self._options = graph.session, opts
+        return graph
 
     def _openvino_graph(self, ort, openvino_opts, threads: Optional[int]) -> _Graph:
         """The file on OpenVINO, with the BiLSTM kept on the CPU EP (OpenVINO's LSTM ignores sequence_lens in reverse).
@@ -358,10 +392,16 @@ class OnnxRuntimeRunner(BaseRunner):
         return bilstm
 
     def activate_impl(self) -> None:
-        pass  # the session is created in __init__ so that file errors surface from load()
+        if self.session is not None:  # the session(s) made by __init__, not yet released
+            return
+        graph = self._open(_ort())
+        if graph.metadata != self.metadata:
+            self.session = self._cnn_session = None
+            raise RuntimeInputError(f"{self.path} changed on disk since it was loaded (it now holds another model); "
+                                    "load it again with runtime.load")
 
     def deactivate_impl(self) -> None:
-        pass
+        self.session = self._cnn_session = None  # ONNX Runtime frees a session's memory with its last reference
 
     def _feeds(self, feed: Feed) -> dict:
         feeds = {self.input_spec.input_name: feed.x}
@@ -387,7 +427,14 @@ class OnnxRuntimeRunner(BaseRunner):
         x = feed.x
         on_cuda = feed.is_torch and x.is_cuda
         if on_cuda:
-            binding.bind_input(name, "cuda", x.device.index or 0, np.float32, tuple(x.shape), x.data_ptr())
+            import torch
+
+            index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+            session_id = gpu_device_id(self._providers)
+            if index != session_id:  # ONNX Runtime would read another GPU's address
+                raise RuntimeInputError(f"the input is on cuda:{index}, but this session runs on cuda:{session_id}; "
+                                        f"move it there (x.to('cuda:{session_id}'))")
+            binding.bind_input(name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
         else:
             binding.bind_cpu_input(name, x.detach().cpu().numpy() if feed.is_torch else x)
         if self.input_spec.takes_lengths:
@@ -395,11 +442,9 @@ class OnnxRuntimeRunner(BaseRunner):
         shapes = self._output_shapes(feed)
         outputs = {}
         if on_cuda:
-            import torch
-
             for out_name, shape in shapes.items():
                 t = torch.empty(shape, dtype=torch.float32, device=x.device)
-                binding.bind_output(out_name, "cuda", x.device.index or 0, np.float32, shape, t.data_ptr())
+                binding.bind_output(out_name, "cuda", index, np.float32, shape, t.data_ptr())
                 outputs[out_name] = t
             torch.cuda.current_stream(x.device).synchronize()  # x must be written before ORT's stream reads it
             self.session.run_with_iobinding(binding)

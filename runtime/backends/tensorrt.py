@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..base import BaseRunner, Feed
+from ..base import BaseRunner, Feed, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import InputSpec, ModelMetadata, Profile
 
@@ -167,6 +167,8 @@ class TrtRunner(BaseRunner):
     def __init__(self, path, device=None, *, cuda_graphs: bool = False, trt_backend: str = "auto",
                  runtime_cache: Any = None, check_finite: bool = False, trt_module: Any = None,
                  cuda_api: Any = None) -> None:
+        check_device(device)
+        check_flag(cuda_graphs, "cuda_graphs")
         self.path = Path(path)
         self.device_index = _device_index(device)
         report = read_report(self.path)

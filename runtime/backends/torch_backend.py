@@ -15,17 +15,20 @@ Fast (``fast=True``, the default on CUDA):
     of "folded", times the rest and keeps the fastest, like ``cudnn.benchmark`` one level up;
     :attr:`TorchRunner.bucket_forms` says which form each bucket uses. Building a bucket costs three captures.
 * BiLSTM, two exact forms, float32 by default (``precision="fp16-all"`` runs it and the heads in float16):
-  - every clip of the call is T frames long (no ``lengths``, or all equal to T): cuDNN's fused bidirectional LSTM,
-    the fastest form. Batch rows added to reach a bucket are independent of the real rows, so this is exact; the
-    time axis is never padded in this form (its graphs are keyed by the exact T);
-  - clips of mixed lengths: :class:`ExactBiLSTM`, the bidirectional weights split into two unidirectional cuDNN
+  - every clip of the call is T frames long (no ``lengths``, or all equal to T) and T is one of the time buckets:
+    cuDNN's fused bidirectional LSTM, the fastest form. Batch rows added to reach a bucket are independent of the
+    real rows, so this is exact (the time axis is not padded in this form);
+  - clips of mixed lengths, or a T between buckets: :class:`ExactBiLSTM`, the bidirectional weights split into two
+    unidirectional cuDNN
     LSTMs per layer. The reverse direction runs on per-clip reversed inputs (index ``len_b - 1 - t`` for
     ``t < len_b``), so padding never enters either direction: padding time up to a bucket is exact, and unlike
     packed sequences it can be captured in a CUDA graph. It costs more than the fused kernel (two sequential chains).
 * CUDA graphs, one per bucket, captured on first use with static input/output buffers: an input is copied into the
   smallest bucket that holds it (padded clips get length 1, padded steps are masked) and the outputs are sliced back
   to the input's shape. A shape beyond the largest bucket runs the same fast modules eagerly (exact, just without
-  the graph's launch savings) and logs that once.
+  the graph's launch savings) and logs that once. So the buckets a runner can build are bounded (two per (batch,
+  time) bucket pair), and at most ``max_buckets`` are kept: the least recently used one is dropped (with its graph
+  and buffers) to make room, and rebuilt if its shape comes back.
 
 On CPU, ``fast=True`` gives the folded float32 CNN (another ``cnn_form`` on request) and :class:`ExactBiLSTM`
 without graphs (for testing the padding logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True``
@@ -41,6 +44,7 @@ import copy
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -48,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..base import BaseRunner, Feed, check_device
+from ..base import BaseRunner, Feed, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import InputSpec, ModelMetadata, metadata_from_checkpoint
 
@@ -416,23 +420,32 @@ class TorchRunner(BaseRunner):
             None means (1, 2, 4, ..., 64) and (1, 2, 4, ..., 128). Larger inputs run the fast modules without a graph.
             Defaults to None.
         channels_last (bool): channels_last CNN on the fast path. Defaults to True.
+        max_buckets (int): buckets (each with its static buffers and CUDA graph) kept at once; the least recently
+            used is dropped beyond it. Defaults to 32.
         check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
 
     Raises:
         RuntimeInputError: unreadable checkpoint, unknown stage, precision or CNN form, fp16 on CPU, a CNN form
-            without the fast path, bad buckets.
+            without the fast path, bad buckets or max_buckets, a flag that is not True/False.
     """
 
     backend_name = "torch"
 
     def __init__(self, checkpoint, device=None, *, stage: str = "model", fast: Optional[bool] = None,
                  precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: Optional[str] = None,
-                 buckets: Optional[tuple] = None, channels_last: bool = True, check_finite: bool = False) -> None:
+                 buckets: Optional[tuple] = None, channels_last: bool = True, max_buckets: int = 32,
+                 check_finite: bool = False) -> None:
         from ..checkpoint import CheckpointError, load_checkpoint
 
         if stage not in STAGES:
             raise RuntimeInputError(f"stage must be one of {STAGES}, got {stage!r}")
         check_device(device)
+        check_flag(fast, "fast", allow_none=True)
+        for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last)):
+            check_flag(flag, name)
+        if isinstance(max_buckets, bool) or not isinstance(max_buckets, (int, np.integer)) or max_buckets < 1:
+            raise RuntimeInputError(f"max_buckets must be an integer >= 1, got {max_buckets!r}")
+        self.max_buckets = int(max_buckets)
         if isinstance(checkpoint, (str, os.PathLike)):
             try:
                 checkpoint = load_checkpoint(Path(checkpoint), map_location="cpu")
@@ -470,7 +483,7 @@ class TorchRunner(BaseRunner):
         self._serialize = self.fast  # static buffers and graphs are shared state
         self._model = None
         self._fast_model = None
-        self._buckets: dict = {}
+        self._buckets: OrderedDict = OrderedDict()  # least recently used first
         self._warned_large = False
         # The CNN form for shapes beyond the largest bucket; under "auto" "folded" (no form was timed at such shapes).
         self._large_form = None
@@ -484,8 +497,8 @@ class TorchRunner(BaseRunner):
     def bucket_forms(self) -> dict:
         """{(batch, time, full_length): CNN form} of every bucket built so far; empty for the bilstm stage.
 
-        ``full_length`` buckets serve calls whose clips are all T frames long and keep that exact T; the others pad
-        time to a bucket (see the module docstring).
+        ``full_length`` buckets serve calls whose clips are all T frames long with T a time bucket (the fused
+        bidirectional kernel); the others pad time to a bucket (see the module docstring).
         """
         if self.stage == "bilstm":
             return {}
@@ -516,11 +529,16 @@ class TorchRunner(BaseRunner):
 
     def warmup(self, shapes: Sequence[tuple]) -> None:
         """Capture the graphs of the buckets that hold each (batch, time) in ``shapes`` now, not on first use."""
-        self.activate()
-        if self.fast:
+        if not self.fast:
+            self.activate()
+            return
+        self._begin_call()  # counts as a call: a deactivate() waits for it
+        try:
             for b, t in shapes:
                 with self._lock:
                     self._bucket_for(int(b), int(t), full_length=True)
+        finally:
+            self._end_call()
 
     def _bucket_size(self, value: int, buckets: tuple) -> Optional[int]:
         for v in buckets:
@@ -529,13 +547,21 @@ class TorchRunner(BaseRunner):
         return None
 
     def _bucket_for(self, b: int, t: int, full_length: bool = False) -> Optional[_Bucket]:
-        """The bucket for a (b, t) call; ``full_length`` calls (no clip shorter than t) keep their exact t."""
+        """The bucket for a (b, t) call, built on first use; ``full_length``: no clip is shorter than t."""
         bb, tb = self._bucket_size(b, self.batch_buckets), self._bucket_size(t, self.time_buckets)
         if bb is None or tb is None:
             return None
-        full_length = full_length and self.stage != "cnn"  # the CNN has no time coupling: always pad time
-        key = (bb, t, True) if full_length else (bb, tb, False)
-        if key not in self._buckets:
+        # The fused kernel needs every step real, so only a t that fills its time bucket can use it; the CNN has no
+        # time coupling and always pads. Keying by bucket, not by t, bounds how many buckets can ever be built.
+        full_length = full_length and self.stage != "cnn" and t == tb
+        key = (bb, tb, full_length)
+        if key in self._buckets:
+            self._buckets.move_to_end(key)
+        else:
+            if len(self._buckets) >= self.max_buckets:
+                old, _ = self._buckets.popitem(last=False)
+                logger.info("%s: dropped bucket %s, the least recently used, to keep max_buckets=%d; raise it to "
+                            "keep more shapes captured", self.name, old, self.max_buckets)
             item = tuple(self.input_spec.item_shape)
             logger.debug("%s: building bucket %s (graph=%s)", self.name, key, self.cuda_graphs)
             shape = key[:2] + item
