@@ -111,6 +111,18 @@ def check_flag(value, name: str, *, allow_none: bool = False) -> None:
     raise RuntimeInputError(f"{name} must be {valid}, got {value!r}")
 
 
+def check_count(value, name: str, *, allow_none: bool = False) -> None:
+    """Accept only an integer >= 1 (and None where the default is chosen later): no bools, floats or strings.
+
+    Raises:
+        RuntimeInputError: another value, naming the option.
+    """
+    if allow_none and value is None:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise RuntimeInputError(f"{name} must be an integer >= 1{' (or None)' if allow_none else ''}, got {value!r}")
+
+
 class BaseRunner:
     """Common lifecycle, validation and conveniences of every runner.
 

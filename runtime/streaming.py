@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import BaseRunner, _is_torch, _to_numpy
+from .base import BaseRunner, _is_torch, _to_numpy, check_count
 from .errors import RuntimeInputError
 from .preprocess import preprocess_frames
 
@@ -105,8 +105,7 @@ class StreamingClassifier:
                  resize: bool = False, **options) -> None:
         from .backends import check_options, load
 
-        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
-            raise RuntimeInputError(f"window must be an integer >= 1, got {window!r}")
+        check_count(window, "window")
         self.window = int(window)
         self.resize = bool(resize)
         self._owns = True

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..base import BaseRunner, Feed, check_device, check_flag
+from ..base import BaseRunner, Feed, check_count, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import METADATA_KEY, InputSpec, ModelMetadata, check_export_file
 
@@ -315,9 +315,7 @@ class OnnxRuntimeRunner(BaseRunner):
         ort = _ort()
         self.path = Path(path)
         self.device = device
-        if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(
-                intra_op_threads, (int, np.integer)) or intra_op_threads < 1):
-            raise RuntimeInputError(f"intra_op_threads must be an integer >= 1 (or None), got {intra_op_threads!r}")
+        check_count(intra_op_threads, "intra_op_threads", allow_none=True)
         check_flag(allow_spinning, "allow_spinning")
         self._providers = choose_providers(ort.get_available_providers(), device, providers)
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in self._providers]

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..base import BaseRunner, Feed, check_device, check_flag
+from ..base import BaseRunner, Feed, check_count, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import InputSpec, ModelMetadata, metadata_from_checkpoint
 
@@ -443,8 +443,7 @@ class TorchRunner(BaseRunner):
         check_flag(fast, "fast", allow_none=True)
         for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last)):
             check_flag(flag, name)
-        if isinstance(max_buckets, bool) or not isinstance(max_buckets, (int, np.integer)) or max_buckets < 1:
-            raise RuntimeInputError(f"max_buckets must be an integer >= 1, got {max_buckets!r}")
+        check_count(max_buckets, "max_buckets")
         self.max_buckets = int(max_buckets)
         if isinstance(checkpoint, (str, os.PathLike)):
             try:
