@@ -9,6 +9,10 @@ reference model (ResNet-34 cifar stem, 32x32, BiLSTM 2x256, seeded random weight
 first. ``--disable NAME`` turns off one of ONNX Runtime's graph transformers (e.g. ``NchwcTransformer``) to see what
 it was worth.
 
+FLOPs are those of the shapes ONNX Runtime ran. Its NCHWc layout (x86) pads channel counts to its block size (8 or
+16), so a layer whose channels are not a multiple of it is counted, and run, with the padded channels: more FLOPs
+than the model's own. The report says so when NCHWc nodes are present.
+
 The profiler adds a little time per node; quote latencies from the benchmark suite, and use this to see which layers
 are slow and how close they run to the machine's arithmetic peak.
 """
@@ -219,8 +223,12 @@ def profile_markdown(result: dict, top: int = 25) -> str:
         f"{result['node_ms_total']:.2f} ms",
     ]
     if counted_ms > 0:
-        lines.append(f"- nodes with known FLOPs: {counted_gflop:.2f} GFLOP in {counted_ms:.2f} ms = "
+        lines.append(f"- nodes with known FLOPs: {counted_gflop:.2f} GFLOP executed in {counted_ms:.2f} ms = "
                      f"{counted_gflop / counted_ms * 1e3:.0f} GFLOP/s")
+    if any(n["name"].endswith("_nchwc") for n in result["nodes"]):
+        lines.append("- NCHWc layout: its convolutions run with channel counts padded to ONNX Runtime's block size, "
+                     "and their FLOPs are counted as run (more than the model's where channels are not a multiple "
+                     "of the block)")
     lines += ["", "| operator | ms | share |", "|---|---|---|"]
     lines += [f"| {op} | {v['ms']:.2f} | {100 * v['share']:.1f}% |" for op, v in result["ops"].items()]
     lines += ["", f"Slowest {min(top, len(result['nodes']))} nodes (median over the calls):", "",

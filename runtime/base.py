@@ -156,6 +156,7 @@ class BaseRunner:
         self._calls = threading.Condition()  # guards the two below
         self._in_flight = 0  # infer() calls between activation check and return
         self._closing = False  # deactivate() is waiting for them or releasing resources
+        self._caller = threading.local()  # .depth: this thread's calls in flight (deactivate() inside one is refused)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     @property
@@ -169,28 +170,43 @@ class BaseRunner:
         Returns:
             BaseRunner: self.
         """
+        self._activate(lazily=False)
+        return self
+
+    def _activate(self, *, lazily: bool) -> None:
         with self._activate_lock:
             if not self.is_active:
                 self.activate_impl()
                 self.is_active = True
                 self._was_activated = True
-                self._lazily_activated = False
-        return self
+                self._lazily_activated = lazily
 
     def deactivate(self) -> None:
-        """Release the backend's resources. A no-op when not active. Waits for the calls in flight."""
+        """Release the backend's resources. A no-op when not active. Waits for the calls in flight.
+
+        Raises:
+            RuntimeError: called from inside one of this runner's own calls (it would wait for itself).
+        """
+        if getattr(self._caller, "depth", 0):
+            raise RuntimeError(f"{self.name}: deactivate() called from inside one of its own infer() calls, which it "
+                               "would wait for forever; call it after the call returns")
         with self._activate_lock:
-            with self._calls:
-                self._closing = True
-                self._calls.wait_for(lambda: self._in_flight == 0)
             try:
+                with self._calls:
+                    self._closing = True
+                    self._calls.wait_for(lambda: self._in_flight == 0)
                 if self.is_active:
                     self.deactivate_impl()
-            finally:
+                else:
+                    self.release_idle_impl()
+            finally:  # also on KeyboardInterrupt during the wait: later calls must not stay blocked
                 self.is_active = False
                 with self._calls:
                     self._closing = False
                     self._calls.notify_all()
+
+    def release_idle_impl(self) -> None:
+        """Free what a runner that was never activated (or already deactivated) still holds; most hold nothing."""
 
     def _begin_call(self) -> None:
         """Count a call in flight, activating first if needed (after any deactivate() under way)."""
@@ -199,12 +215,13 @@ class BaseRunner:
                 self._calls.wait_for(lambda: not self._closing)
                 if self.is_active:
                     self._in_flight += 1
+                    self._caller.depth = getattr(self._caller, "depth", 0) + 1
                     return
             logger.debug("%s: activating on first infer()", self.name)
-            self.activate()  # then check again: a deactivate() may have come in between
-            self._lazily_activated = True
+            self._activate(lazily=True)  # then check again: a deactivate() may have come in between
 
     def _end_call(self) -> None:
+        self._caller.depth -= 1
         with self._calls:
             self._in_flight -= 1
             if self._in_flight == 0:

@@ -578,3 +578,58 @@ def test_onnx_runtime_session_is_released_at_deactivate_and_made_again(onnx_path
     with pytest.raises(RuntimeInputError):
         r.activate()
     assert not r.is_active and r.session is None
+
+
+def test_lifecycle_edge_cases(onnx_paths, tiny_checkpoint, caplog):
+    """An interrupted deactivate() leaves no later call blocked; deactivate() from inside a call of the same runner
+    is refused instead of waiting for itself; a runner that never ran releases the session load() made; and only a
+    runner activated by infer() itself is released at garbage collection without a warning."""
+    x = _frames(1, 2)
+    r = runtime.load(onnx_paths["model"], device="cpu")
+    r.infer(x)
+
+    def interrupted(predicate, timeout=None):  # Ctrl-C while deactivate() waits for the calls in flight
+        raise KeyboardInterrupt
+
+    r._calls.wait_for = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        r.deactivate()
+    del r._calls.wait_for
+    assert not r._closing and not r.is_active
+    done = threading.Event()
+    threading.Thread(target=lambda: (r.infer(x), done.set()), daemon=True).start()
+    assert done.wait(30), "a call after an interrupted deactivate() stayed blocked"
+
+    inner_errors = []
+    original = r.infer_impl
+
+    def calls_deactivate(feed):
+        try:
+            r.deactivate()
+        except RuntimeError as e:
+            inner_errors.append(str(e))
+        return original(feed)
+
+    r.infer_impl = calls_deactivate
+    r.infer(x)
+    del r.infer_impl
+    assert inner_errors and "from inside one of its own infer() calls" in inner_errors[0]
+    assert r._in_flight == 0 and r.is_active
+    r.deactivate()
+
+    idle = runtime.load(onnx_paths["model"], device="cpu")
+    assert idle.session is not None  # made by load(), so that file errors surface there
+    idle.deactivate()
+    assert idle.session is None
+
+    for activate in ("warmup", "activate_then_infer"):
+        explicit = runtime.load(tiny_checkpoint, device="cpu", fast=True)
+        if activate == "warmup":
+            explicit.warmup([(1, 2)])
+        else:
+            explicit.activate()
+            explicit.infer(x)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="runtime.base"):
+            explicit.__del__()
+        assert "never deactivated" in caplog.text, activate

@@ -401,6 +401,9 @@ class OnnxRuntimeRunner(BaseRunner):
     def deactivate_impl(self) -> None:
         self.session = self._cnn_session = None  # ONNX Runtime frees a session's memory with its last reference
 
+    def release_idle_impl(self) -> None:
+        self.deactivate_impl()  # the session(s) load() made for a runner that never ran
+
     def _feeds(self, feed: Feed) -> dict:
         feeds = {self.input_spec.input_name: feed.x}
         if self.input_spec.takes_lengths:

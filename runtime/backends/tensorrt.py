@@ -313,8 +313,6 @@ class TrtRunner(BaseRunner):
             except (OSError, RuntimeError) as e:  # the kernels are only a cache: losing them costs a recompile
                 logger.warning("%s: could not save the runtime cache to %s: %s", self.name, self.runtime_cache_path,
                                e)
-            self._runtime_cache = None
-        self._runtime_config = None
         self._drop_graphs()
         for buf in list(self._device_bufs.values()) + list(self._host_bufs.values()):
             buf.free()
@@ -323,6 +321,8 @@ class TrtRunner(BaseRunner):
             self.cuda.stream_destroy(self.stream)
             self.stream = None
         self.context = None
+        # Only now: the context reads its runtime config and cache for as long as it lives.
+        self._runtime_config = self._runtime_cache = None
 
     def _drop_graphs(self) -> None:
         for g in self._graphs.values():

@@ -501,7 +501,8 @@ class TorchRunner(BaseRunner):
         """
         if self.stage == "bilstm":
             return {}
-        return {key: bucket.form for key, bucket in self._buckets.items()}
+        with self._lock:  # calls reorder the table (least recently used first)
+            return {key: bucket.form for key, bucket in self._buckets.items()}
 
     def activate_impl(self) -> None:
         if not self.fast:
@@ -528,8 +529,8 @@ class TorchRunner(BaseRunner):
 
     def warmup(self, shapes: Sequence[tuple]) -> None:
         """Capture the graphs of the buckets that hold each (batch, time) in ``shapes`` now, not on first use."""
+        self.activate()  # explicitly: the caller owns its deactivation
         if not self.fast:
-            self.activate()
             return
         self._begin_call()  # counts as a call: a deactivate() waits for it
         try:
