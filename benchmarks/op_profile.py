@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from benchmarks._common import cpu_name
 from runtime._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ def node_flops(op: str, input_shapes: Sequence[Sequence[int]], output_shapes: Se
     """Multiply-add FLOPs (2 per MAC) of one executed node from the shapes the profiler recorded; None if unknown.
 
     Conv (also ONNX Runtime's fused and NCHWc forms): 2 * outputs * (C_in / groups) * kernel area, with C_in / groups
-    read off the weight. MatMul: 2 * outputs * K. Gemm: 2 * M * N * K. LSTM: 2 * T * B * directions * 4H * (I + H), H and directions
-    read off its output Y.
+    read off the weight. MatMul: 2 * outputs * K. Gemm: 2 * M * N * K. LSTM: 2 * T * B * directions * 4H * (I + H),
+    with H and the directions read off its output Y.
     """
     try:
         if op in ("Conv", "FusedConv") and len(input_shapes) >= 2 and output_shapes:
@@ -159,11 +160,8 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or None), got {threads}")
-    from benchmarks._common import cpu_name
-
     load_1min = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # > cores: a busy shared VM
     opts = _session_options(ort, threads, allow_spinning=True)
-    opts.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="op-profile-") as work:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(work) / "ort")
