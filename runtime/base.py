@@ -149,7 +149,6 @@ class BaseRunner:
         self.check_finite = bool(check_finite)
         self.name = name or f"{self.backend_name}:{metadata.graph}"
         self.is_active = False
-        self._was_activated = False
         self._lazily_activated = False  # by infer(), not by activate() or a with block
         self._lock = threading.Lock()
         self._activate_lock = threading.Lock()
@@ -178,7 +177,6 @@ class BaseRunner:
             if not self.is_active:
                 self.activate_impl()
                 self.is_active = True
-                self._was_activated = True
                 self._lazily_activated = lazily
 
     def deactivate(self) -> None:
