@@ -73,7 +73,7 @@ def choose_providers(available: Sequence[str], device: Optional[str], requested:
         if isinstance(requested, str) or not isinstance(requested, (list, tuple)):
             raise RuntimeInputError(f"providers must be a list of provider names (or (name, options) pairs), got "
                                     f"{requested!r}; e.g. providers=['CPUExecutionProvider']")
-        names = [p[0] if isinstance(p, (tuple, list)) else p for p in requested]
+        names = [_split_provider(p)[0] for p in requested]
         variants = [n for n in names if str(n).startswith(OPENVINO + ".")]
         if variants:
             raise RuntimeInputError(f"use {OPENVINO!r}, not {variants}: the runner picks the plugin's CPU device, sets "
@@ -103,6 +103,13 @@ def choose_providers(available: Sequence[str], device: Optional[str], requested:
     return chosen or ["CPUExecutionProvider"]
 
 
+def _split_provider(entry) -> tuple:
+    """``"Name"`` or ``("Name", {options})`` -> (name, options dict or None)."""
+    if isinstance(entry, (tuple, list)):
+        return entry[0], (dict(entry[1]) if len(entry) > 1 and entry[1] is not None else None)
+    return entry, None
+
+
 def _device_name(device) -> Optional[str]:
     """None, "cpu", "cuda" or "cuda:N" for a device that passed :func:`runtime.base.check_device` (an int N is
     CUDA device N, as for the other backends)."""
@@ -117,7 +124,7 @@ def gpu_device_id(providers: Sequence) -> Optional[int]:
     """The CUDA device a session of ``providers`` runs on (its first GPU provider's ``device_id``, else 0), or None
     without a GPU provider."""
     for p in providers:
-        name, options = (p[0], p[1] if len(p) > 1 else {}) if isinstance(p, (tuple, list)) else (p, {})
+        name, options = _split_provider(p)
         if name in GPU_PROVIDERS:
             return int((options or {}).get("device_id", 0))
     return None
@@ -318,7 +325,7 @@ class OnnxRuntimeRunner(BaseRunner):
         check_count(intra_op_threads, "intra_op_threads", allow_none=True)
         check_flag(allow_spinning, "allow_spinning")
         self._providers = choose_providers(ort.get_available_providers(), device, providers)
-        names = [p[0] if isinstance(p, (tuple, list)) else p for p in self._providers]
+        names = [_split_provider(p)[0] for p in self._providers]
         openvino = OPENVINO in names
         if openvino_precision is not None and not openvino:
             raise RuntimeInputError(f"openvino_precision applies to {OPENVINO} only; add it to providers= (providers "
@@ -326,9 +333,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self._threads, self._allow_spinning = intra_op_threads, allow_spinning
         self._openvino = None
         if openvino:
-            entry = self._providers[names.index(OPENVINO)]
-            self._openvino = (openvino_precision or "f32",
-                              dict(entry[1]) if isinstance(entry, (tuple, list)) else None)
+            self._openvino = (openvino_precision or "f32", _split_provider(self._providers[names.index(OPENVINO)])[1])
         graph = self._open(ort)  # here, not at activation, so that file errors surface from load()
         super().__init__(graph.metadata, graph.spec, check_finite=check_finite)
         # Which provider runs each part of the graph; provider is the one that runs the CNN when there is one.
