@@ -172,8 +172,17 @@ def write_random_checkpoint(path: str | os.PathLike, config, seed: int = 0) -> P
 # --- environment ------------------------------------------------------------------------------------------------------
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on: its affinity set, which a container or ``taskset`` limits, unlike
+    ``os.cpu_count()`` (the host's cores)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cpu_name() -> str:
-    """CPU model name and logical core count, e.g. ``Intel(R) Xeon(R) Processor (2 cores)``."""
+    """CPU model name and usable core count, e.g. ``Intel(R) Xeon(R) Processor (2 cores)``."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -183,7 +192,7 @@ def cpu_name() -> str:
                     break
     except OSError:
         pass
-    return f"{name} ({os.cpu_count()} cores)"
+    return f"{name} ({usable_cpus()} cores)"
 
 
 def device_name(device: str) -> str:
@@ -483,7 +492,7 @@ class BenchContext:
         device (str): ``cpu`` or ``cuda[:i]``.
         workdir (Path): where ONNX exports go (one folder per precision).
         pool_size (int): distinct random inputs cycled per shape. Defaults to 4.
-        ort_threads (int, optional): ONNX Runtime intra-op threads. Defaults to None (``os.cpu_count()``).
+        ort_threads (int, optional): ONNX Runtime intra-op threads. Defaults to None (:func:`usable_cpus`).
         window (int): streaming window. Defaults to :data:`STREAM_WINDOW`.
         compile_mode (str): ``torch.compile`` mode for the optional contender. Defaults to "reduce-overhead".
         onnx_dir (Path, optional): already exported fp32 graphs to use instead of exporting. Defaults to None.
@@ -501,7 +510,7 @@ class BenchContext:
         self.device = device
         self.workdir = Path(workdir)
         self.pool_size = int(pool_size)
-        self.ort_threads = int(ort_threads) if ort_threads else (os.cpu_count() or 1)
+        self.ort_threads = int(ort_threads) if ort_threads else usable_cpus()
         self.window = int(window)
         self.compile_mode = compile_mode
         if self.is_cuda:
@@ -789,15 +798,16 @@ class BenchContext:
         return {"providers": ["OpenVINOExecutionProvider"], "openvino_precision": openvino}
 
     def _ort(self, contender, workload, batch, time_steps) -> Prepared:
-        from runtime.backends.onnxrt import GPU_PROVIDERS, openvino_installed
+        from runtime.backends.onnxrt import GPU_PROVIDERS, openvino_unavailable_reason
 
         precision, openvino = ORT_CONTENDERS[contender]
         self.ort_providers()  # Unavailable without onnxruntime, for every ONNX Runtime contender
         if openvino is not None:
             if self.is_cuda:
                 raise Unavailable("the OpenVINO contenders are CPU contenders; this run is on a GPU")
-            if not openvino_installed():
-                raise Unavailable("the OpenVINO plugin is not installed (pip install onnxruntime-ep-openvino)")
+            reason = openvino_unavailable_reason()
+            if reason:
+                raise Unavailable(f"OpenVINO cannot run here: {reason}")
         providers = self._ort_options(openvino)["providers"]
         if precision == "int8":
             if self.is_cuda:

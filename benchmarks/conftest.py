@@ -15,7 +15,7 @@ Options (all optional):
     --bench-budget SECONDS      timed seconds per benchmark, rounds derived from it (default 1 on CUDA, 3 on CPU,
                                 0.2 in smoke mode)
     --bench-rounds N            fixed rounds instead of the budget
-    --bench-ort-threads N       ONNX Runtime intra-op threads (default: os.cpu_count())
+    --bench-ort-threads N       ONNX Runtime intra-op threads (default: the cores this process may use)
 
 Smoke mode is also on when the suite is collected through ``testpaths`` (plain ``pytest`` / ``make test``), so the
 whole-tree test run checks every contender's outputs on the tiny model instead of timing ResNet-34 for minutes; name

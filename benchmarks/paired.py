@@ -200,7 +200,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "100 on CPU, where thread pools spin after their work; 0 on CUDA)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--ort-threads", type=int, default=None, help="ONNX Runtime intra-op threads "
-                        "(default: os.cpu_count())")
+                        "(default: the cores this process may use)")
     parser.add_argument("--no-strict", dest="strict", action="store_false", help="time a contender whose outputs "
                         "exceed its tolerance anyway (its row says so) instead of stopping with an error")
     parser.add_argument("--out", default=None, help="folder for PREFIX.json/.md/.png (default: print only)")

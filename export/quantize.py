@@ -1,4 +1,4 @@
-"""Static int8 quantization of an fp32 ONNX export, for ONNX Runtime on CPUs (VNNI / AMX int8 kernels).
+"""Static int8 quantization of an fp32 ONNX export, for ONNX Runtime on x86-64 CPUs (Intel or AMD).
 
     python -m export.quantize runs/demo/onnx/fp32 --out runs/demo/onnx/int8 --data synthetic
     python -m export.quantize EXPORT_DIR --out DIR --data cifar10 --data-dir ../data/cifar10 --frames 16

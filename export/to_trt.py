@@ -343,6 +343,42 @@ def _try_engine_inspection(tm, blob) -> dict:
 # --- build ---------------------------------------------------------------------------------------------------------
 
 
+_BUILDER_PROBES: dict = {}  # backend -> reason or None, once per process
+
+
+def builder_unavailable_reason(backend: str = "auto") -> Optional[str]:
+    """Why no TensorRT engine can be built on this machine, or None when one can.
+
+    Decided by what the builder really does here, once per process: the flavour must import and build a one-layer
+    strongly typed network (0.2 s with TensorRT-RTX on a CPU). A module that imports is not taken to mean a builder
+    that works. The demo and the tests skip their engine builds with this reason.
+    """
+    if backend not in _BUILDER_PROBES:
+        _BUILDER_PROBES[backend] = _probe_builder(backend)
+    return _BUILDER_PROBES[backend]
+
+
+def _probe_builder(backend: str) -> Optional[str]:
+    from runtime.trt_compat import TrtNotAvailableError, create_network, import_trt, make_logger
+
+    try:
+        tm = import_trt(backend)
+    except TrtNotAvailableError as e:
+        return str(e).splitlines()[0]
+    try:
+        trt = tm.trt
+        builder = trt.Builder(make_logger(tm, "error"))
+        network = create_network(tm, builder)
+        x = network.add_input("x", trt.float32, (1, 4))
+        network.mark_output(network.add_activation(x, trt.ActivationType.RELU).get_output(0))
+        blob = builder.build_serialized_network(network, builder.create_builder_config())
+    except Exception as e:  # whatever the library raised: the reason is what the caller prints
+        return f"{tm.describe()} imports but cannot build a one-layer network here: {type(e).__name__}: {e}"
+    if blob is None or not blob.nbytes:
+        return f"{tm.describe()} imports but its builder returned no engine for a one-layer network here"
+    return None
+
+
 def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", timing_cache=None,
                  workspace_mb: Optional[int] = None, opt_level: Optional[int] = None,
                  compute_capability: Optional[str] = None, tf32: bool = False, force: bool = False) -> BuildResult:

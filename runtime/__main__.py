@@ -3,8 +3,8 @@
     python -m runtime info runs/demo/onnx/fp32/model.onnx
     python -m runtime classify runs/demo/onnx/fp32/model.onnx clip1/ clip2.npy --top-k 3 --json preds.json
 
-A clip is a folder of frame images (PNG/JPEG/BMP, in file-name order) or a ``.npy`` file of uint8 (T, H, W, 3)
-frames. Clips of different lengths go into one padded batch with their lengths (padding is exact). Frames of another
+A clip is a folder of frame images (read as training reads them: natural name order, ``2.png`` before ``10.png``) or
+a ``.npy`` file of uint8 (T, H, W, 3) frames. Clips of different lengths go into one padded batch with their lengths (padding is exact). Frames of another
 size than the model's are refused unless ``--resize``.
 """
 
@@ -20,32 +20,22 @@ import numpy as np
 
 from . import RuntimeInputError, load, preprocess_frames
 from ._io import atomic_write_json
+from .frames import IMAGE_SUFFIXES, read_frame_folder, resize_frames
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
+def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of one clip: a folder of images or a ``.npy`` array.
 
-def read_clip(path: str | os.PathLike) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of one clip: a folder of images (file-name order) or a ``.npy`` array.
+    A folder is read by :func:`runtime.frames.read_frame_folder`, as training reads it: the same image suffixes,
+    natural name order (``2.png`` before ``10.png``) and, with ``frame_size``, the same resize.
 
     Raises:
-        RuntimeInputError: missing path, no frames, frames of different sizes, not uint8 RGB, or another format.
+        RuntimeInputError: missing path, no frames, an unreadable image, frames of different sizes, not uint8 RGB, or
+            another format.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise RuntimeInputError(f"{path} holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
-        from PIL import Image
-
-        frames = []
-        for f in files:
-            with Image.open(f) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-            if frames[-1].shape != frames[0].shape:
-                raise RuntimeInputError(f"{f} is {frames[-1].shape[1]}x{frames[-1].shape[0]} but {files[0].name} is "
-                                        f"{frames[0].shape[1]}x{frames[0].shape[0]} (W x H); a clip's frames must "
-                                        "share one size")
-        return np.stack(frames)
+        return read_frame_folder(path, frame_size)
     if path.suffix.lower() == ".npy" and path.is_file():
         try:
             frames = np.load(path, allow_pickle=False)
@@ -54,10 +44,11 @@ def read_clip(path: str | os.PathLike) -> np.ndarray:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
             raise RuntimeInputError(f"{path} must hold uint8 (T, H, W, 3) RGB frames with T >= 1, got "
                                     f"{frames.dtype} {frames.shape}")
-        return frames
+        return frames if frame_size is None else resize_frames(frames, frame_size)
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist")
-    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) frames")
+    raise RuntimeInputError(f"{path} is neither a folder of frame images ({', '.join(IMAGE_SUFFIXES)}) nor a .npy "
+                            "file of uint8 (T, H, W, 3) frames")
 
 
 def _load_options(args) -> dict:
@@ -146,7 +137,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="with --provider OpenVINOExecutionProvider (default f32)")
     sub.add_parser("info", parents=[common], help="what the model accepts and returns, and its metadata")
     cls = sub.add_parser("classify", parents=[common], help="top-k classes of clips (folders of frames or .npy)")
-    cls.add_argument("clips", nargs="+", help="folders of frame images (file-name order) or .npy uint8 (T, H, W, 3)")
+    cls.add_argument("clips", nargs="+", help="folders of frame images (natural name order: 2.png before 10.png) or "
+                                              ".npy uint8 (T, H, W, 3)")
     cls.add_argument("--top-k", type=int, default=1, help="classes to show per clip (default 1)")
     cls.add_argument("--resize", action="store_true", help="resize frames to the model's size instead of refusing")
     cls.add_argument("--json", default=None, help="also write the predictions to this JSON file")
@@ -160,7 +152,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "info" and engine and not args.device:  # a report says it all, GPU or not
             print("\n".join(describe_engine_report(args.model)))
             return 0
-        clips = [read_clip(c) for c in args.clips] if args.command == "classify" else []
+        # Clips are read before the model loads, so a bad clip is reported at once; with --resize they are read at
+        # the model's frame size, as training reads them (so a folder may mix image sizes there too).
+        clips = [read_clip(c) for c in args.clips] if args.command == "classify" and not args.resize else []
         with load(args.model, device=args.device, **_load_options(args)) as runner:
             if args.command == "info":
                 print("\n".join(describe(runner)))
@@ -169,6 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise RuntimeInputError(f"classify takes a whole model (model.onnx, a model engine or a checkpoint); "
                                         f"{args.model} is the {runner.stage} stage")
             want = tuple(runner.input_spec.frame_size)
+            if args.resize:
+                clips = [read_clip(c, want) for c in args.clips]
             for path, clip in zip(args.clips, clips, strict=True):
                 if want and clip.shape[1:3] != want and not args.resize:
                     raise RuntimeInputError(f"{path}: frames are {clip.shape[1]}x{clip.shape[2]} (H x W) but the model "

@@ -1,7 +1,8 @@
 """Decoder frames (uint8, H x W x RGB) -> the model's normalised float32 input (B, T, 3, H, W).
 
 The frame size is checked, never silently changed: a frame of another size is an error that names the size the
-model takes. Pass ``resize=True`` to resize explicitly (bilinear, antialiased; imports torch).
+model takes. Pass ``resize=True`` to resize explicitly, with the one resize every frame reader uses
+(:func:`runtime.frames.resize_frames`: bilinear, antialiased when shrinking).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import RuntimeInputError
+from .frames import check_frame_size, resize_frames
 
 
 def preprocess_frames(
@@ -60,27 +62,15 @@ def preprocess_frames(
     if min(float(s) for s in std) <= 0:
         raise RuntimeInputError(f"std values must be > 0, got {list(std)}")
     h, w = frames.shape[2:4]
-    if frame_size is not None and (h, w) != (int(frame_size[0]), int(frame_size[1])):
-        want = (int(frame_size[0]), int(frame_size[1]))
+    want = None if frame_size is None else check_frame_size(frame_size, "frame_size")
+    if want is not None and (h, w) != want:
         if not resize:
             raise RuntimeInputError(
                 f"frames are {h}x{w} (H x W) but the model takes {want[0]}x{want[1]}; resize them in your decoder "
                 "or pass resize=True"
             )
-        frames = _resize(frames, want)
+        frames = resize_frames(frames, want)
     x = frames.astype(np.float32).transpose(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
     scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(1, 1, 3, 1, 1)
     shift = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(1, 1, 3, 1, 1)
     return np.ascontiguousarray(x * scale - shift, dtype=np.float32)
-
-
-def _resize(frames: np.ndarray, size: tuple) -> np.ndarray:
-    """Bilinear antialiased resize of (B, T, H, W, 3) uint8 to ``size``, rounding back to uint8."""
-    import torch
-    import torch.nn.functional as F
-
-    b, t, h, w, c = frames.shape
-    x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    y = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).reshape(b, t, size[0], size[1], c)
-    return y.numpy()

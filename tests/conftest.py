@@ -24,6 +24,18 @@ TINY_STD = [0.25, 0.25, 0.25]
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--simulate-no-openvino-device", action="store_true", default=False,
+                     help="make the OpenVINO plugin's device query return nothing, as on an AMD CPU, for this run "
+                          "(tests and benchmark contenders then take the path of a machine where OpenVINO cannot run)")
+
+
+def pytest_configure(config):
+    if config.getoption("--simulate-no-openvino-device", default=False):
+        # The test seam around the device query: everything else (import, registration, the runner's checks) stays
+        # real, so the run sees what an AMD machine with the plugin installed sees.
+        from runtime.backends import onnxrt
+
+        onnxrt._openvino_cpu_devices = lambda ort: []
 
 
 def pytest_collection_modifyitems(config, items):
@@ -97,3 +109,12 @@ def assert_threads_agree_with_one_thread(runner, inputs, threads: int = 8, calls
     for t in pool:
         t.join()
     assert not errors and not mismatches, (errors[:3], mismatches[:5])
+
+
+def skip_unless_engines_build(backend: str = "tensorrt_rtx") -> None:
+    """Skip the calling test (or module) unless ``backend`` really builds an engine here (not merely imports)."""
+    from export.to_trt import builder_unavailable_reason
+
+    reason = builder_unavailable_reason(backend)
+    if reason:
+        pytest.skip(f"no TensorRT engine builds here: {reason}", allow_module_level=True)

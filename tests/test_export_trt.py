@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import skip_unless_engines_build
 
 pytestmark = pytest.mark.trt
-trt = pytest.importorskip("tensorrt_rtx")
 onnx = pytest.importorskip("onnx")
+skip_unless_engines_build("tensorrt_rtx")
 
 from export.to_onnx import export_onnx  # noqa: E402
 from export.to_trt import (  # noqa: E402

@@ -13,7 +13,7 @@ from runtime.__main__ import main, read_clip
 
 pytest.importorskip("onnxruntime")
 
-from conftest import TINY_CLASSES, TINY_CONFIG  # noqa: E402
+from conftest import TINY_CLASSES, TINY_CONFIG, skip_unless_engines_build  # noqa: E402
 
 H, W = TINY_CONFIG.frame_size
 
@@ -48,7 +48,7 @@ def test_info_describes_what_the_model_accepts(onnx_paths, tiny_checkpoint, caps
 
 
 def test_info_of_an_engine_comes_from_its_report(onnx_paths, tmp_path, capsys):
-    pytest.importorskip("tensorrt_rtx")
+    skip_unless_engines_build("tensorrt_rtx")
     from export.to_trt import build_engine
 
     engine = build_engine(onnx_paths["cnn"], tmp_path / "cnn.engine", profiles=["batch=1:1:2,time=1:4:8"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +19,11 @@ from benchmarks._common import TOLERANCES
 from runtime import RuntimeInputError, StreamingClassifier
 
 pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxruntime_ep_openvino")
+
+from runtime.backends.onnxrt import openvino_unavailable_reason  # noqa: E402
+
+if openvino_unavailable_reason():  # installed is not usable: on AMD CPUs the plugin lists no device
+    pytest.skip(f"OpenVINO cannot run here: {openvino_unavailable_reason()}", allow_module_level=True)
 
 from conftest import TINY_CONFIG, assert_threads_agree_with_one_thread  # noqa: E402
 
@@ -117,23 +120,8 @@ def test_threads_give_the_same_results_as_one_thread(ov_model):
 
 
 def test_misuse_is_refused_with_what_is_valid(onnx_paths):
+    # The refusals that need no OpenVINO device are in test_openvino_detection.py and run on every machine.
     model = onnx_paths["model"]
-    with pytest.raises(RuntimeInputError, match=r"openvino_precision must be one of \('f32', 'bf16', 'f16'\)"):
-        runtime.load(model, providers=[OPENVINO], openvino_precision="fp16")
-    with pytest.raises(RuntimeInputError, match="openvino_precision applies to OpenVINOExecutionProvider only"):
-        runtime.load(model, device="cpu", openvino_precision="bf16")
-    with pytest.raises(RuntimeInputError, match="combines only with CPUExecutionProvider"):
-        runtime.load(model, providers=[OPENVINO, "CUDAExecutionProvider"])
-    with pytest.raises(RuntimeInputError, match="device 'cuda' contradicts"):
-        runtime.load(model, device="cuda", providers=[OPENVINO])
-    with pytest.raises(RuntimeInputError, match=r"ignores provider options \['cache_dir'\].*CACHE_DIR"):
-        runtime.load(model, providers=[(OPENVINO, {"cache_dir": "ov-cache"})])
-    with pytest.raises(RuntimeInputError, match="set the precision with openvino_precision="):
-        runtime.load(model, providers=[(OPENVINO, {"load_config": {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}})])
-    with pytest.raises(RuntimeInputError, match="load_config must map a device to its properties"):
-        runtime.load(model, providers=[(OPENVINO, {"load_config": {"CACHE_DIR": "ov-cache"}})])
-    with pytest.raises(RuntimeInputError, match="load_config must be a dict or JSON object"):
-        runtime.load(model, providers=[(OPENVINO, {"load_config": "{not json"})])
     with pytest.raises(RuntimeInputError, match=r"OpenVINOExecutionProvider could not compile .*PERFORMANCE_HINT"):
         runtime.load(onnx_paths["cnn"], providers=[(OPENVINO, {"load_config": {"CPU": {"PERFORMANCE_HINT": "NOPE"}}})])
     # Once the plugin is registered, ONNX Runtime also lists "OpenVINOExecutionProvider.AUTO", which a plain
@@ -177,12 +165,6 @@ def test_model_graph_beside_another_checkpoints_cnn_is_refused(onnx_paths, tmp_p
     shutil.copy(onnx_paths["bilstm"], mixed / "bilstm.onnx")
     with pytest.raises(RuntimeInputError, match="exported from different checkpoints"):
         runtime.load(mixed / "model.onnx", providers=[OPENVINO])
-
-
-def test_missing_plugin_names_the_package(onnx_paths, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
-    with pytest.raises(RuntimeInputError, match="pip install onnxruntime-ep-openvino"):
-        runtime.load(onnx_paths["model"], providers=[OPENVINO])
 
 
 @pytest.mark.xfail(strict=False, reason="OpenVINO 2026.4's LSTM ignores sequence_lens in the reverse direction; the "

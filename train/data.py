@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,13 +36,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runtime.errors import RuntimeInputError
+from runtime.frames import IMAGE_SUFFIXES, list_frame_files, read_image, resize_frame
 from runtime.preprocess import preprocess_frames
 
 logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "cifar10", "folder")
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
 # Normalisation stored in every checkpoint. Synthetic frames are mostly dark noise, so centre there.
 SYNTHETIC_MEAN = (0.25, 0.25, 0.25)
@@ -103,25 +103,18 @@ def pad_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor
 
 
 def load_image(path: str | os.PathLike, frame_size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """Read an image as uint8 RGB ``(H, W, 3)``, resized (bilinear) to ``frame_size`` (height, width) if given.
+    """Read an image as uint8 RGB ``(H, W, 3)``, resized to ``frame_size`` (height, width) if given.
+
+    The runtime's reader (:func:`runtime.frames.read_image`), so training and serving decode and resize frames with the
+    same code.
 
     Raises:
         DataError: the file cannot be read as an image (the message names the path).
     """
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if frame_size is not None and (im.height, im.width) != tuple(frame_size):
-                im = im.resize((frame_size[1], frame_size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for damaged or foreign files
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-
-
-def _natural_key(name: str) -> list:
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+        return read_image(path, frame_size)
+    except RuntimeInputError as e:
+        raise DataError(str(e)) from e
 
 
 def _visible_dirs(path: Path) -> list[Path]:
@@ -334,10 +327,7 @@ class ImageClips(Dataset):
         path = getattr(self.base, "samples", None)
         if path is not None:  # ImageFolder: read it ourselves so a damaged file names its path
             return load_image(path[i][0], self.frame_size)
-        img = self.base[i][0].convert("RGB")
-        if (img.height, img.width) != self.frame_size:
-            img = img.resize((self.frame_size[1], self.frame_size[0]))
-        return np.asarray(img, dtype=np.uint8)
+        return resize_frame(np.asarray(self.base[i][0].convert("RGB"), dtype=np.uint8), self.frame_size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         indices, label = self.clips[index]
@@ -393,8 +383,8 @@ def _check_image_folder(root: Path) -> None:
     if not classes:
         raise DataError(f"image folder {root} has no class folders (expected {root}/<class>/<image files>)")
     for c in classes:
-        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in c.iterdir()):
-            raise DataError(f"class folder {c} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in c.iterdir()):
+            raise DataError(f"class folder {c} holds no images ({', '.join(IMAGE_SUFFIXES)})")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -421,12 +411,10 @@ def scan_clip_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[lis
         if not clips:
             raise DataError(f"class folder {cdir} has no clip folders (expected {cdir}/<clip>/<frame images>)")
         for clip in clips:
-            frames = sorted(
-                (p for p in clip.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda p: _natural_key(p.name),
-            )
-            if not frames:
-                raise DataError(f"clip folder {clip} has no frame images ({', '.join(IMAGE_EXTENSIONS)})")
+            try:  # the runtime's listing: the same suffixes and natural order as `python -m runtime classify`
+                frames = list_frame_files(clip)
+            except RuntimeInputError as e:
+                raise DataError(f"clip folder {clip} has no frame images ({', '.join(IMAGE_SUFFIXES)})") from e
             samples.append((frames, label))
     return [c.name for c in classes], samples
 

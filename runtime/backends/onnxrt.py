@@ -143,14 +143,120 @@ def _session_options(ort, intra_op_threads: Optional[int], allow_spinning: bool)
 
 
 def openvino_installed() -> bool:
-    """Whether the OpenVINO plugin package (``onnxruntime-ep-openvino``, the ``openvino`` extra) is importable."""
+    """Whether the OpenVINO plugin package (``onnxruntime-ep-openvino``, the ``openvino`` extra) is importable.
+
+    Installed is not usable: the plugin installs on any x86-64 machine but lists a CPU device only on Intel CPUs. Ask
+    :func:`openvino_unavailable_reason` whether it can run here.
+    """
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime_ep_openvino") is not None
 
 
 def _openvino_cpu_devices(ort) -> list:
+    """The OpenVINO plugin's CPU devices as ONNX Runtime lists them (empty on AMD CPUs, where the plugin, though
+    installed and registered, offers none). Tests replace this one function to simulate such a machine."""
     return [d for d in ort.get_ep_devices() if d.ep_name == OPENVINO and d.ep_metadata.get("ov_device") == "CPU"]
+
+
+_registered = False  # whether this module registered the plugin (guarded by _PLUGIN_LOCK)
+
+
+def _openvino_devices(ort) -> list:
+    """Register the OpenVINO plugin EP (once per process) and return its CPU devices.
+
+    Raises:
+        RuntimeInputError: the plugin package is missing, or onnxruntime cannot load plugin EPs (< 1.23).
+    """
+    global _registered
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError as e:
+        raise RuntimeInputError(f"{OPENVINO} needs its plugin package: `pip install onnxruntime-ep-openvino` (the "
+                                "`openvino` extra), beside onnxruntime >= 1.23") from e
+    if not hasattr(ort, "register_execution_provider_library"):
+        raise RuntimeInputError(f"onnxruntime {ort.__version__} cannot load plugin execution providers; {OPENVINO} "
+                                "needs onnxruntime >= 1.23")
+    with _PLUGIN_LOCK:
+        devices = _openvino_cpu_devices(ort)
+        if not devices and not _registered:  # the application may have registered it already
+            try:
+                ort.register_execution_provider_library("openvino", plugin.get_library_path())
+            except Exception as e:  # "already registered" under our name by someone else: the device check says more
+                logger.debug("registering the OpenVINO plugin: %s", e)
+            _registered = True
+            devices = _openvino_cpu_devices(ort)
+    return devices
+
+
+def _no_openvino_device(ort) -> str:
+    listed = [(d.ep_name, dict(d.ep_metadata).get("ov_device"), d.device.vendor) for d in ort.get_ep_devices()]
+    return (f"the OpenVINO plugin is installed but offers no CPU device on this machine (it lists Intel CPUs only; "
+            f"devices here: {listed})")
+
+
+_TINY_GRAPH = None  # bytes of a one-node ONNX graph, made once (see _tiny_graph)
+
+
+def _tiny_graph() -> bytes:
+    """A one-node graph (``y = Relu(x)``, x float32 (1, 8)) to compile and run on OpenVINO as a usability probe."""
+    global _TINY_GRAPH
+    if _TINY_GRAPH is None:
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8  # read by every onnxruntime that can load plugins
+        _TINY_GRAPH = model.SerializeToString()
+    return _TINY_GRAPH
+
+
+_USABLE: dict = {}  # the probe's answer, once per process: {"reason": str | None}
+
+
+def openvino_unavailable_reason() -> Optional[str]:
+    """Why the OpenVINO execution provider cannot run on this machine, or None when it can.
+
+    Decided by what the plugin really does here, once per process: it must be importable, list a CPU device, and
+    compile and run a one-node graph on that device with the right result. An import that succeeds is not enough: on
+    AMD CPUs the plugin installs and registers but lists no device. Demos, tests and benchmarks skip their OpenVINO
+    paths with this reason; ``runtime.load(..., providers=["OpenVINOExecutionProvider"])`` still raises.
+    """
+    with _PLUGIN_LOCK:
+        if "reason" in _USABLE:
+            return _USABLE["reason"]
+    reason = _probe_openvino()
+    with _PLUGIN_LOCK:
+        _USABLE.setdefault("reason", reason)
+        return _USABLE["reason"]
+
+
+def _probe_openvino() -> Optional[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed (pip install '.[onnx]')"
+    if not openvino_installed():
+        return "the OpenVINO plugin is not installed (pip install '.[openvino]', Intel CPUs only)"
+    try:
+        if not _openvino_devices(ort):
+            return _no_openvino_device(ort)
+        opts = _session_options(ort, 1, False)
+        add_openvino(ort, opts, "f32", 1)
+        x = np.linspace(-1.0, 1.0, 8, dtype=np.float32).reshape(1, 8)
+        session = ort.InferenceSession(_tiny_graph(), sess_options=opts)
+        if session.get_providers()[0] != OPENVINO:
+            return f"the OpenVINO plugin lists a CPU device, but a session on it runs on {session.get_providers()}"
+        y = session.run(["y"], {"x": x})[0]
+        if not np.array_equal(y, np.maximum(x, 0)):
+            return f"the OpenVINO plugin ran a one-node Relu graph here and returned a wrong result: {y.tolist()}"
+    except ImportError as e:  # onnx, to make the probe graph
+        return f"cannot make the OpenVINO probe graph: {e}"
+    except Exception as e:  # RuntimeInputError, or whatever the plugin raised while compiling or running
+        return f"the OpenVINO plugin failed a one-node test run here: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return None
 
 
 def _openvino_load_config(precision: str, threads: Optional[int], ep_options: Optional[dict]) -> str:
@@ -186,9 +292,6 @@ def _openvino_load_config(precision: str, threads: Optional[int], ep_options: Op
     return json.dumps({**config, "CPU": cpu})
 
 
-_registered = False  # whether this module registered the plugin (guarded by _PLUGIN_LOCK)
-
-
 def add_openvino(ort, opts, precision: str, threads: Optional[int], ep_options: Optional[dict] = None) -> None:
     """Register the OpenVINO plugin EP (once per process) and put its CPU device first in ``opts``.
 
@@ -205,28 +308,10 @@ def add_openvino(ort, opts, precision: str, threads: Optional[int], ep_options: 
             device -> properties or sets the precision or threads, the plugin package missing, an onnxruntime without
             plugin EPs (< 1.23), or no OpenVINO CPU device.
     """
-    global _registered
     load_config = _openvino_load_config(precision, threads, ep_options)
-    try:
-        import onnxruntime_ep_openvino as plugin
-    except ImportError as e:
-        raise RuntimeInputError(f"{OPENVINO} needs its plugin package: `pip install onnxruntime-ep-openvino` (the "
-                                "`openvino` extra), beside onnxruntime >= 1.23") from e
-    if not hasattr(ort, "register_execution_provider_library"):
-        raise RuntimeInputError(f"onnxruntime {ort.__version__} cannot load plugin execution providers; {OPENVINO} "
-                                "needs onnxruntime >= 1.23")
-    with _PLUGIN_LOCK:
-        devices = _openvino_cpu_devices(ort)
-        if not devices and not _registered:  # the application may have registered it already
-            try:
-                ort.register_execution_provider_library("openvino", plugin.get_library_path())
-            except Exception as e:  # "already registered" under our name by someone else: the device check says more
-                logger.debug("registering the OpenVINO plugin: %s", e)
-            _registered = True
-            devices = _openvino_cpu_devices(ort)
+    devices = _openvino_devices(ort)
     if not devices:
-        raise RuntimeInputError(f"the OpenVINO plugin offers no CPU device here (devices: "
-                                f"{[(d.ep_name, dict(d.ep_metadata).get('ov_device')) for d in ort.get_ep_devices()]})")
+        raise RuntimeInputError(_no_openvino_device(ort))
     opts.add_provider_for_devices(devices[:1], {"load_config": load_config})
 
 

@@ -1,0 +1,108 @@
+"""OpenVINO is detected by what it does here, not by an import: the plugin installs on any x86-64 machine but lists a
+CPU device only on Intel CPUs. These tests run on every machine (AMD or Intel, plugin installed or not): what a
+machine without a usable OpenVINO sees, and every refusal that needs no OpenVINO device.
+
+The no-device case is simulated with the one test seam, ``runtime.backends.onnxrt._openvino_cpu_devices`` (the device
+query); the plugin's import, registration and the runner's checks stay real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import runtime
+from runtime import RuntimeInputError
+from runtime.backends import onnxrt
+
+pytest.importorskip("onnxruntime")
+
+OPENVINO = "OpenVINOExecutionProvider"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(tiny_checkpoint, tmp_path_factory):
+    from export.to_onnx import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx-ovd"), precision="fp32").paths
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    """The probe's per-process answer forgotten before and after the test, so a seam set here cannot leak."""
+    monkeypatch.setattr(onnxrt, "_USABLE", {})  # monkeypatch puts the real answer back afterwards
+
+
+@pytest.fixture
+def no_device(monkeypatch, fresh_probe):
+    """A machine whose plugin is installed but offers no CPU device (an AMD CPU)."""
+    if not onnxrt.openvino_installed():
+        pytest.skip("the no-device case needs the OpenVINO plugin installed (pip install '.[openvino]')")
+    monkeypatch.setattr(onnxrt, "_openvino_cpu_devices", lambda ort: [])
+
+
+def test_plugin_without_a_device_is_reported_and_refused(no_device, onnx_paths):
+    reason = onnxrt.openvino_unavailable_reason()
+    assert reason is not None and "installed but offers no CPU device" in reason
+    assert onnxrt.openvino_installed()  # installed, yet not usable: the mistake this guards against
+    with pytest.raises(RuntimeInputError, match="offers no CPU device on this machine"):
+        runtime.load(onnx_paths["model"], providers=[OPENVINO])
+    with runtime.load(onnx_paths["model"]) as cpu:  # the default path is untouched
+        assert cpu.provider == "CPUExecutionProvider"
+
+
+def test_missing_plugin_is_reported_and_refused(onnx_paths, monkeypatch, fresh_probe):
+    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
+    monkeypatch.setattr(onnxrt, "openvino_installed", lambda: False)
+    assert "not installed" in onnxrt.openvino_unavailable_reason()
+    with pytest.raises(RuntimeInputError, match="pip install onnxruntime-ep-openvino"):
+        runtime.load(onnx_paths["model"], providers=[OPENVINO])
+
+
+def test_probe_answers_once_per_process(monkeypatch, fresh_probe):
+    calls = []
+    monkeypatch.setattr(onnxrt, "_probe_openvino", lambda: calls.append(1) or "no OpenVINO in this test")
+    assert onnxrt.openvino_unavailable_reason() == onnxrt.openvino_unavailable_reason() == "no OpenVINO in this test"
+    assert calls == [1]
+
+
+def test_usable_plugin_really_ran_the_probe_graph(fresh_probe):
+    reason = onnxrt.openvino_unavailable_reason()
+    if reason:
+        pytest.skip(f"OpenVINO cannot run here: {reason}")
+    import onnxruntime as ort
+
+    assert onnxrt._openvino_cpu_devices(ort)  # usable means a device is listed and the one-node graph ran on it
+
+
+def test_demo_skips_openvino_rows_with_one_line(no_device, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("demo_runtime", REPO / "scripts" / "demo_runtime.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    rows, skipped = demo.openvino_candidates(tmp_path)
+    assert rows == [] and skipped.startswith("skipped the OpenVINO rows: ") and "no CPU device" in skipped
+    assert "\n" not in skipped
+
+
+def test_refusals_that_need_no_openvino_device(onnx_paths):
+    model = onnx_paths["model"]
+    with pytest.raises(RuntimeInputError, match=r"openvino_precision must be one of \('f32', 'bf16', 'f16'\)"):
+        runtime.load(model, providers=[OPENVINO], openvino_precision="fp16")
+    with pytest.raises(RuntimeInputError, match="openvino_precision applies to OpenVINOExecutionProvider only"):
+        runtime.load(model, device="cpu", openvino_precision="bf16")
+    with pytest.raises(RuntimeInputError, match="combines only with CPUExecutionProvider"):
+        runtime.load(model, providers=[OPENVINO, "CUDAExecutionProvider"])
+    with pytest.raises(RuntimeInputError, match="device 'cuda' contradicts"):
+        runtime.load(model, device="cuda", providers=[OPENVINO])
+    with pytest.raises(RuntimeInputError, match=r"ignores provider options \['cache_dir'\].*CACHE_DIR"):
+        runtime.load(model, providers=[(OPENVINO, {"cache_dir": "ov-cache"})])
+    with pytest.raises(RuntimeInputError, match="set the precision with openvino_precision="):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}})])
+    with pytest.raises(RuntimeInputError, match="load_config must map a device to its properties"):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": {"CACHE_DIR": "ov-cache"}})])
+    with pytest.raises(RuntimeInputError, match="load_config must be a dict or JSON object"):
+        runtime.load(model, providers=[(OPENVINO, {"load_config": "{not json"})])
