@@ -47,8 +47,8 @@ def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = Non
         return frames if frame_size is None else resize_frames(frames, frame_size)
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist")
-    raise RuntimeInputError(f"{path} is neither a folder of frame images ({', '.join(IMAGE_SUFFIXES)}) nor a .npy "
-                            "file of uint8 (T, H, W, 3) frames")
+    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) frames "
+                            f"(frame images: {', '.join(IMAGE_SUFFIXES)})")
 
 
 def _load_options(args) -> dict:
