@@ -106,3 +106,16 @@ def test_refusals_that_need_no_openvino_device(onnx_paths):
         runtime.load(model, providers=[(OPENVINO, {"load_config": {"CACHE_DIR": "ov-cache"}})])
     with pytest.raises(RuntimeInputError, match="load_config must be a dict or JSON object"):
         runtime.load(model, providers=[(OPENVINO, {"load_config": "{not json"})])
+
+
+def test_probe_graph_is_the_documented_one_node_relu():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert onnxrt.PROBE_GRAPH == model.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(onnxrt.PROBE_GRAPH), full_check=True)
