@@ -202,8 +202,6 @@ def test_evaluate_outputs_are_checked_before_the_work(tmp_path, done_run, capsys
 
 
 def test_evaluate_force_replaces_and_the_default_png_replaces_only_its_own(tmp_path, done_run, capsys):
-    from train.evaluate import CONFUSION_MARK, is_confusion_png
-
     ckpt = tmp_path / "ck.pt"
     shutil.copy(done_run / "best.pt", ckpt)
     (tmp_path / "old.json").write_text("{}")
@@ -214,6 +212,8 @@ def test_evaluate_force_replaces_and_the_default_png_replaces_only_its_own(tmp_p
     assert eval_main([str(ckpt), *EVAL_ARGS, "--json", str(tmp_path / "old.json")]) == 2  # the default PNG
     assert "--confusion (default: beside the checkpoint)" in _one_error_line(capsys.readouterr().err)
     assert default_png.read_bytes().endswith(b"someone else's picture")
+    from train.evaluate import CONFUSION_MARK, is_confusion_png
+
     assert eval_main([str(ckpt), *EVAL_ARGS, "--json", str(tmp_path / "old.json"), "--force"]) == 0
     assert json.loads((tmp_path / "old.json").read_text())["clips"] == 4 and not stale.exists()
     assert is_confusion_png(default_png) and CONFUSION_MARK.encode() in default_png.read_bytes()
@@ -281,7 +281,7 @@ def _interrupt(monkeypatch, where: str):
 
 
 def test_force_restart_killed_before_its_first_epoch_leaves_nothing_to_resume(run_copy, capsys, monkeypatch):
-    old_id = json.loads((run_copy / "config.json").read_text())["run_id"]
+    old_id = json.loads((run_copy / "config.json").read_text()).get("run_id")
     stale = [run_copy / f".last.pt.{_dead_pid()}.abc123.tmp", run_copy / ".best.pt.k2j4h5g6.tmp"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
@@ -305,7 +305,7 @@ def test_force_restart_killed_before_its_first_epoch_leaves_nothing_to_resume(ru
 def test_resume_refuses_a_config_and_last_pt_of_different_runs(run_copy, capsys, monkeypatch):
     _no_work(monkeypatch)
     cfg = json.loads((run_copy / "config.json").read_text())
-    last_id = cfg["run_id"]
+    last_id = cfg.get("run_id")
     for other in ("0" * 32, None):  # another run's config.json, or one from before run ids
         cfg["run_id"] = other
         (run_copy / "config.json").write_text(json.dumps(cfg))
