@@ -591,6 +591,25 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainError(f"{e} ({saved.where()})") from e
 
 
+def _datasets(args: argparse.Namespace):
+    train_ds = build_dataset(data_spec(args, "train"), "train")
+    val_ds = build_dataset(data_spec(args, "test"), "test")
+    if list(train_ds.class_names) != list(val_ds.class_names):
+        raise TrainError(f"train and test splits have different classes: {train_ds.class_names} vs "
+                         f"{val_ds.class_names}")
+    return train_ds, val_ds
+
+
+def _restore(ts: dict, optimizer, scheduler, scaler) -> tuple[int, float, int, list]:
+    """Load a training state; returns the first epoch to run, the best metric and its epoch, and the history."""
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    if scaler is not None and ts.get("scaler"):
+        scaler.load_state_dict(ts["scaler"])
+    restore_rng_state(ts["rng"])
+    return int(ts["epoch"]) + 1, float(ts["best_metric"]), int(ts["best_epoch"]), list(ts["history"])
+
+
 def _result(history: list, best: float, best_epoch: int, out: Path) -> dict[str, Any]:
     return {**(history[-1] if history else {}), "best_clip_acc": best, "best_epoch": best_epoch, "out": str(out)}
 
@@ -599,11 +618,7 @@ def _fit(args: argparse.Namespace, out: Path, device: torch.device, resume_state
          saved: _Saved) -> dict[str, Any]:
     cuda = device.type == "cuda"
     amp, channels_last = bool(args.amp and cuda), bool(args.channels_last and cuda)
-    train_ds = build_dataset(data_spec(args, "train"), "train")
-    val_ds = build_dataset(data_spec(args, "test"), "test")
-    if list(train_ds.class_names) != list(val_ds.class_names):
-        raise TrainError(f"train and test splits have different classes: {train_ds.class_names} vs "
-                         f"{val_ds.class_names}")
+    train_ds, val_ds = _datasets(args)
     class_names, mean, std = list(train_ds.class_names), list(train_ds.mean), list(train_ds.std)
     config = model_config_from_args(args, len(class_names))
     if resume_state is not None and resume_state["config"] != config.to_dict():
@@ -625,14 +640,7 @@ def _fit(args: argparse.Namespace, out: Path, device: torch.device, resume_state
 
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     if resume_state is not None:
-        ts = resume_state["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        if scaler is not None and ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        restore_rng_state(ts["rng"])
-        start_epoch, best, best_epoch = int(ts["epoch"]) + 1, float(ts["best_metric"]), int(ts["best_epoch"])
-        history = list(ts["history"])
+        start_epoch, best, best_epoch, history = _restore(resume_state["train_state"], optimizer, scheduler, scaler)
         logger.info("resuming %s after epoch %d of %d (best clip acc %.4f at epoch %d)", out, start_epoch,
                     args.epochs, best, best_epoch + 1)
 

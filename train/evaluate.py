@@ -6,6 +6,9 @@ Examples:
     python -m train.evaluate runs/cifar/best.pt --data cifar10 --data-dir ../shared/data/cifar10 --frames 8
 
 The frame size and normalisation come from the checkpoint; the data set's class names must match the checkpoint's.
+``--confusion`` (.png) and ``--json`` (.json) are checked before the evaluation starts and never replace an existing
+file without ``--force`` (the default ``confusion_<split>.png`` beside the checkpoint replaces only an earlier
+confusion matrix).
 
 Frame accuracy scores the per-frame logits, which come from the BiLSTM and so see the whole clip: on CIFAR-10 clips
 (every frame of one class) it tracks clip accuracy and is not a per-image accuracy. ``--frames 1`` feeds single images,
