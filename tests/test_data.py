@@ -187,6 +187,21 @@ def test_folder_splits(clip_tree, tmp_path):
     assert {p[0].parent.name for p, _ in build_dataset(spec, "test").samples} == {"y"}
 
 
+@pytest.mark.parametrize("have", ["train", "test"])
+def test_half_split_trees_are_refused(tmp_path, have):
+    # One split folder without the other: the folder source read "train" as a class, and CIFAR-10 took the other
+    # split from elsewhere (or downloaded it with --download).
+    missing = "test" if have == "train" else "train"
+    _png(tmp_path / "clips" / have / "a" / "c1" / "0.png", 10)
+    _png(tmp_path / "img" / have / "a" / "0.png", 10)
+    for name, root in [("folder", "clips"), ("cifar10", "img")]:
+        for split in ("train", "test"):
+            with pytest.raises(DataError, match=rf"{root} has {have}/ but no {missing}/: .* needs both .*train/<class>"):
+                build_dataset(DataSpec(name=name, data_dir=str(tmp_path / root), frames=1, download=True), split)
+    with pytest.raises(DataError, match="or neither, and --val-fraction"):
+        build_dataset(DataSpec(name="folder", data_dir=str(tmp_path / "clips")), "train")
+
+
 def test_folder_errors_name_the_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         scan_clip_folder(tmp_path / "nope")
@@ -241,6 +256,7 @@ def test_cifar10_missing_folder_explains_download(tmp_path):
     with pytest.raises(DataError, match="--download"):
         build_dataset(DataSpec(name="cifar10", data_dir=str(tmp_path)), "train")
     (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "cat").mkdir(parents=True)  # both splits: a tree with one is refused (test_half_split_trees)
     with pytest.raises(DataError, match=r"class folder .*cat holds no images"):
         build_dataset(DataSpec(name="cifar10", data_dir=str(tmp_path)), "train")
 

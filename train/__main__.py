@@ -103,7 +103,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     r.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last.pt (options default to its config.json)")
-    r.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
+    r.add_argument("--force", action="store_true",
+                   help="start again in a non-empty --out: the old run's last.pt, best.pt, metrics.json and "
+                        "config.json are deleted before anything new is written (other files stay)")
     r.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="fp16 autocast + grad scaling (CUDA only; always off on CPU)")
@@ -122,10 +124,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     Raises:
         TrainError: --resume names a folder without a readable config.json, or --out disagrees with --resume.
     """
-    from .engine import TrainError
+    from .engine import TrainError, check_train_args
 
     parser = get_args_parser()
     first, _ = parser.parse_known_args(argv)
+    if first.resume and first.force:
+        raise TrainError("--resume continues a run and --force starts one again; give one of them")
     if first.preset:
         parser.set_defaults(**PRESETS[first.preset])
     if first.resume:
@@ -147,18 +151,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.frame_size = [args.frame_size[0]] * 2
     if len(args.frame_size) != 2:
         raise TrainError(f"--frame-size takes 1 or 2 values (height width), got {args.frame_size}")
-    if args.data == "synthetic":
-        args.train_clips = args.train_clips or 4096
-        args.val_clips = args.val_clips or 1024
-    for name in ("epochs", "batch_size", "frames"):
-        if getattr(args, name) < 1:
-            raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_train_args(args)
+    if args.data == "synthetic":  # only a missing count takes the default: 0 was refused above
+        args.train_clips = 4096 if args.train_clips is None else args.train_clips
+        args.val_clips = 1024 if args.val_clips is None else args.val_clips
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run training; returns 0 on success, 2 on bad input, 130 when interrupted (resume with --resume)."""
-    from .engine import fit
+    """Run training; returns 0 on success, 2 on bad input, 1 when a file cannot be written, 130 when interrupted (what
+    can be resumed is printed)."""
+    from .engine import TrainInterrupted, fit
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -166,12 +169,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse_args(argv)
         result = fit(args)
-    except KeyboardInterrupt:
-        logger.error("interrupted; the last finished epoch is in last.pt: continue with --resume")
+    except TrainInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
         return 130
-    except ValueError as e:  # DataError, TrainError, CheckpointError and ModelConfig's checks
-        logger.error("%s", e)
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
+    except ValueError as e:  # DataError, TrainError, CheckpointError, OutputPathError and ModelConfig's checks
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # outputs were checked first, so what changed since: a full disk, a folder made read-only
+        print(f"error: {e} (every file in the run folder is either its old or its new version)", file=sys.stderr)
+        return 1
     logger.info("done: best test clip accuracy %.4f (epoch %d); run folder %s", result["best_clip_acc"],
                 result["best_epoch"] + 1, result["out"])
     return 0

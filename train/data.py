@@ -40,6 +40,8 @@ from runtime.errors import RuntimeInputError
 from runtime.frames import IMAGE_SUFFIXES, list_frame_files, read_image, resize_frame
 from runtime.preprocess import preprocess_frames
 
+from ._checks import check_range
+
 logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "cifar10", "folder")
@@ -285,7 +287,7 @@ def group_into_clips(
     clips = []
     for i in range(max((len(p) for p in per_class), default=0)):
         clips.extend(p[i] for p in per_class if i < len(p))
-    return clips[:max_clips] if max_clips else clips
+    return clips if max_clips is None else clips[:max_clips]
 
 
 class ImageClips(Dataset):
@@ -313,6 +315,8 @@ class ImageClips(Dataset):
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
     ) -> None:
+        check_range("frames", frames, 1, error=DataError)
+        check_range("max_clips", max_clips, 1, error=DataError)  # None: all; 0 is not "all"
         self.base, self.frames, self.frame_size, self.augment = base, int(frames), tuple(frame_size), augment
         self.mean, self.std = tuple(mean), tuple(std)
         self.class_names = list(base.classes)
@@ -364,6 +368,7 @@ def open_cifar10(data_dir: str | os.PathLike, split: str, download: bool = False
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     root = Path(data_dir)
+    _check_both_splits(root, "an ImageFolder tree", "<class>/<images>")
     if (root / split).is_dir():
         _check_image_folder(root / split)
         return torchvision.datasets.ImageFolder(str(root / split))
@@ -372,10 +377,29 @@ def open_cifar10(data_dir: str | os.PathLike, split: str, download: bool = False
             return torchvision.datasets.CIFAR10(str(root), train=split == "train", download=download)
         except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
             raise DataError(f"cannot read CIFAR-10 under {root}: {e}") from e
+        except OSError as e:  # urllib's URLError (offline, no DNS), timeouts, a full disk
+            if not download:
+                raise DataError(f"cannot read CIFAR-10 under {root}: {e}") from e
+            reason = " ".join(str(getattr(e, "reason", None) or e).split())
+            raise DataError(
+                f"--download: fetching CIFAR-10 into {root} failed ({type(e).__name__}: {reason}); without a network, "
+                f"put CIFAR-10 there by hand: an ImageFolder tree ({root}/train/<class>/*.png and "
+                f"{root}/test/<class>/*.png) or torchvision's {root}/cifar-10-batches-py"
+            ) from e
     raise DataError(
         f"no CIFAR-10 found at {root}: expected an ImageFolder tree ({root}/train/<class>/*, {root}/test/<class>/*) "
         f"or torchvision's {root}/cifar-10-batches-py; pass --download to fetch it there"
     )
+
+
+def _check_both_splits(root: Path, what: str, layout: str) -> None:
+    """A tree with one of train/ and test/ but not the other is refused: its other split would silently come from
+    somewhere else (a download, or the split folder read as a class)."""
+    have = [s for s in SPLITS if (root / s).is_dir()]
+    if len(have) == 1:
+        missing = next(s for s in SPLITS if s not in have)
+        raise DataError(f"{root} has {have[0]}/ but no {missing}/: {what} needs both {root}/train/{layout} and "
+                        f"{root}/test/{layout}")
 
 
 def _check_image_folder(root: Path) -> None:
@@ -441,10 +465,11 @@ class FolderClips(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
+        check_range("max_frames", max_frames, 1, error=DataError)  # None: all frames; 0 is not "all"
         self.samples, self.class_names = samples, list(class_names)
         self.frame_size, self.max_frames = tuple(frame_size), max_frames
         self.mean, self.std = tuple(mean), tuple(std)
-        longer = sum(len(f) > max_frames for f, _ in samples) if max_frames else 0
+        longer = sum(len(f) > max_frames for f, _ in samples) if max_frames is not None else 0
         if longer:
             logger.info("%d of %d clips have more than %d frames; using %d evenly spaced frames of each",
                         longer, len(samples), max_frames, max_frames)
@@ -460,7 +485,7 @@ class FolderClips(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         paths, label = self.samples[index]
-        if self.max_frames and len(paths) > self.max_frames:
+        if self.max_frames is not None and len(paths) > self.max_frames:
             keep = np.linspace(0, len(paths) - 1, self.max_frames).round().astype(int)
             paths = [paths[i] for i in keep]
         clip = np.stack([load_image(p, self.frame_size) for p in paths])
@@ -468,6 +493,8 @@ class FolderClips(Dataset):
 
 
 def _split_folder(root: Path, split: str, seed: int, val_fraction: float, **kwargs) -> FolderClips:
+    _check_both_splits(root, "a split clip folder", "<class>/<clip>/<frames> (or neither, and --val-fraction holds out "
+                       "a part of each class's clips)")
     if (root / "train").is_dir() and (root / "test").is_dir():
         return FolderClips.from_root(root / split, **kwargs)
     names, samples = scan_clip_folder(root)
@@ -519,6 +546,15 @@ class DataSpec:
     std: Optional[Sequence[float]] = None
 
 
+def _check_spec_numbers(spec: DataSpec) -> None:
+    # 0 is refused, never read as "all" or "the default".
+    check_range("frames", spec.frames, 1, error=DataError)
+    check_range("num_clips", spec.num_clips, 1, error=DataError)
+    check_range("val_fraction", spec.val_fraction, 0, 1, low_open=True, high_open=True, error=DataError)
+    if len(tuple(spec.frame_size)) != 2 or min(spec.frame_size) < 1:
+        raise DataError(f"frame_size must be (height, width), both >= 1, got {spec.frame_size!r}")
+
+
 def build_dataset(spec: DataSpec, split: str) -> Dataset:
     """Build one split of a data source. The result has ``class_names``, ``mean`` and ``std`` attributes.
 
@@ -536,13 +572,14 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
         raise DataError(f"unknown data set {spec.name!r}; valid choices: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    _check_spec_numbers(spec)
     norm = {}
     if spec.mean is not None:
         norm["mean"] = tuple(spec.mean)
     if spec.std is not None:
         norm["std"] = tuple(spec.std)
     if spec.name == "synthetic":
-        if not spec.num_clips:
+        if spec.num_clips is None:
             raise DataError("the synthetic data set needs a clip count (num_clips >= 1)")
         return SyntheticClips(spec.num_clips, spec.frames, spec.frame_size, spec.num_classes, split, spec.seed, **norm)
     if not spec.data_dir:
@@ -553,7 +590,7 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
                           augment=spec.augment and split == "train", **norm)
     ds = _split_folder(Path(spec.data_dir), split, spec.seed, spec.val_fraction, frame_size=spec.frame_size,
                        max_frames=spec.frames, **norm)
-    if spec.num_clips and spec.num_clips < len(ds):
+    if spec.num_clips is not None and spec.num_clips < len(ds):
         rng = np.random.default_rng(spec.seed)
         ds.samples = [ds.samples[i] for i in sorted(rng.permutation(len(ds))[: spec.num_clips])]
     if not len(ds):

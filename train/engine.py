@@ -8,6 +8,10 @@ Run folder (``--out runs/NAME``), every file written atomically through :mod:`ru
     metrics.json  one record per finished epoch
     config.json   every training argument plus the model config, class names and normalisation
 
+``config.json`` and every ``last.pt`` carry the run's ``run_id``: ``--resume`` refuses a pair from two runs (say, an
+old last.pt beside the config.json of an interrupted ``--force`` restart). A forced restart deletes the old run's
+files before it writes anything; temporaries of killed writes are removed at the next start.
+
 Resuming restores the weights, optimizer, scheduler, RNG states and epoch counter from ``last.pt``, so an interrupted
 run continued with ``--resume`` ends with the same weights as one that never stopped (on the same device and build).
 """
@@ -19,8 +23,11 @@ import json
 import logging
 import math
 import random
+import re
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,17 +36,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from runtime._io import atomic_write_json
+from runtime._io import atomic_write_json, check_output_dir, remove_stale_temporaries
 from runtime._version import __version__
 from runtime.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint_dict, save_checkpoint
 from runtime.model import CNNBiLSTM, ModelConfig, length_mask
 
+from ._checks import SEED_MAX, check_ranges
 from .data import DataSpec, build_dataset, pad_collate
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "config.json")
+
+# Valid ranges of the numeric training options, dest: (low, high[, low_open, high_open]); a value outside is refused
+# with its range, never replaced by a default. The model options are checked by ModelConfig itself.
+OPTION_RANGES: dict[str, tuple] = {
+    "frames": (1, None), "train_clips": (1, None), "val_clips": (1, None), "val_fraction": (0, 1, True, True),
+    "workers": (0, None), "epochs": (1, None), "batch_size": (1, None), "lr": (0, None, True),
+    "momentum": (0, 1, False, True), "weight_decay": (0, None), "warmup_epochs": (0, None), "clip_grad": (0, None),
+    "frame_loss_weight": (0, None), "seed": (0, SEED_MAX),
+}
 
 
 class TrainError(ValueError):
@@ -179,6 +196,8 @@ def train_one_epoch(
     """
     from tqdm import tqdm
 
+    if not clip_grad_norm >= 0:  # a negative bound would silently mean "no clipping"
+        raise TrainError(f"clip_grad_norm must be >= 0 (0: no clipping), got {clip_grad_norm}")
     model.train()
     start = time.perf_counter()
     meter = _Meter(model.config.num_classes)
@@ -193,7 +212,7 @@ def train_one_epoch(
             loss, frame_loss, clip_loss = sequence_loss(frame_logits, clip_logits, lengths_dev, labels,
                                                         frame_loss_weight)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {float(loss)} at epoch {epoch}; lower --lr or check the data")
+            raise FloatingPointError(f"training loss is {float(loss.detach())} at epoch {epoch}; lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -356,30 +375,40 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 # --------------------------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------------------------
+DEVICES = "auto, cpu, cuda, cuda:N"
+_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device (cpu, cuda, cuda:N).
 
     Raises:
-        TrainError: CUDA requested but not available.
+        TrainError: another device name, CUDA requested but not available, or a GPU index torch does not see.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU; use --device cpu or auto")
-    return device
+    m = _DEVICE.fullmatch(str(name))
+    if m is None:
+        raise TrainError(f"--device {name!r} is not a device training runs on; valid: {DEVICES}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if int(m[1] or 0) >= count:
+            raise TrainError(f"--device {name}: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device(name)
 
 
 def check_out_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to write into a non-empty folder unless resuming it or forced.
+    """Refuse an unusable run folder (a file, not writable), and a non-empty one unless resuming it or forced.
 
     Raises:
+        OutputPathError: ``out`` is a file, or cannot be written.
         TrainError: the folder holds files and neither ``resume`` nor ``force`` is set.
     """
+    check_output_dir(out, what="--resume" if resume else "--out")
     if resume or force or not out.exists():
         return
-    if not out.is_dir():
-        raise TrainError(f"--out {out} exists and is not a folder")
     if any(out.iterdir()):
         raise TrainError(
             f"--out {out} is not empty (an earlier run?); continue it with --resume {out}, "
@@ -397,6 +426,17 @@ def data_spec(args: argparse.Namespace, split: str) -> DataSpec:
     )
 
 
+def check_train_args(args: argparse.Namespace) -> None:
+    """The numeric options' ranges and the model options, before any work.
+
+    Raises:
+        TrainError: a number out of its range (the message gives the range).
+        ValueError: model options that ModelConfig refuses.
+    """
+    check_ranges(vars(args), OPTION_RANGES, TrainError)
+    model_config_from_args(args, num_classes=2)
+
+
 def model_config_from_args(args: argparse.Namespace, num_classes: int) -> ModelConfig:
     """The :class:`ModelConfig` the arguments describe."""
     return ModelConfig(num_classes=num_classes, backbone=args.backbone, stem=args.stem,
@@ -412,53 +452,184 @@ def _loader(ds, args, shuffle: bool, epoch: int, device: torch.device) -> DataLo
                       collate_fn=pad_collate, pin_memory=device.type == "cuda", drop_last=False)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# the run folder: resume checks, a forced restart, what an interruption leaves
+# --------------------------------------------------------------------------------------------------------------------
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`; the message says what the run folder holds and how to go on from there."""
+
+
+@dataclass
+class _Saved:
+    """What this call of :func:`fit` has on disk so far: the epoch ``last.pt`` holds, and whether best.pt exists."""
+
+    out: Path
+    last_epoch: Optional[int] = None
+    best: bool = False
+
+    def interrupted(self) -> str:
+        if self.last_epoch is not None:
+            return f"last.pt in {self.out} holds epoch {self.last_epoch + 1}; continue with --resume {self.out}"
+        if self.best:
+            return (f"stopped while saving the first epoch: best.pt in {self.out} holds its weights, but last.pt "
+                    f"(the training state) was not written, so there is nothing to resume; start again with --force")
+        return ("stopped before the first epoch finished; no checkpoint was written, so there is nothing to resume; "
+                f"start again (with --force if {self.out} is not empty)")
+
+    def where(self) -> str:
+        return ("no epoch was saved" if self.last_epoch is None
+                else f"last.pt in {self.out} holds epoch {self.last_epoch + 1}")
+
+
+def _read_config(out: Path) -> dict:
+    try:
+        return json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainError(f"--resume {out}: cannot read the run's config.json ({e})") from e
+
+
+def read_resume_state(out: Path, epochs: int) -> dict:
+    """The checked ``last.pt`` of a run to resume: it has a training state, belongs to the run's config.json (the same
+    run id) and has not gone past ``epochs``.
+
+    Raises:
+        TrainError: no last.pt, last.pt of another run, or more epochs done than ``epochs``.
+        CheckpointError: a damaged last.pt, or one without a training state.
+    """
+    last = out / "last.pt"
+    if not last.exists():
+        if (out / "best.pt").exists():
+            raise TrainError(f"--resume {out}: no last.pt there, only best.pt: the run was stopped while saving its "
+                             "first epoch, so there is no training state to resume (best.pt holds that epoch's "
+                             "weights only); start it again with --force")
+        raise TrainError(f"--resume {out}: no last.pt there (the run never finished an epoch); start it again "
+                         f"with --force")
+    ckpt = read_checkpoint_dict(last)
+    ts = ckpt.get("train_state")
+    if not isinstance(ts, dict):
+        raise CheckpointError(f"{last} has no train_state (an inference-only checkpoint); cannot resume from it")
+    config_id = _read_config(out).get("run_id")
+    if config_id != ts.get("run_id"):
+        raise TrainError(f"--resume {out}: config.json (run {config_id}) and last.pt (run {ts.get('run_id')}) "
+                         "belong to different runs (an interrupted --force restart, or files copied between "
+                         "runs); start it again with --force")
+    done = int(ts["epoch"]) + 1
+    if epochs < done:
+        raise TrainError(f"--resume {out}: the run has already finished {done} epochs, so --epochs {epochs} would "
+                         f"end before where it stands; give --epochs {done + 1} or more to extend it")
+    return ckpt
+
+
+def _clear_old_run(out: Path) -> None:
+    # config.json first: a kill part-way then leaves a folder that --resume refuses (no config), never old
+    # checkpoints under a new config.
+    removed = []
+    for name in ("config.json", "last.pt", "best.pt", "metrics.json"):
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    if removed:
+        logger.info("--force: removed the old run's %s from %s", ", ".join(removed), out)
+
+
+def _start_run_folder(out: Path, args: argparse.Namespace, resume_state: Optional[dict], config_json: dict) -> str:
+    """Write config.json (after clearing an old run unless resuming); returns the run id shared with last.pt."""
+    if resume_state is None:
+        if out.exists():
+            _clear_old_run(out)
+        run_id = uuid.uuid4().hex
+    else:
+        run_id = resume_state["train_state"].get("run_id")  # None only for runs of versions before run ids
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", {"run_id": run_id, "args": _jsonable(vars(args)), **config_json})
+    return run_id
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------------------------
 def fit(args: argparse.Namespace) -> dict[str, Any]:
     """Train as ``args`` says (see ``python -m train --help``), writing the run folder; resumes with ``args.resume``.
+
+    Everything about the run folder is checked before any data is read: it is a writable folder, empty unless
+    resuming or forced, and a resumed ``last.pt`` belongs to the run's ``config.json``. Temporaries that killed writes
+    left there are removed. A forced restart deletes the old run's files before it writes anything.
 
     Args:
         args (argparse.Namespace): parsed training arguments (``train.__main__.get_args_parser``).
 
     Returns:
-        dict: the last epoch's metrics record plus ``best_clip_acc``, ``best_epoch`` and ``out``.
+        dict: the last epoch's metrics record plus ``best_clip_acc``, ``best_epoch`` and ``out``. A resumed run that
+        already finished ``args.epochs`` epochs returns its last record and writes nothing.
 
     Raises:
-        TrainError: output folder in use, nothing to resume, CUDA unavailable.
+        TrainError: output folder in use or unusable, nothing to resume, CUDA unavailable, a non-finite loss.
         DataError: unusable data.
         CheckpointError: a damaged ``last.pt`` or one of another model config.
+        TrainInterrupted: Ctrl-C (a KeyboardInterrupt whose message says what can be resumed).
     """
+    check_train_args(args)  # again: fit may be called without parse_args
     out = Path(args.out)
+    check_output_dir(out, what="--resume" if args.resume else "--out")
+    remove_stale_temporaries(out, RUN_FILES)
     check_out_dir(out, bool(args.resume), args.force)
     device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    amp, channels_last = bool(args.amp and cuda), bool(args.channels_last and cuda)
+    resume_state = read_resume_state(out, args.epochs) if args.resume else None
+    saved = _Saved(out)
+    if resume_state is not None:
+        ts = resume_state["train_state"]
+        saved.last_epoch, saved.best = int(ts["epoch"]), True
+        if saved.last_epoch + 1 == args.epochs:
+            logger.info("%s already finished all %d epochs; nothing to do (give --epochs %d or more to extend it)",
+                        out, args.epochs, args.epochs + 1)
+            return _result(list(ts["history"]), float(ts["best_metric"]), int(ts["best_epoch"]), out)
+    try:
+        return _fit(args, out, device, resume_state, saved)
+    except KeyboardInterrupt as e:
+        raise TrainInterrupted(saved.interrupted()) from e
+    except FloatingPointError as e:
+        raise TrainError(f"{e} ({saved.where()})") from e
 
+
+def _datasets(args: argparse.Namespace):
     train_ds = build_dataset(data_spec(args, "train"), "train")
     val_ds = build_dataset(data_spec(args, "test"), "test")
     if list(train_ds.class_names) != list(val_ds.class_names):
         raise TrainError(f"train and test splits have different classes: {train_ds.class_names} vs "
                          f"{val_ds.class_names}")
+    return train_ds, val_ds
+
+
+def _restore(ts: dict, optimizer, scheduler, scaler) -> tuple[int, float, int, list]:
+    """Load a training state; returns the first epoch to run, the best metric and its epoch, and the history."""
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    if scaler is not None and ts.get("scaler"):
+        scaler.load_state_dict(ts["scaler"])
+    restore_rng_state(ts["rng"])
+    return int(ts["epoch"]) + 1, float(ts["best_metric"]), int(ts["best_epoch"]), list(ts["history"])
+
+
+def _result(history: list, best: float, best_epoch: int, out: Path) -> dict[str, Any]:
+    return {**(history[-1] if history else {}), "best_clip_acc": best, "best_epoch": best_epoch, "out": str(out)}
+
+
+def _fit(args: argparse.Namespace, out: Path, device: torch.device, resume_state: Optional[dict],
+         saved: _Saved) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    amp, channels_last = bool(args.amp and cuda), bool(args.channels_last and cuda)
+    train_ds, val_ds = _datasets(args)
     class_names, mean, std = list(train_ds.class_names), list(train_ds.mean), list(train_ds.std)
     config = model_config_from_args(args, len(class_names))
-
-    resume_state = None
-    last = out / "last.pt"
-    if args.resume:
-        if not last.exists():
-            raise TrainError(f"--resume {out}: no last.pt there (the run never finished an epoch); start it again "
-                             f"with --force")
-        ckpt = read_checkpoint_dict(last)
-        if "train_state" not in ckpt:
-            raise CheckpointError(f"{last} has no train_state (an inference-only checkpoint); cannot resume from it")
-        if ckpt["config"] != config.to_dict():
-            raise CheckpointError(f"{last} was trained with model config {ckpt['config']}, but the arguments describe "
-                                  f"{config.to_dict()}; resume without changing the model options")
-        resume_state = ckpt
-    else:
+    if resume_state is not None and resume_state["config"] != config.to_dict():
+        raise CheckpointError(f"{out / 'last.pt'} was trained with model config {resume_state['config']}, but the "
+                              f"arguments describe {config.to_dict()}; resume without changing the model options")
+    if resume_state is None:
         seed_everything(args.seed)
 
     model = CNNBiLSTM(config)
     if resume_state is not None:
-        load_state_dict_checked(model, resume_state["state_dict"], source=str(last))
+        load_state_dict_checked(model, resume_state["state_dict"], source=str(out / "last.pt"))
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -469,29 +640,19 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
 
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     if resume_state is not None:
-        ts = resume_state["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        if scaler is not None and ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        restore_rng_state(ts["rng"])
-        start_epoch, best, best_epoch = int(ts["epoch"]) + 1, float(ts["best_metric"]), int(ts["best_epoch"])
-        history = list(ts["history"])
+        start_epoch, best, best_epoch, history = _restore(resume_state["train_state"], optimizer, scheduler, scaler)
         logger.info("resuming %s after epoch %d of %d (best clip acc %.4f at epoch %d)", out, start_epoch,
                     args.epochs, best, best_epoch + 1)
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {
-        "args": _jsonable(vars(args)), "model_config": config.to_dict(), "class_names": class_names,
-        "mean": mean, "std": std, "package_version": __version__, "torch_version": torch.__version__,
-        "device": str(device),
+    run_id = _start_run_folder(out, args, resume_state, {
+        "model_config": config.to_dict(), "class_names": class_names, "mean": mean, "std": std,
+        "package_version": __version__, "torch_version": torch.__version__, "device": str(device),
     })
     logger.info("training %s/%s on %s: %d train clips, %d test clips, classes %s, %d epochs from %d",
                 config.backbone, config.stem, device, len(train_ds), len(val_ds), class_names, args.epochs,
                 start_epoch)
     progress = bool(args.progress and sys.stderr.isatty())
     save_kw = {"class_names": class_names, "mean": mean, "std": std}
-    record: dict[str, Any] = history[-1] if history else {}
     for epoch in range(start_epoch, args.epochs):
         if hasattr(train_ds, "set_epoch"):
             train_ds.set_epoch(epoch)
@@ -518,13 +679,15 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         train_state = {
             "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng_state(),
-            "best_metric": best, "best_epoch": best_epoch, "history": history,
+            "best_metric": best, "best_epoch": best_epoch, "history": history, "run_id": run_id,
         }
         # best.pt before last.pt: a kill between the two leaves last.pt at the previous epoch, so resuming redoes
         # this epoch and rewrites the same best.pt; the other order could leave best.pt stale for good.
         if improved:
             save_checkpoint(out / "best.pt", model, **save_kw)
-        save_checkpoint(last, model, train_state=train_state, **save_kw)
+            saved.best = True
+        save_checkpoint(out / "last.pt", model, train_state=train_state, **save_kw)
+        saved.last_epoch = epoch
         atomic_write_json(out / "metrics.json", history)
         logger.info(
             "epoch %d/%d  train loss %.4f frame acc %.4f clip acc %.4f | test loss %.4f frame acc %.4f clip acc "
@@ -534,7 +697,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             f" | shuffled clip acc {record['val_shuffled_clip_acc']:.4f}" if args.eval_shuffled else "",
             tr["lr"], record["time"], "  *best" if improved else "",
         )
-    return {**record, "best_clip_acc": best, "best_epoch": best_epoch, "out": str(out)}
+    return _result(history, best, best_epoch, out)
 
 
 def _jsonable(d: dict) -> dict:

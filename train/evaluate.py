@@ -6,6 +6,9 @@ Examples:
     python -m train.evaluate runs/cifar/best.pt --data cifar10 --data-dir ../shared/data/cifar10 --frames 8
 
 The frame size and normalisation come from the checkpoint; the data set's class names must match the checkpoint's.
+``--confusion`` (.png) and ``--json`` (.json) are checked before the evaluation starts and never replace an existing
+file without ``--force`` (the default ``confusion_<split>.png`` beside the checkpoint replaces only an earlier
+confusion matrix).
 
 Frame accuracy scores the per-frame logits, which come from the BiLSTM and so see the whole clip: on CIFAR-10 clips
 (every frame of one class) it tracks clip accuracy and is not a per-image accuracy. ``--frames 1`` feeds single images,
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ._checks import SEED_MAX, check_range
 from .data import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -79,12 +83,15 @@ def evaluate_checkpoint(
     from .data import DataSpec, build_dataset, pad_collate
     from .engine import evaluate, resolve_device
 
+    _check_numbers(dict(frames=frames, num_clips=num_clips, seed=seed, batch_size=batch_size, workers=workers,
+                        synthetic_classes=synthetic_classes))
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=str(dev))
-    if data == "synthetic" and not num_clips:
+    if data == "synthetic" and num_clips is None:  # only a missing count takes the default: 0 is refused above
         num_clips = 1024
     spec = DataSpec(name=data, data_dir=data_dir, frames=frames, frame_size=ckpt.config.frame_size, seed=seed,
-                    num_clips=num_clips, num_classes=synthetic_classes or ckpt.config.num_classes,
+                    num_clips=num_clips,
+                    num_classes=ckpt.config.num_classes if synthetic_classes is None else synthetic_classes,
                     mean=ckpt.mean, std=ckpt.std)
     ds = build_dataset(spec, split)
     if list(ds.class_names) != list(ckpt.class_names):
@@ -93,6 +100,9 @@ def evaluate_checkpoint(
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=pad_collate)
     progress = sys.stderr.isatty()
     res = evaluate(ckpt.model, loader, dev, progress=progress)
+    if not math.isfinite(res["loss"]):  # NaN/Inf weights still give an argmax, so accuracies alone look plausible
+        raise EvaluationError(f"{checkpoint} gives non-finite outputs (loss {res['loss']}) on the {data} data: its "
+                              "weights hold NaN or Inf; use another checkpoint")
     out = {
         "checkpoint": str(checkpoint), "data": data, "split": split, "class_names": list(ckpt.class_names),
         "clips": res["clips"], "loss": res["loss"], "frame_acc": res["frame_acc"], "clip_acc": res["clip_acc"],
@@ -104,6 +114,21 @@ def evaluate_checkpoint(
         sh = evaluate(ckpt.model, loader, dev, shuffle_frames=True, seed=seed, progress=progress)
         out["shuffled_frame_acc"], out["shuffled_clip_acc"] = sh["frame_acc"], sh["clip_acc"]
     return out
+
+
+# Written into every confusion PNG: the default --confusion path may replace a file that carries it without --force.
+CONFUSION_MARK = "cnn-bilstm-deploy train.evaluate confusion matrix"
+
+# Numeric arguments of evaluate_checkpoint: (command-line option, low, high); None values mean "not given".
+_RANGES = {"frames": ("--frames", 1, None), "num_clips": ("--val-clips", 1, None), "seed": ("--seed", 0, SEED_MAX),
+           "batch_size": ("--batch-size", 1, None), "workers": ("--workers", 0, None),
+           "synthetic_classes": (None, 2, None)}
+
+
+def _check_numbers(values: dict, cli: bool = False) -> None:
+    """Refuse numbers out of range, named as the API's arguments or (``cli``) as the command line's options."""
+    for name, (option, low, high) in _RANGES.items():
+        check_range(option if cli and option else name, values.get(name), low, high, error=EvaluationError)
 
 
 def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike,
@@ -144,9 +169,19 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
         fig.tight_layout()
-        return atomic_write(path, lambda f: fig.savefig(f, format="png"))
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", metadata={"Software": CONFUSION_MARK}))
     finally:
         plt.close(fig)
+
+
+def is_confusion_png(path: Path) -> bool:
+    """Whether ``path`` is a confusion-matrix PNG this module wrote (its text chunk names this tool)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)  # matplotlib writes the text chunks before the image data
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and CONFUSION_MARK.encode() in head
 
 
 def format_report(res: dict[str, Any]) -> str:
@@ -183,32 +218,56 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--shuffled", action=argparse.BooleanOptionalAction, default=True,
                    help="also report accuracy on temporally shuffled clips")
     p.add_argument("--confusion", default=None, metavar="PNG",
-                   help="confusion-matrix image (default: confusion_<split>.png beside the checkpoint)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+                   help="confusion-matrix image, .png (default: confusion_<split>.png beside the checkpoint, which "
+                        "replaces an earlier confusion matrix there but no other file)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON (.json)")
+    p.add_argument("--force", action="store_true", help="replace existing --confusion and --json files")
     return p
 
 
+def _check_args(args: argparse.Namespace) -> tuple[Path, Optional[Path]]:
+    """Numeric options and both output files, before any work; returns the PNG and JSON paths."""
+    from runtime._io import check_output_file, remove_stale_temporaries
+
+    _check_numbers(vars(args), cli=True)
+    if args.confusion:
+        png = check_output_file(args.confusion, what="--confusion", suffixes=(".png",), force=args.force)
+    else:  # the tool's own default name: an earlier confusion matrix there is replaced, any other file refused
+        png = check_output_file(Path(args.checkpoint).parent / f"confusion_{args.split}.png",
+                                what="--confusion (default: beside the checkpoint)", suffixes=(".png",),
+                                force=args.force, replaceable=is_confusion_png)
+    js = check_output_file(args.json, what="--json", suffixes=(".json",), force=args.force) if args.json else None
+    for path in (png, js):
+        if path is not None:  # temporaries that a killed earlier write of this file left
+            remove_stale_temporaries(path.parent, [path.name])
+    return png, js
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Evaluate and print the report; returns 0, or 2 on bad input."""
+    """Evaluate and print the report; returns 0, 2 on bad input, 1 when a result file cannot be written."""
     from runtime._io import atomic_write_json
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = get_args_parser().parse_args(argv)
     try:
+        png, js = _check_args(args)
         res = evaluate_checkpoint(args.checkpoint, data=args.data, data_dir=args.data_dir, split=args.split,
                                   frames=args.frames, num_clips=args.num_clips, seed=args.seed,
                                   batch_size=args.batch_size, device=args.device, shuffled=args.shuffled,
                                   workers=args.workers)
-    except ValueError as e:  # CheckpointError, DataError, EvaluationError
-        logging.getLogger("train.evaluate").error("%s", e)
+    except ValueError as e:  # CheckpointError, DataError, EvaluationError, TrainError (device), OutputPathError
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    png = Path(args.confusion) if args.confusion else Path(args.checkpoint).parent / f"confusion_{args.split}.png"
-    save_confusion_png(res["confusion"], res["class_names"], png,
-                       title=f"{Path(args.checkpoint).name}: clip acc {res['clip_acc']:.3f}")
-    res["confusion_png"] = str(png)
-    if args.json:
-        atomic_write_json(args.json, res)
+    try:
+        save_confusion_png(res["confusion"], res["class_names"], png,
+                           title=f"{Path(args.checkpoint).name}: clip acc {res['clip_acc']:.3f}")
+        res["confusion_png"] = str(png)
+        if js is not None:
+            atomic_write_json(js, res)
+    except OSError as e:  # checked above, so only what changed since: a full disk, a folder made read-only
+        print(f"error: cannot write the results: {e}", file=sys.stderr)
+        return 1
     print(format_report(res))
     print(f"  confusion matrix: {png}")
     return 0
