@@ -13,7 +13,7 @@ step "1/6 train on synthetic clips (class = direction of motion, so frame order 
 $PY -m train --preset demo --out "$DIR" --force --no-progress
 
 step "2/6 evaluate on held-out clips, and on the same clips with their frames shuffled"
-$PY -m train.evaluate "$DIR/best.pt" --data synthetic --frames 8 --val-clips 512 --confusion "$DIR/confusion.png" --json "$DIR/eval.json"
+$PY -m train.evaluate "$DIR/best.pt" --data synthetic --frames 8 --val-clips 512 --confusion "$DIR/confusion.png" --json "$DIR/eval.json" --force
 
 step "3/6 export model/cnn/bilstm graphs in fp32 and fp16 (each verified against PyTorch), and int8 for CPUs"
 $PY -m export.to_onnx "$DIR/best.pt" --out "$DIR/onnx" --precision all-default

@@ -31,7 +31,7 @@ if [ -f "$ZIP" ]; then
     echo "=== metrics.json"; cat /tmp/cifar-gpu/metrics.json
     echo "=== evaluate best.pt on the test split"
     timeout 90 "$PY" -m train.evaluate /tmp/cifar-gpu/best.pt --data cifar10 --data-dir /tmp/gpu_data/cifar10 \
-      --frames 8 --workers 12 --json /tmp/cifar-gpu/eval.json
+      --frames 8 --workers 12 --json /tmp/cifar-gpu/eval.json --force
     echo "evaluate rc=$?"
   } > "$OUT/cifar.log" 2>&1
   tail -n 25 "$OUT/cifar.log"

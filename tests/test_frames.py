@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG, TINY_MEAN, TINY_STD
 
 import runtime
 from runtime import RuntimeInputError
@@ -22,8 +23,6 @@ from runtime.frames import (
     resize_frames,
 )
 from train.data import FolderClips, scan_clip_folder
-
-from conftest import TINY_CONFIG, TINY_MEAN, TINY_STD
 
 H, W = TINY_CONFIG.frame_size
 T = 16
