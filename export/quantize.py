@@ -17,7 +17,8 @@ What it does, starting from the three verified fp32 graphs of :mod:`export.to_on
    what each clip gives alone, and ``cnn.onnx`` + ``bilstm.onnx`` what ``model.onnx`` gives. On failure nothing is
    written.
 3. Writes ``model.onnx``, ``cnn.onnx``, ``bilstm.onnx`` (metadata ``precision: int8`` plus the calibration facts) and
-   ``export_report.json`` atomically. ``runtime.load`` and ``StreamingClassifier`` take the folder as they take the
+   ``export_report.json`` into a hidden sibling folder renamed over ``--out``: the folder appears whole or not at
+   all (see :mod:`export._folder`). ``runtime.load`` and ``StreamingClassifier`` take the folder as they take the
    fp32 one.
 
 Calibration data must look like what the model will see: random noise gives ranges that clip real activations. The
@@ -32,12 +33,13 @@ import copy
 import hashlib
 import logging
 import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from export.spec import METADATA_KEY, REPORT_NAME, SPEC
+from export._folder import check_export_dir, scratch_dir, write_export_dir
+from export.spec import METADATA_KEY, SPEC
 from export.to_onnx import (
     ExportError,
     ExportOverwriteError,
@@ -48,7 +50,7 @@ from export.to_onnx import (
     read_metadata,
     set_metadata,
 )
-from runtime._io import atomic_write_bytes, atomic_write_json
+from runtime.spec import check_export_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +61,18 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def _load_source(source_dir: Path) -> dict:
-    """The three fp32 graphs' metadata; raises ExportError when the folder is not an fp32 export."""
+    """The three fp32 graphs' metadata, each graph checked against the digest its export_report.json records (as
+    the runtime checks it); raises ExportError when the folder is not an intact fp32 export."""
     metadata = {}
     for graph in ("model", "cnn", "bilstm"):
         path = source_dir / SPEC.graph(graph).filename
         if not path.is_file():
             raise ExportError(f"{source_dir} has no {path.name}; export the checkpoint first with "
                               f"`python -m export.to_onnx CHECKPOINT --out {source_dir}`")
+        try:
+            check_export_file(path)  # a bit flip inside the weights still parses and quantizes
+        except ValueError as e:
+            raise ExportError(f"the fp32 source: {e}") from e
         meta = read_metadata(path)
         if meta is None:
             raise ExportError(f"{path} lacks the {METADATA_KEY!r} metadata: not written by export.to_onnx")
@@ -257,6 +264,39 @@ def failed_checks(check: dict, min_agreement: float) -> list:
     return reasons
 
 
+def check_int8_target(source_dir: Path, out_dir: Path, metadata: dict, force: bool = False) -> Path:
+    """Check ``out_dir`` before any work: an export folder of its own (see :func:`export._folder.check_export_dir`),
+    neither the fp32 folder nor inside it, and holding no other export unless ``force`` (this checkpoint's int8 export
+    is replaced without it: a re-calibration).
+
+    Raises:
+        runtime._io.OutputPathError: ``out_dir`` is a file, not writable, or holds files other than an export's.
+        ExportError: ``out_dir`` is or lies inside ``source_dir``.
+        ExportOverwriteError: it holds another export and ``force`` is False.
+    """
+    source_dir, out_dir = Path(source_dir).resolve(), Path(out_dir)
+    if out_dir.resolve() == source_dir or source_dir in out_dir.resolve().parents:
+        raise ExportError(f"--out {out_dir} must differ from the fp32 export folder {source_dir} and lie outside it "
+                          "(an export folder holds one export and is replaced whole)")
+    check_export_dir(out_dir)
+    if force:
+        return out_dir
+    for graph in ("model", "cnn", "bilstm"):
+        path = out_dir / SPEC.graph(graph).filename
+        if not path.is_file():
+            continue
+        try:
+            old = read_metadata(path)
+        except ExportError:
+            old = None
+        same = (old is not None and old.get("precision") == INT8 and old.get("graph") == graph
+                and old.get("checkpoint_sha256") == metadata[graph].get("checkpoint_sha256"))
+        if not same:
+            raise ExportOverwriteError(f"{path} holds another export (not this checkpoint's int8 {graph} graph); "
+                                       "pass force=True (--force) to overwrite it or choose another --out folder")
+    return out_dir
+
+
 def quantize_export(source_dir, out_dir, calibration, verification, *, verification_labels=None,
                     min_agreement: float = 0.98, method: str = "minmax", batch: int = 8, force: bool = False,
                     data_description: str = "") -> ExportResult:
@@ -264,7 +304,8 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
 
     Args:
         source_dir (str | PathLike): folder with the fp32 ``model.onnx``, ``cnn.onnx`` and ``bilstm.onnx``.
-        out_dir (str | PathLike): folder for the int8 graphs and ``export_report.json`` (not ``source_dir``).
+        out_dir (str | PathLike): folder for the int8 graphs and ``export_report.json`` and nothing else (not
+            ``source_dir``): it is replaced whole, so a killed run leaves the old export or the new one.
         calibration (array): float32 (N, T, 3, H, W) normalised clips for the activation ranges.
         verification (array): held-out clips of the same form for the agreement check.
         verification_labels (array, optional): their class indices, to report both models' clip accuracy.
@@ -281,7 +322,9 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
         ExportResult: paths of the three graphs, the report and its path (precision "int8").
 
     Raises:
-        ExportError: not an fp32 export, bad clips or arguments, ``out_dir`` equal to ``source_dir``.
+        ExportError: not an intact fp32 export (a graph differs from its report's digest), bad clips or arguments,
+            ``out_dir`` equal to ``source_dir`` or inside it.
+        runtime._io.OutputPathError: ``out_dir`` is a file, not writable, or holds files other than an export's.
         ExportOverwriteError: ``out_dir`` holds another export and ``force`` is False.
         ExportVerificationError: a check of :func:`failed_checks` fails; nothing is written.
     """
@@ -298,27 +341,12 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
         raise ExportError(f"min_agreement must be in [0, 1], got {min_agreement}")
     if batch < 1:
         raise ExportError(f"batch must be >= 1, got {batch}")
-    if out_dir.resolve() == source_dir.resolve():
-        raise ExportError(f"--out must differ from the fp32 export folder {source_dir}")
     metadata = _load_source(source_dir)
+    check_int8_target(source_dir, out_dir, metadata, force)
     calibration = _check_clips(calibration, metadata["model"], "calibration")
     verification = _check_clips(verification, metadata["model"], "verification")
     if verification_labels is not None and len(verification_labels) != len(verification):
         raise ExportError(f"{len(verification_labels)} verification labels for {len(verification)} clips")
-    if out_dir.exists() and not force:
-        for graph in ("model", "cnn", "bilstm"):
-            path = out_dir / SPEC.graph(graph).filename
-            if not path.is_file():
-                continue
-            try:
-                old = read_metadata(path)
-            except ExportError:
-                old = None
-            same = (old is not None and old.get("precision") == INT8 and old.get("graph") == graph
-                    and old.get("checkpoint_sha256") == metadata[graph].get("checkpoint_sha256"))
-            if not same:
-                raise ExportOverwriteError(f"{path} holds another export (not this checkpoint's int8 {graph} graph); "
-                                           "pass force=True (--force) to overwrite it or choose another --out folder")
 
     t_start = time.perf_counter()
     info = {"method": method, "format": "QDQ", "weights": "int8 per channel (symmetric)",
@@ -326,7 +354,7 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
             "calibration_clips": int(len(calibration)), "calibration_time": int(calibration.shape[1]),
             "data": data_description, "onnxruntime": __import__("onnxruntime").__version__}
     logger.info("calibrating and quantizing cnn.onnx on %d clips (%s)", len(calibration), method)
-    with tempfile.TemporaryDirectory(prefix="cnn-bilstm-int8-") as tmp:
+    with scratch_dir(out_dir) as tmp:  # beside --out: a killed run's scratch is removed at the next start
         cnn = _quantize_cnn(source_dir / "cnn.onnx", calibration, batch, method, Path(tmp))
     bilstm = onnx.load(os.fspath(source_dir / "bilstm.onnx"))
     protos = {"model": compose_model(cnn, bilstm), "cnn": cnn, "bilstm": bilstm}
@@ -368,10 +396,10 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
                 if check["clip_agreement"] < min_agreement else "")
         raise ExportVerificationError("int8 export failed: " + "; ".join(problems) + "." + hint
                                       + " Nothing was written.", report)
-    paths = {g: atomic_write_bytes(out_dir / SPEC.graph(g).filename, blobs[g]) for g in ("model", "cnn", "bilstm")}
-    report["files"] = {g: p.name for g, p in paths.items()}
-    report["sha256"] = {p.name: hashlib.sha256(blobs[g]).hexdigest() for g, p in paths.items()}  # runtime checks
-    report_path = atomic_write_json(out_dir / REPORT_NAME, report)
+    names = {g: SPEC.graph(g).filename for g in blobs}
+    report["files"] = dict(names)
+    report["sha256"] = {names[g]: hashlib.sha256(b).hexdigest() for g, b in blobs.items()}  # runtime checks
+    paths, report_path = write_export_dir(out_dir, blobs, report)
     logger.info("wrote int8 export to %s", out_dir)
     return ExportResult(paths=paths, report=report, report_path=report_path, precision=INT8)
 
@@ -416,7 +444,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Quantize the CNN of an fp32 ONNX export to int8 (ONNX Runtime, CPU), "
                                 "calibrated and verified on real clips", add_help=add_help)
     p.add_argument("source", help="folder of the fp32 export (python -m export.to_onnx CKPT --out DIR)")
-    p.add_argument("--out", required=True, help="folder for the int8 export")
+    p.add_argument("--out", required=True, help="folder for the int8 export; it holds the export only and is "
+                   "replaced whole (a killed run leaves the old export or the new one, never a mix)")
     p.add_argument("--data", choices=DATASETS, default="synthetic", help="calibration and verification data source")
     p.add_argument("--data-dir", default=None, help="folder for cifar10 / folder")
     p.add_argument("--frames", type=int, default=8, help="clip length T of the calibration clips (default 8)")
@@ -425,7 +454,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=0.98, help="lowest accepted clip top-1 agreement with fp32")
     p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help="calibration method")
     p.add_argument("--seed", type=int, default=0, help="data seed")
-    p.add_argument("--force", action="store_true", help="overwrite another export in --out")
+    p.add_argument("--force", action="store_true", help="replace another export in --out (this checkpoint's int8 "
+                   "export is replaced without it; other files in --out are never deleted)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -436,10 +466,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for name in ("frames", "calibration_clips", "verify_clips"):
         if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
+    if not 0.0 <= args.min_agreement <= 1.0:
+        print(f"error: --min-agreement must be in [0, 1], got {args.min_agreement}", file=sys.stderr)
+        return 2
     try:
-        metadata = _load_source(Path(args.source))["model"]
+        source = _load_source(Path(args.source))
+        check_int8_target(Path(args.source), Path(args.out), source, args.force)  # before the data is built
+        metadata = source["model"]
         kwargs = dict(data_dir=args.data_dir, seed=args.seed)
         calibration, _ = clips_from_data(args.data, "train", args.calibration_clips, args.frames, metadata, **kwargs)
         verification, labels = clips_from_data(args.data, "test", args.verify_clips, args.frames, metadata, **kwargs)
@@ -449,10 +484,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  data_description=f"{args.data} (train split for calibration, test split for the "
                                                   f"check, seed {args.seed})")
     except ExportVerificationError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:  # ExportError, DataError: one clear line
-        print(f"error: {e}")
+    except ValueError as e:  # ExportError, DataError, OutputPathError: one clear line
+        print(f"error: {e}", file=sys.stderr)
         return 2
     v = result.report["verification"]
     padded = "not checked (T=1)" if v["padded_rel"] is None else f"{v['padded_rel']:.2g}"

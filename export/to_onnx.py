@@ -13,7 +13,8 @@ Names, axes and metadata follow ``docs/ARCHITECTURE.md`` (see :mod:`export.spec`
 5. Verification (always): ONNX Runtime (or the ONNX reference evaluator for graphs it cannot load) against the float32
    PyTorch model with packed sequences at shapes other than the export example; above tolerance raises
    :class:`ExportVerificationError` and nothing is written.
-6. Atomic writes of the graphs and ``export_report.json``.
+6. The graphs and ``export_report.json`` are written into a hidden sibling folder that is renamed over ``--out``:
+   the folder appears whole or not at all (see :mod:`export._folder`). ``--out`` is checked before any work.
 
 CLI::
 
@@ -30,15 +31,16 @@ import io
 import json
 import logging
 import os
-import tempfile
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from export.spec import GRAPHS, METADATA_KEY, PRECISIONS, REPORT_NAME, SPEC, check_precision
-from runtime._io import atomic_write_bytes, atomic_write_json, sha256_file
+from export._folder import check_export_dir, scratch_dir, write_export_dir
+from export.spec import GRAPHS, METADATA_KEY, PRECISIONS, SPEC, check_precision
+from runtime._io import sha256_file
 from runtime._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -386,14 +388,15 @@ def format_report(report: dict) -> str:
 # --- export --------------------------------------------------------------------------------------------------------
 
 
-def _export_one(wrapper, graph: str, example_feeds: dict, opset: int):
-    """torch.onnx.export (TorchScript exporter) of one wrapper -> onnx.ModelProto."""
+def _export_one(wrapper, graph: str, example_feeds: dict, opset: int, out_dir: Path):
+    """torch.onnx.export (TorchScript exporter) of one wrapper -> onnx.ModelProto (via a scratch file beside
+    ``out_dir``, see :func:`export._folder.scratch_dir`)."""
     import onnx
     import torch
 
     gspec = SPEC.graph(graph)
     args = tuple(torch.from_numpy(example_feeds[name]) for name in gspec.inputs)
-    with tempfile.TemporaryDirectory(prefix="cnn-bilstm-export-") as tmp:
+    with scratch_dir(out_dir) as tmp:
         path = os.path.join(tmp, gspec.filename)
         with warnings.catch_warnings():
             # The legacy-exporter deprecation and the "LSTM with batch size other than 1" notes do not apply: the
@@ -431,13 +434,32 @@ def _check_existing(out_dir: Path, metadata_by_graph: dict, force: bool) -> None
             )
 
 
+def check_export_target(ckpt, out_dir, precision: str, *, force: bool = False, opset: int = 17) -> dict:
+    """Check ``out_dir`` for an export of ``ckpt`` before any work (see :func:`export._folder.check_export_dir`), and
+    refuse to replace another checkpoint's or precision's graphs unless ``force``.
+
+    Returns:
+        dict: graph name -> the metadata the export will carry.
+
+    Raises:
+        runtime._io.OutputPathError: ``out_dir`` is a file, not writable, or holds files other than an export's.
+        ExportOverwriteError: it holds another export and ``force`` is False.
+    """
+    out_dir = check_export_dir(Path(out_dir))
+    sha = _checkpoint_sha256(ckpt)
+    metadata = {g: build_metadata(ckpt, g, precision, opset, sha) for g in GRAPHS}
+    _check_existing(out_dir, metadata, force)
+    return metadata
+
+
 def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = False, opset: int = 17,
                 example_shape: tuple = (2, 5)) -> ExportResult:
-    """Export ``model.onnx``, ``cnn.onnx`` and ``bilstm.onnx`` of a checkpoint, verify them, write them atomically.
+    """Export ``model.onnx``, ``cnn.onnx`` and ``bilstm.onnx`` of a checkpoint, verify them, write the folder whole.
 
     Args:
         checkpoint (str | PathLike | runtime.checkpoint.Checkpoint): checkpoint file or a loaded checkpoint.
-        out_dir (str | PathLike): folder for the three graphs and ``export_report.json``.
+        out_dir (str | PathLike): folder for the three graphs and ``export_report.json`` and nothing else: it is
+            replaced whole (written beside it, then renamed), so a killed re-export never leaves a mix.
         precision (str): "fp32", "fp16" (fp16 CNN, fp32 BiLSTM and heads) or "fp16-all". Defaults to "fp32".
         force (bool): overwrite graphs of another checkpoint or precision in ``out_dir``. Defaults to False.
         opset (int): ONNX opset (14..20; LSTM and TensorRT are happy with 17). Defaults to 17.
@@ -449,6 +471,7 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
 
     Raises:
         ValueError: bad precision, opset or example shape.
+        runtime._io.OutputPathError: ``out_dir`` is a file, not writable, or holds files other than an export's.
         runtime.checkpoint.CheckpointError: unusable checkpoint.
         ExportOverwriteError: ``out_dir`` holds another model's graphs and ``force`` is False.
         ExportError: the exported graph lost its native LSTM nodes or dynamic axes.
@@ -465,12 +488,11 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
     if b0 < 2 or t0 < 2:
         # B=1 or T=1 examples let the tracer specialise on a singleton dim; >= 2 keeps both axes symbolic.
         raise ValueError(f"example_shape must be (B, T) with B >= 2 and T >= 2, got {tuple(example_shape)}")
+    out_dir = check_export_dir(Path(out_dir))  # before the checkpoint is read: a bad --out fails at once
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = ckpt.model.float().eval()
-    out_dir = Path(out_dir)
-    sha = _checkpoint_sha256(ckpt)
-    metadata = {g: build_metadata(ckpt, g, precision, opset, sha) for g in GRAPHS}
-    _check_existing(out_dir, metadata, force)
+    metadata = check_export_target(ckpt, out_dir, precision, force=force, opset=opset)
+    sha = next(iter(metadata.values()))["checkpoint_sha256"]
 
     t_start = time.perf_counter()
     wrappers = _make_wrappers(model, precision)
@@ -490,7 +512,7 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
     for graph in GRAPHS:
         gspec = SPEC.graph(graph)
         feeds = _example_inputs(ckpt.config, graph, b0, t0, example_lengths)
-        proto = _export_one(wrappers[graph], graph, feeds, opset)
+        proto = _export_one(wrappers[graph], graph, feeds, opset, out_dir)
         lstm_nodes = []
         if gspec.has_lstm:
             wire_sequence_lens(proto, "lengths")
@@ -522,12 +544,10 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
             f"{precision} export disagrees with PyTorch above tolerance rel <= {tol.rel:g}: " + "; ".join(bad)
             + ". Nothing was written.", report,
         )
-    paths = {}
-    for graph in GRAPHS:
-        paths[graph] = atomic_write_bytes(out_dir / SPEC.graph(graph).filename, blobs[graph])
-    report["files"] = {g: str(p.name) for g, p in paths.items()}
-    report["sha256"] = {p.name: hashlib.sha256(blobs[g]).hexdigest() for g, p in paths.items()}  # runtime checks
-    report_path = atomic_write_json(out_dir / REPORT_NAME, report)
+    names = {g: SPEC.graph(g).filename for g in GRAPHS}
+    report["files"] = dict(names)
+    report["sha256"] = {names[g]: hashlib.sha256(blobs[g]).hexdigest() for g in GRAPHS}  # runtime checks
+    paths, report_path = write_export_dir(out_dir, blobs, report)
     logger.info("wrote %s and %s", ", ".join(str(p) for p in paths.values()), report_path)
     return ExportResult(paths=paths, report=report, report_path=report_path, precision=precision)
 
@@ -565,7 +585,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     parser.add_argument("checkpoint", help="checkpoint file (.pt) written by training")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True,
+                        help="output folder; it holds the export only and is replaced whole (a killed re-export "
+                             "leaves the old export or the new one, never a mix)")
     parser.add_argument(
         "--precision", action="append", choices=list(PRECISIONS) + ["all-default"], default=None,
         help="fp32 (default), fp16 (fp16 CNN, fp32 BiLSTM and heads) or fp16-all (everything fp16 inside; I/O "
@@ -573,7 +595,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
              "'all-default' = fp32 + fp16) to write each precision into --out/<precision>/. For int8 on CPUs, "
              "quantize the fp32 export with `python -m export.quantize` (it needs calibration data).",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite graphs of another checkpoint or precision")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an export of another checkpoint or precision in --out (a re-export of the same "
+                             "checkpoint and precision needs no --force; other files in --out are never deleted)")
     parser.add_argument("--opset", type=int, default=SPEC.default_opset, help="ONNX opset (default %(default)s)")
     parser.add_argument("--example-shape", default="2x5", help="B x T of the tracing example (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -596,21 +620,31 @@ def main(argv=None) -> int:
     try:
         b, t = (int(x) for x in args.example_shape.lower().split("x"))
     except ValueError:
-        print(f"error: --example-shape must look like 2x5 (B x T), got {args.example_shape!r}")
+        print(f"error: --example-shape must look like 2x5 (B x T), got {args.example_shape!r}", file=sys.stderr)
         return 2
     precisions, nested = _expand_precisions(args.precision)
-    for precision in precisions:
-        out = Path(args.out) / precision if nested else Path(args.out)
+    outs = {p: Path(args.out) / p if nested else Path(args.out) for p in precisions}
+    try:  # every output folder is checked before the first export starts
+        from runtime.checkpoint import load_checkpoint
+
+        for out in outs.values():
+            check_export_dir(out)
+        ckpt = load_checkpoint(args.checkpoint)
+        for precision, out in outs.items():
+            check_export_target(ckpt, out, precision, force=args.force, opset=args.opset)
+    except ValueError as e:  # OutputPathError, CheckpointError, ExportOverwriteError: one clear line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for precision, out in outs.items():
         try:
-            result = export_onnx(args.checkpoint, out, precision, force=args.force, opset=args.opset,
-                                 example_shape=(b, t))
+            result = export_onnx(ckpt, out, precision, force=args.force, opset=args.opset, example_shape=(b, t))
         except ExportVerificationError as e:
             if e.report:
                 print(format_report(e.report))
-            print(f"error: {e}")
+            print(f"error: {e}", file=sys.stderr)
             return 1
-        except ValueError as e:  # CheckpointError, ExportError and argument errors: one clear line
-            print(f"error: {e}")
+        except ValueError as e:  # ExportError and argument errors: one clear line
+            print(f"error: {e}", file=sys.stderr)
             return 2
         print(format_report(result.report))
         print(f"wrote {', '.join(str(p) for p in result.paths.values())}")

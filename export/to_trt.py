@@ -9,8 +9,13 @@
 * Optimisation profiles are given in terms of ``batch`` and ``time`` and mapped onto each graph's real inputs
   (``frames``/``features``/``lengths``); fixed axes come from the graph.
 * Engine cache: a key over the ONNX bytes, profiles, precision, flavour and version, target and builder options is
-  stored in the report; an unchanged request reuses the engine ("cache hit").
-* The engine is written atomically next to ``ENGINE + ".json"`` (see docs/ARCHITECTURE.md).
+  stored in the report; an unchanged request reuses the engine ("cache hit"; ``--rebuild`` builds it anew).
+* Outputs are checked before the build: ``--out`` ends in ``.engine`` or ``.plan``, and an existing file there is
+  replaced only when its report (``OUT.json``) records this very request, i.e. it is this request's cached engine,
+  or with ``--force``. A checkpoint, a hand-made file or an engine of another request (another graph, other
+  profiles or options) is never overwritten silently. The ONNX graph is checked against its export's digest first.
+* The report is written atomically, then the engine next to it (see docs/ARCHITECTURE.md): a run killed between
+  the two leaves a report that records this request, so running the same command again rebuilds without --force.
 
 CLI::
 
@@ -25,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,13 +38,22 @@ from pathlib import Path
 from typing import Optional
 
 from export.spec import BATCH_AXIS, SPEC, TIME_AXIS
-from runtime._io import atomic_write_bytes, atomic_write_json, sha256_file
+from runtime._io import (
+    OutputPathError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_file,
+    remove_stale_temporaries,
+    sha256_file,
+)
 from runtime._version import __version__
 
 logger = logging.getLogger(__name__)
 
 PROFILE_AXES = (BATCH_AXIS, TIME_AXIS)
 CACHE_SCHEMA = 1
+ENGINE_SUFFIXES = (".engine", ".plan")
+TIMING_CACHE_SUFFIXES = (".cache",)
 
 
 class EngineBuildError(ValueError):
@@ -379,9 +394,70 @@ def _probe_builder(backend: str) -> Optional[str]:
     return None
 
 
+def _check_output_paths(out_path: Path, report_path: Path, timing_cache) -> None:
+    """Before any work: suffixes, no folder where a file goes, writable folders; stale temporaries of killed runs
+    removed. Whether an existing file may be replaced is decided once the request is known (:func:`_check_replace`).
+    """
+    check_output_file(out_path, what="--out", suffixes=ENGINE_SUFFIXES, force=True)
+    check_output_file(report_path, what="--out's report", suffixes=(".json",), force=True)
+    remove_stale_temporaries(out_path.parent, [out_path.name, report_path.name])
+    if timing_cache is not None:  # read, then written back: a checkpoint named here would be replaced
+        tc = check_output_file(timing_cache, what="--timing-cache", suffixes=TIMING_CACHE_SUFFIXES, force=True)
+        remove_stale_temporaries(tc.parent, [tc.name])
+
+
+def _read_own_report(report_path: Path, out_path: Path) -> Optional[dict]:
+    """The report at ``report_path`` if this tool wrote it for the engine file ``out_path`` (else None)."""
+    try:
+        old = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(old, dict) or "cache_key" not in old or old.get("engine") != out_path.name:
+        return None
+    return old
+
+
+def _request_differences(old: dict, new: dict) -> list:
+    """Which parts of the request recorded in ``old`` (a report) differ from ``new`` (same keys as below)."""
+    builder = old.get("builder") or {}
+    recorded = {
+        "graph (ONNX sha256)": (old.get("onnx") or {}).get("sha256"),
+        "profiles": [p.get("shapes") for p in old.get("profiles") or [] if isinstance(p, dict)],
+        "precision": old.get("precision"),
+        "TensorRT": [(old.get("trt") or {}).get(k) for k in ("flavour", "version")],
+        "target": old.get("target"),
+        "builder options": {k: builder.get(k) for k in ("workspace_mb", "opt_level", "tf32")},
+    }
+    return [k for k, v in recorded.items() if v != new[k]]
+
+
+def _check_replace(out_path: Path, report_path: Path, key: str, request: dict, force: bool) -> Optional[dict]:
+    """May ``out_path`` and its report be written? Only a file whose report records this very request (its cache
+    key: the cached engine, or one a killed build of the same request left) is replaced without ``force``.
+
+    Returns:
+        dict | None: the old report when it records this request.
+
+    Raises:
+        runtime._io.OutputPathError: an existing file that may not be replaced, saying what it is.
+    """
+    old = _read_own_report(report_path, out_path)
+    own = old is not None and old.get("cache_key") == key
+    if out_path.is_file() and old is not None and not own and not force:
+        diff = ", ".join(_request_differences(old, request)) or "the cache key"
+        raise OutputPathError(f"--out {out_path} holds an engine that export.to_trt built for another request "
+                              f"({diff} differ); pass --force to replace it, or choose another --out")
+    check_output_file(out_path, what="--out", suffixes=ENGINE_SUFFIXES, force=force, replaceable=lambda p: own)
+    # A report without its engine describes nothing; any other JSON there is someone's file.
+    check_output_file(report_path, what="--out's report", suffixes=(".json",), force=force,
+                      replaceable=lambda p: own or (old is not None and not out_path.exists()))
+    return old if own else None
+
+
 def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", timing_cache=None,
                  workspace_mb: Optional[int] = None, opt_level: Optional[int] = None,
-                 compute_capability: Optional[str] = None, tf32: bool = False, force: bool = False) -> BuildResult:
+                 compute_capability: Optional[str] = None, tf32: bool = False, rebuild: bool = False,
+                 force: bool = False) -> BuildResult:
     """Build (or reuse) a strongly typed TensorRT engine for an exported ONNX graph.
 
     Args:
@@ -398,7 +474,10 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         tf32 (bool): let float32 layers (the BiLSTM of an fp16 export, all of an fp32 one) use TF32 tensor cores
             (10-bit mantissa). TensorRT turns TF32 on by default; off here, so float32 layers compute what the graph
             says. Defaults to False.
-        force (bool): rebuild even when the cached engine matches. Defaults to False.
+        rebuild (bool): build even when the cached engine at ``out_path`` matches this request. Defaults to False.
+        force (bool): replace an existing file at ``out_path`` (and its report) that is not this request's engine:
+            an engine of another graph or other profiles or options, or any other file of the right suffix.
+            Without it such a file is refused. Defaults to False.
 
     Returns:
         BuildResult: engine and report paths, the report, and whether the cache was hit.
@@ -408,12 +487,17 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         ProfileError: bad profiles. OnnxParseError: the parser rejected the graph (node index, name, op).
         PrecisionCheckError: the network lost the FP16 the graph asked for, or the graph is an int8 export (those
             are for ONNX Runtime on CPUs; engines are built from the fp16 export).
-        EngineBuildError: other bad options or a failed build (with TensorRT's own error messages).
+        EngineBuildError: other bad options, an ONNX graph that differs from the digest its export_report.json
+            records, or a failed build (with TensorRT's own error messages).
+        runtime._io.OutputPathError: ``out_path`` (or its report or ``timing_cache``) has another suffix, is a folder
+            or not writable, or is an existing file that is not this request's engine and ``force`` is False.
     """
     import onnx
 
     from export.to_onnx import read_metadata
     from runtime import trt_compat
+    from runtime.base import check_flag
+    from runtime.spec import check_export_file
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
@@ -422,6 +506,14 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         raise EngineBuildError(f"opt_level must be in 0..5, got {opt_level}")
     if workspace_mb is not None and int(workspace_mb) < 1:
         raise EngineBuildError(f"workspace_mb must be >= 1, got {workspace_mb}")
+    for flag, name in ((tf32, "tf32"), (rebuild, "rebuild"), (force, "force")):
+        check_flag(flag, name)
+    report_path = Path(str(out_path) + ".json")
+    _check_output_paths(out_path, report_path, timing_cache)
+    try:
+        check_export_file(onnx_path)  # a bit flip inside the weights still parses and builds
+    except ValueError as e:
+        raise EngineBuildError(str(e)) from e
     data = onnx_path.read_bytes()
     try:
         proto = onnx.load_from_string(data)
@@ -439,7 +531,8 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         )
     half_usage = graph_half_usage(proto)
     inputs = onnx_inputs(proto)
-    parsed = [parse_profile(p) if isinstance(p, str) else dict(p) for p in (profiles or SPEC.default_profiles)]
+    profiles = SPEC.default_profiles if profiles is None else profiles  # an empty list is an error, not the default
+    parsed = [parse_profile(p) if isinstance(p, str) else dict(p) for p in profiles]
     if not parsed:
         raise ProfileError("at least one optimisation profile is needed")
     resolved = [resolve_profile(p, inputs) for p in parsed]
@@ -456,16 +549,16 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
                      flavour=tm.flavour, version=tm.version_string, target=target,
                      options={"workspace_mb": workspace_mb, "opt_level": opt_level, "strongly_typed": True,
                               "tf32": bool(tf32)})
-    report_path = Path(str(out_path) + ".json")
-
-    if not force and out_path.is_file() and report_path.is_file():
-        try:
-            old = json.loads(report_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old.get("cache_key") == key and old.get("engine_sha256") == sha256_file(out_path):
+    request = {"graph (ONNX sha256)": onnx_sha, "profiles": resolved, "precision": precision,
+               "TensorRT": [tm.flavour, tm.version_string], "target": target,
+               "builder options": {"workspace_mb": workspace_mb, "opt_level": opt_level, "tf32": bool(tf32)}}
+    old = _check_replace(out_path, report_path, key, request, force)
+    if old is not None and not rebuild and out_path.is_file():
+        if old.get("engine_sha256") == sha256_file(out_path):
             logger.info("engine cache hit: %s is up to date (key %s); not rebuilding", out_path, key[:16])
             return BuildResult(engine_path=out_path, report_path=report_path, report=old, cache_hit=True)
+        logger.warning("%s does not match its report (damaged, or left by an interrupted build); rebuilding it",
+                       out_path)
 
     trt = tm.trt
     trt_logger = trt_compat.make_logger(tm, "warning", collect=True)
@@ -547,7 +640,6 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         logger.info("engine not inspected on this machine (%s); the report uses the network definition",
                     engine_info["reason"])
 
-    atomic_write_bytes(out_path, blob)
     report = {
         "engine": out_path.name,
         "engine_bytes": len(blob),
@@ -574,7 +666,10 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         "runs_on": ("a GPU TensorRT-RTX supports (compute capability " + target["compute_capability"] + "; not "
                     "H100/H200)") if tm.is_rtx else "the GPU it was built on (same TensorRT version)",
     }
+    # The report first: killed before the engine is renamed into place, the report still records this request, so the
+    # same command rebuilds without --force (and the runtime refuses the mismatched engine meanwhile).
     atomic_write_json(report_path, report)
+    atomic_write_bytes(out_path, blob)
     logger.info("built %s with %s in %.1f s (%s, %d profiles)", out_path, tm.describe(), build_s, precision,
                 len(resolved))
     return BuildResult(engine_path=out_path, report_path=report_path, report=report, cache_hit=False)
@@ -590,7 +685,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     parser.add_argument("onnx", help="model.onnx, cnn.onnx or bilstm.onnx from `python -m export.to_onnx`")
-    parser.add_argument("--out", required=True, help="engine file (.engine or .plan); the report is OUT.json")
+    parser.add_argument("--out", required=True,
+                        help="engine file (.engine or .plan); the report is OUT.json. An existing file there is "
+                             "replaced only if it is this request's cached engine, or with --force")
     parser.add_argument(
         "--profile", action="append", default=None, metavar="batch=MIN:OPT:MAX,time=MIN:OPT:MAX",
         help="optimisation profile over the batch and time axes (mapped onto frames/features/lengths); repeat for "
@@ -598,7 +695,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "tensorrt_rtx"],
                         help="TensorRT flavour (default: auto = full TensorRT if installed, else TensorRT-RTX)")
-    parser.add_argument("--timing-cache", default=None, help="timing cache file to load and save")
+    parser.add_argument("--timing-cache", default=None, help="timing cache file (.cache) to load and save")
     parser.add_argument("--workspace-mb", type=int, default=None, help="workspace memory limit in MiB")
     parser.add_argument("--opt-level", type=int, default=None, help="builder optimisation level 0..5")
     parser.add_argument("--compute-capability", default=None,
@@ -606,7 +703,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--tf32", action="store_true",
                         help="let float32 layers use TF32 tensor cores (TensorRT's default; off here so float32 "
                              "layers stay float32)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the cached engine matches")
+    parser.add_argument("--rebuild", action="store_true", help="build even if the cached engine at --out matches")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing file at --out (and OUT.json) that is not this request's cached "
+                             "engine: an engine of another graph, other profiles or options, or any other file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -621,17 +721,17 @@ def main(argv=None) -> int:
         result = build_engine(args.onnx, args.out, profiles=args.profile, backend=args.backend,
                               timing_cache=args.timing_cache, workspace_mb=args.workspace_mb,
                               opt_level=args.opt_level, compute_capability=args.compute_capability, tf32=args.tf32,
-                              force=args.force)
+                              rebuild=args.rebuild, force=args.force)
     except TrtNotAvailableError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 3
-    except ValueError as e:
-        print(f"error: {e}")
+    except ValueError as e:  # bad options, outputs and graphs, failed builds: one clear line
+        print(f"error: {e}", file=sys.stderr)
         return 2
     r = result.report
     if result.cache_hit:
         print(f"engine cache hit: {result.engine_path} already matches this request (key {r['cache_key'][:16]}); "
-              "not rebuilt (use --force to rebuild)")
+              "not rebuilt (use --rebuild to rebuild)")
     else:
         print(f"built {result.engine_path} ({r['engine_bytes'] / 2**20:.1f} MiB) with {r['trt']['flavour']} "
               f"{r['trt']['version']} in {r['build_seconds']:.1f} s")

@@ -68,11 +68,15 @@ def describe(runner) -> list[str]:
 
 
 def describe_engine_report(path: str | os.PathLike) -> list[str]:
-    """The lines of :func:`describe` for a TensorRT engine, from its JSON report alone (no GPU or TensorRT needed)."""
-    from .backends.tensorrt import read_report
+    """The lines of :func:`describe` for a TensorRT engine, from its JSON report (no GPU or TensorRT needed), once
+    the engine file's size and sha256 match the report: a report copied beside another file describes nothing."""
+    from .backends.tensorrt import check_engine_file, read_report
     from .spec import InputSpec, ModelMetadata, Profile
 
+    if not Path(path).is_file():
+        raise RuntimeInputError(f"{path} does not exist (or is not a file)")
     report = read_report(Path(path))
+    check_engine_file(Path(path), report)  # before anything else is read from the report
     try:
         meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
         profiles = [Profile((int(p["axes"]["batch"][0]), int(p["axes"]["batch"][2])),

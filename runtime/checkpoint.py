@@ -112,20 +112,66 @@ def read_checkpoint_dict(path: str | os.PathLike) -> dict:
 
 
 def _check_zip_crcs(path: Path) -> None:
-    """torch.save writes a zip whose members carry CRC-32s: damage inside the weights (a bit flip, a partial
-    overwrite) still unpickles, so check them (about 0.1 s per 100 MB). Other files are left to torch.load."""
+    """Refuse, in one line, a file that is not the zip archive ``torch.save`` writes (text, JSON, an empty, truncated
+    or foreign file), before torch.load turns it into "KeyError: 101"; a legacy (non-zip) pickle goes on to the
+    weights-only loader, which reads old torch files and refuses Python objects. Then check the members' CRC-32s:
+    damage inside the weights (a bit flip, a partial overwrite) still unpickles (about 0.1 s per 100 MB)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as z:
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()):
+                raise CheckpointError(f"{path} is not a readable checkpoint: a zip archive without the data.pkl of "
+                                      f"a torch file; {_WHAT_IS_VALID}")
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return  # not a zip (or a truncated one): torch.load says what it is
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError) as e:
+        what = _describe_non_zip(path)
+        if what is None:
+            return  # a legacy pickle: torch.load(weights_only=True) says what it is
+        raise CheckpointError(f"{path} is not a readable checkpoint: {what}; {_WHAT_IS_VALID}") from e
+    except OSError as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {e.strerror or e}") from e
     except Exception as e:  # a damaged member header, a bad compression stream
         raise CheckpointError(f"{path} is damaged: its zip archive does not read back ({type(e).__name__}: {e})") from e
     if bad is not None:
         raise CheckpointError(f"{path} is damaged: the archive member {bad!r} fails its CRC-32 check (a changed byte, "
                               "a partial overwrite); use another copy of the checkpoint")
+
+
+_WHAT_IS_VALID = "a checkpoint is the zip archive torch.save writes (python -m train writes best.pt and last.pt)"
+
+
+def _describe_non_zip(path: Path) -> Optional[str]:
+    """What a file that is not a zip archive looks like, from its first bytes (None for a pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged zip archive"
+    if head[:1] == b"\x80":
+        return None
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "JSON text, not a zip archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3 or len(head) < 512:  # not merely a character cut at the end of the sample
+            return "binary data of another format, not a zip archive"
+    return "a text file, not a zip archive"
+
+
+def _check_finite_weights(state_dict: dict, source: str) -> None:
+    """Refuse NaN/Inf weights (a diverged run): such a model answers NaN, or a plausible label, for every input."""
+    import torch
+
+    bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN/Inf weights ({len(bad)} tensors, the first {bad[0]}): the training "
+                              "run diverged; use a checkpoint of an earlier epoch")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
@@ -150,6 +196,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path} has an invalid model config: {e}") from e
     model = CNNBiLSTM(config)
     load_state_dict_checked(model, d["state_dict"], source=str(path))
+    _check_finite_weights(d["state_dict"], str(path))
     model.to(map_location).eval()
     return Checkpoint(
         model=model,

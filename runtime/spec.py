@@ -38,7 +38,8 @@ def check_export_file(path) -> bool:
     path = Path(path)
     report_path = path.parent / EXPORT_REPORT_NAME
     try:
-        recorded = (json.loads(report_path.read_text(encoding="utf-8")).get("sha256") or {}).get(path.name)
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        recorded = (report.get("sha256") or {}).get(path.name)
     except (OSError, ValueError, AttributeError) as e:
         if report_path.exists():
             logger.warning("%s is unreadable (%s); %s is not checked against it", report_path, e, path.name)
@@ -48,9 +49,18 @@ def check_export_file(path) -> bool:
     actual = sha256_file(path)
     if actual != recorded:
         raise RuntimeInputError(f"{path} is damaged or was replaced after export: its sha256 is {actual[:16]}..., but "
-                                f"{EXPORT_REPORT_NAME} beside it records {recorded[:16]}...; export the folder again "
-                                "(python -m export.to_onnx / export.quantize)")
+                                f"{EXPORT_REPORT_NAME} beside it records {recorded[:16]}...; export the folder again: "
+                                f"{reexport_command(path.parent, report)}")
     return True
+
+
+def reexport_command(folder, report: Optional[dict] = None) -> str:
+    """The command that writes the export ``folder`` again, whole (from its report's precision and source)."""
+    report = report if isinstance(report, dict) else {}
+    if report.get("precision") == "int8":
+        return f"`python -m export.quantize {report.get('source') or 'FP32_EXPORT_DIR'} --out {folder} --force`"
+    precision = report.get("precision") if report.get("precision") in ("fp32", "fp16", "fp16-all") else "fp32"
+    return f"`python -m export.to_onnx CHECKPOINT --out {folder} --precision {precision} --force`"
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,8 @@ class ModelMetadata:
         sha = [m.extra.get("checkpoint_sha256") for m in (self, other)]
         if all(sha) and sha[0] != sha[1]:
             raise RuntimeInputError(f"{what} were exported from different checkpoints (sha256 {sha[0][:12]}... vs "
-                                    f"{sha[1][:12]}...); export both from the same one")
+                                    f"{sha[1][:12]}...); export both from the same one: `python -m export.to_onnx "
+                                    "CHECKPOINT --out DIR --force` writes all three graphs of one checkpoint together")
 
     def with_graph(self, graph: str) -> "ModelMetadata":
         """The same metadata for another stage (a checkpoint serves all three)."""

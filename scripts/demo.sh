@@ -24,8 +24,9 @@ step "4/6 build TensorRT FP16 engines (whichever TensorRT is installed)"
 # A builder is used only when it really builds here (a one-layer network), not merely because its module imports.
 if why=$($PY -c "from export.to_trt import builder_unavailable_reason as r; print(r() or '')") && [ -z "$why" ]; then
     for g in model cnn bilstm; do
+        # --force: a previous demo run's engines (of other graphs once retrained) are the demo's own to replace.
         $PY -m export.to_trt "$DIR/onnx/fp16/$g.onnx" --out "$DIR/engines/$g.engine" \
-            --timing-cache "$DIR/engines/timing.cache"
+            --timing-cache "$DIR/engines/timing.cache" --force
     done
     echo "Engines built. Running them needs a GPU that the installed TensorRT supports (TensorRT for RTX: RTX-class"
     echo "GPUs, compute capability 8.6/8.9/12.0; full TensorRT: any recent NVIDIA GPU)."

@@ -249,4 +249,4 @@ def test_fp16_all_verified_at_longest_time(tiny_checkpoint, tmp_path):
 
 def test_cli_errors(tmp_path, capsys):
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().out
+    assert "checkpoint not found" in capsys.readouterr().err

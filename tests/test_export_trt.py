@@ -22,6 +22,7 @@ from export.to_trt import (  # noqa: E402
     parse_profile,
     resolve_profile,
 )
+from runtime._io import OutputPathError  # noqa: E402
 from runtime.trt_compat import LOOP_LAYER_TYPES, TrtNotAvailableError  # noqa: E402
 
 PROFILES = ["batch=1:1:8,time=1:16:128", "batch=8:64:64,time=1:16:32"]
@@ -88,13 +89,18 @@ def test_engine_cache_hit_and_miss(fp16_graphs, engines, caplog):
     assert again.cache_hit and res.engine_path.stat().st_mtime_ns == mtime
     assert again.report["cache_key"] == res.report["cache_key"]
     assert "cache hit" in caplog.text
+    # Another request (here other profiles) is another engine: it replaces this one only with force=True.
+    with pytest.raises(OutputPathError, match="built for another request .profiles differ.; pass --force"):
+        build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES[:1], backend="tensorrt_rtx",
+                     compute_capability="8.6")
+    assert res.engine_path.stat().st_mtime_ns == mtime
     changed = build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES[:1], backend="tensorrt_rtx",
-                           compute_capability="8.6")
+                           compute_capability="8.6", force=True)
     assert not changed.cache_hit and changed.report["cache_key"] != res.report["cache_key"]
     # TF32 is off unless asked (TensorRT's default is on): another setting is another engine.
     assert res.report["builder"]["tf32"] is False
     tf32 = build_engine(fp16_graphs["bilstm"], res.engine_path, profiles=PROFILES[:1], backend="tensorrt_rtx",
-                        compute_capability="8.6", tf32=True)
+                        compute_capability="8.6", tf32=True, force=True)
     assert not tf32.cache_hit and tf32.report["builder"]["tf32"] is True
     assert tf32.report["cache_key"] != changed.report["cache_key"]
 
@@ -124,7 +130,7 @@ def test_missing_flavour_explains_install(fp16_graphs, tmp_path):
         build_engine(fp16_graphs["cnn"], tmp_path / "x.engine", backend="tensorrt")
     msg = str(info.value)
     assert "pip install tensorrt-cu13" in msg and "tensorrt-rtx-cu13" in msg and "GPU" in msg
-    assert main([str(fp16_graphs["cnn"]), "--out", str(tmp_path / "y"), "--backend", "tensorrt"]) == 3
+    assert main([str(fp16_graphs["cnn"]), "--out", str(tmp_path / "y.engine"), "--backend", "tensorrt"]) == 3
 
 
 @pytest.mark.parametrize("text,match", [
@@ -147,7 +153,7 @@ def test_profile_names_checked_against_graph(fp16_graphs, tmp_path):
     with pytest.raises(ProfileError, match=r"names \['frames'\].*inputs are features"):
         resolve_profile({"frames": [(1,), (1,), (1,)], "batch": (1, 1, 1), "time": (1, 1, 1)}, inputs)
     with pytest.raises(ProfileError, match="min <= opt <= max"):
-        build_engine(fp16_graphs["bilstm"], tmp_path / "e", profiles=["batch=2:1:4,time=1:1:1"],
+        build_engine(fp16_graphs["bilstm"], tmp_path / "e.engine", profiles=["batch=2:1:4,time=1:1:1"],
                      backend="tensorrt_rtx")
 
 
@@ -169,8 +175,8 @@ def test_parser_failure_names_node(fp16_graphs, tmp_path):
 
 def test_bad_options(fp16_graphs, tmp_path):
     with pytest.raises(ValueError, match="valid choices: .*8.6"):
-        build_engine(fp16_graphs["cnn"], tmp_path / "e", backend="tensorrt_rtx", compute_capability="9.9")
+        build_engine(fp16_graphs["cnn"], tmp_path / "e.engine", backend="tensorrt_rtx", compute_capability="9.9")
     with pytest.raises(ValueError, match="opt_level must be in 0..5"):
-        build_engine(fp16_graphs["cnn"], tmp_path / "e", opt_level=7)
+        build_engine(fp16_graphs["cnn"], tmp_path / "e.engine", opt_level=7)
     with pytest.raises(ValueError, match="not found"):
-        build_engine(tmp_path / "missing.onnx", tmp_path / "e")
+        build_engine(tmp_path / "missing.onnx", tmp_path / "e.engine")

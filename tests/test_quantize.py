@@ -165,13 +165,13 @@ def test_cli_calibrates_on_training_data(tmp_path, capsys):
     assert 0 <= report["verification"]["clip_accuracy_int8"] <= 1 and "clip accuracy on those clips" in printed
     assert main([str(src), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4",
                  "--calibration-clips", "0"]) == 2
-    assert "--calibration-clips must be >= 1" in capsys.readouterr().out
+    assert "--calibration-clips must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_refuses_data_with_other_classes(fp32_dir, tmp_path, capsys):
     assert main([str(fp32_dir), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4"]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("error: calibration data:") and "classes" in out
+    err = capsys.readouterr().err
+    assert err.startswith("error: calibration data:") and "classes" in err
 
 
 def test_benchmarks_take_a_given_int8_export_only_if_it_passed_for_this_checkpoint(int8, tiny_checkpoint, tmp_path):

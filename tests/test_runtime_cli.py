@@ -116,17 +116,75 @@ def test_bad_clips_are_refused_with_what_is_valid(onnx_paths, tmp_path, capsys):
     assert "is the bilstm stage" in capsys.readouterr().err
 
 
+def _digest(blob: bytes) -> dict:
+    import hashlib
+
+    return {"engine_bytes": len(blob), "engine_sha256": hashlib.sha256(blob).hexdigest()}
+
+
 def test_engine_report_without_metadata_or_profiles_is_a_clear_error(tmp_path, capsys):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not really a plan")
     metadata = {"graph": "model", "class_names": TINY_CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3,
                 "frame_size": [H, W]}
+    digest = _digest(engine.read_bytes())  # the engine matches its report: what is missing is the rest
     for report, missing in (({"metadata": {"graph": "model"}}, "lacks keys"), ({"metadata": metadata}, "'profiles'"),
                             ({"metadata": metadata, "profiles": [{"axes": {"batch": [1, 2]}}]}, "")):
-        (tmp_path / "m.engine.json").write_text(json.dumps(report))
+        (tmp_path / "m.engine.json").write_text(json.dumps({**report, **digest}))
         assert main(["info", str(engine)]) == 2
         err = capsys.readouterr().err
         assert "lacks the metadata or profiles python -m export.to_trt writes" in err and missing in err
     (tmp_path / "m.engine.json").unlink()
     assert main(["info", str(engine)]) == 2
     assert "has no build report at m.engine.json" in capsys.readouterr().err
+
+
+def _copied_report(tmp_path):
+    """A complete engine report (size and sha256 of a real 64-byte 'engine') copied beside another file."""
+    metadata = {"graph": "cnn", "class_names": TINY_CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3,
+                "frame_size": [H, W]}
+    report = {"engine": "m.engine", **_digest(bytes(range(64))), "metadata": metadata,
+              "profiles": [{"axes": {"batch": [1, 1, 2], "time": [1, 4, 8]}}],
+              "trt": {"flavour": "tensorrt", "version": "10.13.0.35"}, "target": {"compute_capability": "unknown"}}
+    (tmp_path / "m.engine.json").write_text(json.dumps(report))
+    return tmp_path / "m.engine"
+
+
+def test_info_checks_the_engine_against_its_report_before_describing_it(tmp_path, capsys):
+    engine = _copied_report(tmp_path)
+    engine.write_text("hello\n")  # a 6-byte text file beside a copied report
+    assert main(["info", str(engine)]) == 2
+    err = capsys.readouterr().err
+    assert "m.engine is 6 bytes but its report says 64" in err and "python -m export.to_trt" in err
+    assert err.count("\n") == 1
+    engine.write_bytes(bytes(range(63)) + b"X")  # right size, other bytes
+    assert main(["info", str(engine)]) == 2
+    assert "does not match the sha256 in its report" in capsys.readouterr().err
+    engine.write_bytes(bytes(range(64)))  # the engine the report describes: described
+    assert main(["info", str(engine)]) == 0
+    out = capsys.readouterr().out
+    assert "stage        cnn" in out and "accepts      batch 1..2, time 1..8" in out
+    engine.unlink()
+    assert main(["info", str(engine)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_damaged_engine_without_a_gpu_is_reported_as_damaged(tmp_path, capsys, monkeypatch):
+    # No GPU and no TensorRT here (simulated, whatever this machine has): the size/sha256 check comes first.
+    from runtime import cuda_mem, trt_compat
+
+    def no_trt(*args, **kwargs):
+        raise trt_compat.TrtNotAvailableError("no TensorRT installed")
+
+    class NoCuda:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("CUDA driver: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(trt_compat, "import_trt", no_trt)
+    monkeypatch.setattr(cuda_mem, "CudaApi", NoCuda)
+    engine = _copied_report(tmp_path)
+    engine.write_text("hello\n")
+    with pytest.raises(runtime.RuntimeInputError, match="is 6 bytes but its report says 64"):
+        runtime.load(engine)
+    assert main(["info", str(engine), "--device", "cuda"]) == 2  # not "cannot run on this machine" (3)
+    assert "is 6 bytes but its report says 64" in capsys.readouterr().err

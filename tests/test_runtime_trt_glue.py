@@ -808,6 +808,25 @@ def test_corrupted_engine_refused_by_size_and_sha256(tmp_path, fakes):
     assert fakes.trt.calls["deserialize_cuda_engine"] == 0
 
 
+def test_damaged_engine_checked_before_tensorrt_or_cuda_is_touched(tmp_path, fakes, monkeypatch):
+    # On a machine without a GPU (CudaApi fails) or TensorRT, a damaged engine is still reported as damaged.
+    from runtime import cuda_mem, trt_compat
+
+    touched = []
+    monkeypatch.setattr(trt_compat, "import_trt", lambda *a, **k: touched.append("import_trt"))
+    monkeypatch.setattr(cuda_mem, "CudaApi", lambda *a, **k: touched.append("CudaApi"))
+    path = write_engine(tmp_path, fakes)
+    path.write_bytes(path.read_bytes()[:6])
+    with pytest.raises(RuntimeInputError, match="is 6 bytes but its report says"):
+        runtime.load(path)
+    report = json.loads((tmp_path / "model.engine.json").read_text())
+    for key in ("engine_bytes", "engine_sha256"):  # a report that records no digest cannot vouch for any file
+        (tmp_path / "model.engine.json").write_text(json.dumps({k: v for k, v in report.items() if k != key}))
+        with pytest.raises(RuntimeInputError, match="records no engine size and sha256"):
+            runtime.load(path)
+    assert touched == [] and fakes.trt.calls["deserialize_cuda_engine"] == 0
+
+
 @pytest.mark.parametrize("raises", [False, True])
 def test_plan_tensorrt_cannot_deserialize_is_a_clear_error(tmp_path, fakes, raises):
     # The report matches the file, but the bytes are no plan the (fake) TensorRT knows: it returns None or raises.

@@ -73,25 +73,34 @@ def read_report(engine_path: Path) -> dict:
 
 
 def check_engine_file(engine_path: Path, report: dict) -> None:
-    """Compare the engine's size and sha256 with the report (a truncated or altered engine fails here).
+    """Compare the engine's size and sha256 with the report (a truncated, altered or swapped engine fails here).
+
+    Done before anything else reads the report's contents or the engine: a report copied beside another file
+    describes an engine that is not there. Needs no GPU and no TensorRT.
 
     Raises:
-        RuntimeInputError: size or hash differ.
+        RuntimeInputError: the engine is missing, the report records no size and sha256 (not written by
+            ``python -m export.to_trt``), or they differ.
     """
+    engine_path = Path(engine_path)
+    rebuild = "rebuild it with `python -m export.to_trt MODEL.onnx --out ENGINE`, which writes both"
+    if not engine_path.is_file():
+        raise RuntimeInputError(f"{engine_path} does not exist (or is not a file) beside its report; {rebuild}")
+    want, want_sha = report.get("engine_bytes"), report.get("engine_sha256")
+    if want is None or not want_sha:
+        raise RuntimeInputError(f"{report_path_for(engine_path)} records no engine size and sha256, so {engine_path} "
+                                f"cannot be checked against it (not a report of export.to_trt); {rebuild}")
     size = engine_path.stat().st_size
-    want = report.get("engine_bytes")
-    if want is not None and int(want) != size:
+    if not isinstance(want, int) or want != size:
         raise RuntimeInputError(f"{engine_path} is {size} bytes but its report says {want}: the file is truncated, "
-                                "damaged or not the engine the report describes; rebuild it")
-    want_sha = report.get("engine_sha256")
-    if want_sha:
-        h = hashlib.sha256()
-        with open(engine_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != want_sha:
-            raise RuntimeInputError(f"{engine_path} does not match the sha256 in its report: the file is damaged or "
-                                    "was replaced; rebuild it with `python -m export.to_trt`")
+                                f"damaged or not the engine the report describes; {rebuild}")
+    h = hashlib.sha256()
+    with open(engine_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != want_sha:
+        raise RuntimeInputError(f"{engine_path} does not match the sha256 in its report: the file is damaged or was "
+                                f"replaced; {rebuild}")
 
 
 def check_engine_compat(report: dict, flavour: str, version: str, device: Optional[dict]) -> None:
@@ -172,6 +181,7 @@ class TrtRunner(BaseRunner):
         self.path = Path(path)
         self.device_index = _device_index(device)
         report = read_report(self.path)
+        check_engine_file(self.path, report)  # first: a damaged engine is reported as damaged, GPU or not
         metadata = ModelMetadata.from_dict(report["metadata"], str(report_path_for(self.path)))
         if trt_module is None:
             from ..trt_compat import FLAVOURS, import_trt
@@ -188,7 +198,6 @@ class TrtRunner(BaseRunner):
         self.cuda.set_device(self.device_index)
         self.device_info = self.cuda.device_info(self.device_index)
         check_engine_compat(report, trt_module.flavour, trt_module.version_string, self.device_info)
-        check_engine_file(self.path, report)
         self.engine = self._deserialize()
         self._io_names(metadata)
         profiles = self._profiles()
