@@ -384,7 +384,8 @@ class OnnxRuntimeRunner(BaseRunner):
             Defaults to None.
         intra_op_threads (int | None): threads per operator; None lets ONNX Runtime decide (all cores).
             Defaults to None.
-        check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
+        check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
+            see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
         allow_spinning (bool): let idle intra-op threads busy-wait for the next operator (lowest latency for one
             session). Turn it off when several sessions alternate on the same cores, as the streaming classifier's
             cnn and bilstm sessions do: their spinning threads steal each other's cores (measured on 2 cores: a
@@ -401,7 +402,7 @@ class OnnxRuntimeRunner(BaseRunner):
     backend_name = "onnxruntime"
 
     def __init__(self, path, device=None, *, providers: Optional[Sequence] = None,
-                 intra_op_threads: Optional[int] = None, check_finite: bool = False,
+                 intra_op_threads: Optional[int] = None, check_finite: bool = True,
                  allow_spinning: bool = True, openvino_precision: Optional[str] = None) -> None:
         check_device(device)
         ort = _ort()
@@ -409,6 +410,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self.device = device
         check_count(intra_op_threads, "intra_op_threads", allow_none=True)
         check_flag(allow_spinning, "allow_spinning")
+        check_flag(check_finite, "check_finite")
         self._providers = choose_providers(ort.get_available_providers(), device, providers)
         names = [_split_provider(p)[0] for p in self._providers]
         openvino = OPENVINO in names
