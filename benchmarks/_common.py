@@ -557,8 +557,13 @@ class BenchContext:
         self.checkpoint = Path(checkpoint)
         self.device = device
         self.workdir = Path(workdir)
+        from runtime.base import check_count
+
+        for name, value in (("pool_size", pool_size), ("window", window)):
+            check_count(value, name)
+        check_count(ort_threads, "ort_threads", allow_none=True)  # 0 is an error, not "the default"
         self.pool_size = int(pool_size)
-        self.ort_threads = int(ort_threads) if ort_threads else usable_cpus()
+        self.ort_threads = usable_cpus() if ort_threads is None else int(ort_threads)
         self.window = int(window)
         self.compile_mode = compile_mode
         if self.is_cuda:

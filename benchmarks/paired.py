@@ -219,7 +219,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def output_prefix(args) -> str:
     """The file name stem of the outputs (T is the streaming window for the stream workload)."""
     t = STREAM_WINDOW if args.workload == "stream" else args.time
-    return args.prefix or f"paired-{args.workload}-B{args.batch}-T{t}"
+    return args.prefix if args.prefix is not None else f"paired-{args.workload}-B{args.batch}-T{t}"
+
+
+def _contenders(args) -> list[str]:
+    if args.contenders is None:
+        return [c for c in CONTENDERS if c != "torch-compile"]
+    return [c.strip() for c in args.contenders.split(",") if c.strip()]
 
 
 def _check_args(args) -> Optional[str]:
@@ -240,6 +246,8 @@ def _check_args(args) -> Optional[str]:
         return f"--int8-dir {args.int8_dir} has no model.onnx (quantize with python -m export.quantize)"
     if (args.onnx_dir is not None or args.int8_dir is not None) and args.checkpoint is None:
         return "--onnx-dir and --int8-dir need the --checkpoint they were exported from"
+    if args.contenders is not None and not _contenders(args):
+        return f"--contenders names none; give a comma list of {','.join(CONTENDERS)}"
     if args.out is not None:
         try:
             check_outputs(args.out, [output_prefix(args) + s for s in (".json", ".md", ".png")], force=args.force)
@@ -264,8 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     gap_ms = args.gap_ms if args.gap_ms is not None else 1e3 * default_gap_s(device)
-    contenders = ([c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders
-                  else [c for c in CONTENDERS if c != "torch-compile"])
+    contenders = _contenders(args)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

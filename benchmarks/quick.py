@@ -25,6 +25,7 @@ from benchmarks._common import (
     environment,
 )
 from benchmarks.paired import compare_paired
+from runtime.base import check_count
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
         tuple: (rows: dicts with contender, precision, p50/p90 ms, speedup, rel_error; skipped: (contender, reason)).
 
     Raises:
-        ValueError: rounds < 1, a device that is not "cpu", "cuda" or "cuda:N", an ``onnx_dir``/``int8_dir`` exported
+        ValueError: rounds, batch or time_steps not an integer >= 1, a device that is not "cpu", "cuda" or "cuda:N", an ``onnx_dir``/``int8_dir`` exported
             from another checkpoint, a damaged checkpoint or graph.
         GpuUnavailableError: a CUDA device asked for, but torch sees no CUDA GPU.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    for name, value in (("rounds", rounds), ("batch", batch), ("time_steps", time_steps)):
+        check_count(value, name)
     device = check_bench_device(device)
     contenders = [c for c in CONTENDERS if c != "torch-compile"]  # compiling takes minutes: --bench-compile
     skipped = []
@@ -67,8 +68,9 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
             skipped.append((contender, f"no {flag} given"))
             contenders.remove(contender)
     with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
-        ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                           int8_dir=Path(int8_dir) if int8_dir else None)
+        ctx = BenchContext(Path(checkpoint), device, Path(work),
+                           onnx_dir=Path(onnx_dir) if onnx_dir is not None else None,
+                           int8_dir=Path(int8_dir) if int8_dir is not None else None)
         try:
             result = compare_paired(ctx, contenders, batch=batch, time_steps=time_steps, rounds=rounds, warmup=1,
                                     gap_s=default_gap_s(device), strict=False)

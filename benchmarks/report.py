@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks._common import BASELINE, CONTENDERS, WORKLOADS, stated_peak
-from runtime._io import OutputPathError, atomic_write_bytes, atomic_write_text, check_output_dir, check_output_file
+from runtime._io import (
+    OutputPathError,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_dir,
+    check_output_file,
+    remove_stale_temporaries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -391,14 +398,16 @@ def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
 
 # --- outputs ---------------------------------------------------------------------------------------------------------
 
-_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ")  # the first line of report.md / paired's PREFIX.md
+# The first line of report.md, paired's PREFIX.md and op_profile's PREFIX.md.
+_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def is_own_output(path: Path) -> bool:
-    """Whether ``path`` is an earlier output of ``benchmarks.report`` or ``benchmarks.paired``, judged by content:
-    a markdown file starting with their heading, a PNG that matplotlib wrote (its Software text chunk), or paired's
-    JSON (an object with "environment" and "result"). Such files are replaced by a rerun without ``--force``."""
+    """Whether ``path`` is an earlier output of ``benchmarks.report``, ``.paired`` or ``.op_profile``, judged by
+    content: a markdown file starting with their heading, a PNG that matplotlib wrote (its Software text chunk), or
+    their JSON (paired's object with "environment" and "result", op_profile's with "nodes" and "ops"). Such files are
+    replaced by a rerun without ``--force``."""
     try:
         with open(path, "rb") as f:
             head = f.read(1024)
@@ -408,7 +417,7 @@ def is_own_output(path: Path) -> bool:
             return head.startswith(_PNG) and b"Matplotlib" in head
         if path.suffix == ".json" and head.lstrip().startswith(b"{"):
             data = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(data, dict) and {"environment", "result"} <= set(data)
+            return isinstance(data, dict) and ({"environment", "result"} <= set(data) or {"nodes", "ops"} <= set(data))
     except (OSError, ValueError):
         pass
     return False
@@ -416,7 +425,8 @@ def is_own_output(path: Path) -> bool:
 
 def check_outputs(out_dir: str | os.PathLike, names: Sequence[str], *, force: bool = False) -> None:
     """Before any work: ``out_dir`` is a folder that can be written (or created), and each file ``names`` in it may
-    be written: absent, an earlier output of these tools (:func:`is_own_output`), or ``force``.
+    be written: absent, an earlier output of these tools (:func:`is_own_output`), or ``force``. Temporaries of those
+    files that killed runs left are removed.
 
     Raises:
         OutputPathError: a file where the folder goes, a folder that cannot be written, a folder where a file goes,
@@ -429,6 +439,7 @@ def check_outputs(out_dir: str | os.PathLike, names: Sequence[str], *, force: bo
                                   f"{name!r}")
         check_output_file(Path(out_dir) / name, what="output", suffixes=(Path(name).suffix,), force=force,
                           replaceable=is_own_output)
+    remove_stale_temporaries(out_dir, names)  # what killed earlier runs left of these files
 
 
 # --- the whole report ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import RuntimeInputError, load, preprocess_frames
-from ._io import atomic_write_json, check_output_file
+from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
 from .frames import IMAGE_SUFFIXES, read_frame_folder, resize_frames
 
 
@@ -167,12 +167,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+def _check_classify_args(args) -> None:
+    if args.top_k < 1:  # the upper bound, the number of classes, is known once the model loads
+        raise RuntimeInputError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.json is not None:
+        check_output_file(args.json, what="--json", suffixes=(".json",), force=args.force)
+        remove_stale_temporaries(Path(args.json).parent, [Path(args.json).name])  # left by killed runs
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = get_args_parser().parse_args(argv)
     engine = Path(args.model).suffix.lower() in (".engine", ".plan")
     try:
-        if args.command == "classify" and args.json:  # before any clip is read or model loads
-            check_output_file(args.json, what="--json", suffixes=(".json",), force=args.force)
+        if args.command == "classify":  # before any clip is read or model loads
+            _check_classify_args(args)
         if args.command == "info" and engine and not args.device:  # a report says it all, GPU or not
             print("\n".join(describe_engine_report(args.model)))
             return 0
@@ -203,7 +211,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     for clip, pred in zip(args.clips, predictions, strict=True):
         best = ", ".join(f"{label} {p:.3f}" for label, p in zip(pred["labels"], pred["probs"], strict=True))
         print(f"{clip}: {best} ({pred['frames']} frames)")
-    if args.json:
+    if args.json is not None:
         try:
             atomic_write_json(args.json, {"model": str(args.model),
                                           "clips": [{"clip": str(c), **p} for c, p in zip(args.clips, predictions,

@@ -450,3 +450,82 @@ def test_own_outputs_are_recognised_by_content(tmp_path):
         with pytest.raises(OutputPathError, match="already exists; pass --force"):
             check_outputs(tmp_path, [name])
         check_outputs(tmp_path, [name], force=True)
+
+
+# --- the audit: the same classes elsewhere in the runtime and benchmarks ----------------------------------------------
+
+
+def test_classify_top_k_and_stale_temporaries(fp32_dir, clip_npy, tmp_path, capsys):
+    assert _classify(tmp_path / "missing.onnx", clip_npy, "--top-k", "0") == 2  # before the model is looked at
+    assert capsys.readouterr().err == "error: --top-k must be >= 1, got 0\n"
+    stale = tmp_path / ".preds.json.99999999.x1y2.tmp"  # a killed run's temporary (no such pid)
+    stale.write_text("{")
+    live = tmp_path / f".preds.json.{os.getpid()}.x1y2.tmp"  # a live writer's: kept
+    live.write_text("{")
+    assert _classify(fp32_dir / "model.onnx", clip_npy, "--json", tmp_path / "preds.json") == 0
+    assert not stale.exists() and live.exists()
+
+
+def test_onnx_runtime_openvino_precision_empty_is_refused(fp32_dir):
+    with pytest.raises(RuntimeInputError, match=r"openvino_precision must be one of \('f32', 'bf16', 'f16'\), got ''"):
+        runtime.load(fp32_dir / "model.onnx", providers=["OpenVINOExecutionProvider"], openvino_precision="")
+
+
+def test_benchmark_counts_of_zero_are_errors_not_defaults(tiny_checkpoint, tmp_path, capsys):
+    from benchmarks import paired
+    from benchmarks._common import BenchContext
+    from benchmarks.quick import quick_look
+
+    for option, value in (("ort_threads", 0), ("pool_size", 0), ("window", 0)):
+        with pytest.raises(ValueError, match=f"{option} must be an integer >= 1"):
+            BenchContext(tiny_checkpoint, "cpu", tmp_path, **{option: value})
+    for option in ("rounds", "batch", "time_steps"):
+        with pytest.raises(ValueError, match=f"{option} must be an integer >= 1"):
+            quick_look(tiny_checkpoint, device="cpu", **{option: 0})
+    assert paired.main(["--device", "cpu", "--contenders", ","]) == 2
+    assert "--contenders names none" in capsys.readouterr().err
+    assert paired.main(["--device", "cpu", "--out", str(tmp_path), "--prefix", ""]) == 2
+    assert "--prefix must be a plain file name stem" in capsys.readouterr().err
+
+
+def test_bench_suite_options_of_zero_are_usage_errors(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/test_latency.py",
+                           "--bench-smoke", "--benchmark-disable", "--bench-budget", "0", "-x",
+                           "-k", "model and eager-fp32", "--basetemp", str(tmp_path / "t")],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode != 0 and "--bench-budget must be > 0, got 0.0" in proc.stdout + proc.stderr
+
+
+def test_op_profile_out_is_checked_before_profiling(tmp_path, capsys):
+    from benchmarks import op_profile
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert op_profile.main(["--out", str(afile)]) == 2  # the reference model is never exported or profiled
+    assert capsys.readouterr().err == f"error: --out {afile} is a file, not a folder\n"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p.json").write_text('{"mine": 1}')
+    assert op_profile.main(["--out", str(out), "--prefix", "p"]) == 2
+    assert "already exists; pass --force to replace it" in capsys.readouterr().err
+    assert json.loads((out / "p.json").read_text()) == {"mine": 1}
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_are_checked_on_their_device(tiny_checkpoint):
+    """The CUDA branch: one sum on the device; the exact per-step scan only when that sum is not finite."""
+    from runtime.base import _non_finite_steps
+
+    huge = torch.full((1, 2, 3, H, W), 3e38, device="cuda")  # finite, though its float32 sum overflows to Inf
+    assert _non_finite_steps(huge, None, True) is None
+    x = torch.randn(2, 4, 3, H, W, device="cuda")
+    x[1, 2, 0, 0, 0] = float("nan")
+    with runtime.load(tiny_checkpoint, device="cuda") as r:  # the fast path
+        with pytest.raises(RuntimeInputError, match="clip 1 hold NaN or Inf at step 2"):
+            r.infer(x)
+        assert torch.isfinite(r.infer(x, torch.tensor([4, 2]))["clip_logits"]).all()  # NaN only in the padding
+    with StreamingClassifier(tiny_checkpoint, window=4, device="cuda") as stream:
+        with pytest.raises(RuntimeInputError, match="the pushed frame"):
+            stream.push(x[1, 2])
+        assert stream.push(x[0, 0]).frames_seen == 1

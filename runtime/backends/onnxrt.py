@@ -420,7 +420,8 @@ class OnnxRuntimeRunner(BaseRunner):
         self._threads, self._allow_spinning = intra_op_threads, allow_spinning
         self._openvino = None
         if openvino:
-            self._openvino = (openvino_precision or "f32", _split_provider(self._providers[names.index(OPENVINO)])[1])
+            precision = "f32" if openvino_precision is None else openvino_precision  # "" is refused, not "f32"
+            self._openvino = (precision, _split_provider(self._providers[names.index(OPENVINO)])[1])
         graph = self._open(ort)  # here, not at activation, so that file errors surface from load()
         super().__init__(graph.metadata, graph.spec, check_finite=check_finite)
         # Which provider runs each part of the graph; provider is the one that runs the CNN when there is one.
