@@ -4,6 +4,9 @@
 
 Each contender's output is checked against eager fp32 first (the relative error is printed). For numbers to quote,
 run the suite: ``pytest benchmarks --benchmark-json=runs/bench.json`` then ``python -m benchmarks.report``.
+
+Exit status: 0 when every contender agrees with eager fp32, 1 when one does not, 2 for bad input (one ``error:``
+line on stderr; an ``--onnx-dir`` of another checkpoint says so), 3 for ``--device cuda`` without a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
         tuple: (rows: dicts with contender, precision, p50/p90 ms, speedup, rel_error; skipped: (contender, reason)).
 
     Raises:
-        ValueError: rounds, batch or time_steps not an integer >= 1, a device that is not "cpu", "cuda" or "cuda:N", an ``onnx_dir``/``int8_dir`` exported
-            from another checkpoint, a damaged checkpoint or graph.
+        ValueError: rounds, batch or time_steps not an integer >= 1, a device that is not "cpu", "cuda" or
+            "cuda:N", an ``onnx_dir``/``int8_dir`` exported from another checkpoint, a damaged checkpoint or graph.
         GpuUnavailableError: a CUDA device asked for, but torch sees no CUDA GPU.
     """
     for name, value in (("rounds", rounds), ("batch", batch), ("time_steps", time_steps)):

@@ -105,9 +105,9 @@ class StreamingClassifier:
     stream: it is not thread-safe (use one per stream and thread).
 
     Raises:
-        RuntimeInputError: a bad window (not an integer, beyond :data:`MAX_WINDOW`), a check_finite that is not a
-            bool, runners of the wrong stages or of different models, a window outside what
-            the bilstm runner accepts, or anything :func:`runtime.load` rejects.
+        RuntimeInputError: a bad window (not an integer, beyond :data:`MAX_WINDOW`), a resize or check_finite that
+            is not a bool, runners of the wrong stages or of different models, a window outside what the bilstm
+            runner accepts, or anything :func:`runtime.load` rejects.
     """
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
@@ -229,9 +229,9 @@ class StreamingClassifier:
         else:
             finite = bool(np.isfinite(_to_numpy(x)).all())
         if not finite:
-            raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; frames "
-                                    "must be finite. Nothing was added to the window; check_finite=False skips this "
-                                    "check for callers that guarantee finite frames")
+            raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
+                                    "frames must be finite. Nothing was added to the window; check_finite=False skips "
+                                    "this check for callers that guarantee finite frames")
 
     def push(self, frame: Any) -> StreamResult:
         """Add one frame and classify the newest frame and the window.

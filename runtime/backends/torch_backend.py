@@ -442,7 +442,8 @@ class TorchRunner(BaseRunner):
             raise RuntimeInputError(f"stage must be one of {STAGES}, got {stage!r}")
         check_device(device)
         check_flag(fast, "fast", allow_none=True)
-        for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last), ("check_finite", check_finite)):
+        for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last),
+                           ("check_finite", check_finite)):
             check_flag(flag, name)
         check_count(max_buckets, "max_buckets")
         self.max_buckets = int(max_buckets)
