@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import itertools
 import logging
 import os
@@ -484,6 +485,53 @@ def _stream_output(out: Any) -> dict:
     return result
 
 
+class GpuUnavailableError(RuntimeError):
+    """A CUDA device was asked for where torch sees no CUDA GPU (the benchmark CLIs exit 3: cannot run here)."""
+
+
+def check_bench_device(device: Optional[str]) -> str:
+    """The device to benchmark on: ``device`` checked, or for None CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: not "cpu", "cuda" or "cuda:N" (:class:`runtime.RuntimeInputError`).
+        GpuUnavailableError: CUDA asked for, but torch sees no CUDA GPU.
+    """
+    import torch
+
+    from runtime.base import check_device
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise GpuUnavailableError(f"--device {device}, but torch sees no CUDA GPU here; use --device cpu")
+    return str(device)
+
+
+def export_checkpoint_sha256(folder: Path) -> tuple[Optional[str], str]:
+    """(checkpoint sha256, where it was read) of an export folder: its ``export_report.json``, else the metadata of
+    its ``model.onnx``; (None, "") when neither records one (nothing to compare)."""
+    import json
+
+    from runtime.spec import EXPORT_REPORT_NAME
+
+    try:
+        recorded = json.loads((folder / EXPORT_REPORT_NAME).read_text(encoding="utf-8")).get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded:
+        return str(recorded), EXPORT_REPORT_NAME
+    model = folder / "model.onnx"
+    if not model.is_file() or importlib.util.find_spec("onnxruntime") is None:  # then its contenders are skipped
+        return None, ""
+    import runtime
+
+    runner = runtime.load(model, device="cpu")  # reads (and checks) the graph's metadata; never activated
+    recorded = runner.metadata.extra.get("checkpoint_sha256")
+    runner.deactivate()
+    return (str(recorded), "model.onnx metadata") if recorded else (None, "")
+
+
 class BenchContext:
     """Everything one benchmark session shares: checkpoint, device, exported graphs, models, inputs, references.
 
@@ -509,8 +557,13 @@ class BenchContext:
         self.checkpoint = Path(checkpoint)
         self.device = device
         self.workdir = Path(workdir)
+        from runtime.base import check_count
+
+        for name, value in (("pool_size", pool_size), ("window", window)):
+            check_count(value, name)
+        check_count(ort_threads, "ort_threads", allow_none=True)  # 0 is an error, not "the default"
         self.pool_size = int(pool_size)
-        self.ort_threads = int(ort_threads) if ort_threads else usable_cpus()
+        self.ort_threads = usable_cpus() if ort_threads is None else int(ort_threads)
         self.window = int(window)
         self.compile_mode = compile_mode
         if self.is_cuda:
@@ -525,6 +578,7 @@ class BenchContext:
         self._onnx_dirs: dict[str, Path] = {}
         for precision, folder in (("fp32", onnx_dir), ("int8", int8_dir)):
             if folder:
+                self._check_export_source(Path(folder))
                 self._onnx_dirs[precision] = Path(folder)
         self._int8_external = int8_dir is not None
         self._cache: dict[Any, Any] = {}
@@ -532,6 +586,25 @@ class BenchContext:
     @property
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    @functools.cached_property
+    def checkpoint_sha256(self) -> str:
+        from runtime._io import sha256_file
+
+        return sha256_file(self.checkpoint)
+
+    def _check_export_source(self, folder: Path) -> None:
+        """Refuse an export folder of another checkpoint, by the checkpoint sha256 its export records (otherwise its
+        graphs fail later on a frame size or class count, or are timed against the wrong baseline).
+
+        Raises:
+            ValueError: the folder records another checkpoint's sha256, naming both.
+        """
+        recorded, source = export_checkpoint_sha256(folder)
+        if recorded is not None and recorded != self.checkpoint_sha256:
+            raise ValueError(f"{folder} was exported from another checkpoint: its {source} records checkpoint sha256 "
+                             f"{recorded[:16]}..., but {self.checkpoint} has {self.checkpoint_sha256[:16]}...; pass "
+                             f"the export of this checkpoint (python -m export.to_onnx {self.checkpoint} --out DIR)")
 
     # -- inputs --------------------------------------------------------------------------------------------------
     def host_pool(self, workload: str, batch: int, time_steps: int) -> list:
@@ -859,7 +932,6 @@ class BenchContext:
         import json
 
         from export.spec import REPORT_NAME
-        from runtime._io import sha256_file
 
         folder = self._onnx_dirs["int8"]
         try:
@@ -870,7 +942,7 @@ class BenchContext:
         if report.get("precision") != "int8" or not report.get("ok"):
             raise ValueError(f"{folder}/{REPORT_NAME} is not a passed int8 export (precision "
                              f"{report.get('precision')!r}, ok {report.get('ok')!r})")
-        if report.get("checkpoint_sha256") != sha256_file(self.checkpoint):
+        if report.get("checkpoint_sha256") != self.checkpoint_sha256:
             raise ValueError(f"{folder} was quantized from another checkpoint than {self.checkpoint}")
         v = report.get("verification", {})
         return {"int8_clip_agreement": v.get("clip_agreement"), "int8_verified_clips": v.get("clips"),

@@ -149,12 +149,17 @@ def bench_checkpoint(request, tmp_path_factory):
 def bench(request, bench_checkpoint, tmp_path_factory):
     """The session's :class:`BenchContext` (models, exported graphs and runners are built once and shared)."""
     opts = request.config.getoption
+    for option in ("--bench-budget", "--bench-rounds", "--bench-ort-threads"):
+        value = opts(option)
+        if value is not None and not value > 0:  # 0 would silently mean "the default" further down
+            raise pytest.UsageError(f"{option} must be > 0, got {value}")
     ctx = BenchContext(bench_checkpoint, bench_device(request.config), tmp_path_factory.mktemp("bench-work"),
                        ort_threads=opts("--bench-ort-threads"), compile_mode=opts("--bench-compile-mode"),
                        onnx_dir=opts("--bench-onnx-dir"))
     ctx.smoke = is_smoke(request.config)
-    ctx.budget_s = opts("--bench-budget") or (0.2 if ctx.smoke else 1.0 if ctx.is_cuda else 3.0)
-    ctx.fixed_rounds = opts("--bench-rounds")
+    budget, rounds = opts("--bench-budget"), opts("--bench-rounds")
+    ctx.budget_s = budget if budget is not None else (0.2 if ctx.smoke else 1.0 if ctx.is_cuda else 3.0)
+    ctx.fixed_rounds = rounds
     yield ctx
     ctx.close()
 

@@ -292,6 +292,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, default=25, help="nodes listed in the markdown (default 25)")
     parser.add_argument("--out", default=None, help="folder for PREFIX.md/.json/.png (default: print only)")
     parser.add_argument("--prefix", default=None, help="file name stem (default profile-<model>-B{b}-T{t})")
+    parser.add_argument("--force", action="store_true", help="replace existing --out files that these tools did "
+                        "not write")
     return parser
 
 
@@ -308,6 +310,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.model is not None and (not Path(args.model).is_file() or Path(args.model).suffix != ".onnx"):
         print(f"error: {args.model} is not an .onnx file", file=sys.stderr)
         return 2
+    if args.out is not None:  # before the profile, not after it
+        from benchmarks.report import check_outputs
+
+        try:
+            check_outputs(args.out, [_prefix(args) + s for s in (".md", ".json", ".png")], force=args.force)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="op-profile-model-") as work:
         model = args.model
         if model is None:
@@ -329,13 +339,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = profile_markdown(result, top=args.top)
     print(text)
     if args.out:
-        out = Path(args.out)
-        prefix = args.prefix or f"profile-{Path(result['model']).stem}-B{args.batch}-T{args.time}"
-        atomic_write_text(out / f"{prefix}.md", text)
-        atomic_write_json(out / f"{prefix}.json", result)
-        png = plot_profile(result, out / f"{prefix}.png")
+        out, prefix = Path(args.out), _prefix(args)
+        try:
+            atomic_write_text(out / f"{prefix}.md", text)
+            atomic_write_json(out / f"{prefix}.json", result)
+            png = plot_profile(result, out / f"{prefix}.png")
+        except OSError as e:  # checked before the profile, but the folder may have changed since
+            print(f"error: cannot write the profile to {out}: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {out / prefix}.md/.json" + ("/.png" if png else ""), file=sys.stderr)
     return 0
+
+
+def _prefix(args) -> str:
+    stem = Path(args.model).stem if args.model is not None else "reference-model"
+    return args.prefix if args.prefix is not None else f"profile-{stem}-B{args.batch}-T{args.time}"
 
 
 if __name__ == "__main__":

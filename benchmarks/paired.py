@@ -13,7 +13,9 @@ ONNX Runtime's speedup over eager read ~1.3x instead of ~1.1x on the CI VM). Out
 first, as in the suite.
 
 Writes (with ``--out``) ``PREFIX.json`` (every sample, the environment), ``PREFIX.md`` and ``PREFIX.png`` (latency
-per round and the per-round speedup), atomically.
+per round and the per-round speedup), atomically. The outputs are checked before anything is timed: ``--out`` must
+be a writable folder (or creatable), and an existing file of those names is replaced only when it is an earlier
+output of these tools (recognised by its content) or with ``--force``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from benchmarks._common import (
     BASELINE,
     CONTENDERS,
     FAST_VARIANTS,
+    STREAM_WINDOW,
     TOLERANCES,
     BenchContext,
+    GpuUnavailableError,
     Unavailable,
+    check_bench_device,
     default_gap_s,
     environment,
     paired_speedup,
@@ -43,6 +48,7 @@ from benchmarks._common import (
     time_interleaved,
     write_random_checkpoint,
 )
+from benchmarks.report import check_outputs
 from runtime._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -205,7 +211,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "exceed its tolerance anyway (its row says so) instead of stopping with an error")
     parser.add_argument("--out", default=None, help="folder for PREFIX.json/.md/.png (default: print only)")
     parser.add_argument("--prefix", default=None, help="file name stem (default paired-WORKLOAD-B{b}-T{t})")
+    parser.add_argument("--force", action="store_true", help="replace existing --out files that these tools did "
+                        "not write")
     return parser
+
+
+def output_prefix(args) -> str:
+    """The file name stem of the outputs (T is the streaming window for the stream workload)."""
+    t = STREAM_WINDOW if args.workload == "stream" else args.time
+    return args.prefix if args.prefix is not None else f"paired-{args.workload}-B{args.batch}-T{t}"
+
+
+def _contenders(args) -> list[str]:
+    if args.contenders is None:
+        return [c for c in CONTENDERS if c != "torch-compile"]
+    return [c.strip() for c in args.contenders.split(",") if c.strip()]
 
 
 def _check_args(args) -> Optional[str]:
@@ -226,6 +246,13 @@ def _check_args(args) -> Optional[str]:
         return f"--int8-dir {args.int8_dir} has no model.onnx (quantize with python -m export.quantize)"
     if (args.onnx_dir is not None or args.int8_dir is not None) and args.checkpoint is None:
         return "--onnx-dir and --int8-dir need the --checkpoint they were exported from"
+    if args.contenders is not None and not _contenders(args):
+        return f"--contenders names none; give a comma list of {','.join(CONTENDERS)}"
+    if args.out is not None:
+        try:
+            check_outputs(args.out, [output_prefix(args) + s for s in (".json", ".md", ".png")], force=args.force)
+        except ValueError as e:
+            return str(e)
     return None
 
 
@@ -236,15 +263,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {device}, but torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
+    try:
+        device = check_bench_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    except GpuUnavailableError as e:  # cannot run on this machine
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     gap_ms = args.gap_ms if args.gap_ms is not None else 1e3 * default_gap_s(device)
-    contenders = ([c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders
-                  else [c for c in CONTENDERS if c != "torch-compile"])
+    contenders = _contenders(args)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -271,14 +299,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = result_markdown(result, env)
     print(text, end="")
     if args.out:
-        out = Path(args.out)
-        prefix = args.prefix or f"paired-{result['workload']}-B{result['batch']}-T{result['time']}"
+        return _write_outputs(args, result, env, text)
+    return 0
+
+
+def _write_outputs(args, result: dict, env: dict, text: str) -> int:
+    out, prefix = Path(args.out), output_prefix(args)
+    try:
         atomic_write_json(out / f"{prefix}.json", {"environment": env, "result": result,
                                                    "checkpoint": "reference model, random weights (seed 0)"
                                                    if args.checkpoint is None else Path(args.checkpoint).name})
         atomic_write_text(out / f"{prefix}.md", text)
         plot_paired(result, out / f"{prefix}.png")
-        print(f"wrote {out / prefix}.{{json,md,png}}")
+    except OSError as e:  # checked before the run, but the folder may have changed since
+        print(f"error: cannot write the results to {out}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / prefix}.{{json,md,png}}")
     return 0
 
 

@@ -4,18 +4,31 @@
 
 Each contender's output is checked against eager fp32 first (the relative error is printed). For numbers to quote,
 run the suite: ``pytest benchmarks --benchmark-json=runs/bench.json`` then ``python -m benchmarks.report``.
+
+Exit status: 0 when every contender agrees with eager fp32, 1 when one does not, 2 for bad input (one ``error:``
+line on stderr; an ``--onnx-dir`` of another checkpoint says so), 3 for ``--device cuda`` without a CUDA GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import CONTENDERS, ORT_CONTENDERS, BenchContext, default_gap_s, environment
+from benchmarks._common import (
+    CONTENDERS,
+    ORT_CONTENDERS,
+    BenchContext,
+    GpuUnavailableError,
+    check_bench_device,
+    default_gap_s,
+    environment,
+)
 from benchmarks.paired import compare_paired
+from runtime.base import check_count
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +56,13 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
         tuple: (rows: dicts with contender, precision, p50/p90 ms, speedup, rel_error; skipped: (contender, reason)).
 
     Raises:
-        ValueError: rounds < 1.
+        ValueError: rounds, batch or time_steps not an integer >= 1, a device that is not "cpu", "cuda" or
+            "cuda:N", an ``onnx_dir``/``int8_dir`` exported from another checkpoint, a damaged checkpoint or graph.
+        GpuUnavailableError: a CUDA device asked for, but torch sees no CUDA GPU.
     """
-    import torch
-
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for name, value in (("rounds", rounds), ("batch", batch), ("time_steps", time_steps)):
+        check_count(value, name)
+    device = check_bench_device(device)
     contenders = [c for c in CONTENDERS if c != "torch-compile"]  # compiling takes minutes: --bench-compile
     skipped = []
     for contender, (precision, _) in ORT_CONTENDERS.items():
@@ -58,8 +71,9 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
             skipped.append((contender, f"no {flag} given"))
             contenders.remove(contender)
     with tempfile.TemporaryDirectory(prefix="quick-bench-") as work:
-        ctx = BenchContext(Path(checkpoint), device, Path(work), onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                           int8_dir=Path(int8_dir) if int8_dir else None)
+        ctx = BenchContext(Path(checkpoint), device, Path(work),
+                           onnx_dir=Path(onnx_dir) if onnx_dir is not None else None,
+                           int8_dir=Path(int8_dir) if int8_dir is not None else None)
         try:
             result = compare_paired(ctx, contenders, batch=batch, time_steps=time_steps, rounds=rounds, warmup=1,
                                     gap_s=default_gap_s(device), strict=False)
@@ -84,12 +98,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        device = check_bench_device(args.device)
         rows, skipped = quick_look(args.checkpoint, onnx_dir=args.onnx_dir, int8_dir=args.int8_dir,
-                                   rounds=args.rounds, device=args.device)
+                                   rounds=args.rounds, device=device)
     except ValueError as e:  # CheckpointError, RuntimeInputError and bad arguments are all ValueErrors
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    env = environment(args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu"))
+    except GpuUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    env = environment(device)
     print(f"QUICK LOOK, not a benchmark: whole model at B=1, T=16, {args.rounds} interleaved rounds after 1 warm-up, on "
           f"{env['device_name']}.")
     print("Full suite: `make bench`; a paired ratio to quote: python -m benchmarks.paired.")

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks._common import BASELINE, CONTENDERS, WORKLOADS, stated_peak
-from runtime._io import atomic_write_bytes, atomic_write_text
+from runtime._io import (
+    OutputPathError,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_dir,
+    check_output_file,
+    remove_stale_temporaries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -389,11 +396,62 @@ def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
     return save_figure(fig, path)
 
 
+# --- outputs ---------------------------------------------------------------------------------------------------------
+
+# The first line of report.md, paired's PREFIX.md and op_profile's PREFIX.md.
+_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ")
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether ``path`` is an earlier output of ``benchmarks.report``, ``.paired`` or ``.op_profile``, judged by
+    content: a markdown file starting with their heading, a PNG that matplotlib wrote (its Software text chunk), or
+    their JSON (paired's object with "environment" and "result", op_profile's with "nodes" and "ops"). Such files are
+    replaced by a rerun without ``--force``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+        if path.suffix == ".md":
+            return head.startswith(_OWN_HEADINGS)
+        if path.suffix == ".png":
+            return head.startswith(_PNG) and b"Matplotlib" in head
+        if path.suffix == ".json" and head.lstrip().startswith(b"{"):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and ({"environment", "result"} <= set(data) or {"nodes", "ops"} <= set(data))
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def check_outputs(out_dir: str | os.PathLike, names: Sequence[str], *, force: bool = False) -> None:
+    """Before any work: ``out_dir`` is a folder that can be written (or created), and each file ``names`` in it may
+    be written: absent, an earlier output of these tools (:func:`is_own_output`), or ``force``. Temporaries of those
+    files that killed runs left are removed.
+
+    Raises:
+        OutputPathError: a file where the folder goes, a folder that cannot be written, a folder where a file goes,
+            a file name that is not a plain name, or an existing file these tools did not write (without force).
+    """
+    check_output_dir(out_dir, what="--out")
+    for name in names:
+        if Path(name).name != name or name.startswith(".") or not Path(name).stem:
+            raise OutputPathError(f"--prefix must be a plain file name stem (no folders, not hidden), which makes "
+                                  f"{name!r}")
+        check_output_file(Path(out_dir) / name, what="output", suffixes=(Path(name).suffix,), force=force,
+                          replaceable=is_own_output)
+    remove_stale_temporaries(out_dir, names)  # what killed earlier runs left of these files
+
+
 # --- the whole report ------------------------------------------------------------------------------------------------
 
 
+def report_names(prefix: str, plots: bool) -> list[str]:
+    """The files :func:`build_report` may write into its folder."""
+    return [f"{prefix}.md"] + ([f"{prefix}-latency.png", f"{prefix}-speedup.png"] if plots else [])
+
+
 def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, prefix: str = "report",
-                 plots: bool = True) -> dict[str, Path]:
+                 plots: bool = True, force: bool = False) -> dict[str, Path]:
     """Write ``<prefix>.md`` (+ ``<prefix>-latency.png``, ``<prefix>-speedup.png`` of the first file) to ``out_dir``.
 
     Args:
@@ -402,15 +460,18 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         out_dir (str | PathLike): output folder (created).
         prefix (str): file name stem. Defaults to "report".
         plots (bool): write the PNGs (needs matplotlib). Defaults to True.
+        force (bool): replace existing files of those names that these tools did not write. Defaults to False.
 
     Returns:
         dict[str, Path]: "markdown", and "latency"/"speedup" when plotted.
 
     Raises:
         ReportError: no file given, or a file that is not a results file of this suite.
+        OutputPathError: an output that cannot or may not be written (see :func:`check_outputs`), checked first.
     """
     if not paths:
         raise ReportError("give at least one results file (pytest benchmarks --benchmark-json=FILE)")
+    check_outputs(out_dir, report_names(prefix, plots), force=force)
     all_results = [load_results(p) for p in paths]
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
@@ -440,6 +501,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/bench-report", help="output folder (default runs/bench-report)")
     parser.add_argument("--prefix", default="report", help="file name stem of the outputs (default report)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--force", action="store_true", help="replace existing output files that these tools did "
+                        "not write")
     return parser
 
 
@@ -447,10 +510,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        written = build_report(args.results, args.out, prefix=args.prefix, plots=not args.no_plots)
+        written = build_report(args.results, args.out, prefix=args.prefix, plots=not args.no_plots, force=args.force)
         summary = compact_table(load_results(args.results[0]))
-    except ReportError as e:
+    except (ReportError, OutputPathError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the outputs were checked first, but the folder may have changed since
+        print(f"error: cannot write the report to {args.out}: {e}", file=sys.stderr)
         return 2
     for key, path in written.items():
         print(f"wrote {key}: {path}")

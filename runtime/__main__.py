@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import RuntimeInputError, load, preprocess_frames
-from ._io import atomic_write_json
+from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
 from .frames import IMAGE_SUFFIXES, read_frame_folder, resize_frames
 
 
@@ -30,8 +30,8 @@ def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = Non
     natural name order (``2.png`` before ``10.png``) and, with ``frame_size``, the same resize.
 
     Raises:
-        RuntimeInputError: missing path, no frames, an unreadable image, frames of different sizes, not uint8 RGB, or
-            another format.
+        RuntimeInputError: missing path, no frames, an unreadable image, frames of different sizes, not uint8 RGB, a
+            .npz archive or another format named .npy, or another format.
     """
     path = Path(path)
     if path.is_dir():
@@ -39,16 +39,20 @@ def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = Non
     if path.suffix.lower() == ".npy" and path.is_file():
         try:
             frames = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise RuntimeInputError(f"{path} is not a plain numpy array file: {e}") from e
+        except (ValueError, OSError, EOFError) as e:  # pickled, empty, truncated or unreadable
+            raise RuntimeInputError(f"{path} is not a readable .npy array file: {type(e).__name__}: {e}") from e
+        if not isinstance(frames, np.ndarray):  # np.load goes by content: a zip (.npz) gives an archive object
+            frames.close()
+            raise RuntimeInputError(f"{path} is a .npz archive (a zip of arrays), not a .npy array; save the clip "
+                                    "with np.save(path, frames) as uint8 (T, H, W, 3)")
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
             raise RuntimeInputError(f"{path} must hold uint8 (T, H, W, 3) RGB frames with T >= 1, got "
                                     f"{frames.dtype} {frames.shape}")
         return frames if frame_size is None else resize_frames(frames, frame_size)
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist")
-    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) frames "
-                            f"(frame images: {', '.join(IMAGE_SUFFIXES)})")
+    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) "
+                            f"frames (frame images end in {', '.join(IMAGE_SUFFIXES)})")
 
 
 def _load_options(args) -> dict:
@@ -145,14 +149,42 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                               ".npy uint8 (T, H, W, 3)")
     cls.add_argument("--top-k", type=int, default=1, help="classes to show per clip (default 1)")
     cls.add_argument("--resize", action="store_true", help="resize frames to the model's size instead of refusing")
-    cls.add_argument("--json", default=None, help="also write the predictions to this JSON file")
+    cls.add_argument("--json", default=None, help="also write the predictions to this .json file (checked before "
+                                                  "the model loads; an existing file needs --force)")
+    cls.add_argument("--force", action="store_true", help="replace an existing --json file")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; 0 on success, 2 for bad input (one ``error:`` line on stderr), 3 when the model cannot run here.
+
+    Output cut short by its reader (``python -m runtime info MODEL | head -1``) ends quietly, as for other CLIs.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        # The reader is gone: send what is still buffered to devnull so the exit flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _check_classify_args(args) -> None:
+    if args.top_k < 1:  # the upper bound, the number of classes, is known once the model loads
+        raise RuntimeInputError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.json is not None:
+        check_output_file(args.json, what="--json", suffixes=(".json",), force=args.force)
+        remove_stale_temporaries(Path(args.json).parent, [Path(args.json).name])  # left by killed runs
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = get_args_parser().parse_args(argv)
     engine = Path(args.model).suffix.lower() in (".engine", ".plan")
     try:
+        if args.command == "classify":  # before any clip is read or model loads
+            _check_classify_args(args)
         if args.command == "info" and engine and not args.device:  # a report says it all, GPU or not
             print("\n".join(describe_engine_report(args.model)))
             return 0
@@ -183,10 +215,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for clip, pred in zip(args.clips, predictions, strict=True):
         best = ", ".join(f"{label} {p:.3f}" for label, p in zip(pred["labels"], pred["probs"], strict=True))
         print(f"{clip}: {best} ({pred['frames']} frames)")
-    if args.json:
-        atomic_write_json(args.json, {"model": str(args.model),
-                                      "clips": [{"clip": str(c), **p} for c, p in zip(args.clips, predictions,
-                                                                                      strict=True)]})
+    if args.json is not None:
+        try:
+            atomic_write_json(args.json, {"model": str(args.model),
+                                          "clips": [{"clip": str(c), **p} for c, p in zip(args.clips, predictions,
+                                                                                          strict=True)]})
+        except OSError as e:  # checked before the work, but the folder may have changed since
+            print(f"error: cannot write --json {args.json}: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0
 

@@ -19,11 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import BaseRunner, _is_torch, _to_numpy, check_count
+from .base import BaseRunner, _is_torch, _to_numpy, check_count, check_flag
 from .errors import RuntimeInputError
 from .preprocess import preprocess_frames
 
 logger = logging.getLogger(__name__)
+
+# Every push reruns the BiLSTM over the whole window and the ring buffer holds 2 x window features, so the window is
+# bounded: 4096 frames is minutes of video at 30 fps, far beyond what a BiLSTM step per frame can keep up with.
+MAX_WINDOW = 4096
 
 
 @dataclass
@@ -84,12 +88,16 @@ class StreamingClassifier:
         runner_or_path: a ``.pt`` checkpoint (PyTorch stages), an export directory holding ``cnn.onnx`` +
             ``bilstm.onnx`` (or ``cnn.engine`` + ``bilstm.engine``; engines win under ``backend="auto"``), or a
             tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them).
-        window (int): frames the BiLSTM looks back over. Defaults to 16.
+        window (int): frames the BiLSTM looks back over, 1..:data:`MAX_WINDOW` (4096) and within the bilstm
+            runner's profiles (an engine's time range). Defaults to 16.
         device (str | None): passed to :func:`runtime.load` for paths. Defaults to None.
         backend (str): passed to :func:`runtime.load`; for a directory it also picks engines or ONNX.
             Defaults to "auto".
         resize (bool): resize raw uint8 frames of another size to the model's frame size (as
             :func:`runtime.preprocess_frames` does) instead of rejecting them. Defaults to False.
+        check_finite (bool): refuse a float frame holding NaN/Inf in :meth:`push` (one pass over the frame), before
+            anything runs or the window changes; False skips it for callers that guarantee finite frames. This
+            setting governs the stream's calls, whatever the runners' own setting. Defaults to True.
         **options: more :func:`runtime.load` options for both stages (e.g. ``fast``, ``providers``).
 
     Frames may come as numpy arrays or torch tensors, mixed: the ring buffer keeps the kind (and device) of the
@@ -97,17 +105,24 @@ class StreamingClassifier:
     stream: it is not thread-safe (use one per stream and thread).
 
     Raises:
-        RuntimeInputError: a bad window, runners of the wrong stages or of different models, a window outside what
-            the bilstm runner accepts, or anything :func:`runtime.load` rejects.
+        RuntimeInputError: a bad window (not an integer, beyond :data:`MAX_WINDOW`), a resize or check_finite that
+            is not a bool, runners of the wrong stages or of different models, a window outside what the bilstm
+            runner accepts, or anything :func:`runtime.load` rejects.
     """
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
-                 resize: bool = False, **options) -> None:
+                 resize: bool = False, check_finite: bool = True, **options) -> None:
         from .backends import check_options, load
 
         check_count(window, "window")
+        if window > MAX_WINDOW:  # before the 2 x window feature buffer exists (10**9 frames would ask for TiBs)
+            raise RuntimeInputError(f"window must be an integer in 1..{MAX_WINDOW} (every push reruns the BiLSTM over "
+                                    f"the whole window), got {window}")
+        check_flag(resize, "resize")
+        check_flag(check_finite, "check_finite")
         self.window = int(window)
         self.resize = bool(resize)
+        self.check_finite = bool(check_finite)
         self._owns = True
         if isinstance(runner_or_path, (tuple, list)):
             if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
@@ -204,6 +219,20 @@ class StreamingClassifier:
                                     f"3), got shape {tuple(frame.shape)} dtype {dtype}")
         return frame[None, None]
 
+    def _check_finite(self, x: Any) -> None:
+        """Refuse a float32 frame holding NaN/Inf: one pass, np.isfinite on the host or one reduction on a CUDA
+        tensor's device (other dtypes are refused by the cnn runner's dtype check)."""
+        if str(x.dtype).replace("torch.", "") != "float32":
+            return
+        if _is_torch(x) and x.is_cuda:
+            finite = bool(x.isfinite().all())
+        else:
+            finite = bool(np.isfinite(_to_numpy(x)).all())
+        if not finite:
+            raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
+                                    "frames must be finite. Nothing was added to the window; check_finite=False skips "
+                                    "this check for callers that guarantee finite frames")
+
     def push(self, frame: Any) -> StreamResult:
         """Add one frame and classify the newest frame and the window.
 
@@ -216,9 +245,14 @@ class StreamingClassifier:
             StreamResult: the newest frame's and the window's prediction.
 
         Raises:
-            RuntimeInputError: a frame of the wrong shape, size or dtype (or NaN/Inf when the runners check).
+            RuntimeInputError: a frame of the wrong shape, size or dtype, or one holding NaN/Inf (unless the
+                classifier was made with ``check_finite=False``); a refused frame leaves the window as it was.
         """
-        feat = self.cnn.infer(self._to_input(frame))["features"][0, 0]  # (F,)
+        x = self._to_input(frame)
+        if self.check_finite:
+            self._check_finite(x)
+        # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
+        feat = self.cnn.infer(x, check_finite=False)["features"][0, 0]  # (F,)
         w = self.window
         if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
             if _is_torch(feat):
@@ -239,7 +273,7 @@ class StreamingClassifier:
         self._count += 1
         k = min(self._count, w)
         end = i + w + 1
-        out = self.bilstm.infer(self._buf[end - k:end][None])
+        out = self.bilstm.infer(self._buf[end - k:end][None], check_finite=False)
         frame_logits, clip_logits = out["frame_logits"][0, -1], out["clip_logits"][0]
         if _is_torch(frame_logits):  # one device -> host copy (and one synchronisation) for both
             import torch

@@ -195,8 +195,8 @@ def test_paired_cli_without_a_gpu_says_so(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is here: --device cuda is valid")
-    assert paired.main(["--device", "cuda"]) == 2
-    assert "torch sees no CUDA GPU here" in capsys.readouterr().err
+    assert paired.main(["--device", "cuda"]) == 3  # the CLIs' code for "cannot run on this machine"
+    assert capsys.readouterr().err == "error: --device cuda, but torch sees no CUDA GPU here; use --device cpu\n"
 
 
 def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):

@@ -79,15 +79,19 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
             ``buckets``, ``max_buckets``, ``channels_last`` (torch);
             ``providers``, ``intra_op_threads``, ``allow_spinning``, ``openvino_precision`` (onnxruntime);
             ``cuda_graphs``, ``runtime_cache`` (tensorrt);
-            ``check_finite`` (all).
+            ``check_finite`` (all; on by default: NaN/Inf at a clip's real steps is refused).
 
     Returns:
         BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner` or :class:`TorchRunner`.
 
     Raises:
-        RuntimeInputError: missing file, a directory, an unknown extension, a backend that cannot read the extension,
-            a file that is not what its extension says, a damaged file, an incompatible engine, a bad option.
+        RuntimeInputError: a path that is not a str or PathLike (None, say), a missing file, a directory, an unknown
+            extension, a backend that cannot read the extension, a file that is not what its extension says, a
+            damaged file, an incompatible engine, a bad option.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise RuntimeInputError(f"path must be a file path (str or os.PathLike) of a .engine/.plan, .onnx or .pt/.pth "
+                                f"file, got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist")

@@ -371,7 +371,8 @@ class OnnxRuntimeRunner(BaseRunner):
             Defaults to None.
         intra_op_threads (int | None): threads per operator; None lets ONNX Runtime decide (all cores).
             Defaults to None.
-        check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
+        check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
+            see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
         allow_spinning (bool): let idle intra-op threads busy-wait for the next operator (lowest latency for one
             session). Turn it off when several sessions alternate on the same cores, as the streaming classifier's
             cnn and bilstm sessions do: their spinning threads steal each other's cores (measured on 2 cores: a
@@ -388,7 +389,7 @@ class OnnxRuntimeRunner(BaseRunner):
     backend_name = "onnxruntime"
 
     def __init__(self, path, device=None, *, providers: Optional[Sequence] = None,
-                 intra_op_threads: Optional[int] = None, check_finite: bool = False,
+                 intra_op_threads: Optional[int] = None, check_finite: bool = True,
                  allow_spinning: bool = True, openvino_precision: Optional[str] = None) -> None:
         check_device(device)
         ort = _ort()
@@ -396,6 +397,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self.device = device
         check_count(intra_op_threads, "intra_op_threads", allow_none=True)
         check_flag(allow_spinning, "allow_spinning")
+        check_flag(check_finite, "check_finite")
         self._providers = choose_providers(ort.get_available_providers(), device, providers)
         names = [_split_provider(p)[0] for p in self._providers]
         openvino = OPENVINO in names
@@ -405,7 +407,8 @@ class OnnxRuntimeRunner(BaseRunner):
         self._threads, self._allow_spinning = intra_op_threads, allow_spinning
         self._openvino = None
         if openvino:
-            self._openvino = (openvino_precision or "f32", _split_provider(self._providers[names.index(OPENVINO)])[1])
+            precision = "f32" if openvino_precision is None else openvino_precision  # "" is refused, not "f32"
+            self._openvino = (precision, _split_provider(self._providers[names.index(OPENVINO)])[1])
         graph = self._open(ort)  # here, not at activation, so that file errors surface from load()
         super().__init__(graph.metadata, graph.spec, check_finite=check_finite)
         # Which provider runs each part of the graph; provider is the one that runs the CNN when there is one.

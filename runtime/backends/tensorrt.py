@@ -159,7 +159,8 @@ class TrtRunner(BaseRunner):
             activation (ignored with a warning when written elsewhere) and written at deactivation. Defaults to None.
         trt_backend (str): "auto", "tensorrt" or "tensorrt_rtx" (see :func:`runtime.trt_compat.import_trt`).
             Defaults to "auto".
-        check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
+        check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
+            see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
         trt_module (runtime.trt_compat.TrtModule | None): an imported flavour to use instead of importing one
             (embedding, tests). Defaults to None.
         cuda_api (runtime.cuda_mem.CudaApi | None): the CUDA calls to use (tests pass a fake). Defaults to None.
@@ -174,10 +175,11 @@ class TrtRunner(BaseRunner):
     backend_name = "tensorrt"
 
     def __init__(self, path, device=None, *, cuda_graphs: bool = False, trt_backend: str = "auto",
-                 runtime_cache: Any = None, check_finite: bool = False, trt_module: Any = None,
+                 runtime_cache: Any = None, check_finite: bool = True, trt_module: Any = None,
                  cuda_api: Any = None) -> None:
         check_device(device)
         check_flag(cuda_graphs, "cuda_graphs")
+        check_flag(check_finite, "check_finite")
         self.path = Path(path)
         self.device_index = _device_index(device)
         report = read_report(self.path)

@@ -422,7 +422,8 @@ class TorchRunner(BaseRunner):
         channels_last (bool): channels_last CNN on the fast path. Defaults to True.
         max_buckets (int): buckets (each with its static buffers and CUDA graph) kept at once; the least recently
             used is dropped beyond it. Defaults to 32.
-        check_finite (bool): reject NaN/Inf inputs in every call. Defaults to False.
+        check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
+            see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
 
     Raises:
         RuntimeInputError: unreadable checkpoint, unknown stage, precision or CNN form, fp16 on CPU, a CNN form
@@ -434,14 +435,15 @@ class TorchRunner(BaseRunner):
     def __init__(self, checkpoint, device=None, *, stage: str = "model", fast: Optional[bool] = None,
                  precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: Optional[str] = None,
                  buckets: Optional[tuple] = None, channels_last: bool = True, max_buckets: int = 32,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = True) -> None:
         from ..checkpoint import CheckpointError, load_checkpoint
 
         if stage not in STAGES:
             raise RuntimeInputError(f"stage must be one of {STAGES}, got {stage!r}")
         check_device(device)
         check_flag(fast, "fast", allow_none=True)
-        for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last)):
+        for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last),
+                           ("check_finite", check_finite)):
             check_flag(flag, name)
         check_count(max_buckets, "max_buckets")
         self.max_buckets = int(max_buckets)
