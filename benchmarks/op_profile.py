@@ -152,7 +152,7 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
     """
     import onnxruntime as ort
 
-    from runtime.backends.onnxrt import _session_options
+    from runtime.backends.ort_session import session_options
 
     for name, value, low in (("batch", batch, 1), ("time_steps", time_steps, 1), ("runs", runs, 1),
                              ("warmup", warmup, 0)):
@@ -161,7 +161,7 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or None), got {threads}")
     load_1min = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # > cores: a busy shared VM
-    opts = _session_options(ort, threads, allow_spinning=True)
+    opts = session_options(ort, intra_op_threads=threads, allow_spinning=True)
     with tempfile.TemporaryDirectory(prefix="op-profile-") as work:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(work) / "ort")

@@ -50,6 +50,7 @@ from export.to_onnx import (
     read_metadata,
     set_metadata,
 )
+from runtime.backends.ort_session import cpu_session
 from runtime.spec import check_export_file
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,7 @@ def _check_clips(clips, metadata: dict, what: str):
 
 
 def _session(path_or_bytes):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes),
-                                opts, providers=["CPUExecutionProvider"])
+    return cpu_session(path_or_bytes)
 
 
 def _quantize_cnn(src: Path, calibration, batch: int, method: str, tmp: Path):

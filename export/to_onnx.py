@@ -300,9 +300,9 @@ class _GraphRunner:
         try:
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            self._sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+            from runtime.backends.ort_session import cpu_session
+
+            self._sess = cpu_session(model_bytes)
             self.name = f"onnxruntime {ort.__version__} CPUExecutionProvider"
             self._ref = None
         except Exception as e:  # e.g. a kernel ORT's CPU provider lacks for a float16 op

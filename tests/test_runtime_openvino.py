@@ -174,9 +174,10 @@ def test_openvino_lstm_honours_sequence_lens_upstream(onnx_paths):
     # The bug the runner works around, reproduced on a raw ONNX Runtime session with the plugin's CPU device.
     import onnxruntime as ort
 
-    from runtime.backends.onnxrt import _session_options, add_openvino
+    from runtime.backends.onnxrt import add_openvino
+    from runtime.backends.ort_session import session_options
 
-    opts = _session_options(ort, None, True)
+    opts = session_options(ort)
     add_openvino(ort, opts, "f32", None)
     on_openvino = ort.InferenceSession(str(onnx_paths["bilstm"]), sess_options=opts)
     assert on_openvino.get_providers()[0] == OPENVINO

@@ -35,6 +35,7 @@ import numpy as np
 from ..base import BaseRunner, Feed, check_count, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import METADATA_KEY, InputSpec, ModelMetadata, check_export_file
+from .ort_session import session_options
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +132,6 @@ def gpu_device_id(providers: Sequence) -> Optional[int]:
     return None
 
 
-def _session_options(ort, intra_op_threads: Optional[int], allow_spinning: bool):
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one clip is a chain: parallel branches add latency
-    opts.inter_op_num_threads = 1
-    if intra_op_threads is not None:
-        opts.intra_op_num_threads = int(intra_op_threads)
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    return opts
-
-
 def openvino_installed() -> bool:
     """Whether the OpenVINO plugin package (``onnxruntime-ep-openvino``, the ``openvino`` extra) is importable.
 
@@ -232,7 +221,7 @@ def _probe_openvino() -> Optional[str]:
     try:
         if not _openvino_devices(ort):
             return _no_openvino_device(ort)
-        opts = _session_options(ort, 1, False)
+        opts = session_options(ort, intra_op_threads=1, allow_spinning=False)
         add_openvino(ort, opts, "f32", 1)
         x = np.linspace(-1.0, 1.0, 8, dtype=np.float32).reshape(1, 8)
         session = ort.InferenceSession(PROBE_GRAPH, sess_options=opts)
@@ -342,10 +331,7 @@ class _Graph:
 def _peek_options(ort):
     """Options for opening a file only to read its metadata: no graph optimizations (0.15 s for the reference
     model.onnx on the CPU EP, against 1 s to compile it on OpenVINO)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return opts
+    return session_options(ort, optimize=False)
 
 
 def _compile_on_openvino(ort, path: Path, opts, peek: Optional[_Graph] = None) -> _Graph:
@@ -423,7 +409,7 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def _open(self, ort) -> _Graph:
         """Create the session(s) (again after a deactivate: they hold the model's memory, on a GPU too)."""
-        opts = _session_options(ort, self._threads, self._allow_spinning)
+        opts = session_options(ort, intra_op_threads=self._threads, allow_spinning=self._allow_spinning)
         self._cnn_session = None  # set when a model graph runs as cnn (OpenVINO) + bilstm (CPU EP)
         if self._openvino is not None:
             precision, ep_options = self._openvino
@@ -445,7 +431,7 @@ class OnnxRuntimeRunner(BaseRunner):
         if peek.metadata.graph == "cnn":
             return _compile_on_openvino(ort, self.path, openvino_opts, peek)
         # The CPU EP's threads would spin between calls and slow OpenVINO's threads on the same cores.
-        cpu_opts = _session_options(ort, threads, allow_spinning=False)
+        cpu_opts = session_options(ort, intra_op_threads=threads, allow_spinning=False)
         if peek.metadata.graph == "bilstm":
             logger.info("%s: the BiLSTM runs on the CPU EP, not %s (its LSTM ignores sequence_lens in reverse)",
                         self.path, OPENVINO)

@@ -32,7 +32,6 @@ same time should use different optimization profiles on older TensorRT).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .._io import sha256_file
 from ..base import BaseRunner, Feed, check_device, check_flag
 from ..errors import RuntimeInputError
 from ..spec import InputSpec, ModelMetadata, Profile
@@ -94,11 +94,7 @@ def check_engine_file(engine_path: Path, report: dict) -> None:
     if not isinstance(want, int) or want != size:
         raise RuntimeInputError(f"{engine_path} is {size} bytes but its report says {want}: the file is truncated, "
                                 f"damaged or not the engine the report describes; {rebuild}")
-    h = hashlib.sha256()
-    with open(engine_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != want_sha:
+    if sha256_file(engine_path) != want_sha:
         raise RuntimeInputError(f"{engine_path} does not match the sha256 in its report: the file is damaged or was "
                                 f"replaced; {rebuild}")
 
