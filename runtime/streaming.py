@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import BaseRunner, _is_torch, _to_numpy, check_count, check_flag
+from .base import BaseRunner
 from .errors import RuntimeInputError
+from .inputs import check_count, check_flag, is_torch, to_numpy
 from .preprocess import preprocess_frames
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class StreamingClassifier:
                                         "resize=True")
             m = self.cnn.metadata
             return preprocess_frames(frame, m.mean, m.std, self.frame_size, resize=self.resize)
-        if not (_is_torch(frame) or isinstance(frame, np.ndarray)):
+        if not (is_torch(frame) or isinstance(frame, np.ndarray)):
             raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
         if tuple(frame.shape) != (3,) + self.frame_size:
             raise RuntimeInputError(f"a frame must be normalised float32 (3, {self.frame_size[0]}, "
@@ -224,10 +225,10 @@ class StreamingClassifier:
         tensor's device (other dtypes are refused by the cnn runner's dtype check)."""
         if str(x.dtype).replace("torch.", "") != "float32":
             return
-        if _is_torch(x) and x.is_cuda:
+        if is_torch(x) and x.is_cuda:
             finite = bool(x.isfinite().all())
         else:
-            finite = bool(np.isfinite(_to_numpy(x)).all())
+            finite = bool(np.isfinite(to_numpy(x)).all())
         if not finite:
             raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
                                     "frames must be finite. Nothing was added to the window; check_finite=False skips "
@@ -255,18 +256,18 @@ class StreamingClassifier:
         feat = self.cnn.infer(x, check_finite=False)["features"][0, 0]  # (F,)
         w = self.window
         if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
-            if _is_torch(feat):
+            if is_torch(feat):
                 import torch
 
                 self._buf = torch.zeros((2 * w, feat.shape[0]), dtype=feat.dtype, device=feat.device)
             else:
                 self._buf = np.zeros((2 * w, feat.shape[0]), dtype=np.float32)
-        elif _is_torch(self._buf):  # a frame of another kind or device joins the same window
+        elif is_torch(self._buf):  # a frame of another kind or device joins the same window
             import torch
 
             feat = torch.as_tensor(feat).to(self._buf.device)
-        elif _is_torch(feat):
-            feat = _to_numpy(feat)
+        elif is_torch(feat):
+            feat = to_numpy(feat)
         i = self._count % w
         self._buf[i] = feat
         self._buf[i + w] = feat
@@ -275,10 +276,10 @@ class StreamingClassifier:
         end = i + w + 1
         out = self.bilstm.infer(self._buf[end - k:end][None], check_finite=False)
         frame_logits, clip_logits = out["frame_logits"][0, -1], out["clip_logits"][0]
-        if _is_torch(frame_logits):  # one device -> host copy (and one synchronisation) for both
+        if is_torch(frame_logits):  # one device -> host copy (and one synchronisation) for both
             import torch
 
-            both = _to_numpy(torch.stack([frame_logits, clip_logits]))
+            both = to_numpy(torch.stack([frame_logits, clip_logits]))
             frame_logits, clip_logits = both[0], both[1]
         frame_logits = np.asarray(frame_logits, dtype=np.float32)
         clip_logits = np.asarray(clip_logits, dtype=np.float32)

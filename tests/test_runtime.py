@@ -459,7 +459,7 @@ def test_ten_thousand_calls_do_not_grow_memory(which, request, onnx_paths):
         def call():
             return runner.push(frame)
     elif which == "openvino":  # two sessions per call: the CNN on OpenVINO, the BiLSTM on the CPU EP
-        from runtime.backends.onnxrt import openvino_unavailable_reason
+        from runtime.backends.openvino import openvino_unavailable_reason
 
         if openvino_unavailable_reason():
             pytest.skip(f"OpenVINO cannot run here: {openvino_unavailable_reason()}")
@@ -552,7 +552,7 @@ def test_import_runtime_is_cheap():
 
 
 def test_provider_choice_for_an_int_device_and_the_session_gpu():
-    from runtime.backends.onnxrt import choose_providers, gpu_device_id
+    from runtime.backends.ort_providers import choose_providers, gpu_device_id
 
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = choose_providers(gpu, 1, None)  # device=1 is cuda:1, as for the TensorRT and PyTorch runners
