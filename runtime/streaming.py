@@ -82,6 +82,62 @@ def _find_pair(folder: Path, backend: str) -> tuple:
                             "with `python -m export.to_onnx CHECKPOINT --out DIR`")
 
 
+def _open_stages(runner_or_path: Any, device, backend: str, options: dict) -> tuple:
+    """(cnn runner, bilstm runner, whether the classifier owns them) for what :class:`StreamingClassifier` was given."""
+    from .backends import check_options, load
+
+    owns = True
+    if isinstance(runner_or_path, (tuple, list)):
+        if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
+            raise RuntimeInputError("a runner pair must be a tuple (cnn_runner, bilstm_runner) of runtime runners")
+        cnn, bilstm = runner_or_path
+        owns = False
+    elif isinstance(runner_or_path, BaseRunner):
+        source = getattr(runner_or_path, "path", None)
+        hint = (f"StreamingClassifier({str(Path(source).parent)!r}) (the folder of {Path(source).name})"
+                if source is not None else "the checkpoint path")
+        raise RuntimeInputError(f"streaming needs separate cnn and bilstm runners, got one {runner_or_path.stage} "
+                                f"runner; pass {hint}, or a (cnn_runner, bilstm_runner) pair")
+    elif isinstance(runner_or_path, (str, os.PathLike)):
+        path = Path(runner_or_path)
+        if path.is_dir():
+            if options.get("runtime_cache") is not None:
+                # One file for two engines: each stage would overwrite the other's kernels at deactivation.
+                raise RuntimeInputError("runtime_cache names one file, but streaming runs two engines; load "
+                                        "them with a cache each and pass the pair: StreamingClassifier(("
+                                        "runtime.load(DIR/cnn.engine, runtime_cache=A), "
+                                        "runtime.load(DIR/bilstm.engine, runtime_cache=B)))")
+            cnn_path, bilstm_path = _find_pair(path, backend)
+            if cnn_path.suffix == ".onnx":
+                # The two sessions alternate on the same cores: spinning idle threads would steal them.
+                options = {"allow_spinning": False, **options}
+            cnn = load(cnn_path, device=device, backend=backend, **options)
+            bilstm = load(bilstm_path, device=device, backend=backend, **options)
+        elif path.suffix.lower() in (".pt", ".pth"):
+            from .backends.torch_backend import TorchRunner
+            from .checkpoint import CheckpointError, load_checkpoint
+
+            if backend not in ("auto", "torch"):
+                raise RuntimeInputError(f"a checkpoint runs on the torch backend, not {backend!r}")
+            check_options("torch", options)
+            try:
+                ckpt = load_checkpoint(path)  # once, shared by both stages
+            except CheckpointError as e:
+                raise RuntimeInputError(str(e)) from e
+            cnn = TorchRunner(ckpt, device=device, stage="cnn", **options)
+            bilstm = TorchRunner(ckpt, device=device, stage="bilstm", **options)
+        elif path.is_file() and path.suffix.lower() in (".onnx", ".engine", ".plan"):
+            raise RuntimeInputError(f"streaming runs the separate cnn and bilstm graphs, not {path.name}; pass the "
+                                    f"folder that holds them: StreamingClassifier({str(path.parent)!r})")
+        else:
+            raise RuntimeInputError(f"{path} is neither a .pt checkpoint nor an export directory (with cnn.onnx + "
+                                    "bilstm.onnx or cnn/bilstm engines)")
+    else:
+        raise RuntimeInputError(f"StreamingClassifier takes a path or a (cnn_runner, bilstm_runner) tuple, got "
+                                f"{type(runner_or_path).__name__}")
+    return cnn, bilstm, owns
+
+
 class StreamingClassifier:
     """Classify a live stream frame by frame with the separate cnn and bilstm stages.
 
@@ -113,8 +169,6 @@ class StreamingClassifier:
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
                  resize: bool = False, check_finite: bool = True, **options) -> None:
-        from .backends import check_options, load
-
         check_count(window, "window")
         if window > MAX_WINDOW:  # before the 2 x window feature buffer exists (10**9 frames would ask for TiBs)
             raise RuntimeInputError(f"window must be an integer in 1..{MAX_WINDOW} (every push reruns the BiLSTM over "
@@ -124,55 +178,7 @@ class StreamingClassifier:
         self.window = int(window)
         self.resize = bool(resize)
         self.check_finite = bool(check_finite)
-        self._owns = True
-        if isinstance(runner_or_path, (tuple, list)):
-            if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
-                raise RuntimeInputError("a runner pair must be a tuple (cnn_runner, bilstm_runner) of runtime runners")
-            cnn, bilstm = runner_or_path
-            self._owns = False
-        elif isinstance(runner_or_path, BaseRunner):
-            source = getattr(runner_or_path, "path", None)
-            hint = (f"StreamingClassifier({str(Path(source).parent)!r}) (the folder of {Path(source).name})"
-                    if source is not None else "the checkpoint path")
-            raise RuntimeInputError(f"streaming needs separate cnn and bilstm runners, got one {runner_or_path.stage} "
-                                    f"runner; pass {hint}, or a (cnn_runner, bilstm_runner) pair")
-        elif isinstance(runner_or_path, (str, os.PathLike)):
-            path = Path(runner_or_path)
-            if path.is_dir():
-                if options.get("runtime_cache") is not None:
-                    # One file for two engines: each stage would overwrite the other's kernels at deactivation.
-                    raise RuntimeInputError("runtime_cache names one file, but streaming runs two engines; load "
-                                            "them with a cache each and pass the pair: StreamingClassifier(("
-                                            "runtime.load(DIR/cnn.engine, runtime_cache=A), "
-                                            "runtime.load(DIR/bilstm.engine, runtime_cache=B)))")
-                cnn_path, bilstm_path = _find_pair(path, backend)
-                if cnn_path.suffix == ".onnx":
-                    # The two sessions alternate on the same cores: spinning idle threads would steal them.
-                    options = {"allow_spinning": False, **options}
-                cnn = load(cnn_path, device=device, backend=backend, **options)
-                bilstm = load(bilstm_path, device=device, backend=backend, **options)
-            elif path.suffix.lower() in (".pt", ".pth"):
-                from .backends.torch_backend import TorchRunner
-                from .checkpoint import CheckpointError, load_checkpoint
-
-                if backend not in ("auto", "torch"):
-                    raise RuntimeInputError(f"a checkpoint runs on the torch backend, not {backend!r}")
-                check_options("torch", options)
-                try:
-                    ckpt = load_checkpoint(path)  # once, shared by both stages
-                except CheckpointError as e:
-                    raise RuntimeInputError(str(e)) from e
-                cnn = TorchRunner(ckpt, device=device, stage="cnn", **options)
-                bilstm = TorchRunner(ckpt, device=device, stage="bilstm", **options)
-            elif path.is_file() and path.suffix.lower() in (".onnx", ".engine", ".plan"):
-                raise RuntimeInputError(f"streaming runs the separate cnn and bilstm graphs, not {path.name}; pass the "
-                                        f"folder that holds them: StreamingClassifier({str(path.parent)!r})")
-            else:
-                raise RuntimeInputError(f"{path} is neither a .pt checkpoint nor an export directory (with cnn.onnx + "
-                                        "bilstm.onnx or cnn/bilstm engines)")
-        else:
-            raise RuntimeInputError(f"StreamingClassifier takes a path or a (cnn_runner, bilstm_runner) tuple, got "
-                                    f"{type(runner_or_path).__name__}")
+        cnn, bilstm, self._owns = _open_stages(runner_or_path, device, backend, options)
         if cnn.stage != "cnn" or bilstm.stage != "bilstm":
             raise RuntimeInputError(f"need a cnn and a bilstm runner, got stages ({cnn.stage!r}, {bilstm.stage!r})")
         cnn.metadata.check_same_model(bilstm.metadata, "the cnn and bilstm runners")

@@ -63,7 +63,7 @@ class TorchRunner(BaseRunner):
                  precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: Optional[str] = None,
                  buckets: Optional[tuple] = None, channels_last: bool = True, max_buckets: int = 32,
                  check_finite: bool = True) -> None:
-        from ..checkpoint import CheckpointError, load_checkpoint
+        from ...checkpoint import CheckpointError, load_checkpoint
 
         if stage not in STAGES:
             raise RuntimeInputError(f"stage must be one of {STAGES}, got {stage!r}")
