@@ -120,3 +120,17 @@ def test_probe_graph_is_the_documented_one_node_relu():
     model.ir_version = 8
     assert openvino.PROBE_GRAPH == model.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(openvino.PROBE_GRAPH), full_check=True)
+
+
+def test_openvino_providers_select_the_openvino_runner(onnx_paths):
+    """providers=["OpenVINOExecutionProvider"] makes an OpenVinoRunner (an OnnxRuntimeRunner), other lists do not."""
+    from runtime.backends.onnxrt import OnnxRuntimeRunner
+
+    made = OnnxRuntimeRunner.__new__(OnnxRuntimeRunner, onnx_paths["model"], providers=[(OPENVINO, {})])
+    assert type(made) is openvino.OpenVinoRunner and isinstance(made, OnnxRuntimeRunner)
+    for providers in (None, ["CPUExecutionProvider"], "OpenVINOExecutionProvider"):
+        assert type(OnnxRuntimeRunner.__new__(OnnxRuntimeRunner, onnx_paths["model"], providers=providers)) is \
+            OnnxRuntimeRunner
+    with runtime.load(onnx_paths["model"], device="cpu") as r:
+        assert type(r) is OnnxRuntimeRunner and r.stage_providers == {"cnn": "CPUExecutionProvider",
+                                                                       "bilstm": "CPUExecutionProvider"}

@@ -637,3 +637,33 @@ def test_lifecycle_edge_cases(onnx_paths, tiny_checkpoint, caplog):
         with caplog.at_level("WARNING", logger="runtime.base"):
             explicit.__del__()
         assert "never deactivated" in caplog.text, activate
+
+
+def test_one_backbone_feature_width_table():
+    """ModelConfig and metadata without a recorded feature_dim read the width from one table in runtime.spec."""
+    from runtime.model import BACKBONES, ModelConfig
+    from runtime.spec import BACKBONE_FEATURE_DIMS, ModelMetadata
+
+    assert set(BACKBONE_FEATURE_DIMS) == set(BACKBONES)
+    for backbone in BACKBONES:
+        width = ModelConfig(backbone=backbone).feature_dim
+        assert width == BACKBONE_FEATURE_DIMS[backbone] == (2048 if backbone == "resnet50" else 512)
+        meta = ModelMetadata.from_dict({"graph": "model", "class_names": ["a", "b"], "mean": [0.5] * 3,
+                                        "std": [0.25] * 3, "frame_size": [16, 16],
+                                        "model_config": {"backbone": backbone}})
+        assert meta.feature_dim == width
+
+
+def test_io_names_are_checked_in_one_place():
+    """ONNX graphs and engines check their input and output names with InputSpec.check_io_names."""
+    from runtime.spec import InputSpec, ModelMetadata
+
+    meta = ModelMetadata.from_dict({"graph": "bilstm", "class_names": TINY_CLASSES, "mean": TINY_MEAN, "std": TINY_STD,
+                                    "frame_size": list(TINY_CONFIG.frame_size), "feature_dim": 512})
+    spec = InputSpec.for_graph("bilstm", meta)
+    spec.check_io_names(["lengths", "features"], ["clip_logits", "frame_logits"], "x.onnx")  # any order
+    with pytest.raises(RuntimeInputError, match=r"x.engine: a bilstm engine must have inputs \['features', "
+                                                r"'lengths'\] and outputs"):
+        spec.check_io_names(["features"], ["clip_logits", "frame_logits"], "x.engine", kind="engine")
+    with pytest.raises(RuntimeInputError, match="x.onnx: a bilstm graph must have"):
+        spec.check_io_names(["features", "lengths"], ["clip_logits"], "x.onnx")
