@@ -74,7 +74,7 @@ def describe(runner) -> list[str]:
 def describe_engine_report(path: str | os.PathLike) -> list[str]:
     """The lines of :func:`describe` for a TensorRT engine, from its JSON report (no GPU or TensorRT needed), once
     the engine file's size and sha256 match the report: a report copied beside another file describes nothing."""
-    from .backends.tensorrt import check_engine_file, read_report
+    from .backends.engine_report import check_engine_file, read_report
     from .spec import InputSpec, ModelMetadata, Profile
 
     if not Path(path).is_file():

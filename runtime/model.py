@@ -23,6 +23,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from .spec import backbone_feature_dim
+
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 STEMS = ("cifar", "imagenet")
 
@@ -70,7 +72,7 @@ class ModelConfig:
     @property
     def feature_dim(self) -> int:
         """Width F of the per-frame feature the CNN emits."""
-        return 2048 if self.backbone == "resnet50" else 512
+        return backbone_feature_dim(self.backbone)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 GRAPHS = ("model", "cnn", "bilstm")
 METADATA_KEY = "cnn_bilstm_deploy"  # docs/ARCHITECTURE.md: the ONNX metadata property / engine report "metadata"
 EXPORT_REPORT_NAME = "export_report.json"  # beside the graphs of an export folder; "sha256" maps file name -> digest
+# Width F of the per-frame feature each backbone's CNN emits (the ResNets before resnet50 end in 512 channels).
+BACKBONE_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def backbone_feature_dim(backbone: str) -> int:
+    """Width F of the per-frame feature of ``backbone``'s CNN (512 for a backbone this table does not know)."""
+    return BACKBONE_FEATURE_DIMS.get(backbone, 512)
 
 
 def check_export_file(path) -> bool:
@@ -116,7 +123,7 @@ class ModelMetadata:
         if frame_size is None or len(frame_size) != 2:
             raise RuntimeInputError(f"{source}: metadata has no usable frame_size (H, W), got {frame_size!r}")
         backbone = config.get("backbone", "resnet34")
-        feature_dim = int(d.get("feature_dim") or (2048 if backbone == "resnet50" else 512))
+        feature_dim = int(d.get("feature_dim") or backbone_feature_dim(backbone))
         known = {"graph", "class_names", "mean", "std", "frame_size", "precision", "model_config", "package_version",
                  "feature_dim"}
         return cls(
@@ -231,6 +238,25 @@ class InputSpec:
         return cls(graph=graph, input_name=name, item_shape=item, takes_lengths=takes_lengths,
                    profiles=tuple(profiles) if profiles else (Profile((1, None), (1, None)),),
                    output_names=outputs, names=names)
+
+    def check_io_names(self, inputs: Sequence[str], outputs: Sequence[str], source: str,
+                       kind: str = "graph") -> None:
+        """Raise unless an ONNX graph's or engine's input and output names are the ones docs/ARCHITECTURE.md gives
+        for this graph.
+
+        Args:
+            inputs (Sequence[str]): the artifact's input names, in any order.
+            outputs (Sequence[str]): its output names, in any order.
+            source (str): the artifact, for the message (its path).
+            kind (str): "graph" or "engine", for the message. Defaults to "graph".
+
+        Raises:
+            RuntimeInputError: a name missing or one too many.
+        """
+        want_in = [self.input_name] + (["lengths"] if self.takes_lengths else [])
+        if sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(self.output_names):
+            raise RuntimeInputError(f"{source}: a {self.graph} {kind} must have inputs {want_in} and outputs "
+                                    f"{list(self.output_names)}, got {list(inputs)} and {list(outputs)}")
 
     @property
     def frame_size(self) -> Optional[tuple]:

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import BaseRunner, _is_torch, _to_numpy, check_count, check_flag
+from .base import BaseRunner
 from .errors import RuntimeInputError
+from .inputs import check_count, check_flag, is_torch, to_numpy
 from .preprocess import preprocess_frames
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,62 @@ def _find_pair(folder: Path, backend: str) -> tuple:
                             "with `python -m export.to_onnx CHECKPOINT --out DIR`")
 
 
+def _open_stages(runner_or_path: Any, device, backend: str, options: dict) -> tuple:
+    """(cnn runner, bilstm runner, whether the classifier owns them) for what :class:`StreamingClassifier` was given."""
+    from .backends import check_options, load
+
+    owns = True
+    if isinstance(runner_or_path, (tuple, list)):
+        if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
+            raise RuntimeInputError("a runner pair must be a tuple (cnn_runner, bilstm_runner) of runtime runners")
+        cnn, bilstm = runner_or_path
+        owns = False
+    elif isinstance(runner_or_path, BaseRunner):
+        source = getattr(runner_or_path, "path", None)
+        hint = (f"StreamingClassifier({str(Path(source).parent)!r}) (the folder of {Path(source).name})"
+                if source is not None else "the checkpoint path")
+        raise RuntimeInputError(f"streaming needs separate cnn and bilstm runners, got one {runner_or_path.stage} "
+                                f"runner; pass {hint}, or a (cnn_runner, bilstm_runner) pair")
+    elif isinstance(runner_or_path, (str, os.PathLike)):
+        path = Path(runner_or_path)
+        if path.is_dir():
+            if options.get("runtime_cache") is not None:
+                # One file for two engines: each stage would overwrite the other's kernels at deactivation.
+                raise RuntimeInputError("runtime_cache names one file, but streaming runs two engines; load "
+                                        "them with a cache each and pass the pair: StreamingClassifier(("
+                                        "runtime.load(DIR/cnn.engine, runtime_cache=A), "
+                                        "runtime.load(DIR/bilstm.engine, runtime_cache=B)))")
+            cnn_path, bilstm_path = _find_pair(path, backend)
+            if cnn_path.suffix == ".onnx":
+                # The two sessions alternate on the same cores: spinning idle threads would steal them.
+                options = {"allow_spinning": False, **options}
+            cnn = load(cnn_path, device=device, backend=backend, **options)
+            bilstm = load(bilstm_path, device=device, backend=backend, **options)
+        elif path.suffix.lower() in (".pt", ".pth"):
+            from .backends.torch_backend import TorchRunner
+            from .checkpoint import CheckpointError, load_checkpoint
+
+            if backend not in ("auto", "torch"):
+                raise RuntimeInputError(f"a checkpoint runs on the torch backend, not {backend!r}")
+            check_options("torch", options)
+            try:
+                ckpt = load_checkpoint(path)  # once, shared by both stages
+            except CheckpointError as e:
+                raise RuntimeInputError(str(e)) from e
+            cnn = TorchRunner(ckpt, device=device, stage="cnn", **options)
+            bilstm = TorchRunner(ckpt, device=device, stage="bilstm", **options)
+        elif path.is_file() and path.suffix.lower() in (".onnx", ".engine", ".plan"):
+            raise RuntimeInputError(f"streaming runs the separate cnn and bilstm graphs, not {path.name}; pass the "
+                                    f"folder that holds them: StreamingClassifier({str(path.parent)!r})")
+        else:
+            raise RuntimeInputError(f"{path} is neither a .pt checkpoint nor an export directory (with cnn.onnx + "
+                                    "bilstm.onnx or cnn/bilstm engines)")
+    else:
+        raise RuntimeInputError(f"StreamingClassifier takes a path or a (cnn_runner, bilstm_runner) tuple, got "
+                                f"{type(runner_or_path).__name__}")
+    return cnn, bilstm, owns
+
+
 class StreamingClassifier:
     """Classify a live stream frame by frame with the separate cnn and bilstm stages.
 
@@ -112,8 +169,6 @@ class StreamingClassifier:
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
                  resize: bool = False, check_finite: bool = True, **options) -> None:
-        from .backends import check_options, load
-
         check_count(window, "window")
         if window > MAX_WINDOW:  # before the 2 x window feature buffer exists (10**9 frames would ask for TiBs)
             raise RuntimeInputError(f"window must be an integer in 1..{MAX_WINDOW} (every push reruns the BiLSTM over "
@@ -123,55 +178,7 @@ class StreamingClassifier:
         self.window = int(window)
         self.resize = bool(resize)
         self.check_finite = bool(check_finite)
-        self._owns = True
-        if isinstance(runner_or_path, (tuple, list)):
-            if len(runner_or_path) != 2 or not all(isinstance(r, BaseRunner) for r in runner_or_path):
-                raise RuntimeInputError("a runner pair must be a tuple (cnn_runner, bilstm_runner) of runtime runners")
-            cnn, bilstm = runner_or_path
-            self._owns = False
-        elif isinstance(runner_or_path, BaseRunner):
-            source = getattr(runner_or_path, "path", None)
-            hint = (f"StreamingClassifier({str(Path(source).parent)!r}) (the folder of {Path(source).name})"
-                    if source is not None else "the checkpoint path")
-            raise RuntimeInputError(f"streaming needs separate cnn and bilstm runners, got one {runner_or_path.stage} "
-                                    f"runner; pass {hint}, or a (cnn_runner, bilstm_runner) pair")
-        elif isinstance(runner_or_path, (str, os.PathLike)):
-            path = Path(runner_or_path)
-            if path.is_dir():
-                if options.get("runtime_cache") is not None:
-                    # One file for two engines: each stage would overwrite the other's kernels at deactivation.
-                    raise RuntimeInputError("runtime_cache names one file, but streaming runs two engines; load "
-                                            "them with a cache each and pass the pair: StreamingClassifier(("
-                                            "runtime.load(DIR/cnn.engine, runtime_cache=A), "
-                                            "runtime.load(DIR/bilstm.engine, runtime_cache=B)))")
-                cnn_path, bilstm_path = _find_pair(path, backend)
-                if cnn_path.suffix == ".onnx":
-                    # The two sessions alternate on the same cores: spinning idle threads would steal them.
-                    options = {"allow_spinning": False, **options}
-                cnn = load(cnn_path, device=device, backend=backend, **options)
-                bilstm = load(bilstm_path, device=device, backend=backend, **options)
-            elif path.suffix.lower() in (".pt", ".pth"):
-                from .backends.torch_backend import TorchRunner
-                from .checkpoint import CheckpointError, load_checkpoint
-
-                if backend not in ("auto", "torch"):
-                    raise RuntimeInputError(f"a checkpoint runs on the torch backend, not {backend!r}")
-                check_options("torch", options)
-                try:
-                    ckpt = load_checkpoint(path)  # once, shared by both stages
-                except CheckpointError as e:
-                    raise RuntimeInputError(str(e)) from e
-                cnn = TorchRunner(ckpt, device=device, stage="cnn", **options)
-                bilstm = TorchRunner(ckpt, device=device, stage="bilstm", **options)
-            elif path.is_file() and path.suffix.lower() in (".onnx", ".engine", ".plan"):
-                raise RuntimeInputError(f"streaming runs the separate cnn and bilstm graphs, not {path.name}; pass the "
-                                        f"folder that holds them: StreamingClassifier({str(path.parent)!r})")
-            else:
-                raise RuntimeInputError(f"{path} is neither a .pt checkpoint nor an export directory (with cnn.onnx + "
-                                        "bilstm.onnx or cnn/bilstm engines)")
-        else:
-            raise RuntimeInputError(f"StreamingClassifier takes a path or a (cnn_runner, bilstm_runner) tuple, got "
-                                    f"{type(runner_or_path).__name__}")
+        cnn, bilstm, self._owns = _open_stages(runner_or_path, device, backend, options)
         if cnn.stage != "cnn" or bilstm.stage != "bilstm":
             raise RuntimeInputError(f"need a cnn and a bilstm runner, got stages ({cnn.stage!r}, {bilstm.stage!r})")
         cnn.metadata.check_same_model(bilstm.metadata, "the cnn and bilstm runners")
@@ -211,7 +218,7 @@ class StreamingClassifier:
                                         "resize=True")
             m = self.cnn.metadata
             return preprocess_frames(frame, m.mean, m.std, self.frame_size, resize=self.resize)
-        if not (_is_torch(frame) or isinstance(frame, np.ndarray)):
+        if not (is_torch(frame) or isinstance(frame, np.ndarray)):
             raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
         if tuple(frame.shape) != (3,) + self.frame_size:
             raise RuntimeInputError(f"a frame must be normalised float32 (3, {self.frame_size[0]}, "
@@ -224,10 +231,10 @@ class StreamingClassifier:
         tensor's device (other dtypes are refused by the cnn runner's dtype check)."""
         if str(x.dtype).replace("torch.", "") != "float32":
             return
-        if _is_torch(x) and x.is_cuda:
+        if is_torch(x) and x.is_cuda:
             finite = bool(x.isfinite().all())
         else:
-            finite = bool(np.isfinite(_to_numpy(x)).all())
+            finite = bool(np.isfinite(to_numpy(x)).all())
         if not finite:
             raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
                                     "frames must be finite. Nothing was added to the window; check_finite=False skips "
@@ -255,18 +262,18 @@ class StreamingClassifier:
         feat = self.cnn.infer(x, check_finite=False)["features"][0, 0]  # (F,)
         w = self.window
         if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
-            if _is_torch(feat):
+            if is_torch(feat):
                 import torch
 
                 self._buf = torch.zeros((2 * w, feat.shape[0]), dtype=feat.dtype, device=feat.device)
             else:
                 self._buf = np.zeros((2 * w, feat.shape[0]), dtype=np.float32)
-        elif _is_torch(self._buf):  # a frame of another kind or device joins the same window
+        elif is_torch(self._buf):  # a frame of another kind or device joins the same window
             import torch
 
             feat = torch.as_tensor(feat).to(self._buf.device)
-        elif _is_torch(feat):
-            feat = _to_numpy(feat)
+        elif is_torch(feat):
+            feat = to_numpy(feat)
         i = self._count % w
         self._buf[i] = feat
         self._buf[i + w] = feat
@@ -275,10 +282,10 @@ class StreamingClassifier:
         end = i + w + 1
         out = self.bilstm.infer(self._buf[end - k:end][None], check_finite=False)
         frame_logits, clip_logits = out["frame_logits"][0, -1], out["clip_logits"][0]
-        if _is_torch(frame_logits):  # one device -> host copy (and one synchronisation) for both
+        if is_torch(frame_logits):  # one device -> host copy (and one synchronisation) for both
             import torch
 
-            both = _to_numpy(torch.stack([frame_logits, clip_logits]))
+            both = to_numpy(torch.stack([frame_logits, clip_logits]))
             frame_logits, clip_logits = both[0], both[1]
         frame_logits = np.asarray(frame_logits, dtype=np.float32)
         clip_logits = np.asarray(clip_logits, dtype=np.float32)

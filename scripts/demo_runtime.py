@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import runtime
-from runtime.backends.onnxrt import openvino_unavailable_reason
+from runtime.backends.openvino import openvino_unavailable_reason
 from runtime.checkpoint import load_checkpoint
 from train.data import DataSpec, build_dataset, pad_collate
 

@@ -33,9 +33,9 @@ def pytest_configure(config):
     if config.getoption("--simulate-no-openvino-device", default=False):
         # The test seam around the device query: everything else (import, registration, the runner's checks) stays
         # real, so the run sees what an AMD machine with the plugin installed sees.
-        from runtime.backends import onnxrt
+        from runtime.backends import openvino
 
-        onnxrt._openvino_cpu_devices = lambda ort: []
+        openvino._openvino_cpu_devices = lambda ort: []
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,7 +2,7 @@
 CPU device only on Intel CPUs. These tests run on every machine (AMD or Intel, plugin installed or not): what a
 machine without a usable OpenVINO sees, and every refusal that needs no OpenVINO device.
 
-The no-device case is simulated with the one test seam, ``runtime.backends.onnxrt._openvino_cpu_devices`` (the device
+The no-device case is simulated with the one test seam, ``runtime.backends.openvino._openvino_cpu_devices`` (the device
 query); the plugin's import, registration and the runner's checks stay real.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 import runtime
 from runtime import RuntimeInputError
-from runtime.backends import onnxrt
+from runtime.backends import openvino
 
 pytest.importorskip("onnxruntime")
 
@@ -34,21 +34,21 @@ def onnx_paths(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture
 def fresh_probe(monkeypatch):
     """The probe's per-process answer forgotten before and after the test, so a seam set here cannot leak."""
-    monkeypatch.setattr(onnxrt, "_USABLE", {})  # monkeypatch puts the real answer back afterwards
+    monkeypatch.setattr(openvino, "_USABLE", {})  # monkeypatch puts the real answer back afterwards
 
 
 @pytest.fixture
 def no_device(monkeypatch, fresh_probe):
     """A machine whose plugin is installed but offers no CPU device (an AMD CPU)."""
-    if not onnxrt.openvino_installed():
+    if not openvino.openvino_installed():
         pytest.skip("the no-device case needs the OpenVINO plugin installed (pip install '.[openvino]')")
-    monkeypatch.setattr(onnxrt, "_openvino_cpu_devices", lambda ort: [])
+    monkeypatch.setattr(openvino, "_openvino_cpu_devices", lambda ort: [])
 
 
 def test_plugin_without_a_device_is_reported_and_refused(no_device, onnx_paths):
-    reason = onnxrt.openvino_unavailable_reason()
+    reason = openvino.openvino_unavailable_reason()
     assert reason is not None and "installed but offers no CPU device" in reason
-    assert onnxrt.openvino_installed()  # installed, yet not usable: the mistake this guards against
+    assert openvino.openvino_installed()  # installed, yet not usable: the mistake this guards against
     with pytest.raises(RuntimeInputError, match="offers no CPU device on this machine"):
         runtime.load(onnx_paths["model"], providers=[OPENVINO])
     with runtime.load(onnx_paths["model"]) as cpu:  # the default path is untouched
@@ -57,26 +57,27 @@ def test_plugin_without_a_device_is_reported_and_refused(no_device, onnx_paths):
 
 def test_missing_plugin_is_reported_and_refused(onnx_paths, monkeypatch, fresh_probe):
     monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
-    monkeypatch.setattr(onnxrt, "openvino_installed", lambda: False)
-    assert "not installed" in onnxrt.openvino_unavailable_reason()
+    monkeypatch.setattr(openvino, "openvino_installed", lambda: False)
+    assert "not installed" in openvino.openvino_unavailable_reason()
     with pytest.raises(RuntimeInputError, match="pip install onnxruntime-ep-openvino"):
         runtime.load(onnx_paths["model"], providers=[OPENVINO])
 
 
 def test_probe_answers_once_per_process(monkeypatch, fresh_probe):
     calls = []
-    monkeypatch.setattr(onnxrt, "_probe_openvino", lambda: calls.append(1) or "no OpenVINO in this test")
-    assert onnxrt.openvino_unavailable_reason() == onnxrt.openvino_unavailable_reason() == "no OpenVINO in this test"
+    monkeypatch.setattr(openvino, "_probe_openvino", lambda: calls.append(1) or "no OpenVINO in this test")
+    first, second = openvino.openvino_unavailable_reason(), openvino.openvino_unavailable_reason()
+    assert first == second == "no OpenVINO in this test"
     assert calls == [1]
 
 
 def test_usable_plugin_really_ran_the_probe_graph(fresh_probe):
-    reason = onnxrt.openvino_unavailable_reason()
+    reason = openvino.openvino_unavailable_reason()
     if reason:
         pytest.skip(f"OpenVINO cannot run here: {reason}")
     import onnxruntime as ort
 
-    assert onnxrt._openvino_cpu_devices(ort)  # usable means a device is listed and the one-node graph ran on it
+    assert openvino._openvino_cpu_devices(ort)  # usable means a device is listed and the one-node graph ran on it
 
 
 def test_demo_skips_openvino_rows_with_one_line(no_device, tmp_path, capsys):
@@ -117,5 +118,19 @@ def test_probe_graph_is_the_documented_one_node_relu():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    assert onnxrt.PROBE_GRAPH == model.SerializeToString()
-    onnx.checker.check_model(onnx.load_from_string(onnxrt.PROBE_GRAPH), full_check=True)
+    assert openvino.PROBE_GRAPH == model.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(openvino.PROBE_GRAPH), full_check=True)
+
+
+def test_openvino_providers_select_the_openvino_runner(onnx_paths):
+    """providers=["OpenVINOExecutionProvider"] makes an OpenVinoRunner (an OnnxRuntimeRunner), other lists do not."""
+    from runtime.backends.onnxrt import OnnxRuntimeRunner
+
+    made = OnnxRuntimeRunner.__new__(OnnxRuntimeRunner, onnx_paths["model"], providers=[(OPENVINO, {})])
+    assert type(made) is openvino.OpenVinoRunner and isinstance(made, OnnxRuntimeRunner)
+    for providers in (None, ["CPUExecutionProvider"], "OpenVINOExecutionProvider"):
+        assert type(OnnxRuntimeRunner.__new__(OnnxRuntimeRunner, onnx_paths["model"], providers=providers)) is \
+            OnnxRuntimeRunner
+    with runtime.load(onnx_paths["model"], device="cpu") as r:
+        assert type(r) is OnnxRuntimeRunner and r.stage_providers == {"cnn": "CPUExecutionProvider",
+                                                                       "bilstm": "CPUExecutionProvider"}

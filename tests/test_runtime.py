@@ -459,7 +459,7 @@ def test_ten_thousand_calls_do_not_grow_memory(which, request, onnx_paths):
         def call():
             return runner.push(frame)
     elif which == "openvino":  # two sessions per call: the CNN on OpenVINO, the BiLSTM on the CPU EP
-        from runtime.backends.onnxrt import openvino_unavailable_reason
+        from runtime.backends.openvino import openvino_unavailable_reason
 
         if openvino_unavailable_reason():
             pytest.skip(f"OpenVINO cannot run here: {openvino_unavailable_reason()}")
@@ -552,7 +552,7 @@ def test_import_runtime_is_cheap():
 
 
 def test_provider_choice_for_an_int_device_and_the_session_gpu():
-    from runtime.backends.onnxrt import choose_providers, gpu_device_id
+    from runtime.backends.ort_providers import choose_providers, gpu_device_id
 
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = choose_providers(gpu, 1, None)  # device=1 is cuda:1, as for the TensorRT and PyTorch runners
@@ -637,3 +637,33 @@ def test_lifecycle_edge_cases(onnx_paths, tiny_checkpoint, caplog):
         with caplog.at_level("WARNING", logger="runtime.base"):
             explicit.__del__()
         assert "never deactivated" in caplog.text, activate
+
+
+def test_one_backbone_feature_width_table():
+    """ModelConfig and metadata without a recorded feature_dim read the width from one table in runtime.spec."""
+    from runtime.model import BACKBONES, ModelConfig
+    from runtime.spec import BACKBONE_FEATURE_DIMS, ModelMetadata
+
+    assert set(BACKBONE_FEATURE_DIMS) == set(BACKBONES)
+    for backbone in BACKBONES:
+        width = ModelConfig(backbone=backbone).feature_dim
+        assert width == BACKBONE_FEATURE_DIMS[backbone] == (2048 if backbone == "resnet50" else 512)
+        meta = ModelMetadata.from_dict({"graph": "model", "class_names": ["a", "b"], "mean": [0.5] * 3,
+                                        "std": [0.25] * 3, "frame_size": [16, 16],
+                                        "model_config": {"backbone": backbone}})
+        assert meta.feature_dim == width
+
+
+def test_io_names_are_checked_in_one_place():
+    """ONNX graphs and engines check their input and output names with InputSpec.check_io_names."""
+    from runtime.spec import InputSpec, ModelMetadata
+
+    meta = ModelMetadata.from_dict({"graph": "bilstm", "class_names": TINY_CLASSES, "mean": TINY_MEAN, "std": TINY_STD,
+                                    "frame_size": list(TINY_CONFIG.frame_size), "feature_dim": 512})
+    spec = InputSpec.for_graph("bilstm", meta)
+    spec.check_io_names(["lengths", "features"], ["clip_logits", "frame_logits"], "x.onnx")  # any order
+    with pytest.raises(RuntimeInputError, match=r"x.engine: a bilstm engine must have inputs \['features', "
+                                                r"'lengths'\] and outputs"):
+        spec.check_io_names(["features"], ["clip_logits", "frame_logits"], "x.engine", kind="engine")
+    with pytest.raises(RuntimeInputError, match="x.onnx: a bilstm graph must have"):
+        spec.check_io_names(["features", "lengths"], ["clip_logits"], "x.onnx")

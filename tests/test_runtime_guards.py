@@ -515,7 +515,7 @@ def test_op_profile_out_is_checked_before_profiling(tmp_path, capsys):
 @pytest.mark.gpu
 def test_cuda_tensors_are_checked_on_their_device(tiny_checkpoint):
     """The CUDA branch: one sum on the device; the exact per-step scan only when that sum is not finite."""
-    from runtime.base import _non_finite_steps
+    from runtime.inputs import _non_finite_steps
 
     huge = torch.full((1, 2, 3, H, W), 3e38, device="cuda")  # finite, though its float32 sum overflows to Inf
     assert _non_finite_steps(huge, None, True) is None

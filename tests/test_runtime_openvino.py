@@ -20,7 +20,7 @@ from runtime import RuntimeInputError, StreamingClassifier
 
 pytest.importorskip("onnxruntime")
 
-from runtime.backends.onnxrt import openvino_unavailable_reason  # noqa: E402
+from runtime.backends.openvino import openvino_unavailable_reason  # noqa: E402
 
 if openvino_unavailable_reason():  # installed is not usable: on AMD CPUs the plugin lists no device
     pytest.skip(f"OpenVINO cannot run here: {openvino_unavailable_reason()}", allow_module_level=True)
@@ -169,12 +169,12 @@ def test_model_graph_beside_another_checkpoints_cnn_is_refused(onnx_paths, tmp_p
 
 @pytest.mark.xfail(strict=False, reason="OpenVINO 2026.4's LSTM ignores sequence_lens in the reverse direction; the "
                    "runner keeps the BiLSTM on the CPU EP. An XPASS here means OpenVINO fixed it and the split in "
-                   "runtime/backends/onnxrt.py could go.")
+                   "runtime/backends/openvino.py could go.")
 def test_openvino_lstm_honours_sequence_lens_upstream(onnx_paths):
     # The bug the runner works around, reproduced on a raw ONNX Runtime session with the plugin's CPU device.
     import onnxruntime as ort
 
-    from runtime.backends.onnxrt import add_openvino
+    from runtime.backends.openvino import add_openvino
     from runtime.backends.ort_session import session_options
 
     opts = session_options(ort)

@@ -4,6 +4,7 @@
 |---|---|---|
 | ``.engine`` / ``.plan`` (+ ``ENGINE.json`` report) | TensorRT (``tensorrt`` or ``tensorrt_rtx``) | :class:`TrtRunner` |
 | ``.onnx`` | ONNX Runtime | :class:`OnnxRuntimeRunner` |
+| ``.onnx`` with ``providers=["OpenVINOExecutionProvider"]`` | ONNX Runtime + the OpenVINO plugin | :class:`OpenVinoRunner` |
 | ``.pt`` / ``.pth`` checkpoint | PyTorch (eager, or the fast CUDA-graph path) | :class:`TorchRunner` |
 
 Each backend module imports its library on first use, so importing this package stays cheap.
