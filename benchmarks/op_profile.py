@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from benchmarks._common import cpu_name
+from benchmarks.environment import cpu_name
 from runtime._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="op-profile-model-") as work:
         model = args.model
         if model is None:
-            from benchmarks._common import reference_config, write_random_checkpoint
+            from benchmarks.workloads import reference_config, write_random_checkpoint
             from export.to_onnx import export_onnx
 
             print("exporting the reference model (seeded random weights) ...", file=sys.stderr)

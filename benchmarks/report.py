@@ -4,7 +4,7 @@
 
 Per file: an environment header, then one table per workload with the median latency of every contender per
 (B, T), its speedup over eager fp32, and the compute floor (model FLOPs / the device's peak from
-:data:`benchmarks._common.PEAKS`). With two or more files, a side-by-side comparison of the first against each other
+:data:`benchmarks.flops.PEAKS`). With two or more files, a side-by-side comparison of the first against each other
 (same workload, B, T and contender) with the ratio. Plots: latency versus T per contender (log scale) for each
 workload and B, and speedup bars per shape.
 
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import BASELINE, CONTENDERS, WORKLOADS, stated_peak
+from benchmarks.contenders import BASELINE, CONTENDERS
+from benchmarks.flops import stated_peak
+from benchmarks.workloads import WORKLOADS
 from runtime._io import (
     OutputPathError,
     atomic_write_bytes,
@@ -171,7 +173,7 @@ def speedup(results: Results, row: Row) -> Optional[float]:
 
 
 def floor_ms(results: Results, row_or_gflop) -> Optional[float]:
-    """Compute floor in ms: FLOPs / the device's peak (see :func:`benchmarks._common.stated_peak`)."""
+    """Compute floor in ms: FLOPs / the device's peak (see :func:`benchmarks.flops.stated_peak`)."""
     gflop = row_or_gflop.gflop if isinstance(row_or_gflop, Row) else row_or_gflop
     if gflop is None:
         return None

@@ -3,7 +3,7 @@
 Each test: build the contender (skip with the reason when it cannot run here), check its outputs against eager fp32
 within the tolerance of its precision (this runs in CI smoke mode too, with ``--benchmark-disable``), then time it
 with ``benchmark.pedantic``: warm-up rounds, rotating random inputs fed by the untimed ``setup``, and a
-:class:`~benchmarks._common.LatencyRecorder` inside the timed call for device-accurate p50/p90/p99.
+:class:`~benchmarks.timing.LatencyRecorder` inside the timed call for device-accurate p50/p90/p99.
 
 Run: ``pytest benchmarks --benchmark-json=out.json`` (options in ``benchmarks/conftest.py``), then
 ``python -m benchmarks.report out.json --out DIR``.
@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks._common import (
-    TOLERANCES,
-    LatencyRecorder,
-    Unavailable,
-    cycle,
-    environment,
-    percentiles,
-    rel_error,
-    workload_flops,
-)
+from benchmarks.accuracy import TOLERANCES, rel_error
 from benchmarks.conftest import bench_grid
+from benchmarks.contenders import Unavailable
+from benchmarks.environment import environment
+from benchmarks.flops import workload_flops
+from benchmarks.timing import LatencyRecorder, cycle, percentiles
 
 # Rounds are derived from the time budget, within these bounds.
 MIN_ROUNDS = {"cuda": 10, "cpu": 3}

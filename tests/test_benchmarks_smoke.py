@@ -6,21 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks._common import (
-    BenchContext,
-    LatencyRecorder,
-    Prepared,
-    Unavailable,
-    bilstm_flops,
-    cnn_flops_per_frame,
-    paired_speedup,
-    percentiles,
-    reference_config,
-    rel_error,
-    stated_peak,
-    time_interleaved,
-    workload_flops,
-)
+from benchmarks.accuracy import rel_error
+from benchmarks.contenders import Prepared, Unavailable
+from benchmarks.context import BenchContext
+from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, stated_peak, workload_flops
+from benchmarks.timing import LatencyRecorder, paired_speedup, percentiles, time_interleaved
+from benchmarks.workloads import reference_config
 from tests.conftest import TINY_CONFIG
 
 
@@ -210,7 +201,7 @@ def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
 
 
 def test_fast_path_variants_parse_into_runner_options(tiny_checkpoint, tmp_path):
-    from benchmarks._common import parse_contender
+    from benchmarks.contenders import parse_contender
 
     assert parse_contender("ort-fp32") == ("ort-fp32", {})
     assert parse_contender("runtime-fast+folded+fp16-all") == ("runtime-fast", {"cnn_form": "folded",

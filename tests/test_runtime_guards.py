@@ -338,8 +338,8 @@ def other_checkpoint(tmp_path_factory):
     """A checkpoint of another model (other weights, 24x24 frames) than tiny_checkpoint."""
     from dataclasses import replace
 
-    from benchmarks._common import build_random_model
     from runtime.checkpoint import save_checkpoint
+    from runtime.model import build_random_model
 
     model = build_random_model(replace(TINY_CONFIG, frame_size=(24, 24)), seed=9)
     return save_checkpoint(tmp_path_factory.mktemp("other") / "other.pt", model, class_names=TINY_CLASSES,
@@ -358,7 +358,8 @@ def test_onnx_dir_of_another_checkpoint_is_named_as_such(tiny_checkpoint, other_
                         "--contenders", "ort-fp32", "--rounds", "1"]) == 1
     assert "was exported from another checkpoint" in capsys.readouterr().err
     # Without export_report.json the graph's own metadata says which checkpoint it came from.
-    from benchmarks._common import BenchContext, export_checkpoint_sha256
+    from benchmarks.artifacts import export_checkpoint_sha256
+    from benchmarks.context import BenchContext
     from runtime._io import sha256_file
 
     bare = tmp_path / "bare"
@@ -473,7 +474,7 @@ def test_onnx_runtime_openvino_precision_empty_is_refused(fp32_dir):
 
 def test_benchmark_counts_of_zero_are_errors_not_defaults(tiny_checkpoint, tmp_path, capsys):
     from benchmarks import paired
-    from benchmarks._common import BenchContext
+    from benchmarks.context import BenchContext
     from benchmarks.quick import quick_look
 
     for option, value in (("ort_threads", 0), ("pool_size", 0), ("window", 0)):
