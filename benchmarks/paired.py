@@ -30,7 +30,7 @@ from benchmarks.accuracy import TOLERANCES, rel_error
 from benchmarks.contenders import BASELINE, CONTENDERS, FAST_VARIANTS, Unavailable, parse_contender
 from benchmarks.context import BenchContext
 from benchmarks.environment import GpuUnavailableError, check_bench_device, environment
-from benchmarks.report import check_outputs
+from benchmarks.outputs import check_outputs
 from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved
 from benchmarks.workloads import STREAM_WINDOW, reference_config, write_random_checkpoint
 from runtime._io import atomic_write_json, atomic_write_text
@@ -146,7 +146,7 @@ def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.report import save_figure
+    from benchmarks.outputs import save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for r in result["rows"]:

@@ -433,11 +433,11 @@ def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 def test_own_outputs_are_recognised_by_content(tmp_path):
-    from benchmarks.report import check_outputs, is_own_output
+    from benchmarks.outputs import check_outputs, is_own_output
     from runtime._io import OutputPathError
 
     plt = pytest.importorskip("matplotlib.pyplot")
-    from benchmarks.report import save_figure
+    from benchmarks.outputs import save_figure
 
     save_figure(plt.figure(), tmp_path / "p.png")
     (tmp_path / "p.json").write_text(json.dumps({"environment": {}, "result": {}}))
