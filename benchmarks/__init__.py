@@ -6,5 +6,10 @@
   bootstrap interval: the ratio to quote from a noisy shared machine.
 - ``python -m benchmarks.quick CHECKPOINT``: a few interleaved rounds at B=1, T=16, not a benchmark.
 
+Modules: ``workloads`` (what is timed), ``contenders`` (every contender, one table) with ``streams``, ``context``
+(one session's models, inputs, references and runners), ``artifacts`` (exports and engines), ``accuracy``
+(tolerances), ``timing`` (recorders, interleaved rounds, statistics), ``flops`` (FLOPs and device peaks),
+``environment`` (versions and devices), ``outputs`` and ``plots`` (the CLIs' files).
+
 This folder is not part of the wheel; it imports ``runtime`` (and ``export`` to build the graphs it times).
 """

@@ -29,16 +29,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks._common import (
-    CONTENDERS,
-    FAST_VARIANTS,
-    WORKLOADS,
-    BenchContext,
-    parse_contender,
-    reference_config,
-    smoke_config,
-    write_random_checkpoint,
-)
+from benchmarks.contenders import CONTENDERS, FAST_VARIANTS, parse_contender
+from benchmarks.context import BenchContext
+from benchmarks.workloads import WORKLOADS, reference_config, smoke_config, write_random_checkpoint
 
 
 def _int_list(text: str, option: str) -> list[int]:

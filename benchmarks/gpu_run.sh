@@ -4,7 +4,7 @@
 #   2. the GPU-marked tests (failures are recorded, not fatal)                          -> OUTDIR/gpu-tests.log
 #   3. the latency suite at the default CUDA grid (B 1,8,64 x T 1,16,64, all workloads) -> OUTDIR/bench.json, bench.log
 #   4. the report (markdown + 2 PNGs)                                                  -> OUTDIR/report*.{md,png}
-#   5. the fast path's variants (CNN forms, fp16 BiLSTM), paired against eager at the shapes
+#   5. the fast path's variants (CNN forms, fp16 BiLSTM), paired against eager at the headline shapes
 #      (B1T16, B64T16, B1T64, streaming window 16)                                      -> OUTDIR/variants-*.{json,md,png}
 #   and the compact table of step 4 printed last.
 # Usage (from the repository root, the repo on PYTHONPATH, not pip-installed):
@@ -14,9 +14,9 @@
 #   (default 220 s), VARIANTS (comma list of contenders for step 5, or "none" to skip it), VARIANTS_TIMEOUT (seconds
 #   per shape, default 45)
 #   to fit a shorter lease.
-# ONNX Runtime: with only the CPU provider installed it is timed at B=1, T<=16 as a reference point (see
-# BenchContext._ort); with onnxruntime-gpu the CUDA provider runs the whole grid. TensorRT contenders are skipped
-# when TensorRT is missing (the report lists every skip and its reason). OUTDIR stays flat: 7 + 13 files.
+# ONNX Runtime: with only the CPU provider installed it is timed at B=1, T<=16 as a reference point (see _ort in
+# benchmarks/contenders.py); with onnxruntime-gpu the CUDA provider runs the whole grid. TensorRT contenders are
+# skipped when TensorRT is missing (the report lists every skip and its reason). OUTDIR stays flat: 7 + 13 files.
 # Step 5 stops starting shapes when less than 30 s remain of DEADLINE (default 570 s since the start), so the whole
 # run fits a 600 s call; the script exits 0 whatever its steps returned (their rc is in env.txt).
 set -u -o pipefail

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from benchmarks._common import cpu_name
+from benchmarks.environment import cpu_name
 from runtime._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -176,6 +176,17 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
                 call_s.append(time.perf_counter() - start)
         events = json.loads(Path(session.end_profiling()).read_text())
 
+    nodes, total, ops = _node_table(events, runs)
+    return {"model": str(path), "batch": batch, "time_steps": time_steps, "threads": threads,
+            "disabled": list(disabled), "runs": runs, "onnxruntime": ort.__version__, "host_cpu": cpu_name(),
+            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "load_average_1min": load_1min,
+            "call_ms": statistics.median(call_s) * 1e3, "node_ms_total": total, "nodes": nodes,
+            "ops": ops}
+
+
+def _node_table(events: list[dict], runs: int) -> tuple[list[dict], float, dict[str, dict]]:
+    """(nodes slowest first, their total ms, ms and share per op) from ONNX Runtime's profile events of ``runs``
+    profiled calls (earlier warm-up calls are in the events too)."""
     per_node: dict[str, list[dict]] = defaultdict(list)
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
@@ -197,12 +208,8 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
     for n in nodes:
         n["share"] = n["ms"] / total if total else 0.0
         ops[n["op"]] += n["ms"]
-    return {"model": str(path), "batch": batch, "time_steps": time_steps, "threads": threads,
-            "disabled": list(disabled), "runs": runs, "onnxruntime": ort.__version__, "host_cpu": cpu_name(),
-            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "load_average_1min": load_1min,
-            "call_ms": statistics.median(call_s) * 1e3, "node_ms_total": total, "nodes": nodes,
-            "ops": {op: {"ms": ms, "share": ms / total if total else 0.0}
-                    for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])}}
+    return nodes, total, {op: {"ms": ms, "share": ms / total if total else 0.0}
+                          for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])}
 
 
 def profile_markdown(result: dict, top: int = 25) -> str:
@@ -248,7 +255,7 @@ def plot_profile(result: dict, path: str | Path, top: int = 40) -> Optional[Path
     except ImportError:
         logger.warning("matplotlib is not installed (pip install '.[plots]'): no profile plot")
         return None
-    from benchmarks.report import save_figure
+    from benchmarks.outputs import save_figure
 
     nodes = result["nodes"][:top]
     ops = sorted({n["op"] for n in nodes})
@@ -311,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {args.model} is not an .onnx file", file=sys.stderr)
         return 2
     if args.out is not None:  # before the profile, not after it
-        from benchmarks.report import check_outputs
+        from benchmarks.outputs import check_outputs
 
         try:
             check_outputs(args.out, [_prefix(args) + s for s in (".md", ".json", ".png")], force=args.force)
@@ -321,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="op-profile-model-") as work:
         model = args.model
         if model is None:
-            from benchmarks._common import reference_config, write_random_checkpoint
+            from benchmarks.workloads import reference_config, write_random_checkpoint
             from export.to_onnx import export_onnx
 
             print("exporting the reference model (seeded random weights) ...", file=sys.stderr)

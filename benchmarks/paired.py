@@ -4,13 +4,11 @@
                                 [--workload model] [--batch 1] [--time 16] [--rounds 40] [--out DIR]
 
 The pytest-benchmark suite times contenders one after another. On a shared VM a slow phase then lands on one
-contender only, and the ratio of two medians swings with it (eager vs ONNX Runtime at B=1, T=16 on the 2-core CI VM
-read anywhere from 1.04x to 1.26x across suite runs). Here every round calls each contender once, in a fresh random
-order, so slow phases hit all of them alike; the speedup is the median of the per-round ratios with a bootstrap 95%
-interval. On a CPU every call starts after an untimed pause (``--gap-ms``, default 100) so that no contender runs
-beside the spinning threads of the one before (see :func:`benchmarks._common.time_interleaved`; without the pause
-ONNX Runtime's speedup over eager read ~1.3x instead of ~1.1x on the CI VM). Outputs are checked against eager fp32
-first, as in the suite.
+contender only, and the ratio of two medians swings with it. Here every round calls each contender once, in a fresh
+random order, so slow phases hit all of them alike; the speedup is the median of the per-round ratios with a bootstrap
+95% interval. On a CPU every call starts after an untimed pause (``--gap-ms``, default 100) so that no contender runs
+beside the spinning threads of the one before (see :func:`benchmarks.timing.time_interleaved`).
+Outputs are checked against eager fp32 first, as in the suite.
 
 Writes (with ``--out``) ``PREFIX.json`` (every sample, the environment), ``PREFIX.md`` and ``PREFIX.png`` (latency
 per round and the per-round speedup), atomically. The outputs are checked before anything is timed: ``--out`` must
@@ -28,27 +26,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from benchmarks._common import (
-    BASELINE,
-    CONTENDERS,
-    FAST_VARIANTS,
-    STREAM_WINDOW,
-    TOLERANCES,
-    BenchContext,
-    GpuUnavailableError,
-    Unavailable,
-    check_bench_device,
-    default_gap_s,
-    environment,
-    paired_speedup,
-    parse_contender,
-    percentiles,
-    reference_config,
-    rel_error,
-    time_interleaved,
-    write_random_checkpoint,
-)
-from benchmarks.report import check_outputs
+from benchmarks.accuracy import TOLERANCES, rel_error
+from benchmarks.contenders import BASELINE, CONTENDERS, FAST_VARIANTS, Unavailable, parse_contender
+from benchmarks.context import BenchContext
+from benchmarks.environment import GpuUnavailableError, check_bench_device, environment
+from benchmarks.outputs import check_outputs
+from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved
+from benchmarks.workloads import STREAM_WINDOW, reference_config, write_random_checkpoint
 from runtime._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -61,8 +45,8 @@ def compare_paired(ctx: BenchContext, contenders: Sequence[str], *, workload: st
 
     Args:
         ctx (BenchContext): checkpoint, device and exported graphs.
-        contenders (Sequence[str]): names from :data:`benchmarks._common.CONTENDERS`, or runtime-fast variants
-            (``runtime-fast+fused``; see :data:`benchmarks._common.FAST_VARIANTS`).
+        contenders (Sequence[str]): names from :data:`benchmarks.contenders.CONTENDERS`, or runtime-fast variants
+            (``runtime-fast+fused``; see :data:`benchmarks.contenders.FAST_VARIANTS`).
         workload (str): model, cnn, bilstm or stream. Defaults to "model".
         batch (int): B. Defaults to 1.
         time_steps (int): T (the window for ``stream``). Defaults to 16.
@@ -162,7 +146,7 @@ def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.report import save_figure
+    from benchmarks.outputs import save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for r in result["rows"]:

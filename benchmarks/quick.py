@@ -18,16 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import (
-    CONTENDERS,
-    ORT_CONTENDERS,
-    BenchContext,
-    GpuUnavailableError,
-    check_bench_device,
-    default_gap_s,
-    environment,
-)
+from benchmarks.contenders import CONTENDERS, ORT_CONTENDERS
+from benchmarks.context import BenchContext
+from benchmarks.environment import GpuUnavailableError, check_bench_device, environment
 from benchmarks.paired import compare_paired
+from benchmarks.timing import default_gap_s
 from runtime.base import check_count
 
 logger = logging.getLogger(__name__)
@@ -38,7 +33,7 @@ def quick_look(checkpoint: str | Path, *, onnx_dir: Optional[str | Path] = None,
                device: Optional[str] = None, batch: int = 1, time_steps: int = 16) -> tuple[list[dict], list[tuple]]:
     """Time every available contender on the whole model for a few rounds.
 
-    Contenders are timed in interleaved rounds (see :func:`benchmarks._common.time_interleaved`); the speedup is
+    Contenders are timed in interleaved rounds (see :func:`benchmarks.timing.time_interleaved`); the speedup is
     the median of per-round ratios against eager fp32.
 
     Args:

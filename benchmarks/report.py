@@ -4,7 +4,7 @@
 
 Per file: an environment header, then one table per workload with the median latency of every contender per
 (B, T), its speedup over eager fp32, and the compute floor (model FLOPs / the device's peak from
-:data:`benchmarks._common.PEAKS`). With two or more files, a side-by-side comparison of the first against each other
+:data:`benchmarks.flops.PEAKS`). With two or more files, a side-by-side comparison of the first against each other
 (same workload, B, T and contender) with the ratio. Plots: latency versus T per contender (log scale) for each
 workload and B, and speedup bars per shape.
 
@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks._common import BASELINE, CONTENDERS, WORKLOADS, stated_peak
+from benchmarks.contenders import BASELINE, CONTENDERS
+from benchmarks.flops import stated_peak
+from benchmarks.outputs import check_outputs
+from benchmarks.workloads import WORKLOADS
 from runtime._io import (
     OutputPathError,
-    atomic_write_bytes,
     atomic_write_text,
-    check_output_dir,
-    check_output_file,
-    remove_stale_temporaries,
 )
 
 logger = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ def speedup(results: Results, row: Row) -> Optional[float]:
 
 
 def floor_ms(results: Results, row_or_gflop) -> Optional[float]:
-    """Compute floor in ms: FLOPs / the device's peak (see :func:`benchmarks._common.stated_peak`)."""
+    """Compute floor in ms: FLOPs / the device's peak (see :func:`benchmarks.flops.stated_peak`)."""
     gflop = row_or_gflop.gflop if isinstance(row_or_gflop, Row) else row_or_gflop
     if gflop is None:
         return None
@@ -299,149 +298,6 @@ def compact_table(results: Results) -> str:
     return "\n".join(out)
 
 
-# --- plots -----------------------------------------------------------------------------------------------------------
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write a matplotlib figure as PNG atomically, then close it (also when writing fails)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        return atomic_write_bytes(Path(path), buf.getvalue())
-    finally:
-        plt.close(fig)
-
-
-def plot_latency(results: Results, path: str | os.PathLike) -> Optional[Path]:
-    """Latency versus T per contender (log-log), one panel per (workload, B); None when nothing has T > 0.
-
-    Args:
-        results (Results): a parsed file.
-        path (str | PathLike): PNG to write (atomically).
-
-    Returns:
-        Path | None: the PNG, or None when there is nothing to plot.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    workloads = [w for w in results.workloads() if w != "stream"]
-    batches = sorted({r.batch for r in results.rows if r.workload in workloads})
-    if not workloads or not batches:
-        return None
-    fig, axes = plt.subplots(len(workloads), len(batches), figsize=(4.2 * len(batches), 3.2 * len(workloads)),
-                             squeeze=False, layout="constrained")
-    for i, workload in enumerate(workloads):
-        for j, b in enumerate(batches):
-            ax = axes[i][j]
-            for c in results.contenders():
-                pts = sorted((r.time, r.median_ms) for r in results.rows
-                             if r.workload == workload and r.batch == b and r.contender == c)
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
-            floor = sorted((r.time, floor_ms(results, r)) for r in results.rows
-                           if r.workload == workload and r.batch == b and r.contender == BASELINE and r.gflop)
-            if floor:
-                ax.plot([p[0] for p in floor], [p[1] for p in floor], "k--", linewidth=1, label="compute floor")
-            ax.set_xscale("log", base=2)
-            ts = sorted({r.time for r in results.rows if r.workload == workload and r.batch == b})
-            ax.set_xticks(ts, [str(t) for t in ts])
-            ax.minorticks_off()
-            ax.set_yscale("log")
-            ax.set_title(f"{workload}, B={b}", fontsize=10)
-            ax.set_xlabel("T (frames per clip)")
-            ax.set_ylabel("median latency (ms)")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=7)
-    fig.suptitle(f"Latency vs T - {results.device_name}", fontsize=11)
-    return save_figure(fig, path)
-
-
-def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
-    """Bars of speedup over eager fp32 per (workload, B, T) and contender; None without any speedup to show."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    others = [c for c in results.contenders() if c != BASELINE]
-    groups = [(w, b, t) for w in results.workloads() for b, t in results.shapes(w)]
-    values = {(g, c): speedup(results, r) for g in groups for c in others
-              if (r := results.row(g[0], g[1], g[2], c)) is not None}
-    values = {k: v for k, v in values.items() if v is not None}
-    if not values:
-        return None
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(groups) * max(1, len(others)) + 2), 4), layout="constrained")
-    width = 0.8 / max(1, len(others))
-    for k, c in enumerate(others):
-        xs = [i + k * width for i, g in enumerate(groups) if (g, c) in values]
-        ys = [values[(g, c)] for g in groups if (g, c) in values]
-        if xs:
-            ax.bar(xs, ys, width=width, label=c)
-    ax.axhline(1.0, color="k", linewidth=1)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
-    ax.set_xticklabels([f"{w}\nB{b} T{t}" for w, b, t in groups], fontsize=7)
-    ax.set_ylabel(f"speedup over {BASELINE} (x)")
-    ax.set_yscale("log")
-    ax.set_title(f"Speedup over eager PyTorch fp32 - {results.device_name}", fontsize=11)
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
-
-
-# --- outputs ---------------------------------------------------------------------------------------------------------
-
-# The first line of report.md, paired's PREFIX.md and op_profile's PREFIX.md.
-_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ")
-_PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def is_own_output(path: Path) -> bool:
-    """Whether ``path`` is an earlier output of ``benchmarks.report``, ``.paired`` or ``.op_profile``, judged by
-    content: a markdown file starting with their heading, a PNG that matplotlib wrote (its Software text chunk), or
-    their JSON (paired's object with "environment" and "result", op_profile's with "nodes" and "ops"). Such files are
-    replaced by a rerun without ``--force``."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1024)
-        if path.suffix == ".md":
-            return head.startswith(_OWN_HEADINGS)
-        if path.suffix == ".png":
-            return head.startswith(_PNG) and b"Matplotlib" in head
-        if path.suffix == ".json" and head.lstrip().startswith(b"{"):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(data, dict) and ({"environment", "result"} <= set(data) or {"nodes", "ops"} <= set(data))
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def check_outputs(out_dir: str | os.PathLike, names: Sequence[str], *, force: bool = False) -> None:
-    """Before any work: ``out_dir`` is a folder that can be written (or created), and each file ``names`` in it may
-    be written: absent, an earlier output of these tools (:func:`is_own_output`), or ``force``. Temporaries of those
-    files that killed runs left are removed.
-
-    Raises:
-        OutputPathError: a file where the folder goes, a folder that cannot be written, a folder where a file goes,
-            a file name that is not a plain name, or an existing file these tools did not write (without force).
-    """
-    check_output_dir(out_dir, what="--out")
-    for name in names:
-        if Path(name).name != name or name.startswith(".") or not Path(name).stem:
-            raise OutputPathError(f"--prefix must be a plain file name stem (no folders, not hidden), which makes "
-                                  f"{name!r}")
-        check_output_file(Path(out_dir) / name, what="output", suffixes=(Path(name).suffix,), force=force,
-                          replaceable=is_own_output)
-    remove_stale_temporaries(out_dir, names)  # what killed earlier runs left of these files
-
-
 # --- the whole report ------------------------------------------------------------------------------------------------
 
 
@@ -481,6 +337,8 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
              "is model FLOPs / device peak. Produced by `python -m benchmarks.report` from the pytest-benchmark "
              "JSON of `pytest benchmarks`.", ""]
     if plots:
+        from benchmarks.plots import plot_latency, plot_speedup
+
         lat = plot_latency(main_results, out_dir / f"{prefix}-latency.png")
         spd = plot_speedup(main_results, out_dir / f"{prefix}-speedup.png")
         for key, p in (("latency", lat), ("speedup", spd)):

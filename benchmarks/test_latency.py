@@ -3,7 +3,7 @@
 Each test: build the contender (skip with the reason when it cannot run here), check its outputs against eager fp32
 within the tolerance of its precision (this runs in CI smoke mode too, with ``--benchmark-disable``), then time it
 with ``benchmark.pedantic``: warm-up rounds, rotating random inputs fed by the untimed ``setup``, and a
-:class:`~benchmarks._common.LatencyRecorder` inside the timed call for device-accurate p50/p90/p99.
+:class:`~benchmarks.timing.LatencyRecorder` inside the timed call for device-accurate p50/p90/p99.
 
 Run: ``pytest benchmarks --benchmark-json=out.json`` (options in ``benchmarks/conftest.py``), then
 ``python -m benchmarks.report out.json --out DIR``.
@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks._common import (
-    TOLERANCES,
-    LatencyRecorder,
-    Unavailable,
-    cycle,
-    environment,
-    percentiles,
-    rel_error,
-    workload_flops,
-)
+from benchmarks.accuracy import TOLERANCES, rel_error
 from benchmarks.conftest import bench_grid
+from benchmarks.contenders import Unavailable
+from benchmarks.environment import environment
+from benchmarks.flops import workload_flops
+from benchmarks.timing import LatencyRecorder, cycle, percentiles
 
 # Rounds are derived from the time budget, within these bounds.
 MIN_ROUNDS = {"cuda": 10, "cpu": 3}
@@ -70,19 +65,8 @@ def test_latency(benchmark, bench, workload, batch, time_steps, contender):
 
     recorder = LatencyRecorder(prepared.timer, prepared.sync)
     inputs = cycle(prepared.inputs)
-    if bench.is_cuda:
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        mem_before = torch.cuda.memory_allocated()
-    warmup, rounds = WARMUP_ROUNDS[kind], 1
-    if not benchmark.disabled:  # --benchmark-disable (CI smoke) runs the target once: no rounds to size
-        recorder(prepared.fn, next(inputs))  # calibration call: sizes the rounds to the budget
-        calibration_ms = recorder.samples_ms()[-1]
-        recorder.reset()
-        rounds = bench.fixed_rounds or int(min(MAX_ROUNDS[kind], max(MIN_ROUNDS[kind],
-                                                                   bench.budget_s * 1e3 / max(calibration_ms, 1e-3))))
+    mem_before = _reset_gpu_memory(bench)
+    warmup, rounds = WARMUP_ROUNDS[kind], _rounds(benchmark, bench, recorder, prepared, inputs)
 
     benchmark.pedantic(lambda x: recorder(prepared.fn, x), setup=lambda: ((next(inputs),), {}), rounds=rounds,
                        warmup_rounds=warmup, iterations=1)
@@ -90,10 +74,6 @@ def test_latency(benchmark, bench, workload, batch, time_steps, contender):
     samples = recorder.samples_ms()
     if len(samples) > warmup:  # --benchmark-disable runs the target once, without warm-up
         samples = samples[warmup:]
-    stats = percentiles(samples)
-    flops = workload_flops(bench.config, workload, batch, time_steps, bench.window)
-    frames = batch if workload == "stream" else batch * time_steps
-    env = environment(bench.device)
     info = {
         "contender": contender,
         "workload": workload,
@@ -107,6 +87,52 @@ def test_latency(benchmark, bench, workload, batch, time_steps, contender):
         "rounds": rounds,
         "warmup_rounds": warmup,
         "benchmark_disabled": bool(benchmark.disabled),
+        **_measurements(bench, workload, batch, time_steps, samples),
+        **prepared.info,
+        **_peak_gpu_memory(bench, mem_before),
+    }
+    benchmark.extra_info.update(info)
+
+
+def _reset_gpu_memory(bench) -> int:
+    """Start counting the peak GPU memory; the bytes allocated now (0 on CPU)."""
+    if not bench.is_cuda:
+        return 0
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def _peak_gpu_memory(bench, mem_before: int) -> dict:
+    if not bench.is_cuda:
+        return {"peak_gpu_mem_mb": None}
+    import torch
+
+    peak = torch.cuda.max_memory_allocated()
+    return {"peak_gpu_mem_mb": peak / 2**20, "peak_gpu_mem_delta_mb": (peak - mem_before) / 2**20}
+
+
+def _rounds(benchmark, bench, recorder, prepared, inputs) -> int:
+    """Timed rounds sized to the time budget by one calibration call (or --bench-rounds)."""
+    if benchmark.disabled:  # --benchmark-disable (CI smoke) runs the target once: no rounds to size
+        return 1
+    kind = "cuda" if bench.is_cuda else "cpu"
+    recorder(prepared.fn, next(inputs))
+    calibration_ms = recorder.samples_ms()[-1]
+    recorder.reset()
+    return bench.fixed_rounds or int(min(MAX_ROUNDS[kind], max(MIN_ROUNDS[kind],
+                                                               bench.budget_s * 1e3 / max(calibration_ms, 1e-3))))
+
+
+def _measurements(bench, workload: str, batch: int, time_steps: int, samples: list[float]) -> dict:
+    """Latency statistics, throughput, FLOPs, the model and the environment of one timed shape."""
+    stats = percentiles(samples)
+    flops = workload_flops(bench.config, workload, batch, time_steps, bench.window)
+    frames = batch if workload == "stream" else batch * time_steps
+    env = environment(bench.device)
+    return {
         **stats,
         "clips_per_s": batch / (stats["p50_ms"] / 1e3),
         "frames_per_s": frames / (stats["p50_ms"] / 1e3),
@@ -116,13 +142,4 @@ def test_latency(benchmark, bench, workload, batch, time_steps, contender):
         "device_name": env["device_name"],
         "versions": {k: env[k] for k in ("torch", "cuda", "cudnn", "onnxruntime", "tensorrt", "python", "package")},
         "env": env,
-        **prepared.info,
     }
-    if bench.is_cuda:
-        import torch
-
-        info["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        info["peak_gpu_mem_delta_mb"] = (torch.cuda.max_memory_allocated() - mem_before) / 2**20
-    else:
-        info["peak_gpu_mem_mb"] = None
-    benchmark.extra_info.update(info)

@@ -198,3 +198,30 @@ def check_lengths(lengths: torch.Tensor, batch: int, time_steps: int) -> None:
 def build_model(config: Optional[ModelConfig] = None) -> CNNBiLSTM:
     """Build a randomly initialised :class:`CNNBiLSTM` (Defaults to ``ModelConfig()``: ResNet-34, cifar stem)."""
     return CNNBiLSTM(config or ModelConfig())
+
+
+def build_random_model(config: ModelConfig, seed: int = 0) -> CNNBiLSTM:
+    """A seeded random eval-mode model with non-trivial BatchNorm statistics (so folding is exercised), for tests and
+    benchmarks. The global torch RNG state is restored afterwards.
+
+    Args:
+        config (ModelConfig): architecture.
+        seed (int): torch seed for the weights. Defaults to 0.
+
+    Returns:
+        CNNBiLSTM: the model on CPU, eval mode.
+    """
+    gen_state = torch.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_model(config)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.1, 0.1)
+    finally:
+        torch.set_rng_state(gen_state)
+    return model.eval()

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks._common import build_random_model
 from runtime.checkpoint import save_checkpoint
-from runtime.model import ModelConfig
+from runtime.model import ModelConfig, build_random_model
 
 # Small enough that a forward pass over a few clips takes milliseconds on 2 CPU cores, but the same architecture
 # family as the product (ResNet + 2-layer BiLSTM + two heads).

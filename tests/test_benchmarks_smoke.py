@@ -6,21 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks._common import (
-    BenchContext,
-    LatencyRecorder,
-    Prepared,
-    Unavailable,
-    bilstm_flops,
-    cnn_flops_per_frame,
-    paired_speedup,
-    percentiles,
-    reference_config,
-    rel_error,
-    stated_peak,
-    time_interleaved,
-    workload_flops,
-)
+from benchmarks.accuracy import TOLERANCES, rel_error
+from benchmarks.contenders import BASELINE, CONTENDER_TABLE, CONTENDERS, ORT_CONTENDERS, Prepared, Unavailable
+from benchmarks.context import BenchContext
+from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, stated_peak, workload_flops
+from benchmarks.timing import LatencyRecorder, paired_speedup, percentiles, time_interleaved
+from benchmarks.workloads import reference_config
 from tests.conftest import TINY_CONFIG
 
 
@@ -96,6 +87,24 @@ def test_context_on_cpu(tiny_checkpoint, tmp_path):
     # the eager streaming step after `window` pushes equals the model on the window
     assert rel_error(eager.probe(), ctx.reference("stream", 1, 16)) < 1e-5
     ctx.close()
+
+
+def test_contenders_are_one_table_and_the_runtime_stream_matches_eager(tiny_checkpoint, tmp_path):
+    assert CONTENDERS == tuple(CONTENDER_TABLE) and CONTENDERS[0] == BASELINE
+    assert set(ORT_CONTENDERS) == {c for c in CONTENDERS if c.startswith("ort-")}
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    ctx = BenchContext(tiny_checkpoint, "cpu", tmp_path)
+    try:
+        stream = ctx.prepare("ort-fp32", "stream", 1, 16)  # runtime.StreamingClassifier over the exported graphs
+        out = stream.probe()
+        assert set(out) == {"frame_logits", "clip_logits"} and out["clip_logits"].shape == (1, TINY_CONFIG.num_classes)
+        assert rel_error(out, ctx.reference("stream", 1, 16)) <= TOLERANCES["fp32"]
+        assert ctx.artifacts.onnx_dir("fp32") == tmp_path / "onnx-fp32"  # exported once, then cached
+        with pytest.raises(Unavailable, match="one stream"):
+            ctx.prepare("ort-fp32", "stream", 2, 16)
+    finally:
+        ctx.close()
 
 
 def _busy(ms: float):
@@ -210,7 +219,7 @@ def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
 
 
 def test_fast_path_variants_parse_into_runner_options(tiny_checkpoint, tmp_path):
-    from benchmarks._common import parse_contender
+    from benchmarks.contenders import parse_contender
 
     assert parse_contender("ort-fp32") == ("ort-fp32", {})
     assert parse_contender("runtime-fast+folded+fp16-all") == ("runtime-fast", {"cnn_form": "folded",

@@ -19,7 +19,6 @@ pytest.importorskip("onnxruntime.quantization")
 from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, skip_unless_engines_build  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks._common import build_random_model  # noqa: E402
 from export import quantize, to_onnx, to_trt  # noqa: E402
 from export.quantize import quantize_export  # noqa: E402
 from export.to_onnx import ExportError, ExportOverwriteError, export_onnx  # noqa: E402
@@ -27,6 +26,7 @@ from export.to_trt import EngineBuildError, ProfileError, build_engine  # noqa: 
 from runtime import RuntimeInputError  # noqa: E402
 from runtime._io import OutputPathError, sha256_file  # noqa: E402
 from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from runtime.model import build_random_model  # noqa: E402
 
 EXPORT_FILES = ["bilstm.onnx", "cnn.onnx", "export_report.json", "model.onnx"]
 PROFILE = ["batch=1:1:2,time=1:4:8"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks._common import bilstm_flops, cnn_flops_per_frame, workload_flops
+from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, workload_flops
 from benchmarks.op_profile import example_feeds, main, node_flops, profile_onnx
 from tests.conftest import TINY_CONFIG
 

@@ -12,7 +12,6 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
 import runtime  # noqa: E402
-from benchmarks._common import build_random_model  # noqa: E402
 from export.quantize import INT8, QUANTIZED_OPS, main, quantize_export  # noqa: E402
 from export.to_onnx import (  # noqa: E402
     ExportError,
@@ -23,7 +22,7 @@ from export.to_onnx import (  # noqa: E402
     read_metadata,
 )
 from runtime.checkpoint import save_checkpoint  # noqa: E402
-from runtime.model import ModelConfig  # noqa: E402
+from runtime.model import ModelConfig, build_random_model  # noqa: E402
 from tests.conftest import TINY_CONFIG  # noqa: E402
 
 
@@ -175,7 +174,7 @@ def test_cli_refuses_data_with_other_classes(fp32_dir, tmp_path, capsys):
 
 
 def test_benchmarks_take_a_given_int8_export_only_if_it_passed_for_this_checkpoint(int8, tiny_checkpoint, tmp_path):
-    from benchmarks._common import BenchContext
+    from benchmarks.context import BenchContext
     from tests.conftest import TINY_CLASSES, TINY_MEAN, TINY_STD
 
     folder = int8.paths["model"].parent

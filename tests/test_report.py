@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from benchmarks._common import stated_peak
+from benchmarks.flops import stated_peak
 from benchmarks.report import ReportError, build_report, compact_table, load_results, main
 
 pytest.importorskip("matplotlib")

@@ -338,8 +338,8 @@ def other_checkpoint(tmp_path_factory):
     """A checkpoint of another model (other weights, 24x24 frames) than tiny_checkpoint."""
     from dataclasses import replace
 
-    from benchmarks._common import build_random_model
     from runtime.checkpoint import save_checkpoint
+    from runtime.model import build_random_model
 
     model = build_random_model(replace(TINY_CONFIG, frame_size=(24, 24)), seed=9)
     return save_checkpoint(tmp_path_factory.mktemp("other") / "other.pt", model, class_names=TINY_CLASSES,
@@ -358,7 +358,8 @@ def test_onnx_dir_of_another_checkpoint_is_named_as_such(tiny_checkpoint, other_
                         "--contenders", "ort-fp32", "--rounds", "1"]) == 1
     assert "was exported from another checkpoint" in capsys.readouterr().err
     # Without export_report.json the graph's own metadata says which checkpoint it came from.
-    from benchmarks._common import BenchContext, export_checkpoint_sha256
+    from benchmarks.artifacts import export_checkpoint_sha256
+    from benchmarks.context import BenchContext
     from runtime._io import sha256_file
 
     bare = tmp_path / "bare"
@@ -432,11 +433,11 @@ def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 def test_own_outputs_are_recognised_by_content(tmp_path):
-    from benchmarks.report import check_outputs, is_own_output
+    from benchmarks.outputs import check_outputs, is_own_output
     from runtime._io import OutputPathError
 
     plt = pytest.importorskip("matplotlib.pyplot")
-    from benchmarks.report import save_figure
+    from benchmarks.outputs import save_figure
 
     save_figure(plt.figure(), tmp_path / "p.png")
     (tmp_path / "p.json").write_text(json.dumps({"environment": {}, "result": {}}))
@@ -473,7 +474,7 @@ def test_onnx_runtime_openvino_precision_empty_is_refused(fp32_dir):
 
 def test_benchmark_counts_of_zero_are_errors_not_defaults(tiny_checkpoint, tmp_path, capsys):
     from benchmarks import paired
-    from benchmarks._common import BenchContext
+    from benchmarks.context import BenchContext
     from benchmarks.quick import quick_look
 
     for option, value in (("ort_threads", 0), ("pool_size", 0), ("window", 0)):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import runtime
-from benchmarks._common import TOLERANCES
+from benchmarks.accuracy import TOLERANCES
 from runtime import RuntimeInputError, StreamingClassifier
 
 pytest.importorskip("onnxruntime")
