@@ -24,6 +24,7 @@ FAST_VARIANTS = {
     "folded": {"cnn_form": "folded"},  # conv-BN folded; bias add and ReLU separate kernels
     "fused": {"cnn_form": "fused"},  # cuDNN conv + bias (+ residual) + ReLU in one call
     "unfolded": {"cnn_form": "unfolded"},  # BatchNorm not folded into the convs
+    "auto": {"cnn_form": "auto"},  # all three per bucket, the fastest kept (not the default until measured faster)
 }
 
 
@@ -217,7 +218,7 @@ def ort_options(ctx: BenchContext, openvino: Optional[str]) -> dict:
 
 def _ort_unavailable(ctx: BenchContext, precision: str, openvino: Optional[str], workload: str) -> Optional[str]:
     """Why an ONNX Runtime contender cannot run this workload here, or None."""
-    from runtime.backends.onnxrt import openvino_unavailable_reason
+    from runtime.backends.openvino import openvino_unavailable_reason
 
     if openvino is not None:
         if ctx.is_cuda:

@@ -88,7 +88,7 @@ else
 fi
 
 # --- 5. fast-path variants, paired against eager (<= 4 x 45 s; a variant over its tolerance is timed and flagged) ------
-VARIANTS=${VARIANTS:-runtime-fast,runtime-fast+folded,runtime-fast+fused,runtime-fast+unfolded,runtime-fast+fp16-all,runtime-fast+fused+fp16-all}
+VARIANTS=${VARIANTS:-runtime-fast,runtime-fast+auto,runtime-fast+fused,runtime-fast+unfolded,runtime-fast+fp16-all,runtime-fast+fused+fp16-all}
 if [ "$ENV_RC" != 3 ] && [ "$VARIANTS" != none ]; then
   for shape in "model 1 16" "model 64 16" "model 1 64" "stream 1 16"; do
     read -r workload batch time_steps <<< "$shape"

@@ -215,7 +215,7 @@ def test_paired_cli_unknown_contender(tiny_checkpoint, capsys):
     assert "unknown contender 'numba'" in capsys.readouterr().err
     assert paired.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders",
                         "runtime-fast+winograd"]) == 1
-    assert "unknown variant 'winograd'; valid: fp16-all, folded, fused, unfolded" in capsys.readouterr().err
+    assert "unknown variant 'winograd'; valid: fp16-all, folded, fused, unfolded, auto" in capsys.readouterr().err
 
 
 def test_fast_path_variants_parse_into_runner_options(tiny_checkpoint, tmp_path):
