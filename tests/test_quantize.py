@@ -13,15 +13,11 @@ pytest.importorskip("onnxruntime.quantization")
 
 import runtime  # noqa: E402
 from benchmarks._common import build_random_model  # noqa: E402
-from export.quantize import INT8, QUANTIZED_OPS, main, quantize_export  # noqa: E402
-from export.to_onnx import (  # noqa: E402
-    ExportError,
-    ExportOverwriteError,
-    ExportVerificationError,
-    check_lstm_structure,
-    export_onnx,
-    read_metadata,
-)
+from export.errors import ExportError, ExportOverwriteError, ExportVerificationError  # noqa: E402
+from export.int8 import INT8, QUANTIZED_OPS  # noqa: E402
+from export.onnx_graph import check_lstm_structure, read_metadata  # noqa: E402
+from export.quantize import main, quantize_export  # noqa: E402
+from export.to_onnx import export_onnx  # noqa: E402
 from runtime.checkpoint import save_checkpoint  # noqa: E402
 from runtime.model import ModelConfig  # noqa: E402
 from tests.conftest import TINY_CONFIG  # noqa: E402
@@ -141,7 +137,8 @@ def test_bad_requests_are_refused(fp32_dir, int8, tmp_path, tiny_checkpoint):
 
 
 def test_tensorrt_build_refuses_int8_graphs(int8, tmp_path):
-    from export.to_trt import PrecisionCheckError, build_engine
+    from export.errors import PrecisionCheckError
+    from export.to_trt import build_engine
 
     with pytest.raises(PrecisionCheckError, match="int8 .QDQ. graph from export.quantize"):
         build_engine(int8.paths["cnn"], tmp_path / "cnn.engine", backend="tensorrt_rtx", compute_capability="8.6")
