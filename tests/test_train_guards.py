@@ -20,10 +20,11 @@ import train.engine as engine
 import train.evaluate as evaluate_mod
 from train.__main__ import main as train_main
 from train.__main__ import parse_args
+from train._checks import TrainError
 from train.data import DataError, DataSpec, build_dataset
-from train.engine import TrainError, resolve_device
 from train.evaluate import EvaluationError, evaluate_checkpoint
 from train.evaluate import main as eval_main
+from train.options import resolve_device
 
 EVAL_ARGS = ["--data", "synthetic", "--frames", "4", "--val-clips", "4", "--seed", "5", "--device", "cpu",
              "--no-shuffled"]

@@ -49,6 +49,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    # Long: every training option is declared here, once, in the groups --help shows.
     """The training argument parser (torchvision-references style; ``add_help=False`` lets other tools reuse it)."""
     p = argparse.ArgumentParser(
         prog="python -m train", description="Train the CNN + BiLSTM frame-sequence classifier.", add_help=add_help,
