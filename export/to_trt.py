@@ -1,7 +1,8 @@
 """Build a TensorRT engine from one of the exported ONNX graphs (full TensorRT 10.x/11.x or TensorRT for RTX).
 
-* The flavour is auto-detected (``--backend auto``: full TensorRT first, then TensorRT-RTX) through the one seam
-  :mod:`runtime.trt_compat`; everything else is shared.
+* The flavour is auto-detected (``--backend auto``: full TensorRT first, then TensorRT-RTX) through
+  :mod:`runtime.trt_compat`; the build-only version glue is :mod:`export.trt_build`; everything else is shared.
+  The build's steps are in :mod:`export.engine_build`.
 * Strongly typed networks only: FP16 comes from the graph's casts (``--precision fp16`` at export). The removed
   weak-typing flags are never used. After the build the network (and, where the engine can be deserialized on this
   machine, the engine inspector) is checked: a graph that asked for float16 must yield HALF layers, else the build

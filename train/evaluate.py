@@ -3,7 +3,7 @@ temporally shuffled clips (the temporal-order ablation), and a confusion-matrix 
 
 Examples:
     python -m train.evaluate runs/demo/best.pt --data synthetic --val-clips 512
-    python -m train.evaluate runs/cifar/best.pt --data cifar10 --data-dir ../shared/data/cifar10 --frames 8
+    python -m train.evaluate runs/cifar/best.pt --data cifar10 --data-dir data/cifar10 --frames 8
 
 The frame size and normalisation come from the checkpoint; the data set's class names must match the checkpoint's.
 ``--confusion`` (.png) and ``--json`` (.json) are checked before the evaluation starts and never replace an existing
