@@ -8,11 +8,11 @@ or with ``--force``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
+from export._folder import sha256_bytes
 from runtime._io import OutputPathError, check_output_file, remove_stale_temporaries
 
 CACHE_SCHEMA = 1
@@ -44,7 +44,7 @@ def build_target(tm, compute_capability: Optional[str]) -> dict:
 
 
 def cache_key(**parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
 def check_output_paths(out_path: Path, report_path: Path, timing_cache) -> None:
