@@ -10,12 +10,14 @@ beside new graphs). Temporaries that killed writers left are removed first.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
 from pathlib import Path
 
-from export.spec import GRAPHS, REPORT_NAME, SPEC
+from export.errors import ExportError, ExportOverwriteError
+from export.spec import GRAPHS, METADATA_KEY, REPORT_NAME, SPEC
 from runtime._io import (
     OutputPathError,
     atomic_write_bytes,
@@ -58,14 +60,62 @@ def check_export_dir(out_dir: Path, what: str = "--out") -> Path:
     return out_dir
 
 
-def write_export_dir(out_dir: Path, blobs: dict, report: dict) -> tuple[dict, Path]:
-    """Write the graphs (graph name -> bytes) and the report into a staged sibling, then rename it over ``out_dir``.
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes, as :func:`runtime._io.sha256_file` gives it for a file."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def refuse_other_exports(out_dir: Path, expected: dict, force: bool) -> None:
+    """The overwrite guard of both exporters: refuse graphs in ``out_dir`` that are not the export about to be
+    written, unless ``force``. A re-export of the same checkpoint, precision and graph needs no ``force``.
+
+    Args:
+        out_dir (Path): the export folder (already checked by :func:`check_export_dir`).
+        expected (dict): graph name -> the metadata the new graph will carry (at least ``checkpoint_sha256``,
+            ``precision`` and ``graph``).
+        force (bool): replace whatever is there.
+
+    Raises:
+        ExportOverwriteError: a graph file there has no readable metadata, or another checkpoint, precision or graph.
+    """
+    from export.onnx_graph import read_metadata
+
+    if force:
+        return
+    for graph, meta in expected.items():
+        path = Path(out_dir) / SPEC.graph(graph).filename
+        if not path.exists():
+            continue
+        try:
+            old = read_metadata(path)
+        except ExportError:
+            old = None
+        if old is None:
+            raise ExportOverwriteError(
+                f"{path} holds another export: it is not a {METADATA_KEY} export (no readable metadata); pass "
+                "force=True (--force) to overwrite it or choose another --out folder"
+            )
+        diffs = [k for k in ("checkpoint_sha256", "precision", "graph") if old.get(k) != meta.get(k)]
+        if diffs:
+            detail = ", ".join(f"{k}: {old.get(k)!r} there, {meta.get(k)!r} now" for k in diffs)
+            raise ExportOverwriteError(
+                f"{path} holds another export, not this checkpoint's {meta.get('precision')} {graph} graph ({detail}); "
+                "pass force=True (--force) to overwrite it or choose another --out folder"
+            )
+
+
+def write_export(out_dir: Path, blobs: dict, report: dict) -> tuple[dict, Path]:
+    """Write an export: record each graph's file name and sha256 in ``report`` (the runtime compares a graph with its
+    digest before loading it), then write the graphs (graph name -> bytes) and the report into a staged sibling
+    and rename it over ``out_dir``.
 
     Returns:
         tuple[dict, Path]: graph name -> final path, and the report's final path.
     """
     out_dir = Path(out_dir)
     names = {g: SPEC.graph(g).filename for g in blobs}
+    report["files"] = dict(names)
+    report["sha256"] = {names[g]: sha256_bytes(b) for g, b in blobs.items()}
     with staged_dir(out_dir) as stage:
         for g, blob in blobs.items():
             atomic_write_bytes(stage / names[g], blob)

@@ -29,8 +29,6 @@ TensorRT engines are built from the fp16 export instead (``export.to_trt`` refus
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import logging
 import os
 import sys
@@ -38,26 +36,30 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from export._folder import check_export_dir, scratch_dir, write_export_dir
-from export.spec import METADATA_KEY, SPEC
-from export.to_onnx import (
-    ExportError,
-    ExportOverwriteError,
-    ExportResult,
-    ExportVerificationError,
-    check_lstm_structure,
-    compare,
-    read_metadata,
-    set_metadata,
+from export._folder import check_export_dir, refuse_other_exports, scratch_dir, write_export
+from export.errors import ExportError, ExportOverwriteError, ExportVerificationError
+from export.int8 import (
+    EXACT_REL,
+    INT8,
+    QUANTIZED_OPS,
+    compose_model,
+    failed_checks,
+    quantize_cnn,
+    verify_int8,
 )
-from runtime.backends.ort_session import cpu_session
+from export.onnx_graph import check_lstm_structure, read_metadata, set_metadata
+from export.spec import METADATA_KEY, SPEC
+from export.to_onnx import ExportResult
 from runtime.spec import check_export_file
 
 logger = logging.getLogger(__name__)
 
-INT8 = "int8"
-# The CNN's operators; LSTM, MatMul and Gemm (BiLSTM and heads) stay float32.
-QUANTIZED_OPS = ("Conv", "Add", "Relu", "GlobalAveragePool", "MaxPool")
+# Kept importable from here: callers know these names as export.quantize's.
+__all__ = [
+    "CALIBRATION_METHODS", "EXACT_REL", "INT8", "QUANTIZED_OPS", "ExportOverwriteError", "check_int8_target",
+    "clips_from_data", "compose_model", "failed_checks", "get_args_parser", "main", "quantize_export", "verify_int8",
+]
+
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -105,161 +107,6 @@ def _check_clips(clips, metadata: dict, what: str):
     return clips
 
 
-def _session(path_or_bytes):
-    return cpu_session(path_or_bytes)
-
-
-def _quantize_cnn(src: Path, calibration, batch: int, method: str, tmp: Path):
-    """quantize_static of ``cnn.onnx`` -> onnx.ModelProto (QDQ)."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter([{"frames": calibration[i:i + batch]} for i in range(0, len(calibration), batch)])
-
-        def get_next(self):
-            return next(self._it, None)
-
-    # ONNX Runtime's recommended pre-pass (graph optimisation + shape inference) so every tensor has a known type.
-    pre = tmp / "cnn.pre.onnx"
-    quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-    out = tmp / "cnn.int8.onnx"
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    quantize_static(
-        os.fspath(pre), os.fspath(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=methods[method], calibration_providers=["CPUExecutionProvider"],
-    )
-    return onnx.load(os.fspath(out))
-
-
-def compose_model(cnn, bilstm):
-    """``model.onnx`` as ``cnn.onnx`` feeding ``bilstm.onnx``, with the contract's I/O names.
-
-    Built this way the int8 model graph computes exactly what the streaming classifier computes from the int8
-    ``cnn.onnx`` and the ``bilstm.onnx`` (one set of quantization scales, not two calibrations that differ slightly).
-    """
-    from onnx import compose
-
-    from export.to_onnx import _check_io
-
-    parts = []
-    for proto in (cnn, bilstm):
-        proto = copy.deepcopy(proto)
-        del proto.metadata_props[:]
-        parts.append(proto)
-    merged = compose.merge_models(parts[0], parts[1], io_map=[("features", "features")], prefix1="cnn/",
-                                  prefix2="bilstm/")
-    rename = {"cnn/frames": "frames", "bilstm/lengths": "lengths", "bilstm/frame_logits": "frame_logits",
-              "bilstm/clip_logits": "clip_logits"}
-    g = merged.graph
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        vi.name = rename.get(vi.name, vi.name)
-    for node in g.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [rename.get(n, n) for n in node.output]
-    _check_io(merged, "model")
-    return merged
-
-
-def _argmax_agreement(a, b) -> float:
-    return float((a.argmax(-1) == b.argmax(-1)).mean())
-
-
-# Padding and composition are exact in fp32 arithmetic: only summation order may differ.
-EXACT_REL = 1e-4
-
-
-def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, int8_cnn: Optional[bytes] = None,
-                bilstm: Optional[Path] = None, labels=None, batch: int = 8) -> dict:
-    """Check an int8 ``model.onnx`` on held-out clips.
-
-    * Agreement with the fp32 ``model.onnx`` (full-length clips): top-1 of clip and frame predictions, and the
-      norm-relative error of the logits; with ``labels`` both models' clip accuracy.
-    * Padding exactness of the int8 graph itself: a padded batch (rows of lengths T, T/2, ...) must give, row by row,
-      what the same graph gives each clip alone at its own length (``padded_rel``; not checked when T == 1).
-    * Composition (with ``int8_cnn`` and ``bilstm``): int8 ``cnn.onnx`` followed by ``bilstm.onnx``, the streaming
-      classifier's path, must give what ``model.onnx`` gives (``composition_rel``).
-
-    Returns:
-        dict: the measurements above.
-    """
-    import numpy as np
-
-    q, ref = _session(int8_model), _session(fp32_model)
-    outs_q, outs_r = [], []
-    for i in range(0, len(clips), batch):
-        x = clips[i:i + batch]
-        feeds = {"frames": x, "lengths": np.full((x.shape[0],), x.shape[1], dtype=np.int32)}
-        outs_q.append(q.run(None, feeds))
-        outs_r.append(ref.run(None, feeds))
-    frame_q = np.concatenate([o[0] for o in outs_q])
-    frame_r = np.concatenate([o[0] for o in outs_r])
-    clip_q = np.concatenate([o[1] for o in outs_q])
-    clip_r = np.concatenate([o[1] for o in outs_r])
-    result = {
-        "clips": int(len(clips)),
-        "time": int(clips.shape[1]),
-        "clip_agreement": _argmax_agreement(clip_q, clip_r),
-        "frame_agreement": _argmax_agreement(frame_q, frame_r),
-        "clip_logits_rel": compare(clip_q, clip_r)["rel"],
-        "frame_logits_rel": compare(frame_q, frame_r)["rel"],
-        "finite": bool(np.isfinite(frame_q).all() and np.isfinite(clip_q).all()),
-    }
-    if labels is not None:
-        labels = np.asarray(labels)
-        result["clip_accuracy_fp32"] = float((clip_r.argmax(-1) == labels).mean())
-        result["clip_accuracy_int8"] = float((clip_q.argmax(-1) == labels).mean())
-    t = clips.shape[1]
-    if t > 1:
-        rows = [clips[k % len(clips)] for k in range(max(2, min(4, len(clips))))]  # >= 2 rows, repeating one clip
-        lengths = np.array([max(1, t >> k) for k in range(len(rows))], dtype=np.int32)
-        padded = q.run(None, {"frames": np.stack(rows), "lengths": lengths})
-        worst = 0.0
-        for k, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-            alone = q.run(None, {"frames": row[None, :n], "lengths": np.array([n], dtype=np.int32)})
-            worst = max(worst, compare(padded[1][k], alone[1][0])["rel"],
-                        compare(padded[0][k, :n], alone[0][0])["rel"])
-        result["padded_lengths"], result["padded_rel"] = lengths.tolist(), worst
-    else:
-        result["padded_lengths"], result["padded_rel"] = None, None  # T == 1: nothing to pad
-    if int8_cnn is not None and bilstm is not None:
-        x = clips[:batch]
-        lengths = np.full((len(x),), t, dtype=np.int32)
-        features = _session(int8_cnn).run(None, {"frames": x})[0]
-        frame_s, clip_s = _session(bilstm).run(None, {"features": features, "lengths": lengths})
-        frame_m, clip_m = q.run(None, {"frames": x, "lengths": lengths})
-        result["composition_rel"] = max(compare(frame_s, frame_m)["rel"], compare(clip_s, clip_m)["rel"])
-    return result
-
-
-def failed_checks(check: dict, min_agreement: float) -> list:
-    """Human-readable reasons an int8 verification result fails (empty when it passes)."""
-    reasons = []
-    if not check["finite"]:
-        reasons.append("the int8 graph outputs NaN/Inf")
-    if check["clip_agreement"] < min_agreement:
-        reasons.append(f"it agrees with fp32 on {100 * check['clip_agreement']:.1f}% of {check['clips']} held-out "
-                       f"clips, {100 * min_agreement:.1f}% needed (clip logits rel error "
-                       f"{check['clip_logits_rel']:.3g})")
-    if check.get("padded_rel") is not None and not check["padded_rel"] <= EXACT_REL:
-        reasons.append(f"a padded batch differs from its clips run alone by {check['padded_rel']:.3g} (rel; must be "
-                       f"<= {EXACT_REL:g}): padding leaks into real frames")
-    if check.get("composition_rel") is not None and not check["composition_rel"] <= EXACT_REL:
-        reasons.append(f"cnn.onnx + bilstm.onnx differ from model.onnx by {check['composition_rel']:.3g} (rel; must "
-                       f"be <= {EXACT_REL:g})")
-    return reasons
-
-
 def check_int8_target(source_dir: Path, out_dir: Path, metadata: dict, force: bool = False) -> Path:
     """Check ``out_dir`` before any work: an export folder of its own (see :func:`export._folder.check_export_dir`),
     neither the fp32 folder nor inside it, and holding no other export unless ``force`` (this checkpoint's int8 export
@@ -275,22 +122,68 @@ def check_int8_target(source_dir: Path, out_dir: Path, metadata: dict, force: bo
         raise ExportError(f"--out {out_dir} must differ from the fp32 export folder {source_dir} and lie outside it "
                           "(an export folder holds one export and is replaced whole)")
     check_export_dir(out_dir)
-    if force:
-        return out_dir
-    for graph in ("model", "cnn", "bilstm"):
-        path = out_dir / SPEC.graph(graph).filename
-        if not path.is_file():
-            continue
-        try:
-            old = read_metadata(path)
-        except ExportError:
-            old = None
-        same = (old is not None and old.get("precision") == INT8 and old.get("graph") == graph
-                and old.get("checkpoint_sha256") == metadata[graph].get("checkpoint_sha256"))
-        if not same:
-            raise ExportOverwriteError(f"{path} holds another export (not this checkpoint's int8 {graph} graph); "
-                                       "pass force=True (--force) to overwrite it or choose another --out folder")
+    expected = {g: {"checkpoint_sha256": metadata[g].get("checkpoint_sha256"), "precision": INT8, "graph": g}
+                for g in ("model", "cnn", "bilstm")}
+    refuse_other_exports(out_dir, expected, force)
     return out_dir
+
+
+def _check_arguments(method: str, min_agreement: float, batch: int) -> None:
+    try:
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as e:
+        raise ExportError("int8 quantization needs onnxruntime (pip install 'cnn-bilstm-deploy[onnx]')") from e
+    if method not in CALIBRATION_METHODS:
+        raise ExportError(f"unknown calibration method {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
+    if not 0.0 <= float(min_agreement) <= 1.0:
+        raise ExportError(f"min_agreement must be in [0, 1], got {min_agreement}")
+    if batch < 1:
+        raise ExportError(f"batch must be >= 1, got {batch}")
+
+
+def _int8_graphs(source_dir: Path, out_dir: Path, metadata: dict, calibration, batch: int, method: str,
+                 info: dict) -> dict:
+    """The three int8-export graphs (graph name -> bytes), each with its metadata and through ``onnx.checker``."""
+    import onnx
+
+    logger.info("calibrating and quantizing cnn.onnx on %d clips (%s)", len(calibration), method)
+    with scratch_dir(out_dir) as tmp:  # beside --out: a killed run's scratch is removed at the next start
+        cnn = quantize_cnn(source_dir / "cnn.onnx", calibration, batch, method, Path(tmp))
+    bilstm = onnx.load(os.fspath(source_dir / "bilstm.onnx"))
+    protos = {"model": compose_model(cnn, bilstm), "cnn": cnn, "bilstm": bilstm}
+    check_lstm_structure(protos["model"], int(metadata["model"]["model_config"]["num_layers"]), "lengths")
+    blobs = {}
+    for graph, proto in protos.items():
+        note = {"bilstm": "the fp32 BiLSTM graph, unchanged",
+                "model": "the int8 cnn.onnx composed with the fp32 bilstm.onnx"}.get(graph, "")
+        set_metadata(proto, {**metadata[graph], "precision": INT8,
+                             "quantization": {**info, **({"note": note} if note else {})}})
+        proto.producer_name = "cnn-bilstm-deploy"
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the int8 {graph}.onnx failed onnx.checker: {e}") from e
+        blobs[graph] = proto.SerializeToString()
+    return blobs
+
+
+def _int8_report(source_dir: Path, metadata: dict, info: dict, check: dict, min_agreement: float,
+                 problems: list, t_start: float) -> dict:
+    return {
+        "precision": INT8,
+        "source": str(source_dir),
+        "reference": "the fp32 model.onnx of the source folder (verified against PyTorch at 1e-4 by export.to_onnx)",
+        "gate": {"clip_agreement_min": float(min_agreement), "padded_rel_max": EXACT_REL,
+                 "composition_rel_max": EXACT_REL,
+                 "why": "int8 error depends on weights and data: the accuracy gate is top-1 agreement on held-out "
+                        "clips; padding and the cnn + bilstm composition must stay exact"},
+        "quantization": info,
+        "verification": check,
+        "checkpoint_sha256": metadata["model"].get("checkpoint_sha256"),
+        "export_seconds": round(time.perf_counter() - t_start, 3),
+        "failed": problems,
+        "ok": not problems,
+    }
 
 
 def quantize_export(source_dir, out_dir, calibration, verification, *, verification_labels=None,
@@ -324,19 +217,8 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
         ExportOverwriteError: ``out_dir`` holds another export and ``force`` is False.
         ExportVerificationError: a check of :func:`failed_checks` fails; nothing is written.
     """
-    import onnx
-
-    try:
-        import onnxruntime.quantization  # noqa: F401
-    except ImportError as e:
-        raise ExportError("int8 quantization needs onnxruntime (pip install 'cnn-bilstm-deploy[onnx]')") from e
+    _check_arguments(method, min_agreement, batch)
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    if method not in CALIBRATION_METHODS:
-        raise ExportError(f"unknown calibration method {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
-    if not 0.0 <= float(min_agreement) <= 1.0:
-        raise ExportError(f"min_agreement must be in [0, 1], got {min_agreement}")
-    if batch < 1:
-        raise ExportError(f"batch must be >= 1, got {batch}")
     metadata = _load_source(source_dir)
     check_int8_target(source_dir, out_dir, metadata, force)
     calibration = _check_clips(calibration, metadata["model"], "calibration")
@@ -349,53 +231,18 @@ def quantize_export(source_dir, out_dir, calibration, verification, *, verificat
             "activations": "uint8 per tensor", "quantized_ops": list(QUANTIZED_OPS),
             "calibration_clips": int(len(calibration)), "calibration_time": int(calibration.shape[1]),
             "data": data_description, "onnxruntime": __import__("onnxruntime").__version__}
-    logger.info("calibrating and quantizing cnn.onnx on %d clips (%s)", len(calibration), method)
-    with scratch_dir(out_dir) as tmp:  # beside --out: a killed run's scratch is removed at the next start
-        cnn = _quantize_cnn(source_dir / "cnn.onnx", calibration, batch, method, Path(tmp))
-    bilstm = onnx.load(os.fspath(source_dir / "bilstm.onnx"))
-    protos = {"model": compose_model(cnn, bilstm), "cnn": cnn, "bilstm": bilstm}
-    check_lstm_structure(protos["model"], int(metadata["model"]["model_config"]["num_layers"]), "lengths")
-    blobs = {}
-    for graph, proto in protos.items():
-        note = {"bilstm": "the fp32 BiLSTM graph, unchanged",
-                "model": "the int8 cnn.onnx composed with the fp32 bilstm.onnx"}.get(graph, "")
-        set_metadata(proto, {**metadata[graph], "precision": INT8,
-                             "quantization": {**info, **({"note": note} if note else {})}})
-        proto.producer_name = "cnn-bilstm-deploy"
-        try:
-            onnx.checker.check_model(proto)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"the int8 {graph}.onnx failed onnx.checker: {e}") from e
-        blobs[graph] = proto.SerializeToString()
-
+    blobs = _int8_graphs(source_dir, out_dir, metadata, calibration, batch, method, info)
     logger.info("verifying int8 model.onnx against the fp32 graph on %d held-out clips", len(verification))
     check = verify_int8(blobs["model"], source_dir / "model.onnx", verification, int8_cnn=blobs["cnn"],
                         bilstm=source_dir / "bilstm.onnx", labels=verification_labels, batch=batch)
     problems = failed_checks(check, float(min_agreement))
-    report = {
-        "precision": INT8,
-        "source": str(source_dir),
-        "reference": "the fp32 model.onnx of the source folder (verified against PyTorch at 1e-4 by export.to_onnx)",
-        "gate": {"clip_agreement_min": float(min_agreement), "padded_rel_max": EXACT_REL,
-                 "composition_rel_max": EXACT_REL,
-                 "why": "int8 error depends on weights and data: the accuracy gate is top-1 agreement on held-out "
-                        "clips; padding and the cnn + bilstm composition must stay exact"},
-        "quantization": info,
-        "verification": check,
-        "checkpoint_sha256": metadata["model"].get("checkpoint_sha256"),
-        "export_seconds": round(time.perf_counter() - t_start, 3),
-        "failed": problems,
-        "ok": not problems,
-    }
+    report = _int8_report(source_dir, metadata, info, check, min_agreement, problems, t_start)
     if problems:
         hint = (" Try more or more representative calibration clips, --method percentile, or keep the fp32 export."
                 if check["clip_agreement"] < min_agreement else "")
         raise ExportVerificationError("int8 export failed: " + "; ".join(problems) + "." + hint
                                       + " Nothing was written.", report)
-    names = {g: SPEC.graph(g).filename for g in blobs}
-    report["files"] = dict(names)
-    report["sha256"] = {names[g]: hashlib.sha256(b).hexdigest() for g, b in blobs.items()}  # runtime checks
-    paths, report_path = write_export_dir(out_dir, blobs, report)
+    paths, report_path = write_export(out_dir, blobs, report)
     logger.info("wrote int8 export to %s", out_dir)
     return ExportResult(paths=paths, report=report, report_path=report_path, precision=INT8)
 

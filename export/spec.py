@@ -15,10 +15,10 @@ Precisions (graph I/O is float32 in all of them; the casts live inside the graph
 Tolerances (norm-based relative error ``||y - ref|| / ||ref||`` per output, against the float32 PyTorch model with
 packed sequences, i.e. the exact padded-batch semantics):
 
-* ``fp32``: 1e-4, as the issue demands; ONNX Runtime measures ~1e-7 here, so this only absorbs summation order.
+* ``fp32``: 1e-4; ONNX Runtime measures ~1e-7 here, so this only absorbs summation order.
 * ``fp16``: 1e-2. float16 has a unit roundoff of 4.9e-4; a ResNet rounds each of its ~20 layer outputs and the BN
   folding/accumulation order differs between runtimes, so errors of 1e-3 are normal (3e-4 was measured on an H100
-  with random weights, ``shared/docs/baselines.md``). 1e-2 leaves 10x headroom for trained weights and larger
+  with random weights). 1e-2 leaves 10x headroom for trained weights and larger
   activations, while a broken graph (wrong cast, lost ``sequence_lens``, wrong layout) errs by O(1) and still fails.
 * ``fp16-all``: 3e-2. The recurrence carries float16 rounding across T steps in both directions (error grows
   roughly with sqrt(T)); at T=128 with the tiny test model it measures below 1e-2, so 3e-2 still separates rounding

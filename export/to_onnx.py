@@ -4,7 +4,7 @@ Names, axes and metadata follow ``docs/ARCHITECTURE.md`` (see :mod:`export.spec`
 
 1. ``torch.onnx.export(dynamo=False, opset 17, dynamic_axes)`` of a small wrapper around the model. The TorchScript
    exporter keeps one native ONNX ``LSTM`` node per layer with dynamic batch and time (the dynamo exporter froze the
-   time dimension of the declared output shapes with torch 2.14, see ``shared/docs/baselines.md``).
+   time dimension of the declared output shapes with torch 2.14).
 2. The LSTM is exported unpacked, then the graph input ``lengths`` (int32) is wired into input 4 (``sequence_lens``)
    of every LSTM node, so padded clips are exact in both directions: the reverse direction of a short clip starts at
    its last real frame. The heads already mask padded steps and pool real frames only.
@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import io
-import json
 import logging
 import os
 import sys
@@ -38,28 +35,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from export._folder import check_export_dir, scratch_dir, write_export_dir
-from export.spec import GRAPHS, METADATA_KEY, PRECISIONS, SPEC, check_precision
-from runtime._io import sha256_file
+from export._folder import check_export_dir, refuse_other_exports, scratch_dir, write_export
+from export.errors import ExportError, ExportOverwriteError, ExportVerificationError
+from export.onnx_graph import (
+    build_metadata,
+    check_graph_io,
+    check_lstm_structure,
+    checkpoint_sha256,
+    read_metadata,
+    set_metadata,
+    wire_sequence_lens,
+)
+from export.spec import GRAPHS, PRECISIONS, SPEC, check_precision
+from export.verify import compare, example_inputs, format_report, verify_graph
 from runtime._version import __version__
 
 logger = logging.getLogger(__name__)
 
-
-class ExportError(ValueError):
-    """An export request cannot be carried out as asked (bad arguments, unexpected graph structure)."""
-
-
-class ExportVerificationError(ExportError):
-    """An exported graph disagrees with PyTorch beyond the precision's tolerance (nothing was written)."""
-
-    def __init__(self, message: str, report: Optional[dict] = None) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-class ExportOverwriteError(ExportError):
-    """The output folder holds another model's (or another precision's) graphs; pass ``force=True`` to replace them."""
+# Kept importable from here: callers and the CLI's users know these names as export.to_onnx's.
+__all__ = [
+    "ExportError", "ExportOverwriteError", "ExportResult", "ExportVerificationError", "check_export_target",
+    "check_lstm_structure", "compare", "export_onnx", "format_report", "get_args_parser", "main", "read_metadata",
+    "set_metadata", "verify_graph", "wire_sequence_lens",
+]
 
 
 @dataclass
@@ -131,260 +129,6 @@ def _make_wrappers(model, precision: str):
     return {"model": ModelGraph().eval(), "cnn": CNNGraph().eval(), "bilstm": BiLSTMGraph().eval()}
 
 
-def _example_inputs(config, graph: str, batch: int, time_steps: int, lengths=None, seed: int = 0):
-    """Random float inputs (never zeros) for ``graph`` as numpy arrays keyed by input name."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    h, w = config.frame_size
-    if lengths is None:
-        lengths = [time_steps] * batch
-    feeds = {}
-    gspec = SPEC.graph(graph)
-    if "frames" in gspec.inputs:
-        feeds["frames"] = rng.standard_normal((batch, time_steps, 3, h, w)).astype(np.float32)
-    if "features" in gspec.inputs:
-        # Post-ReLU average-pooled ResNet features are non-negative with O(1) scale.
-        feeds["features"] = np.abs(rng.standard_normal((batch, time_steps, config.feature_dim))).astype(np.float32)
-    if "lengths" in gspec.inputs:
-        feeds["lengths"] = np.asarray(lengths, dtype=np.int32)
-    return feeds
-
-
-# --- graph surgery and structure checks --------------------------------------------------------------------------
-
-
-def wire_sequence_lens(model_proto, lengths_name: str = "lengths") -> int:
-    """Feed the graph input ``lengths_name`` into input 4 (``sequence_lens``) of every ONNX ``LSTM`` node.
-
-    Missing optional inputs before index 4 get the empty-name placeholder. Returns the number of nodes wired.
-
-    Raises:
-        ExportError: no such graph input, or an LSTM already has another ``sequence_lens``.
-    """
-    import onnx
-
-    inputs = {i.name: i for i in model_proto.graph.input}
-    if lengths_name not in inputs:
-        raise ExportError(f"graph has no input {lengths_name!r}; inputs are {sorted(inputs)}")
-    if inputs[lengths_name].type.tensor_type.elem_type != onnx.TensorProto.INT32:
-        raise ExportError(f"graph input {lengths_name!r} must be int32 to serve as LSTM sequence_lens")
-    wired = 0
-    for node in model_proto.graph.node:
-        if node.op_type != "LSTM":
-            continue
-        while len(node.input) < 5:
-            node.input.append("")
-        if node.input[4] not in ("", lengths_name):
-            raise ExportError(f"LSTM node {node.name!r} already has sequence_lens {node.input[4]!r}")
-        node.input[4] = lengths_name
-        wired += 1
-    return wired
-
-
-def check_lstm_structure(model_proto, num_layers: int, lengths_name: Optional[str] = "lengths") -> list:
-    """Check the BiLSTM stayed native: ``num_layers`` bidirectional ``LSTM`` nodes, no Loop/Scan.
-
-    Args:
-        model_proto (onnx.ModelProto): the graph.
-        num_layers (int): expected LSTM node count.
-        lengths_name (str | None): when given, every LSTM's ``sequence_lens`` must be this graph input.
-
-    Returns:
-        list[dict]: per LSTM node its name, direction, hidden size and sequence_lens input.
-
-    Raises:
-        ExportError: any deviation, naming what was found.
-    """
-    import onnx
-
-    nodes = list(model_proto.graph.node)
-    loops = [n.op_type for n in nodes if n.op_type in ("Loop", "Scan")]
-    if loops:
-        raise ExportError(f"the graph contains {loops}: the LSTM was unrolled or lowered to a loop, not native")
-    found = []
-    for n in nodes:
-        if n.op_type != "LSTM":
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        direction = attrs.get("direction", b"forward")
-        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
-        seq = n.input[4] if len(n.input) > 4 else ""
-        found.append({"name": n.name, "direction": direction, "hidden_size": int(attrs.get("hidden_size", 0)),
-                      "layout": int(attrs.get("layout", 0)), "sequence_lens": seq})
-    if len(found) != num_layers:
-        raise ExportError(f"expected {num_layers} native ONNX LSTM nodes (one per layer), found {len(found)}")
-    for f in found:
-        if f["direction"] != "bidirectional":
-            raise ExportError(f"LSTM node {f['name']!r} has direction {f['direction']!r}, expected bidirectional")
-        if lengths_name is not None and f["sequence_lens"] != lengths_name:
-            raise ExportError(
-                f"LSTM node {f['name']!r} has sequence_lens {f['sequence_lens']!r}, expected the graph input "
-                f"{lengths_name!r} (padded clips would not be exact)"
-            )
-    return found
-
-
-# --- metadata ------------------------------------------------------------------------------------------------------
-
-
-def build_metadata(ckpt, graph: str, precision: str, opset: int, checkpoint_sha256: str) -> dict:
-    """The ``cnn_bilstm_deploy`` metadata dict of ARCHITECTURE.md for one graph."""
-    import onnx
-    import torch
-
-    return {
-        "graph": graph,
-        "class_names": list(ckpt.class_names),
-        "frame_size": list(ckpt.config.frame_size),
-        "mean": [float(x) for x in ckpt.mean],
-        "std": [float(x) for x in ckpt.std],
-        "precision": precision,
-        "model_config": ckpt.config.to_dict(),
-        "package_version": __version__,
-        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "opset": int(opset)},
-        "checkpoint_sha256": checkpoint_sha256,
-    }
-
-
-def set_metadata(model_proto, metadata: dict) -> None:
-    """Store ``metadata`` as JSON under the ``cnn_bilstm_deploy`` metadata property (replacing an old one)."""
-    kept = [p for p in model_proto.metadata_props if p.key != METADATA_KEY]
-    del model_proto.metadata_props[:]
-    model_proto.metadata_props.extend(kept)
-    prop = model_proto.metadata_props.add()
-    prop.key = METADATA_KEY
-    prop.value = json.dumps(metadata, sort_keys=True)
-
-
-def read_metadata(model) -> Optional[dict]:
-    """The ``cnn_bilstm_deploy`` metadata of an ONNX file or ``ModelProto`` (None when absent).
-
-    Raises:
-        ExportError: the file is not a loadable ONNX model, or the property is not valid JSON.
-    """
-    import onnx
-
-    if not hasattr(model, "metadata_props"):
-        try:
-            model = onnx.load(str(model), load_external_data=False)
-        except Exception as e:
-            raise ExportError(f"{model} is not a readable ONNX file: {type(e).__name__}: {e}") from e
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            try:
-                return json.loads(p.value)
-            except json.JSONDecodeError as e:
-                raise ExportError(f"metadata property {METADATA_KEY!r} is not valid JSON: {e}") from e
-    return None
-
-
-def _checkpoint_sha256(ckpt) -> str:
-    import torch
-
-    if ckpt.path is not None and Path(ckpt.path).is_file():
-        return sha256_file(ckpt.path)
-    buf = io.BytesIO()  # an in-memory Checkpoint: hash its weights instead
-    torch.save({k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()}, buf)
-    return hashlib.sha256(buf.getvalue()).hexdigest()
-
-
-# --- verification --------------------------------------------------------------------------------------------------
-
-
-class _GraphRunner:
-    """Runs one serialized graph with ONNX Runtime (CPU), or the ONNX reference evaluator if ORT cannot load it."""
-
-    def __init__(self, model_bytes: bytes, label: str) -> None:
-        self.label = label
-        try:
-            import onnxruntime as ort
-
-            from runtime.backends.ort_session import cpu_session
-
-            self._sess = cpu_session(model_bytes)
-            self.name = f"onnxruntime {ort.__version__} CPUExecutionProvider"
-            self._ref = None
-        except Exception as e:  # e.g. a kernel ORT's CPU provider lacks for a float16 op
-            from onnx.reference import ReferenceEvaluator
-
-            logger.warning("%s: ONNX Runtime cannot load it (%s); using onnx.reference.ReferenceEvaluator",
-                           label, str(e).splitlines()[0][:200])
-            self._sess = None
-            self._ref = ReferenceEvaluator(model_bytes)
-            self.name = "onnx.reference.ReferenceEvaluator"
-
-    def run(self, feeds: dict) -> list:
-        if self._sess is not None:
-            return self._sess.run(None, feeds)
-        return self._ref.run(None, feeds)
-
-
-def _torch_reference(model, graph: str, feeds: dict) -> list:
-    """Float32 PyTorch outputs with packed sequences (the exact padded-batch semantics)."""
-    import torch
-
-    with torch.inference_mode():
-        lengths = torch.from_numpy(feeds["lengths"]).long() if "lengths" in feeds else None
-        if graph == "cnn":
-            return [model.extract_features(torch.from_numpy(feeds["frames"])).numpy()]
-        if graph == "bilstm":
-            outs = model.classify(torch.from_numpy(feeds["features"]), lengths)
-        else:
-            outs = model(torch.from_numpy(feeds["frames"]), lengths)
-        return [o.float().numpy() for o in outs]
-
-
-def compare(got, ref) -> dict:
-    """``{"max_abs", "rel"}``: largest absolute difference and ``||got - ref|| / ||ref||`` (float64)."""
-    import numpy as np
-
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        return {"max_abs": float("inf"), "rel": float("inf"), "shape": list(got.shape), "ref_shape": list(ref.shape)}
-    diff = got - ref
-    denom = float(np.linalg.norm(ref)) or 1.0
-    finite = bool(np.isfinite(got).all())
-    return {
-        "max_abs": float(np.abs(diff).max()) if finite else float("inf"),
-        "rel": float(np.linalg.norm(diff)) / denom if finite else float("inf"),
-    }
-
-
-def verify_graph(model_bytes: bytes, model, graph: str, precision: str, shapes: list, label: str = "") -> dict:
-    """Run a serialized graph at ``shapes`` and compare each output with PyTorch.
-
-    Returns:
-        dict: ``{"runtime", "cases": [{"shape", "outputs": {name: {"max_abs", "rel"}}, "ok"}], "ok"}``.
-    """
-    gspec = SPEC.graph(graph)
-    tol = SPEC.tolerance(precision).rel
-    runner = _GraphRunner(model_bytes, label or graph)
-    cases = []
-    for i, shape in enumerate(shapes):
-        feeds = _example_inputs(model.config, graph, shape.batch, shape.time, shape.lengths, seed=100 + i)
-        got = runner.run(feeds)
-        ref = _torch_reference(model, graph, feeds)
-        outs = {name: compare(g, r) for name, g, r in zip(gspec.outputs, got, ref, strict=True)}
-        ok = all(o["rel"] <= tol for o in outs.values())
-        cases.append({"shape": shape.label, "batch": shape.batch, "time": shape.time,
-                      "lengths": list(shape.lengths) if shape.lengths else None, "outputs": outs, "ok": ok})
-    return {"runtime": runner.name, "tolerance_rel": tol, "cases": cases, "ok": all(c["ok"] for c in cases)}
-
-
-def format_report(report: dict) -> str:
-    """A plain-text table of a verification report (for the CLI)."""
-    lines = [f"precision {report['precision']}  tolerance rel <= {report['tolerance']['rel']:g}  "
-             f"(example shape B,T = {tuple(report['example_shape'])})"]
-    for graph, g in report["graphs"].items():
-        lines.append(f"  {graph}.onnx  [{g['runtime']}]  lstm nodes: {len(g.get('lstm_nodes', []))}")
-        for c in g["cases"]:
-            errs = "  ".join(f"{n}: max_abs {o['max_abs']:.3e} rel {o['rel']:.3e}" for n, o in c["outputs"].items())
-            lines.append(f"    {c['shape']:<28} {errs}  {'ok' if c['ok'] else 'FAIL'}")
-    return "\n".join(lines)
-
-
 # --- export --------------------------------------------------------------------------------------------------------
 
 
@@ -410,30 +154,6 @@ def _export_one(wrapper, graph: str, example_feeds: dict, opset: int, out_dir: P
         return onnx.load(path)
 
 
-def _check_existing(out_dir: Path, metadata_by_graph: dict, force: bool) -> None:
-    """Refuse to overwrite graphs of another model or precision unless ``force``."""
-    for graph, meta in metadata_by_graph.items():
-        path = out_dir / SPEC.graph(graph).filename
-        if not path.exists() or force:
-            continue
-        try:
-            old = read_metadata(path)
-        except ExportError:
-            old = None
-        if old is None:
-            raise ExportOverwriteError(
-                f"{path} exists and is not a {METADATA_KEY} export (no readable metadata); pass force=True "
-                "(--force) to overwrite it or choose another --out folder"
-            )
-        diffs = [k for k in ("checkpoint_sha256", "precision", "graph") if old.get(k) != meta[k]]
-        if diffs:
-            detail = ", ".join(f"{k}: {old.get(k)!r} there, {meta[k]!r} now" for k in diffs)
-            raise ExportOverwriteError(
-                f"{path} holds a different export ({detail}); pass force=True (--force) to overwrite it or choose "
-                "another --out folder"
-            )
-
-
 def check_export_target(ckpt, out_dir, precision: str, *, force: bool = False, opset: int = 17) -> dict:
     """Check ``out_dir`` for an export of ``ckpt`` before any work (see :func:`export._folder.check_export_dir`), and
     refuse to replace another checkpoint's or precision's graphs unless ``force``.
@@ -446,10 +166,84 @@ def check_export_target(ckpt, out_dir, precision: str, *, force: bool = False, o
         ExportOverwriteError: it holds another export and ``force`` is False.
     """
     out_dir = check_export_dir(Path(out_dir))
-    sha = _checkpoint_sha256(ckpt)
+    sha = checkpoint_sha256(ckpt)
     metadata = {g: build_metadata(ckpt, g, precision, opset, sha) for g in GRAPHS}
-    _check_existing(out_dir, metadata, force)
+    refuse_other_exports(out_dir, metadata, force)
     return metadata
+
+
+def _check_arguments(precision: str, opset: int, example_shape: tuple) -> tuple[int, int]:
+    """Precision, opset and the tracing example's (B, T), checked before any work."""
+    check_precision(precision)
+    if not 14 <= int(opset) <= 20:
+        raise ValueError(f"opset must be in 14..20 (TorchScript exporter range with native LSTM), got {opset}")
+    b0, t0 = (int(x) for x in example_shape)
+    if b0 < 2 or t0 < 2:
+        # B=1 or T=1 examples let the tracer specialise on a singleton dim; >= 2 keeps both axes symbolic.
+        raise ValueError(f"example_shape must be (B, T) with B >= 2 and T >= 2, got {tuple(example_shape)}")
+    return b0, t0
+
+
+def _new_report(precision: str, example: tuple, sha: str, opset: int) -> dict:
+    tol = SPEC.tolerance(precision)
+    return {
+        "precision": precision,
+        "tolerance": {"rel": tol.rel, "why": tol.why, "metric": "||y - ref|| / ||ref|| per output; max_abs reported"},
+        "reference": "float32 PyTorch model, packed sequences (exact padded-batch semantics)",
+        "example_shape": list(example),
+        "checkpoint_sha256": sha,
+        "opset": int(opset),
+        "graphs": {},
+    }
+
+
+def _export_graph(ckpt, model, wrapper, graph: str, metadata: dict, example: tuple, opset: int,
+                  out_dir: Path, precision: str) -> tuple[bytes, dict]:
+    """One graph: export, LSTM surgery and structure checks, I/O check, metadata, ``onnx.checker``, verification.
+
+    Returns:
+        tuple[bytes, dict]: the serialized graph and its verification result.
+    """
+    import onnx
+
+    b0, t0 = example
+    example_lengths = [t0] + [max(1, t0 - 1 - i) for i in range(b0 - 1)]
+    feeds = example_inputs(ckpt.config, graph, b0, t0, example_lengths)
+    proto = _export_one(wrapper, graph, feeds, opset, out_dir)
+    lstm_nodes = []
+    if SPEC.graph(graph).has_lstm:
+        wire_sequence_lens(proto, "lengths")
+        lstm_nodes = check_lstm_structure(proto, ckpt.config.num_layers, "lengths")
+    check_graph_io(proto, graph)
+    set_metadata(proto, metadata)
+    proto.producer_name = "cnn-bilstm-deploy"
+    proto.producer_version = __version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{graph}.onnx failed onnx.checker (full check): {e}") from e
+    blob = proto.SerializeToString()
+    shapes = SPEC.verification_shapes(precision, example)
+    result = verify_graph(blob, model, graph, precision, shapes, label=f"{graph}.onnx ({precision})")
+    result["lstm_nodes"] = lstm_nodes
+    result["onnx_bytes"] = len(blob)
+    return blob, result
+
+
+def _raise_if_failed(report: dict, precision: str) -> None:
+    """Any case above tolerance fails the whole export, naming each graph, shape and output; nothing is written."""
+    if report["ok"]:
+        return
+    tol = SPEC.tolerance(precision)
+    bad = [
+        f"{g}.onnx at {c['shape']}: " + ", ".join(f"{n} rel {o['rel']:.3e}" for n, o in c["outputs"].items()
+                                                if o["rel"] > tol.rel)
+        for g, r in report["graphs"].items() for c in r["cases"] if not c["ok"]
+    ]
+    raise ExportVerificationError(
+        f"{precision} export disagrees with PyTorch above tolerance rel <= {tol.rel:g}: " + "; ".join(bad)
+        + ". Nothing was written.", report,
+    )
 
 
 def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = False, opset: int = 17,
@@ -477,17 +271,9 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
         ExportError: the exported graph lost its native LSTM nodes or dynamic axes.
         ExportVerificationError: a graph disagrees with PyTorch beyond the precision's tolerance; nothing is written.
     """
-    import onnx
-
     from runtime.checkpoint import Checkpoint, load_checkpoint
 
-    check_precision(precision)
-    if not 14 <= int(opset) <= 20:
-        raise ValueError(f"opset must be in 14..20 (TorchScript exporter range with native LSTM), got {opset}")
-    b0, t0 = (int(x) for x in example_shape)
-    if b0 < 2 or t0 < 2:
-        # B=1 or T=1 examples let the tracer specialise on a singleton dim; >= 2 keeps both axes symbolic.
-        raise ValueError(f"example_shape must be (B, T) with B >= 2 and T >= 2, got {tuple(example_shape)}")
+    example = _check_arguments(precision, opset, example_shape)
     out_dir = check_export_dir(Path(out_dir))  # before the checkpoint is read: a bad --out fails at once
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = ckpt.model.float().eval()
@@ -496,83 +282,19 @@ def export_onnx(checkpoint, out_dir, precision: str = "fp32", *, force: bool = F
 
     t_start = time.perf_counter()
     wrappers = _make_wrappers(model, precision)
-    shapes = SPEC.verification_shapes(precision, (b0, t0))
-    example_lengths = [t0] + [max(1, t0 - 1 - i) for i in range(b0 - 1)]
-    tol = SPEC.tolerance(precision)
-    report = {
-        "precision": precision,
-        "tolerance": {"rel": tol.rel, "why": tol.why, "metric": "||y - ref|| / ||ref|| per output; max_abs reported"},
-        "reference": "float32 PyTorch model, packed sequences (exact padded-batch semantics)",
-        "example_shape": [b0, t0],
-        "checkpoint_sha256": sha,
-        "opset": int(opset),
-        "graphs": {},
-    }
+    report = _new_report(precision, example, sha, opset)
     blobs = {}
     for graph in GRAPHS:
-        gspec = SPEC.graph(graph)
-        feeds = _example_inputs(ckpt.config, graph, b0, t0, example_lengths)
-        proto = _export_one(wrappers[graph], graph, feeds, opset, out_dir)
-        lstm_nodes = []
-        if gspec.has_lstm:
-            wire_sequence_lens(proto, "lengths")
-            lstm_nodes = check_lstm_structure(proto, ckpt.config.num_layers, "lengths")
-        _check_io(proto, graph)
-        set_metadata(proto, metadata[graph])
-        proto.producer_name = "cnn-bilstm-deploy"
-        proto.producer_version = __version__
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"{graph}.onnx failed onnx.checker (full check): {e}") from e
-        blob = proto.SerializeToString()
-        result = verify_graph(blob, model, graph, precision, shapes, label=f"{graph}.onnx ({precision})")
-        result["lstm_nodes"] = lstm_nodes
-        result["onnx_bytes"] = len(blob)
-        report["graphs"][graph] = result
-        blobs[graph] = blob
-        logger.info("%s.onnx (%s): exported and verified with %s", graph, precision, result["runtime"])
+        blobs[graph], report["graphs"][graph] = _export_graph(ckpt, model, wrappers[graph], graph, metadata[graph],
+                                                              example, opset, out_dir, precision)
+        logger.info("%s.onnx (%s): exported and verified with %s", graph, precision,
+                    report["graphs"][graph]["runtime"])
     report["export_seconds"] = round(time.perf_counter() - t_start, 3)
     report["ok"] = all(g["ok"] for g in report["graphs"].values())
-    if not report["ok"]:
-        bad = [
-            f"{g}.onnx at {c['shape']}: " + ", ".join(f"{n} rel {o['rel']:.3e}" for n, o in c["outputs"].items()
-                                                    if o["rel"] > tol.rel)
-            for g, r in report["graphs"].items() for c in r["cases"] if not c["ok"]
-        ]
-        raise ExportVerificationError(
-            f"{precision} export disagrees with PyTorch above tolerance rel <= {tol.rel:g}: " + "; ".join(bad)
-            + ". Nothing was written.", report,
-        )
-    names = {g: SPEC.graph(g).filename for g in GRAPHS}
-    report["files"] = dict(names)
-    report["sha256"] = {names[g]: hashlib.sha256(blobs[g]).hexdigest() for g in GRAPHS}  # runtime checks
-    paths, report_path = write_export_dir(out_dir, blobs, report)
+    _raise_if_failed(report, precision)
+    paths, report_path = write_export(out_dir, blobs, report)
     logger.info("wrote %s and %s", ", ".join(str(p) for p in paths.values()), report_path)
     return ExportResult(paths=paths, report=report, report_path=report_path, precision=precision)
-
-
-def _check_io(proto, graph: str) -> None:
-    """Graph I/O names and dtypes as the spec says; batch and time are symbolic (not fixed numbers)."""
-    import onnx
-
-    gspec = SPEC.graph(graph)
-    ins = [i.name for i in proto.graph.input]
-    outs = [o.name for o in proto.graph.output]
-    if tuple(ins) != gspec.inputs or tuple(outs) != gspec.outputs:
-        raise ExportError(f"{graph}.onnx has inputs {ins} and outputs {outs}; expected {gspec.inputs} and "
-                          f"{gspec.outputs}")
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        tt = vi.type.tensor_type
-        want = onnx.TensorProto.INT32 if vi.name == "lengths" else onnx.TensorProto.FLOAT
-        if tt.elem_type != want:
-            raise ExportError(f"{graph}.onnx tensor {vi.name!r} has dtype {onnx.TensorProto.DataType.Name(tt.elem_type)}"
-                              f", expected {onnx.TensorProto.DataType.Name(want)}")
-        for axis, name in gspec.dynamic_axes.get(vi.name, {}).items():
-            dim = tt.shape.dim[axis]
-            if dim.HasField("dim_value"):
-                raise ExportError(f"{graph}.onnx tensor {vi.name!r} axis {axis} ({name}) is fixed to "
-                                  f"{dim.dim_value}; it must be dynamic")
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, skip_unless
 
 import runtime  # noqa: E402
 from export import quantize, to_onnx, to_trt  # noqa: E402
+from export.errors import EngineBuildError, ExportError, ExportOverwriteError, ProfileError  # noqa: E402  # noqa: E402
+from export.onnx_graph import read_metadata  # noqa: E402
 from export.quantize import quantize_export  # noqa: E402
-from export.to_onnx import ExportError, ExportOverwriteError, export_onnx  # noqa: E402
-from export.to_trt import EngineBuildError, ProfileError, build_engine  # noqa: E402
+from export.to_onnx import export_onnx  # noqa: E402
+from export.to_trt import build_engine  # noqa: E402
 from runtime import RuntimeInputError  # noqa: E402
 from runtime._io import OutputPathError, sha256_file  # noqa: E402
 from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
@@ -109,7 +111,7 @@ def test_interrupted_reexport_leaves_the_old_folder_whole(tmp_path, tiny_checkpo
     runtime.load(out / "model.onnx").deactivate()  # the runtime still takes the folder
     export_onnx(other_checkpoint, out, "fp32", force=True)  # a completed re-export replaces it whole
     assert sorted(p.name for p in out.iterdir()) == EXPORT_FILES
-    assert to_onnx.read_metadata(out / "cnn.onnx")["checkpoint_sha256"] == sha256_file(other_checkpoint)
+    assert read_metadata(out / "cnn.onnx")["checkpoint_sha256"] == sha256_file(other_checkpoint)
 
 
 def test_interrupted_recalibration_leaves_the_old_int8_folder_whole(tmp_path, fp32_dir, monkeypatch):

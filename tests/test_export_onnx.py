@@ -13,16 +13,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from export.errors import ExportError, ExportOverwriteError, ExportVerificationError  # noqa: E402
+from export.onnx_graph import check_lstm_structure, read_metadata  # noqa: E402
 from export.spec import GRAPHS, METADATA_KEY, SPEC  # noqa: E402
-from export.to_onnx import (  # noqa: E402
-    ExportError,
-    ExportOverwriteError,
-    ExportVerificationError,
-    check_lstm_structure,
-    export_onnx,
-    main,
-    read_metadata,
-)
+from export.to_onnx import export_onnx, main  # noqa: E402
 from runtime._io import sha256_file  # noqa: E402
 from runtime.checkpoint import load_checkpoint  # noqa: E402
 

@@ -12,18 +12,13 @@ pytestmark = pytest.mark.trt
 onnx = pytest.importorskip("onnx")
 skip_unless_engines_build("tensorrt_rtx")
 
+from export.errors import OnnxParseError, ProfileError  # noqa: E402
 from export.to_onnx import export_onnx  # noqa: E402
-from export.to_trt import (  # noqa: E402
-    OnnxParseError,
-    ProfileError,
-    build_engine,
-    main,
-    onnx_inputs,
-    parse_profile,
-    resolve_profile,
-)
+from export.to_trt import build_engine, main  # noqa: E402
+from export.trt_build import LOOP_LAYER_TYPES  # noqa: E402
+from export.trt_profiles import onnx_inputs, parse_profile, resolve_profile  # noqa: E402
 from runtime._io import OutputPathError  # noqa: E402
-from runtime.trt_compat import LOOP_LAYER_TYPES, TrtNotAvailableError  # noqa: E402
+from runtime.trt_compat import TrtNotAvailableError  # noqa: E402
 
 PROFILES = ["batch=1:1:8,time=1:16:128", "batch=8:64:64,time=1:16:32"]
 

@@ -12,15 +12,11 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
 import runtime  # noqa: E402
-from export.quantize import INT8, QUANTIZED_OPS, main, quantize_export  # noqa: E402
-from export.to_onnx import (  # noqa: E402
-    ExportError,
-    ExportOverwriteError,
-    ExportVerificationError,
-    check_lstm_structure,
-    export_onnx,
-    read_metadata,
-)
+from export.errors import ExportError, ExportOverwriteError, ExportVerificationError  # noqa: E402
+from export.int8 import INT8, QUANTIZED_OPS  # noqa: E402
+from export.onnx_graph import check_lstm_structure, read_metadata  # noqa: E402
+from export.quantize import main, quantize_export  # noqa: E402
+from export.to_onnx import export_onnx  # noqa: E402
 from runtime.checkpoint import save_checkpoint  # noqa: E402
 from runtime.model import ModelConfig, build_random_model  # noqa: E402
 from tests.conftest import TINY_CONFIG  # noqa: E402
@@ -140,7 +136,8 @@ def test_bad_requests_are_refused(fp32_dir, int8, tmp_path, tiny_checkpoint):
 
 
 def test_tensorrt_build_refuses_int8_graphs(int8, tmp_path):
-    from export.to_trt import PrecisionCheckError, build_engine
+    from export.errors import PrecisionCheckError
+    from export.to_trt import build_engine
 
     with pytest.raises(PrecisionCheckError, match="int8 .QDQ. graph from export.quantize"):
         build_engine(int8.paths["cnn"], tmp_path / "cnn.engine", backend="tensorrt_rtx", compute_capability="8.6")
@@ -187,10 +184,10 @@ def test_benchmarks_take_a_given_int8_export_only_if_it_passed_for_this_checkpoi
         ctx.close()
     other = save_checkpoint(tmp_path / "other.pt", build_random_model(TINY_CONFIG, seed=5), class_names=TINY_CLASSES,
                             mean=TINY_MEAN, std=TINY_STD)
-    ctx = BenchContext(other, "cpu", tmp_path / "w2", int8_dir=folder)
-    with pytest.raises(ValueError, match="quantized from another checkpoint"):
-        ctx.prepare("ort-int8", "model", 1, 3)
-    ctx.close()
+    # Another checkpoint's int8 folder is refused as soon as the context is made (by the checkpoint sha256 its
+    # export records), before any contender is prepared.
+    with pytest.raises(ValueError, match="was exported from another checkpoint"):
+        BenchContext(other, "cpu", tmp_path / "w2", int8_dir=folder)
 
 
 def test_recalibration_replaces_this_checkpoints_int8_but_not_another_checkpoints(fp32_dir, tmp_path):

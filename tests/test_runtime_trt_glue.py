@@ -721,7 +721,7 @@ def test_profile_chosen_by_shape_and_set_on_the_runner_stream(engine, fakes):
 
 @pytest.mark.parametrize("b,t", [(64, 33), (65, 1), (9, 64), (100, 200)])
 def test_shape_outside_every_profile_names_ranges_and_the_export_command(engine, fakes, b, t):
-    from export.to_trt import parse_profile
+    from export.trt_profiles import parse_profile
 
     r = load(engine, fakes)
     with pytest.raises(RuntimeInputError) as info:

@@ -15,17 +15,12 @@ import train.engine as engine
 from runtime.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_dict
 from train.__main__ import main as train_main
 from train.__main__ import parse_args
-from train.engine import (
-    TrainError,
-    build_optimizer,
-    capture_rng_state,
-    check_out_dir,
-    restore_rng_state,
-    sequence_loss,
-    shuffle_within_clips,
-)
+from train._checks import TrainError
 from train.evaluate import evaluate_checkpoint
 from train.evaluate import main as eval_main
+from train.loop import sequence_loss, shuffle_within_clips
+from train.options import build_optimizer
+from train.run_state import capture_rng_state, check_out_dir, restore_rng_state
 
 # The conftest's TINY_CONFIG architecture (resnet18, cifar stem, 16x16, hidden 32, 2 layers) on 2-class synthetic
 # clips of 4 frames: an epoch is two batches of 4 clips.

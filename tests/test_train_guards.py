@@ -18,12 +18,14 @@ from test_train import TINY_ARGS
 
 import train.engine as engine
 import train.evaluate as evaluate_mod
+import train.loop as loop
 from train.__main__ import main as train_main
 from train.__main__ import parse_args
+from train._checks import TrainError
 from train.data import DataError, DataSpec, build_dataset
-from train.engine import TrainError, resolve_device
 from train.evaluate import EvaluationError, evaluate_checkpoint
 from train.evaluate import main as eval_main
+from train.options import resolve_device
 
 EVAL_ARGS = ["--data", "synthetic", "--frames", "4", "--val-clips", "4", "--seed", "5", "--device", "cpu",
              "--no-shuffled"]
@@ -347,7 +349,7 @@ def test_non_finite_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
         nan = (frame_logits.sum() + clip_logits.sum()) * float("nan")
         return nan, nan, nan
 
-    monkeypatch.setattr(engine, "sequence_loss", nan_loss)
+    monkeypatch.setattr(loop, "sequence_loss", nan_loss)  # the loss lives with the loops in train.loop
     assert _run(tmp_path / "o", "--epochs", "1") == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "training loss is nan at epoch 0" in line and "no epoch was saved" in line

@@ -2,8 +2,8 @@
 
 Examples:
     python -m train --preset demo --out runs/demo          # synthetic data, minutes on a 2-core CPU
-    python -m train --preset cifar10-cpu --data-dir ../shared/data/cifar10 --out runs/cifar-cpu
-    python -m train --data cifar10 --data-dir ../shared/data/cifar10 --out runs/cifar
+    python -m train --preset cifar10-cpu --data-dir data/cifar10 --out runs/cifar-cpu
+    python -m train --data cifar10 --data-dir data/cifar10 --out runs/cifar
     python -m train --data folder --data-dir my_clips --frames 16 --out runs/mine
     python -m train --resume runs/cifar                    # continue where it stopped
     python -m train --resume runs/cifar --epochs 40        # ... or extend it
@@ -49,6 +49,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    # Long: every training option is declared here, once, in the groups --help shows.
     """The training argument parser (torchvision-references style; ``add_help=False`` lets other tools reuse it)."""
     p = argparse.ArgumentParser(
         prog="python -m train", description="Train the CNN + BiLSTM frame-sequence classifier.", add_help=add_help,

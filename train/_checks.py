@@ -51,3 +51,7 @@ def check_ranges(values: dict, ranges: dict[str, tuple], error: type[ValueError]
 def _option(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
+
+
+class TrainError(ValueError):
+    """A training request that cannot be carried out as asked (output folder in use, nothing to resume, ...)."""

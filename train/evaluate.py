@@ -3,7 +3,7 @@ temporally shuffled clips (the temporal-order ablation), and a confusion-matrix 
 
 Examples:
     python -m train.evaluate runs/demo/best.pt --data synthetic --val-clips 512
-    python -m train.evaluate runs/cifar/best.pt --data cifar10 --data-dir ../shared/data/cifar10 --frames 8
+    python -m train.evaluate runs/cifar/best.pt --data cifar10 --data-dir data/cifar10 --frames 8
 
 The frame size and normalisation come from the checkpoint; the data set's class names must match the checkpoint's.
 ``--confusion`` (.png) and ``--json`` (.json) are checked before the evaluation starts and never replace an existing
@@ -50,6 +50,7 @@ def evaluate_checkpoint(
     shuffled: bool = True,
     workers: int = 0,
 ) -> dict[str, Any]:
+    # Long only through its documented arguments; the data and the summary are built by helpers below.
     """Evaluate a checkpoint on one split of a data source.
 
     Args:
@@ -80,13 +81,33 @@ def evaluate_checkpoint(
 
     from runtime.checkpoint import load_checkpoint
 
-    from .data import DataSpec, build_dataset, pad_collate
-    from .engine import evaluate, resolve_device
+    from .data import pad_collate
+    from .loop import evaluate
+    from .options import resolve_device
 
     _check_numbers(dict(frames=frames, num_clips=num_clips, seed=seed, batch_size=batch_size, workers=workers,
                         synthetic_classes=synthetic_classes))
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=str(dev))
+    ds = _dataset_for(ckpt, checkpoint, data, data_dir, split, frames, num_clips, seed, synthetic_classes)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=pad_collate)
+    progress = sys.stderr.isatty()
+    res = evaluate(ckpt.model, loader, dev, progress=progress)
+    if not math.isfinite(res["loss"]):  # NaN/Inf weights still give an argmax, so accuracies alone look plausible
+        raise EvaluationError(f"{checkpoint} gives non-finite outputs (loss {res['loss']}) on the {data} data: its "
+                              "weights hold NaN or Inf; use another checkpoint")
+    out = _summary(res, checkpoint, data, split, ckpt.class_names)
+    if shuffled:
+        sh = evaluate(ckpt.model, loader, dev, shuffle_frames=True, seed=seed, progress=progress)
+        out["shuffled_frame_acc"], out["shuffled_clip_acc"] = sh["frame_acc"], sh["clip_acc"]
+    return out
+
+
+def _dataset_for(ckpt, checkpoint, data: str, data_dir, split: str, frames: int, num_clips, seed: int,
+                 synthetic_classes):
+    """The split to evaluate, framed and normalised as the checkpoint expects, with the checkpoint's classes."""
+    from .data import DataSpec, build_dataset
+
     if data == "synthetic" and num_clips is None:  # only a missing count takes the default: 0 is refused above
         num_clips = 1024
     spec = DataSpec(name=data, data_dir=data_dir, frames=frames, frame_size=ckpt.config.frame_size, seed=seed,
@@ -97,23 +118,18 @@ def evaluate_checkpoint(
     if list(ds.class_names) != list(ckpt.class_names):
         raise EvaluationError(f"the {data} data has classes {list(ds.class_names)}, but {checkpoint} was trained on "
                               f"{list(ckpt.class_names)}")
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=pad_collate)
-    progress = sys.stderr.isatty()
-    res = evaluate(ckpt.model, loader, dev, progress=progress)
-    if not math.isfinite(res["loss"]):  # NaN/Inf weights still give an argmax, so accuracies alone look plausible
-        raise EvaluationError(f"{checkpoint} gives non-finite outputs (loss {res['loss']}) on the {data} data: its "
-                              "weights hold NaN or Inf; use another checkpoint")
-    out = {
-        "checkpoint": str(checkpoint), "data": data, "split": split, "class_names": list(ckpt.class_names),
+    return ds
+
+
+def _summary(res: dict, checkpoint, data: str, split: str, class_names) -> dict:
+    return {
+        "checkpoint": str(checkpoint), "data": data, "split": split, "class_names": list(class_names),
         "clips": res["clips"], "loss": res["loss"], "frame_acc": res["frame_acc"], "clip_acc": res["clip_acc"],
         # None (JSON null) for a class absent from the split: NaN is not valid JSON.
         "per_class_acc": {name: (None if math.isnan(acc) else acc)
-                          for name, acc in zip(ckpt.class_names, res["per_class_acc"], strict=True)}, "confusion": res["confusion"],
+                          for name, acc in zip(class_names, res["per_class_acc"], strict=True)},
+        "confusion": res["confusion"],
     }
-    if shuffled:
-        sh = evaluate(ckpt.model, loader, dev, shuffle_frames=True, seed=seed, progress=progress)
-        out["shuffled_frame_acc"], out["shuffled_clip_acc"] = sh["frame_acc"], sh["clip_acc"]
-    return out
 
 
 # Written into every confusion PNG: the default --confusion path may replace a file that carries it without --force.

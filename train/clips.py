@@ -1,0 +1,90 @@
+"""What every data source shares: the source names and normalisations, :class:`DataError`, and the helpers that
+turn frames into a normalised clip and clips of different lengths into a padded batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from runtime.errors import RuntimeInputError
+from runtime.frames import read_image
+from runtime.preprocess import preprocess_frames
+
+DATASETS = ("synthetic", "cifar10", "folder")
+SPLITS = ("train", "test")
+
+# Normalisation stored in every checkpoint. Synthetic frames are mostly dark noise, so centre there.
+SYNTHETIC_MEAN = (0.25, 0.25, 0.25)
+SYNTHETIC_STD = (0.25, 0.25, 0.25)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class DataError(ValueError):
+    """Unusable data: unknown source, missing or empty folder, folder without clips, unreadable image."""
+
+
+def normalize_frames(frames: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 frames ``(T, H, W, 3)`` -> float32 ``(T, 3, H, W)`` as ``(x / 255 - mean) / std``.
+
+    Args:
+        frames (ndarray | Tensor): uint8 RGB frames, channels last.
+        mean (Sequence[float]): per-channel mean on the 0..1 scale.
+        std (Sequence[float]): per-channel standard deviation on the 0..1 scale.
+
+    Returns:
+        Tensor: float32 ``(T, 3, H, W)``.
+    """
+    # The runtime's preprocessing, so training and serving normalise frames with the same code.
+    return torch.from_numpy(preprocess_frames(frames, mean, std)[0])
+
+
+def pad_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch clips of different lengths: zero padding at the end plus their real lengths.
+
+    Args:
+        batch (Sequence[tuple[Tensor, int]]): items ``(frames (T_i, 3, H, W), label)``.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: frames ``(B, max T_i, 3, H, W)``, lengths ``(B,)`` int64, labels ``(B,)`` int64.
+
+    Raises:
+        DataError: when the batch is empty or the frames differ in size.
+    """
+    if not batch:
+        raise DataError("cannot collate an empty batch")
+    shapes = {tuple(f.shape[1:]) for f, _ in batch}
+    if len(shapes) != 1:
+        raise DataError(f"all frames in a batch must have one (3, H, W) shape, got {sorted(shapes)}")
+    lengths = torch.tensor([f.shape[0] for f, _ in batch], dtype=torch.int64)
+    out = batch[0][0].new_zeros((len(batch), int(lengths.max()), *batch[0][0].shape[1:]))
+    for i, (f, _) in enumerate(batch):
+        out[i, : f.shape[0]] = f
+    labels = torch.tensor([int(y) for _, y in batch], dtype=torch.int64)
+    return out, lengths, labels
+
+
+def load_image(path: str | os.PathLike, frame_size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Read an image as uint8 RGB ``(H, W, 3)``, resized to ``frame_size`` (height, width) if given.
+
+    The runtime's reader (:func:`runtime.frames.read_image`), so training and serving decode and resize frames with the
+    same code.
+
+    Raises:
+        DataError: the file cannot be read as an image (the message names the path).
+    """
+    try:
+        return read_image(path, frame_size)
+    except RuntimeInputError as e:
+        raise DataError(str(e)) from e
+
+
+def visible_dirs(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)

@@ -1,0 +1,116 @@
+"""What the training arguments turn into, checked before any work: option ranges, the device, the model config,
+the data of each split, the optimizer, the learning-rate schedule and the data loaders."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+import torch
+from torch.utils.data import DataLoader
+
+from runtime.model import ModelConfig
+
+from ._checks import SEED_MAX, TrainError, check_ranges
+from .data import DataSpec, pad_collate
+
+OPTIMIZERS = ("adamw", "sgd")
+
+# Valid ranges of the numeric training options, dest: (low, high[, low_open, high_open]); a value outside is refused
+# with its range, never replaced by a default. The model options are checked by ModelConfig itself.
+OPTION_RANGES: dict[str, tuple] = {
+    "frames": (1, None), "train_clips": (1, None), "val_clips": (1, None), "val_fraction": (0, 1, True, True),
+    "workers": (0, None), "epochs": (1, None), "batch_size": (1, None), "lr": (0, None, True),
+    "momentum": (0, 1, False, True), "weight_decay": (0, None), "warmup_epochs": (0, None), "clip_grad": (0, None),
+    "frame_loss_weight": (0, None), "seed": (0, SEED_MAX),
+}
+
+
+def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov); no weight decay on biases and norm weights.
+
+    Raises:
+        TrainError: unknown optimizer name.
+    """
+    if name not in OPTIMIZERS:
+        raise TrainError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
+    """Per-step schedule: linear warm-up, then cosine decay to zero at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+DEVICES = "auto, cpu, cuda, cuda:N"
+_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device (cpu, cuda, cuda:N).
+
+    Raises:
+        TrainError: another device name, CUDA requested but not available, or a GPU index torch does not see.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = _DEVICE.fullmatch(str(name))
+    if m is None:
+        raise TrainError(f"--device {name!r} is not a device training runs on; valid: {DEVICES}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if int(m[1] or 0) >= count:
+            raise TrainError(f"--device {name}: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device(name)
+
+
+def data_spec(args: argparse.Namespace, split: str) -> DataSpec:
+    """The :class:`DataSpec` of one split from the training arguments."""
+    return DataSpec(
+        name=args.data, data_dir=args.data_dir, frames=args.frames, frame_size=tuple(args.frame_size),
+        seed=args.seed, num_clips=args.train_clips if split == "train" else args.val_clips,
+        num_classes=args.synthetic_classes, download=args.download, augment=args.augment,
+        val_fraction=args.val_fraction,
+    )
+
+
+def check_train_args(args: argparse.Namespace) -> None:
+    """The numeric options' ranges and the model options, before any work.
+
+    Raises:
+        TrainError: a number out of its range (the message gives the range).
+        ValueError: model options that ModelConfig refuses.
+    """
+    check_ranges(vars(args), OPTION_RANGES, TrainError)
+    model_config_from_args(args, num_classes=2)
+
+
+def model_config_from_args(args: argparse.Namespace, num_classes: int) -> ModelConfig:
+    """The :class:`ModelConfig` the arguments describe."""
+    return ModelConfig(num_classes=num_classes, backbone=args.backbone, stem=args.stem,
+                       frame_size=tuple(args.frame_size), hidden_size=args.hidden_size,
+                       num_layers=args.num_layers, dropout=args.dropout)
+
+
+def make_loader(ds, args, shuffle: bool, epoch: int, device: torch.device) -> DataLoader:
+    # A generator seeded from (seed, epoch) fixes the order and the workers' seeds of each epoch on its own, so a
+    # resumed run draws the same batches as one that never stopped.
+    gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, generator=gen, num_workers=args.workers,
+                      collate_fn=pad_collate, pin_memory=device.type == "cuda", drop_last=False)
