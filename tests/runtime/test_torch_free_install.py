@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 
 from conftest import TINY_CONFIG  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 H, W = TINY_CONFIG.frame_size
 
 _SCRIPT = textwrap.dedent("""

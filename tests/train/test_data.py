@@ -27,7 +27,7 @@ from train.data import (
 )
 
 SHARED_CIFAR10 = Path(os.environ.get("CNN_BILSTM_CIFAR10",
-                                     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"))
+                                     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"))
 
 
 def _png(path: Path, value: int, size=(10, 12)) -> None:

@@ -21,7 +21,7 @@ from runtime.backends import openvino
 pytest.importorskip("onnxruntime")
 
 OPENVINO = "OpenVINOExecutionProvider"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

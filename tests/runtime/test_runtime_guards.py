@@ -30,7 +30,7 @@ from runtime.__main__ import main as runtime_main
 pytest.importorskip("onnxruntime")
 
 H, W = TINY_CONFIG.frame_size
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -5,56 +5,16 @@ export.trt_build (strongly typed networks, compute capabilities, inspector JSON)
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
-import types
 
 import pytest
+from fakes import make_fake_tensorrt  # a labelled fake of the tensorrt module's enums and flags
 
 from export import trt_build
 from export.trt_build import TrtCompatError
 from runtime import trt_compat
 from runtime.trt_compat import TrtModule, TrtNotAvailableError
-
-
-def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_flag: bool = True):
-    """A FakeTensorRT module: just the enums and network flag handling trt_compat touches.
-
-    Major version 11 follows the real 11.0: EXPLICIT_BATCH removed, STRONGLY_TYPED kept at 0 (deprecated, ignored:
-    every network is strongly typed), plus the plugin flags. 10.x: EXPLICIT_BATCH 0 (deprecated) and STRONGLY_TYPED 1.
-    """
-    fake = types.ModuleType("tensorrt")
-    fake.__version__ = version
-    v11 = int(version.split(".")[0]) >= 11
-    if v11:
-        members = {"STRONGLY_TYPED": 0, "PREFER_AOT_PYTHON_PLUGINS": 1, "PREFER_JIT_PYTHON_PLUGINS": 2}
-    else:
-        members = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
-    if not strongly_typed_flag:
-        members.pop("STRONGLY_TYPED")
-        members = members or {"EXPLICIT_BATCH": 0}
-    fake.NetworkDefinitionCreationFlag = enum.IntEnum("FakeNetworkDefinitionCreationFlag", members)
-    fake.BuilderFlag = enum.IntEnum("FakeBuilderFlag", {"FP16": 0, "TF32": 1} if fp16_flag else {"TF32": 1})
-
-    class FakeNetwork:
-        def __init__(self, flags):
-            self.flags = flags
-
-        def get_flag(self, flag):
-            if v11 and int(flag) == members.get("STRONGLY_TYPED"):
-                return True  # 11.x: strongly typed whatever the flags
-            return bool(self.flags & (1 << int(flag)))
-
-    class FakeBuilder:
-        def create_network(self, flags):
-            return FakeNetwork(flags)
-
-    fake.Builder = FakeBuilder
-    return fake
-
-
-# --- runtime half: runtime.trt_compat -----------------------------------------------------------------------------
 
 
 def test_parse_version():

@@ -309,7 +309,7 @@ def test_auto_skips_a_form_that_fails(tiny_checkpoint, caplog):
 
 
 def test_cnn_form_is_checked(tiny_checkpoint):
-    # The default: "folded", on CPU and on CUDA (tests/test_runtime_gpu.py), the form measured on a GPU.
+    # The default: "folded", on CPU and on CUDA (tests/runtime/test_runtime_gpu.py), the form measured on a GPU.
     assert runtime.load(tiny_checkpoint, device="cpu", fast=True).cnn_form == "folded"
     with pytest.raises(runtime.RuntimeInputError, match="cnn_form must be one of"):
         runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="winograd")
