@@ -10,7 +10,6 @@ beside new graphs). Temporaries that killed writers left are removed first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -24,6 +23,7 @@ from runtime._io import (
     atomic_write_json,
     check_output_dir,
     remove_stale_temporaries,
+    sha256_bytes,
     staged_dir,
 )
 
@@ -59,10 +59,6 @@ def check_export_dir(out_dir: Path, what: str = "--out") -> Path:
         )
     return out_dir
 
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes, as :func:`runtime._io.sha256_file` gives it for a file."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def refuse_other_exports(out_dir: Path, expected: dict, force: bool) -> None:

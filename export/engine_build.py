@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 from export import engine_cache
-from export._folder import sha256_bytes
 from export.errors import EngineBuildError, OnnxParseError, PrecisionCheckError, ProfileError
 from export.spec import SPEC
 from export.trt_inspect import (
@@ -26,7 +25,7 @@ from export.trt_inspect import (
     try_engine_inspection,
 )
 from export.trt_profiles import onnx_inputs, parse_profile, resolve_profile
-from runtime._io import atomic_write_bytes, atomic_write_json, sha256_file
+from runtime._io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from runtime._version import __version__
 from runtime.trt_compat import TrtModule
 

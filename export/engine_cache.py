@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from export._folder import sha256_bytes
-from runtime._io import OutputPathError, check_output_file, remove_stale_temporaries
+from runtime._io import OutputPathError, check_output_file, remove_stale_temporaries, sha256_bytes
 
 CACHE_SCHEMA = 1
 ENGINE_SUFFIXES = (".engine", ".plan")

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from export._folder import sha256_bytes
 from export.errors import ExportError
 from export.spec import METADATA_KEY, SPEC
-from runtime._io import sha256_file
+from runtime._io import sha256_bytes, sha256_file
 from runtime._version import __version__
 
 # --- graph surgery and structure checks --------------------------------------------------------------------------

@@ -106,6 +106,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes in memory (a serialized graph or engine before it is written)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     import hashlib
