@@ -117,3 +117,38 @@ def skip_unless_engines_build(backend: str = "tensorrt_rtx") -> None:
     reason = builder_unavailable_reason(backend)
     if reason:
         pytest.skip(f"no TensorRT engine builds here: {reason}", allow_module_level=True)
+
+
+# Training tests: the TINY_CONFIG architecture (resnet18, cifar stem, 16x16, hidden 32, 2 layers) on 2-class synthetic
+# clips of 4 frames: an epoch is two batches of 4 clips.
+TINY_ARGS = [
+    "--data", "synthetic", "--synthetic-classes", "2", "--frames", "4", "--train-clips", "8", "--val-clips", "4",
+    "--backbone", TINY_CONFIG.backbone, "--stem", TINY_CONFIG.stem, "--frame-size", str(TINY_CONFIG.frame_size[0]),
+    "--hidden-size", str(TINY_CONFIG.hidden_size), "--num-layers", str(TINY_CONFIG.num_layers),
+    "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--no-progress", "--seed", "5",
+]
+
+
+def run_train(out, *extra) -> int:
+    """``python -m train`` with :data:`TINY_ARGS` into ``out``; its exit status."""
+    from train.__main__ import main as train_main
+
+    return train_main([*TINY_ARGS, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished 2-epoch tiny run per test module (a module's evaluations may write beside it); tests that change
+    anything copy it first."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    assert run_train(out, "--epochs", "2") == 0
+    return out
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped (pids are not reused this fast): a killed writer's."""
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid

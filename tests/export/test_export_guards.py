@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
-from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, skip_unless_engines_build  # noqa: E402
+from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, dead_pid, skip_unless_engines_build  # noqa: E402
 
 import runtime  # noqa: E402
 from export import quantize, to_onnx, to_trt  # noqa: E402
@@ -58,10 +57,6 @@ def _digests(folder):
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
 
 
 def _flip_one_bit(path):
@@ -161,7 +156,7 @@ def test_nested_precisions_leave_the_parents_other_entries_alone(tmp_path, tiny_
 
 
 def test_export_writers_remove_killed_runs_temporaries(tmp_path, fp32_dir, fp16_dir, other_checkpoint):
-    dead = _dead_pid()
+    dead = dead_pid()
     out = tmp_path / "fp32"
     shutil.copytree(fp32_dir, out)
     (out / f".model.onnx.{dead}.a1b2c3.tmp").write_bytes(b"x" * 100)  # a per-file write killed mid-way

@@ -4,6 +4,7 @@ import os
 import stat
 
 import pytest
+from conftest import dead_pid
 
 from runtime._io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -37,7 +38,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     from runtime._io import remove_stale_temporaries
 
-    dead = _dead_pid()
+    dead = dead_pid()
     (tmp_path / f".last.pt.{dead}.abc123.tmp").write_bytes(b"x" * 10)  # a writer killed mid-write
     (tmp_path / ".best.pt.k3j4h5g6.tmp").write_bytes(b"x")  # an older version's mkstemp name
     (tmp_path / f".onnx.{dead}.q1w2e3.tmp").mkdir()  # a staged export folder of a killed writer
@@ -52,12 +53,6 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     assert remove_stale_temporaries(tmp_path, names=["last.pt"]) == []  # only the names asked for
 
 
-def _dead_pid() -> int:
-    import subprocess
-
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid  # reaped: no process has this pid now (pids are not reused this fast)
 
 
 def test_output_file_guard(tmp_path):

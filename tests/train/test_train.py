@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_ARGS, TINY_CONFIG, run_train
 
 import train.engine as engine
 from runtime.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_dict
@@ -21,27 +21,6 @@ from train.evaluate import main as eval_main
 from train.loop import sequence_loss, shuffle_within_clips
 from train.options import build_optimizer
 from train.run_state import capture_rng_state, check_out_dir, restore_rng_state
-
-# The conftest's TINY_CONFIG architecture (resnet18, cifar stem, 16x16, hidden 32, 2 layers) on 2-class synthetic
-# clips of 4 frames: an epoch is two batches of 4 clips.
-TINY_ARGS = [
-    "--data", "synthetic", "--synthetic-classes", "2", "--frames", "4", "--train-clips", "8", "--val-clips", "4",
-    "--backbone", TINY_CONFIG.backbone, "--stem", TINY_CONFIG.stem, "--frame-size", str(TINY_CONFIG.frame_size[0]),
-    "--hidden-size", str(TINY_CONFIG.hidden_size), "--num-layers", str(TINY_CONFIG.num_layers),
-    "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--no-progress", "--seed", "5",
-]
-
-
-def _run(out, *extra) -> int:
-    return train_main([*TINY_ARGS, "--out", str(out), *extra])
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One finished 2-epoch tiny run, shared by the tests that only read it."""
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    assert _run(out, "--epochs", "2") == 0
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -141,7 +120,7 @@ def test_resume_after_interruption_reproduces_uninterrupted_weights(tmp_path, mo
 
     monkeypatch.setattr(engine, "train_one_epoch", dies_in_second_epoch)
     out = tmp_path / "interrupted"
-    assert _run(out, "--epochs", "2") == 130
+    assert run_train(out, "--epochs", "2") == 130
     assert f"last.pt in {out} holds epoch 1; continue with --resume {out}" in capsys.readouterr().err
     assert read_checkpoint_dict(out / "last.pt")["train_state"]["epoch"] == 0
     monkeypatch.setattr(engine, "train_one_epoch", real)
@@ -185,7 +164,7 @@ def test_refuses_non_empty_out_without_resume_or_force(tmp_path, capsys):
     out = tmp_path / "used"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert _run(out, "--epochs", "1") == 2
+    assert run_train(out, "--epochs", "1") == 2
     err = capsys.readouterr().err
     assert "is not empty" in err and "--resume" in err and "--force" in err
     assert (out / "notes.txt").read_text() == "keep me" and not (out / "last.pt").exists()

@@ -8,13 +8,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 import torch
-from test_train import TINY_ARGS
+from conftest import TINY_ARGS, dead_pid, run_train
 
 import train.engine as engine
 import train.evaluate as evaluate_mod
@@ -31,29 +30,13 @@ EVAL_ARGS = ["--data", "synthetic", "--frames", "4", "--val-clips", "4", "--seed
              "--no-shuffled"]
 
 
-def _run(out, *extra) -> int:
-    return train_main([*TINY_ARGS, "--out", str(out), *extra])
-
-
-@pytest.fixture(scope="module")
-def done_run(tmp_path_factory):
-    """A finished 2-epoch tiny run; tests copy it before changing anything."""
-    out = tmp_path_factory.mktemp("guards") / "tiny"
-    assert _run(out, "--epochs", "2") == 0
-    return out
-
-
 @pytest.fixture
-def run_copy(tmp_path, done_run):
+def run_copy(tmp_path, finished_run):
     run = tmp_path / "run"
-    shutil.copytree(done_run, run)
+    shutil.copytree(finished_run, run)
     return run
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
 
 
 def _no_work(monkeypatch):
@@ -117,16 +100,16 @@ def test_missing_counts_still_take_their_defaults_and_resume_with_force_is_refus
 
 def test_train_cli_refuses_zero_clips_in_one_line(tmp_path, capsys, monkeypatch):
     _no_work(monkeypatch)
-    assert _run(tmp_path / "o", "--train-clips", "0") == 2
+    assert run_train(tmp_path / "o", "--train-clips", "0") == 2
     assert _one_error_line(capsys.readouterr().err) == "error: --train-clips must be >= 1, got 0"
     assert not (tmp_path / "o").exists()
 
 
-def test_evaluate_refuses_zero_clips(done_run, capsys, monkeypatch):
+def test_evaluate_refuses_zero_clips(finished_run, capsys, monkeypatch):
     with pytest.raises(EvaluationError, match="num_clips must be >= 1, got 0"):
-        evaluate_checkpoint(done_run / "best.pt", data="synthetic", frames=4, num_clips=0, device="cpu")
+        evaluate_checkpoint(finished_run / "best.pt", data="synthetic", frames=4, num_clips=0, device="cpu")
     _no_work(monkeypatch)
-    assert eval_main([str(done_run / "best.pt"), *EVAL_ARGS, "--val-clips", "0"]) == 2
+    assert eval_main([str(finished_run / "best.pt"), *EVAL_ARGS, "--val-clips", "0"]) == 2
     assert _one_error_line(capsys.readouterr().err) == "error: --val-clips must be >= 1, got 0"
 
 
@@ -167,19 +150,19 @@ def test_data_specs_refuse_zero_instead_of_reading_all(tmp_path):
 def test_train_out_that_is_a_file_or_read_only_fails_before_the_work(tmp_path, capsys, monkeypatch):
     _no_work(monkeypatch)
     (tmp_path / "file").write_text("not a folder")
-    assert _run(tmp_path / "file", "--force") == 2
+    assert run_train(tmp_path / "file", "--force") == 2
     assert _one_error_line(capsys.readouterr().err) == f"error: --out {tmp_path / 'file'} is a file, not a folder"
     assert (tmp_path / "file").read_text() == "not a folder"
     _read_only(monkeypatch, tmp_path / "ro")
     (tmp_path / "ro").mkdir()
-    assert _run(tmp_path / "ro" / "run") == 2
+    assert run_train(tmp_path / "ro" / "run") == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--out" in line and "permission denied" in line and not (tmp_path / "ro" / "run").exists()
 
 
-def test_evaluate_outputs_are_checked_before_the_work(tmp_path, done_run, capsys, monkeypatch):
+def test_evaluate_outputs_are_checked_before_the_work(tmp_path, finished_run, capsys, monkeypatch):
     ckpt = tmp_path / "ck.pt"
-    shutil.copy(done_run / "best.pt", ckpt)
+    shutil.copy(finished_run / "best.pt", ckpt)
     before = ckpt.read_bytes()
     (tmp_path / "folder.png").mkdir()
     (tmp_path / "old.json").write_text("{}")
@@ -203,11 +186,11 @@ def test_evaluate_outputs_are_checked_before_the_work(tmp_path, done_run, capsys
     assert "permission denied" in _one_error_line(capsys.readouterr().err)
 
 
-def test_evaluate_force_replaces_and_the_default_png_replaces_only_its_own(tmp_path, done_run, capsys):
+def test_evaluate_force_replaces_and_the_default_png_replaces_only_its_own(tmp_path, finished_run, capsys):
     ckpt = tmp_path / "ck.pt"
-    shutil.copy(done_run / "best.pt", ckpt)
+    shutil.copy(finished_run / "best.pt", ckpt)
     (tmp_path / "old.json").write_text("{}")
-    stale = tmp_path / f".old.json.{_dead_pid()}.k3j5h7.tmp"  # a killed earlier write of the same file
+    stale = tmp_path / f".old.json.{dead_pid()}.k3j5h7.tmp"  # a killed earlier write of the same file
     stale.write_text('{"half')
     default_png = tmp_path / "confusion_test.png"
     default_png.write_bytes(b"\x89PNG\r\n\x1a\n someone else's picture")
@@ -227,11 +210,11 @@ def test_evaluate_force_replaces_and_the_default_png_replaces_only_its_own(tmp_p
 # --------------------------------------------------------------------------------------------------------------------
 # item 11: devices and downloads
 # --------------------------------------------------------------------------------------------------------------------
-def test_unknown_devices_list_the_valid_ones(tmp_path, done_run, capsys, monkeypatch):
-    assert _run(tmp_path / "o", "--device", "tpu") == 2
+def test_unknown_devices_list_the_valid_ones(tmp_path, finished_run, capsys, monkeypatch):
+    assert run_train(tmp_path / "o", "--device", "tpu") == 2
     assert _one_error_line(capsys.readouterr().err) == ("error: --device 'tpu' is not a device training runs on; "
                                                         "valid: auto, cpu, cuda, cuda:N")
-    assert eval_main([str(done_run / "best.pt"), *EVAL_ARGS, "--device", "tpu"]) == 2
+    assert eval_main([str(finished_run / "best.pt"), *EVAL_ARGS, "--device", "tpu"]) == 2
     assert "valid: auto, cpu, cuda, cuda:N" in _one_error_line(capsys.readouterr().err)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TrainError, match="torch sees no CUDA GPU; use --device cpu or auto"):
@@ -284,12 +267,12 @@ def _interrupt(monkeypatch, where: str):
 
 def test_force_restart_killed_before_its_first_epoch_leaves_nothing_to_resume(run_copy, capsys, monkeypatch):
     old_id = json.loads((run_copy / "config.json").read_text()).get("run_id")
-    stale = [run_copy / f".last.pt.{_dead_pid()}.abc123.tmp", run_copy / ".best.pt.k2j4h5g6.tmp"]
+    stale = [run_copy / f".last.pt.{dead_pid()}.abc123.tmp", run_copy / ".best.pt.k2j4h5g6.tmp"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
     (run_copy / "notes.txt").write_text("mine")
     _interrupt(monkeypatch, "first epoch")
-    assert _run(run_copy, "--force", "--lr", "5e-4", "--epochs", "2") == 130
+    assert run_train(run_copy, "--force", "--lr", "5e-4", "--epochs", "2") == 130
     err = capsys.readouterr().err
     assert "stopped before the first epoch finished; no checkpoint was written" in err
     assert "is in last.pt" not in err
@@ -318,7 +301,7 @@ def test_resume_refuses_a_config_and_last_pt_of_different_runs(run_copy, capsys,
 
 def test_resume_of_a_finished_run_writes_nothing(run_copy, capsys, monkeypatch):
     before = {n: (run_copy / n).read_bytes() for n in ("config.json", "last.pt", "metrics.json")}
-    stale = run_copy / f".last.pt.{_dead_pid()}.x1y2z3.tmp"
+    stale = run_copy / f".last.pt.{dead_pid()}.x1y2z3.tmp"
     stale.write_bytes(b"135 MB, once")
     _no_work(monkeypatch)
     assert train_main(["--resume", str(run_copy), "--epochs", "1"]) == 2
@@ -333,7 +316,7 @@ def test_resume_of_a_finished_run_writes_nothing(run_copy, capsys, monkeypatch):
 def test_interrupt_while_writing_the_first_last_pt_says_what_is_true(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     _interrupt(monkeypatch, "first last.pt")
-    assert _run(out, "--epochs", "2") == 130
+    assert run_train(out, "--epochs", "2") == 130
     err = capsys.readouterr().err
     assert "best.pt in" in err and "last.pt (the training state) was not written, so there is nothing to resume" in err
     assert (out / "best.pt").is_file() and not (out / "last.pt").exists() and not list(out.glob(".*.tmp"))
@@ -350,13 +333,13 @@ def test_non_finite_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
         return nan, nan, nan
 
     monkeypatch.setattr(loop, "sequence_loss", nan_loss)  # the loss lives with the loops in train.loop
-    assert _run(tmp_path / "o", "--epochs", "1") == 2
+    assert run_train(tmp_path / "o", "--epochs", "1") == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "training loss is nan at epoch 0" in line and "no epoch was saved" in line
 
 
-def test_evaluate_refuses_a_checkpoint_with_nan_weights(tmp_path, done_run):
-    ckpt = torch.load(done_run / "best.pt", weights_only=True)
+def test_evaluate_refuses_a_checkpoint_with_nan_weights(tmp_path, finished_run):
+    ckpt = torch.load(finished_run / "best.pt", weights_only=True)
     ckpt["state_dict"]["clip_head.weight"] = torch.full_like(ckpt["state_dict"]["clip_head.weight"], float("nan"))
     torch.save(ckpt, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match="non-finite|NaN"):
