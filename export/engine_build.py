@@ -285,8 +285,9 @@ def _build_plan(req: Request, builder, network, config, trt_logger) -> tuple[byt
 
 def _save_timing_cache(cache, timing_cache, cache_info: dict) -> None:
     if cache is not None:
-        atomic_write_bytes(Path(timing_cache), bytes(cache.serialize()))
-        cache_info["saved_bytes"] = len(bytes(cache.serialize()))
+        blob = bytes(cache.serialize())
+        atomic_write_bytes(Path(timing_cache), blob)
+        cache_info["saved_bytes"] = len(blob)
 
 
 def _make_report(req: Request, blob: bytes, build_s: float, network_info: dict, engine_info: dict,

@@ -17,10 +17,6 @@ INT8 = "int8"
 QUANTIZED_OPS = ("Conv", "Add", "Relu", "GlobalAveragePool", "MaxPool")
 
 
-def _session(path_or_bytes):
-    return cpu_session(path_or_bytes)
-
-
 def quantize_cnn(src: Path, calibration, batch: int, method: str, tmp: Path):
     """quantize_static of ``cnn.onnx`` -> onnx.ModelProto (QDQ)."""
     import onnx
@@ -103,8 +99,8 @@ def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, int8_cnn: Optiona
     Returns:
         dict: the measurements above.
     """
-    q = _session(int8_model)
-    result = _agreement(q, _session(fp32_model), clips, batch, labels)
+    q = cpu_session(int8_model)
+    result = _agreement(q, cpu_session(fp32_model), clips, batch, labels)
     result["padded_lengths"], result["padded_rel"] = _padding_rel(q, clips)
     if int8_cnn is not None and bilstm is not None:
         result["composition_rel"] = _composition_rel(q, int8_cnn, bilstm, clips[:batch])
@@ -161,8 +157,8 @@ def _composition_rel(q, int8_cnn: bytes, bilstm: Path, x) -> float:
     import numpy as np
 
     lengths = np.full((len(x),), x.shape[1], dtype=np.int32)
-    features = _session(int8_cnn).run(None, {"frames": x})[0]
-    frame_s, clip_s = _session(bilstm).run(None, {"features": features, "lengths": lengths})
+    features = cpu_session(int8_cnn).run(None, {"frames": x})[0]
+    frame_s, clip_s = cpu_session(bilstm).run(None, {"features": features, "lengths": lengths})
     frame_m, clip_m = q.run(None, {"frames": x, "lengths": lengths})
     return max(compare(frame_s, frame_m)["rel"], compare(clip_s, clip_m)["rel"])
 

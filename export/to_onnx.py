@@ -155,20 +155,18 @@ def _export_one(wrapper, graph: str, example_feeds: dict, opset: int, out_dir: P
 
 
 def check_export_target(ckpt, out_dir, precision: str, *, force: bool = False, opset: int = 17) -> dict:
-    """Check ``out_dir`` for an export of ``ckpt`` before any work (see :func:`export._folder.check_export_dir`), and
-    refuse to replace another checkpoint's or precision's graphs unless ``force``.
+    """Refuse to replace another checkpoint's or precision's graphs in ``out_dir`` unless ``force``, before any work.
+    ``out_dir`` has already passed :func:`export._folder.check_export_dir` (both callers check it first).
 
     Returns:
         dict: graph name -> the metadata the export will carry.
 
     Raises:
-        runtime._io.OutputPathError: ``out_dir`` is a file, not writable, or holds files other than an export's.
         ExportOverwriteError: it holds another export and ``force`` is False.
     """
-    out_dir = check_export_dir(Path(out_dir))
     sha = checkpoint_sha256(ckpt)
     metadata = {g: build_metadata(ckpt, g, precision, opset, sha) for g in GRAPHS}
-    refuse_other_exports(out_dir, metadata, force)
+    refuse_other_exports(Path(out_dir), metadata, force)
     return metadata
 
 

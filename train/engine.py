@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-from runtime._io import atomic_write_json, check_output_dir, remove_stale_temporaries
+from runtime._io import atomic_write_json
 from runtime._version import __version__
 from runtime.checkpoint import CheckpointError, load_state_dict_checked, save_checkpoint
 from runtime.model import CNNBiLSTM
@@ -94,8 +94,6 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     """
     check_train_args(args)  # again: fit may be called without parse_args
     out = Path(args.out)
-    check_output_dir(out, what="--resume" if args.resume else "--out")
-    remove_stale_temporaries(out, RUN_FILES)
     check_out_dir(out, bool(args.resume), args.force)
     device = resolve_device(args.device)
     resume_state = read_resume_state(out, args.epochs) if args.resume else None

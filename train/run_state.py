@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from runtime._io import atomic_write_json, check_output_dir
+from runtime._io import atomic_write_json, check_output_dir, remove_stale_temporaries
 from runtime.checkpoint import CheckpointError, read_checkpoint_dict
 
 from ._checks import TrainError
@@ -27,13 +27,15 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.json", "config.json")
 
 
 def check_out_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse an unusable run folder (a file, not writable), and a non-empty one unless resuming it or forced.
+    """Refuse an unusable run folder (a file, not writable), and a non-empty one unless resuming it or forced. The
+    temporaries that killed runs left there are removed first, so they never count as an earlier run.
 
     Raises:
         OutputPathError: ``out`` is a file, or cannot be written.
         TrainError: the folder holds files and neither ``resume`` nor ``force`` is set.
     """
     check_output_dir(out, what="--resume" if resume else "--out")
+    remove_stale_temporaries(out, RUN_FILES)
     if resume or force or not out.exists():
         return
     if any(out.iterdir()):

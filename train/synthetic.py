@@ -49,7 +49,7 @@ def make_synthetic_clip(
     num_classes: int = 4,
     noise: float = 0.12,
 ) -> np.ndarray:
-    """One synthetic clip as uint8 RGB frames ``(T, H, W, 3)`` (see the module docstring for what it shows).
+    """One synthetic clip as uint8 RGB frames ``(T, H, W, 3)`` (see :mod:`train.data` for what it shows).
 
     Args:
         label (int): class index in ``range(num_classes)``.
