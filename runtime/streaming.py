@@ -21,7 +21,7 @@ import numpy as np
 
 from .base import BaseRunner
 from .errors import RuntimeInputError
-from .inputs import check_count, check_flag, is_torch, to_numpy
+from .inputs import _non_finite_steps, check_count, check_flag, is_torch, to_numpy
 from .preprocess import preprocess_frames
 
 logger = logging.getLogger(__name__)
@@ -227,15 +227,11 @@ class StreamingClassifier:
         return frame[None, None]
 
     def _check_finite(self, x: Any) -> None:
-        """Refuse a float32 frame holding NaN/Inf: one pass, np.isfinite on the host or one reduction on a CUDA
-        tensor's device (other dtypes are refused by the cnn runner's dtype check)."""
+        """Refuse a float32 frame holding NaN/Inf, with the runners' own one-pass scan (other dtypes are refused by the
+        cnn runner's dtype check)."""
         if str(x.dtype).replace("torch.", "") != "float32":
             return
-        if is_torch(x) and x.is_cuda:
-            finite = bool(x.isfinite().all())
-        else:
-            finite = bool(np.isfinite(to_numpy(x)).all())
-        if not finite:
+        if _non_finite_steps(x, None, is_torch(x)) is not None:
             raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
                                     "frames must be finite. Nothing was added to the window; check_finite=False skips "
                                     "this check for callers that guarantee finite frames")
@@ -255,8 +251,9 @@ class StreamingClassifier:
             RuntimeInputError: a frame of the wrong shape, size or dtype, or one holding NaN/Inf (unless the
                 classifier was made with ``check_finite=False``); a refused frame leaves the window as it was.
         """
+        raw = str(getattr(frame, "dtype", "")).endswith("uint8")  # normalised from uint8 here: finite by construction
         x = self._to_input(frame)
-        if self.check_finite:
+        if self.check_finite and not raw:
             self._check_finite(x)
         # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
         feat = self.cnn.infer(x, check_finite=False)["features"][0, 0]  # (F,)

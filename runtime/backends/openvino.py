@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import RuntimeInputError
-from .onnxrt import OnnxRuntimeRunner, OrtGraph, peek_options
+from .onnxrt import OnnxRuntimeRunner, OrtGraph
 from .ort_providers import OPENVINO
 from .ort_session import session_options
 
@@ -204,7 +204,7 @@ def _compile_on_openvino(ort, path: Path, opts, peek: Optional[OrtGraph] = None)
     """``path`` compiled on the OpenVINO device in ``opts``; opened on the CPU EP first (unless ``peek`` is that), so
     a damaged file is reported as one and a failure here is OpenVINO's."""
     if peek is None:
-        OrtGraph(ort, path, peek_options(ort), ["CPUExecutionProvider"])
+        OrtGraph(ort, path, session_options(ort, optimize=False), ["CPUExecutionProvider"])
     graph = OrtGraph(ort, path, opts, None, check=False, plugin=OPENVINO)
     if graph.provider != OPENVINO:
         raise RuntimeInputError(f"{path}: {OPENVINO} was added, but the session runs on "
@@ -238,7 +238,7 @@ class OpenVinoRunner(OnnxRuntimeRunner):
         folder's ``cnn.onnx`` on OpenVINO (kept in ``self._cnn_session``) plus ``bilstm.onnx`` on the CPU EP
         (returned); both must come from the same checkpoint as the model graph.
         """
-        peek = OrtGraph(ort, self.path, peek_options(ort), ["CPUExecutionProvider"])
+        peek = OrtGraph(ort, self.path, session_options(ort, optimize=False), ["CPUExecutionProvider"])
         if peek.metadata.graph == "cnn":
             return _compile_on_openvino(ort, self.path, openvino_opts, peek)
         # The CPU EP's threads would spin between calls and slow OpenVINO's threads on the same cores.

@@ -16,8 +16,8 @@ def session_options(ort, *, intra_op_threads: Optional[int] = None, allow_spinni
         ort (module): onnxruntime.
         intra_op_threads (int | None): threads per operator; None lets ONNX Runtime decide (all cores).
         allow_spinning (bool): let idle intra-op threads spin (lower latency, busier cores). Defaults to True.
-        optimize (bool): full graph optimizations; False opens a file only to read it (0.15 s instead of a full
-            optimization pass). Defaults to True.
+        optimize (bool): full graph optimizations; False opens a file only to read its metadata (0.15 s for the
+            reference model.onnx on the CPU EP, against 1 s to compile it on OpenVINO). Defaults to True.
     """
     opts = ort.SessionOptions()
     if optimize:
