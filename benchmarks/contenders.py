@@ -292,10 +292,9 @@ def _trt(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: in
         if cc[0] == 9 or cc < (8, 6):
             raise Unavailable(f"TensorRT for RTX does not run on compute capability {cc[0]}.{cc[1]} "
                               f"({device_name(ctx.device)}); full TensorRT is not installed")
-    graph = "cnn" if workload == "stream" else workload
-    runner = ctx.runner(EngineRunnerKey(graph), lambda: _activated(runtime.load(ctx.artifacts.engine(graph))))
-    if workload == "stream":
+    if workload == "stream":  # before any engine is built for it
         raise Unavailable("streaming over TensorRT engines is not benchmarked yet")
+    runner = ctx.runner(EngineRunnerKey(workload), lambda: _activated(runtime.load(ctx.artifacts.engine(workload))))
     pool = ctx.torch_pool(workload, batch, time_steps)
     return Prepared(fn=runner.infer, inputs=pool, timer="perf-counter", precision="fp16-cnn", sync=ctx.sync(),
                     probe=lambda: runner.infer(pool[0]), info={"note": flavour})

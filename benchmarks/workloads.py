@@ -19,7 +19,7 @@ def check_workload(workload: str) -> None:
 
 
 def reference_config():
-    """The reference model of ``docs/baselines.md``: ResNet-34 cifar stem, 32x32, BiLSTM 2x256, 10 classes."""
+    """The reference model of the recorded results (docs/results.md): ResNet-34 cifar stem, 32x32, BiLSTM 2x256, 10 classes."""
     from runtime.model import ModelConfig
 
     return ModelConfig(num_classes=10, backbone="resnet34", stem="cifar", frame_size=(32, 32), hidden_size=256,

@@ -17,7 +17,7 @@ from tests.conftest import TINY_CONFIG
 
 def test_reference_flops_match_the_measured_baseline():
     config = reference_config()
-    # docs/baselines.md: 37.1 GFLOP for B=1, T=16 (FlopCounterMode, convolutions; the LSTM was not counted there)
+    # The reference model's 37.1 GFLOP for B=1, T=16, as torch's FlopCounterMode counts its convolutions (no LSTM)
     assert workload_flops(config, "cnn", 1, 16) / 1e9 == pytest.approx(37.1, abs=0.05)
     # LSTM by hand: per step 2 dirs x [8*256*(512+256) (layer 0) + 8*256*(512+256) (layer 1)]
     per_step = 2 * (8 * 256 * 768 + 8 * 256 * 768)
