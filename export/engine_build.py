@@ -59,6 +59,8 @@ class BuildOptions:
     compute_capability: Optional[str] = None
     tf32: bool = False
     timing_cache: Optional[Path] = None
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False
 
 
 @dataclass
@@ -105,7 +107,8 @@ def _validate_request(onnx_path: Path, out_path: Path, options: BuildOptions, re
         raise EngineBuildError(f"opt_level must be in 0..5, got {options.opt_level}")
     if options.workspace_mb is not None and int(options.workspace_mb) < 1:
         raise EngineBuildError(f"workspace_mb must be >= 1, got {options.workspace_mb}")
-    for flag, name in ((options.tf32, "tf32"), (rebuild, "rebuild"), (force, "force")):
+    for flag, name in ((options.tf32, "tf32"), (options.version_compatible, "version_compatible"),
+                       (options.exclude_lean_runtime, "exclude_lean_runtime"), (rebuild, "rebuild"), (force, "force")):
         check_flag(flag, name)
     report_path = Path(str(out_path) + ".json")
     engine_cache.check_output_paths(out_path, report_path, options.timing_cache)
@@ -151,29 +154,39 @@ def _resolve_profiles(profiles, proto) -> tuple[list, list]:
     return parsed, [resolve_profile(p, inputs) for p in parsed]
 
 
-def _import_flavour(backend: str, compute_capability: Optional[str]) -> TrtModule:
+def _import_flavour(backend: str, options: BuildOptions) -> TrtModule:
+    """The flavour to build with, refused with the reason when it cannot honour the options."""
+    from export import trt_build
     from runtime import trt_compat
 
-    tm = trt_compat.import_trt(backend)
-    if compute_capability is not None and not tm.is_rtx:
+    if backend not in ("auto",) + trt_compat.BUILD_FLAVOURS:
+        raise EngineBuildError(f"--backend {backend} cannot build engines (the TensorRT lean runtime only runs them); "
+                               f"valid choices: auto, {', '.join(trt_compat.BUILD_FLAVOURS)}")
+    tm = trt_compat.import_trt(backend, order=trt_compat.BUILD_FLAVOURS)
+    if options.compute_capability is not None and not tm.is_rtx:
         raise EngineBuildError(
             f"--compute-capability is a TensorRT-RTX option; {tm.describe()} builds for the GPU it runs on"
         )
+    try:
+        trt_build.version_compatible_flags(tm, options.version_compatible, options.exclude_lean_runtime)
+    except trt_build.TrtCompatError as e:
+        raise EngineBuildError(str(e)) from e
     return tm
 
 
 def _key_request(req: Request) -> None:
     """The cache key over everything that shapes the engine, and the parts a refusal to overwrite names."""
     tm, o, sha = req.tm, req.options, req.graph.sha256
+    builder_options = {"workspace_mb": o.workspace_mb, "opt_level": o.opt_level, "tf32": bool(o.tf32)}
+    if o.version_compatible:  # only when set, so the keys of engines built before the option existed still match
+        builder_options.update(version_compatible=True, exclude_lean_runtime=bool(o.exclude_lean_runtime))
     req.key = engine_cache.cache_key(
         schema=engine_cache.CACHE_SCHEMA, onnx_sha256=sha, profiles=req.resolved, precision=req.graph.precision,
         half_usage=req.graph.half_usage, flavour=tm.flavour, version=tm.version_string, target=req.target,
-        options={"workspace_mb": o.workspace_mb, "opt_level": o.opt_level, "strongly_typed": True,
-                 "tf32": bool(o.tf32)})
+        options={"strongly_typed": True, **builder_options})
     req.summary = {"graph (ONNX sha256)": sha, "profiles": req.resolved, "precision": req.graph.precision,
                    "TensorRT": [tm.flavour, tm.version_string], "target": req.target,
-                   "builder options": {"workspace_mb": o.workspace_mb, "opt_level": o.opt_level,
-                                       "tf32": bool(o.tf32)}}
+                   "builder options": builder_options}
 
 
 def cached_result(req: Request, rebuild: bool, force: bool) -> Optional[BuildResult]:
@@ -206,7 +219,8 @@ def _parse_network(req: Request):
 
 
 def _builder_config(req: Request, builder):
-    """Workspace, optimisation level and compute capability; detailed profiling so the inspector names layers."""
+    """Workspace, optimisation level, compute capability and version compatibility; detailed profiling so the
+    inspector names layers."""
     from export import trt_build
 
     trt, o = req.tm.trt, req.options
@@ -219,6 +233,8 @@ def _builder_config(req: Request, builder):
         trt_build.set_compute_capability(req.tm, config, o.compute_capability)
     except trt_build.TrtCompatError as e:
         raise EngineBuildError(str(e)) from e
+    for flag in trt_build.version_compatible_flags(req.tm, o.version_compatible, o.exclude_lean_runtime):
+        config.set_flag(flag)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     return config
 
@@ -302,7 +318,9 @@ def _make_report(req: Request, blob: bytes, build_s: float, network_info: dict, 
         "metadata": req.graph.metadata,
         "onnx": {"path": str(req.graph.path), "sha256": req.graph.sha256},
         "precision": req.graph.precision,
-        "trt": {"flavour": tm.flavour, "version": tm.version_string, "strongly_typed": True},
+        "trt": {"flavour": tm.flavour, "version": tm.version_string, "strongly_typed": True,
+                "version_compatible": bool(req.options.version_compatible),
+                "exclude_lean_runtime": bool(req.options.exclude_lean_runtime)},
         "target": target,
         "profiles": [{"axes": {k: list(v) for k, v in p.items()}, "shapes": r}
                      for p, r in zip(req.parsed, req.resolved, strict=True)],
@@ -316,9 +334,21 @@ def _make_report(req: Request, blob: bytes, build_s: float, network_info: dict, 
         "build_seconds": round(build_s, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "package_version": __version__,
-        "runs_on": ("a GPU TensorRT-RTX supports (compute capability " + target["compute_capability"] + "; not "
-                    "H100/H200)") if tm.is_rtx else "the GPU it was built on (same TensorRT version)",
+        "runs_on": _runs_on(tm, target, req.options),
     }
+
+
+def _runs_on(tm: TrtModule, target: dict, options: BuildOptions) -> str:
+    """Where the engine runs, in words, for the report and the CLI."""
+    if tm.is_rtx:
+        return f"a GPU TensorRT-RTX supports (compute capability {target['compute_capability']}; not H100/H200)"
+    if not options.version_compatible:
+        return "the GPU it was built on (same TensorRT version)"
+    if options.exclude_lean_runtime:
+        return (f"the GPU it was built on, with TensorRT {tm.version_string} or the TensorRT lean runtime "
+                f"{tm.version_string} (pip install 'cnn-bilstm-deploy[trt-lean]')")
+    return (f"the GPU it was built on, with TensorRT {tm.version_string} or a later {tm.major}.x, or the TensorRT "
+            "lean runtime (pip install 'cnn-bilstm-deploy[trt-lean]')")
 
 
 def prepare_request(onnx_path, out_path, profiles, backend, options: BuildOptions, rebuild, force) -> Request:
@@ -327,7 +357,7 @@ def prepare_request(onnx_path, out_path, profiles, backend, options: BuildOption
     report_path = _validate_request(onnx_path, out_path, options, rebuild, force)
     graph = _read_graph(onnx_path)
     parsed, resolved = _resolve_profiles(profiles, graph.proto)
-    tm = _import_flavour(backend, options.compute_capability)
+    tm = _import_flavour(backend, options)
     req = Request(graph, out_path, report_path, options, parsed, resolved, tm,
                   engine_cache.build_target(tm, options.compute_capability))
     _key_request(req)
@@ -345,9 +375,9 @@ def build_and_write(req: Request) -> BuildResult:
     blob, build_s = _build_plan(req, builder, network, config, trt_logger)
     precision_check = check_network_precision(network_info, req.graph.half_usage, req.graph.precision)
     _save_timing_cache(cache, req.options.timing_cache, cache_info)
-    engine_info = try_engine_inspection(req.tm, blob)
-    check_engine_precision(engine_info, req.graph.half_usage, precision_check)
     o = req.options
+    engine_info = try_engine_inspection(req.tm, blob, host_code=o.version_compatible and not o.exclude_lean_runtime)
+    check_engine_precision(engine_info, req.graph.half_usage, precision_check)
     builder_info = {"workspace_mb": o.workspace_mb, "opt_level": o.opt_level,
                     "tf32": bool(o.tf32) if tf32_flag is not None else "no TF32 flag in this TensorRT",
                     "timing_cache": cache_info}

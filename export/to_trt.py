@@ -65,10 +65,10 @@ def builder_unavailable_reason(backend: str = "auto") -> Optional[str]:
 
 def _probe_builder(backend: str) -> Optional[str]:
     from export.trt_build import create_network
-    from runtime.trt_compat import TrtNotAvailableError, import_trt, make_logger
+    from runtime.trt_compat import BUILD_FLAVOURS, TrtNotAvailableError, import_trt, make_logger
 
     try:
-        tm = import_trt(backend)
+        tm = import_trt(backend, order=BUILD_FLAVOURS)
     except TrtNotAvailableError as e:
         return str(e).splitlines()[0]
     try:
@@ -90,8 +90,8 @@ def _probe_builder(backend: str) -> Optional[str]:
 
 def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", timing_cache=None,
                  workspace_mb: Optional[int] = None, opt_level: Optional[int] = None,
-                 compute_capability: Optional[str] = None, tf32: bool = False, rebuild: bool = False,
-                 force: bool = False) -> BuildResult:
+                 compute_capability: Optional[str] = None, tf32: bool = False, version_compatible: bool = False,
+                 exclude_lean_runtime: bool = False, rebuild: bool = False, force: bool = False) -> BuildResult:
     """Build (or reuse) a strongly typed TensorRT engine for an exported ONNX graph.
 
     Args:
@@ -108,6 +108,13 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         tf32 (bool): let float32 layers (the BiLSTM of an fp16 export, all of an fp32 one) use TF32 tensor cores
             (10-bit mantissa). TensorRT turns TF32 on by default; off here, so float32 layers compute what the graph
             says. Defaults to False.
+        version_compatible (bool): full TensorRT only: build with ``BuilderFlag.VERSION_COMPATIBLE``, a plan the
+            TensorRT lean runtime (the ``trt-lean`` extra) and later TensorRT releases of the same major version can
+            run, with a copy of the lean runtime inside. Refused on TensorRT-RTX, which has no such plans. Recorded in
+            the report (``trt.version_compatible``). Defaults to False.
+        exclude_lean_runtime (bool): with ``version_compatible``: also ``BuilderFlag.EXCLUDE_LEAN_RUNTIME``, a
+            smaller plan without the lean runtime copy, which then runs only on this very TensorRT version (full or
+            lean). Recorded in the report (``trt.exclude_lean_runtime``). Defaults to False.
         rebuild (bool): build even when the cached engine at ``out_path`` matches this request. Defaults to False.
         force (bool): replace an existing file at ``out_path`` (and its report) that is not this request's engine:
             an engine of another graph or other profiles or options, or any other file of the right suffix.
@@ -121,13 +128,15 @@ def build_engine(onnx_path, out_path, *, profiles=None, backend: str = "auto", t
         ProfileError: bad profiles. OnnxParseError: the parser rejected the graph (node index, name, op).
         PrecisionCheckError: the network lost the FP16 the graph asked for, or the graph is an int8 export (those
             are for ONNX Runtime on CPUs; engines are built from the fp16 export).
-        EngineBuildError: other bad options, an ONNX graph that differs from the digest its export_report.json
+        EngineBuildError: other bad options (``version_compatible`` on TensorRT-RTX, ``exclude_lean_runtime``
+            alone, the lean runtime as ``backend``), an ONNX graph that differs from the digest its export_report.json
             records, or a failed build (with TensorRT's own error messages).
         runtime._io.OutputPathError: ``out_path`` (or its report or ``timing_cache``) has another suffix, is a folder
             or not writable, or is an existing file that is not this request's engine and ``force`` is False.
     """
     options = BuildOptions(workspace_mb=workspace_mb, opt_level=opt_level, compute_capability=compute_capability,
-                           tf32=tf32, timing_cache=timing_cache)
+                           tf32=tf32, timing_cache=timing_cache, version_compatible=version_compatible,
+                           exclude_lean_runtime=exclude_lean_runtime)
     req = prepare_request(onnx_path, out_path, profiles, backend, options, rebuild, force)
     return cached_result(req, rebuild, force) or build_and_write(req)
 
@@ -160,6 +169,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--tf32", action="store_true",
                         help="let float32 layers use TF32 tensor cores (TensorRT's default; off here so float32 "
                              "layers stay float32)")
+    parser.add_argument("--version-compatible", action="store_true",
+                        help="full TensorRT only: a version-compatible plan (BuilderFlag.VERSION_COMPATIBLE), which "
+                             "the TensorRT lean runtime (pip install 'cnn-bilstm-deploy[trt-lean]') and later "
+                             "TensorRT releases of the same major version run; refused on TensorRT-RTX")
+    parser.add_argument("--exclude-lean-runtime", action="store_true",
+                        help="with --version-compatible: leave the lean runtime copy out of the plan "
+                             "(BuilderFlag.EXCLUDE_LEAN_RUNTIME); smaller, but it then runs only on this TensorRT "
+                             "version")
     parser.add_argument("--rebuild", action="store_true", help="build even if the cached engine at --out matches")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing file at --out (and OUT.json) that is not this request's cached "
@@ -178,7 +195,8 @@ def main(argv=None) -> int:
         result = build_engine(args.onnx, args.out, profiles=args.profile, backend=args.backend,
                               timing_cache=args.timing_cache, workspace_mb=args.workspace_mb,
                               opt_level=args.opt_level, compute_capability=args.compute_capability, tf32=args.tf32,
-                              rebuild=args.rebuild, force=args.force)
+                              version_compatible=args.version_compatible,
+                              exclude_lean_runtime=args.exclude_lean_runtime, rebuild=args.rebuild, force=args.force)
     except TrtNotAvailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -193,6 +211,9 @@ def main(argv=None) -> int:
         print(f"built {result.engine_path} ({r['engine_bytes'] / 2**20:.1f} MiB) with {r['trt']['flavour']} "
               f"{r['trt']['version']} in {r['build_seconds']:.1f} s")
     print(f"precision {r['precision']} (check: {r['precision_check']})")
+    if r["trt"].get("version_compatible"):
+        print(f"version-compatible{' (lean runtime excluded)' if r['trt'].get('exclude_lean_runtime') else ''}: "
+              f"runs on {r['runs_on']}")
     for t in r["io_tensors"]:
         print(f"  {t['mode']:<6} {t['name']:<14} {t['dtype']:<6} {t['shape']}")
     if not r["engine_inspection"]["available"]:

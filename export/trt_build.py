@@ -132,6 +132,41 @@ def set_compute_capability(tm: TrtModule, config, capability: Optional[str]) -> 
     return capability
 
 
+def version_compatible_flags(tm: TrtModule, version_compatible: bool, exclude_lean_runtime: bool) -> list:
+    """The builder flags of a version-compatible plan, checked before any work (full TensorRT only).
+
+    ``BuilderFlag.VERSION_COMPATIBLE`` makes a plan that the TensorRT lean runtime, and later TensorRT releases of the
+    same major version, can run; it embeds a copy of the lean runtime unless ``EXCLUDE_LEAN_RUNTIME`` is also set
+    (a smaller plan that then needs the lean runtime of exactly the building version).
+
+    Returns:
+        list: the flags to set, in order (VERSION_COMPATIBLE first: TensorRT accepts EXCLUDE_LEAN_RUNTIME only after
+        it); [] without ``version_compatible``.
+
+    Raises:
+        TrtCompatError: ``exclude_lean_runtime`` without ``version_compatible``; TensorRT-RTX, which has no
+            version-compatible plans; a TensorRT without the flags.
+    """
+    if exclude_lean_runtime and not version_compatible:
+        raise TrtCompatError("--exclude-lean-runtime needs --version-compatible (it leaves the lean runtime out of a "
+                             "version-compatible plan)")
+    if not version_compatible:
+        return []
+    if tm.is_rtx:
+        # The enum member exists in tensorrt_rtx, but a build with it fails looking for a lean runtime library that
+        # TensorRT-RTX does not ship (checked with tensorrt_rtx 1.7).
+        raise TrtCompatError(f"--version-compatible is a full TensorRT option: {tm.describe()} has no "
+                             "version-compatible plans (a TensorRT-RTX engine loads only in the TensorRT-RTX release "
+                             "that built it, and the lean runtime cannot run it); build with full TensorRT "
+                             "(--backend tensorrt) for the lean runtime, or drop --version-compatible")
+    names = ["VERSION_COMPATIBLE"] + (["EXCLUDE_LEAN_RUNTIME"] if exclude_lean_runtime else [])
+    flags = [getattr(tm.trt.BuilderFlag, name, None) for name in names]
+    missing = [n for n, f in zip(names, flags, strict=True) if f is None]
+    if missing:
+        raise TrtCompatError(f"{tm.describe()} has no BuilderFlag.{missing[0]}")
+    return flags
+
+
 def has_weak_typing_fp16(tm: TrtModule) -> bool:
     """Whether this version still has ``BuilderFlag.FP16`` (10.x). Reported only: this package never sets it."""
     return hasattr(tm.trt.BuilderFlag, "FP16")

@@ -109,13 +109,19 @@ def check_network_precision(network_info: dict, half_usage: dict, precision: str
     return summary
 
 
-def try_engine_inspection(tm, blob) -> dict:
-    """Deserialize the plan and read the engine inspector, where this machine can (a supported GPU)."""
+def try_engine_inspection(tm, blob, host_code: bool = False) -> dict:
+    """Deserialize the plan and read the engine inspector, where this machine can (a supported GPU).
+
+    ``host_code``: the plan embeds a lean runtime (version-compatible), which TensorRT loads only when allowed to.
+    """
     trt = tm.trt
     # Failure is expected without a supported GPU and is reported in the result, so keep TensorRT's errors quiet.
     trt_logger = make_logger(tm, "error", collect=True, forward=False)
     try:
-        engine = trt.Runtime(trt_logger).deserialize_cuda_engine(blob)
+        trt_runtime = trt.Runtime(trt_logger)
+        if host_code:
+            trt_runtime.engine_host_code_allowed = True
+        engine = trt_runtime.deserialize_cuda_engine(blob)
     except Exception as e:  # some versions raise instead of returning None
         engine, exc = None, f"{type(e).__name__}: {e}"
     else:

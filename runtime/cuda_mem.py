@@ -23,6 +23,10 @@ class CudaError(RuntimeError):
     """A CUDA runtime call failed (the message names the call and CUDA's error string)."""
 
 
+class NoCudaDeviceError(CudaError):
+    """No usable CUDA device here (no NVIDIA driver, or no GPU): one line that says what needs the GPU."""
+
+
 def import_cudart():
     """The cuda-python runtime module.
 
@@ -66,6 +70,25 @@ class CudaApi:
         return values[0] if len(values) == 1 else values
 
     # --- device ----------------------------------------------------------------------------------------------------
+    def require_device(self, needed_by: str) -> None:
+        """Raise :class:`NoCudaDeviceError` when no CUDA device is usable, before a library that needs one starts.
+
+        TensorRT started without a GPU logs CUDA initialisation errors and may crash the process later (the lean
+        runtime 11.4 does); this check through cuda-python comes first and says it in one line.
+
+        Args:
+            needed_by (str): what needs the GPU, for the message (e.g. "the TensorRT lean runtime").
+        """
+        try:
+            count = self._check(self.cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+        except CudaError as e:  # no driver (cudaErrorInsufficientDriver) or no GPU (cudaErrorNoDevice)
+            why = str(e)
+        else:
+            if count:
+                return
+            why = "cudaGetDeviceCount found 0 devices"
+        raise NoCudaDeviceError(f"no CUDA device: {needed_by} needs an NVIDIA GPU ({why})")
+
     def set_device(self, device: int) -> None:
         self._check(self.cudart.cudaSetDevice(int(device)), "cudaSetDevice")
 

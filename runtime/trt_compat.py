@@ -1,9 +1,12 @@
-"""The one seam between full TensorRT (module ``tensorrt``, 10.x or 11.x) and TensorRT for RTX (``tensorrt_rtx``).
+"""The one seam between full TensorRT (module ``tensorrt``, 10.x or 11.x), TensorRT for RTX (``tensorrt_rtx``) and
+the TensorRT lean runtime (``tensorrt_lean_bindings``).
 
-Both flavours expose the same Python API (``Builder``, ``OnnxParser``, ``Runtime``, optimization profiles, strongly
-typed networks) under different module names. This module holds what running an engine needs: which module to
-import (and which one ``backend="auto"`` picks: full TensorRT first, then TensorRT-RTX), its parsed version, the
-install hints, a logger that keeps TensorRT's own messages, and dtype names. What only building needs (strongly typed
+The flavours expose the same Python API (``Runtime``, engines, execution contexts, optimization profiles; full
+TensorRT and TensorRT-RTX also ``Builder`` and ``OnnxParser``) under different module names. The lean runtime is
+TensorRT's runtime API alone (no builder, no parser), and it runs only version-compatible engines, which full
+TensorRT builds (``python -m export.to_trt --version-compatible``). This module holds what running an engine needs:
+which module to import (and which one ``backend="auto"`` picks: full TensorRT first, then TensorRT-RTX, then the lean
+runtime), its parsed version, the install hints, a logger that keeps TensorRT's own messages, and dtype names. What only building needs (strongly typed
 network flags, compute capabilities, timing caches, the engine inspector's JSON) lives in :mod:`export.trt_build`.
 
 Nothing here imports a TensorRT module at import time. Other modules (``export.to_trt``, the runtime's TensorRT
@@ -21,8 +24,12 @@ from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
 
-FLAVOURS = ("tensorrt", "tensorrt_rtx")
+FLAVOURS = ("tensorrt", "tensorrt_rtx", "tensorrt_lean_bindings")
 BACKENDS = ("auto",) + FLAVOURS
+# The flavours with a builder and an ONNX parser (the lean runtime has neither).
+BUILD_FLAVOURS = ("tensorrt", "tensorrt_rtx")
+# How messages name each flavour.
+PRODUCTS = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX", "tensorrt_lean_bindings": "TensorRT lean runtime"}
 
 # What to tell a user who asked for a flavour that is not importable.
 INSTALL_HINTS = {
@@ -38,6 +45,12 @@ INSTALL_HINTS = {
         "12.0), but running them needs a GPU it supports (GeForce/RTX-class Turing, Ampere, Ada or Blackwell); it "
         "refuses data-centre Hopper parts such as H100/H200 (compute capability 9.0)."
     ),
+    "tensorrt_lean_bindings": (
+        "the TensorRT lean runtime (module `tensorrt_lean_bindings`, runtime only, a 45 MB download): "
+        "`pip install tensorrt-lean-cu13-libs tensorrt-lean-cu13-bindings cuda-python` or "
+        "`pip install -e '.[trt-lean]'`. It runs version-compatible engines that full TensorRT built with "
+        "`python -m export.to_trt --version-compatible`, on an NVIDIA GPU (Turing or newer, H100/H200 included)."
+    ),
 }
 
 class TrtNotAvailableError(ImportError):
@@ -49,9 +62,10 @@ class TrtModule:
     """An imported TensorRT flavour.
 
     Attributes:
-        trt (module): the imported module (``tensorrt`` or ``tensorrt_rtx``).
-        flavour (str): "tensorrt" or "tensorrt_rtx".
-        version (tuple[int, ...]): parsed ``trt.__version__``, e.g. (10, 13, 0, 35) or (1, 7, 1, 116).
+        trt (module): the imported module (``tensorrt``, ``tensorrt_rtx`` or ``tensorrt_lean_bindings``).
+        flavour (str): one of :data:`FLAVOURS`.
+        version (tuple[int, ...]): parsed ``trt.__version__``, e.g. (10, 13, 0, 35), (1, 7, 1, 116) or
+            (11, 4, 0, 106).
     """
 
     trt: Any
@@ -67,12 +81,21 @@ class TrtModule:
         return self.flavour == "tensorrt_rtx"
 
     @property
+    def is_lean(self) -> bool:
+        return self.flavour == "tensorrt_lean_bindings"
+
+    @property
     def major(self) -> int:
         return int(self.version[0]) if self.version else 0
 
+    @property
+    def product(self) -> str:
+        """"TensorRT", "TensorRT-RTX" or "TensorRT lean runtime"."""
+        return PRODUCTS.get(self.flavour, self.flavour)
+
     def describe(self) -> str:
-        """Human-readable name, e.g. "TensorRT-RTX 1.7.1.116"."""
-        return f"{'TensorRT-RTX' if self.is_rtx else 'TensorRT'} {self.version_string}"
+        """Human-readable name, e.g. "TensorRT-RTX 1.7.1.116" or "TensorRT lean runtime 11.4.0.106"."""
+        return f"{self.product} {self.version_string}"
 
 
 def parse_version(text: str) -> tuple:
@@ -94,9 +117,9 @@ def parse_version(text: str) -> tuple:
     return tuple(parts)
 
 
-def not_installed_message(requested: str, errors: Optional[dict] = None) -> str:
+def not_installed_message(requested: str, errors: Optional[dict] = None, order: tuple = FLAVOURS) -> str:
     """The message of :class:`TrtNotAvailableError`: what was asked for, why it failed, how to install each flavour."""
-    wanted = list(FLAVOURS) if requested == "auto" else [requested]
+    wanted = list(order) if requested == "auto" else [requested]
     lines = [f"no TensorRT flavour importable for backend={requested!r} (tried: {', '.join(wanted)})."]
     for name, err in (errors or {}).items():
         lines.append(f"  import {name}: {err}")
@@ -110,12 +133,17 @@ def _import_module(name: str):
     return importlib.import_module(name)
 
 
-def import_trt(backend: str = "auto") -> TrtModule:
+def import_trt(backend: str = "auto", *, order: tuple = FLAVOURS) -> TrtModule:
     """Import a TensorRT flavour.
 
+    Importing touches no GPU (the modules import on machines without one); creating a ``Runtime`` does.
+
     Args:
-        backend (str): "auto" (full TensorRT if importable, else TensorRT-RTX), "tensorrt" or "tensorrt_rtx".
+        backend (str): "auto" (the first importable flavour of ``order``) or one of :data:`FLAVOURS`.
             Defaults to "auto".
+        order (tuple[str, ...]): the flavours "auto" tries, in this order: :data:`FLAVOURS` (full TensorRT,
+            TensorRT-RTX, the lean runtime) by default; :data:`BUILD_FLAVOURS` to build engines; the flavours that
+            can load one engine (:func:`runtime.backends.engine_report.runtime_flavours`) to run it.
 
     Returns:
         TrtModule: the module, its flavour and its parsed version.
@@ -128,7 +156,7 @@ def import_trt(backend: str = "auto") -> TrtModule:
     if backend not in BACKENDS:
         raise ValueError(f"unknown TensorRT backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
     errors = {}
-    for name in FLAVOURS if backend == "auto" else (backend,):
+    for name in order if backend == "auto" else (backend,):
         try:
             mod = _import_module(name)
         except ImportError as e:  # includes a shared library that fails to load
@@ -140,7 +168,7 @@ def import_trt(backend: str = "auto") -> TrtModule:
         version = parse_version(getattr(mod, "__version__", "0"))
         logger.debug("using %s %s", name, ".".join(map(str, version)))
         return TrtModule(trt=mod, flavour=name, version=version)
-    raise TrtNotAvailableError(not_installed_message(backend, errors))
+    raise TrtNotAvailableError(not_installed_message(backend, errors, order))
 
 
 _SEVERITIES = ("internal_error", "error", "warning", "info", "verbose")
@@ -166,7 +194,10 @@ def make_logger(tm: TrtModule, severity: str = "warning", *, collect: bool = Fal
         raise ValueError(f"unknown TensorRT log severity {severity!r}; valid choices: {', '.join(_SEVERITIES)}")
     trt = tm.trt
     if not collect:
-        return trt.Logger(getattr(trt.Logger, severity.upper()))
+        # Spelled out (not getattr): tests/runtime/test_trt_api_names.py finds every TensorRT name used here.
+        levels = {"internal_error": trt.Logger.INTERNAL_ERROR, "error": trt.Logger.ERROR,
+                  "warning": trt.Logger.WARNING, "info": trt.Logger.INFO, "verbose": trt.Logger.VERBOSE}
+        return trt.Logger(levels[severity])
     limit = _SEVERITIES.index(severity)
     py_levels = [logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG]
 

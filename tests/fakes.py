@@ -16,9 +16,11 @@ GPU but cannot run them; full TensorRT does not install without one). The tests 
 * :func:`make_fake_tensorrt`: a module with just the enums and network flags of TensorRT 10.x or 11.x, for the
   version glue.
 
-The names these fakes stand in for are checked against the real ``tensorrt_rtx`` module in
-tests/runtime/test_runtime_trt_glue.py. The real path (a real engine, real cuda-python, compared with eager PyTorch)
-is covered by the GPU-marked tests in tests/runtime/test_runtime_gpu.py.
+Each fake TensorRT class names the real class it stands in for (``REAL``). tests/runtime/test_trt_api_names.py
+collects every TensorRT name the runtime's TensorRT backend and the seam use and checks them against the real
+``tensorrt_lean_bindings`` (TensorRT 11's runtime API) and ``tensorrt_rtx``; the fakes may fake only names it finds
+there. The real path (a real engine, real cuda-python, compared with eager PyTorch) is covered by the GPU-marked
+tests in tests/runtime/test_runtime_gpu.py.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ class FakeCudart:
         cudaStreamCaptureModeRelaxed = 2
 
     def __init__(self, cc: tuple = GPU_CC, name: bytes = GPU_NAME, *, fail_begin_capture: bool = False,
-                 fail_malloc: bool = False) -> None:
-        self.cc, self.gpu_name = cc, name
+                 fail_malloc: bool = False, devices: int = 1) -> None:
+        self.cc, self.gpu_name, self.devices = cc, name, devices
         self.fail_begin_capture, self.fail_malloc = fail_begin_capture, fail_malloc
         self.calls: Counter = Counter()
         self.device: dict = {}  # base address -> bytearray (live device allocations)
@@ -135,6 +137,10 @@ class FakeCudart:
         self.calls["cudaGetLastError"] += 1
         err, self.last_error = self.last_error, OK
         return (err,)
+
+    def cudaGetDeviceCount(self):  # noqa: N802
+        self.calls["cudaGetDeviceCount"] += 1
+        return OK, self.devices
 
     def cudaSetDevice(self, device):  # noqa: N802
         self.device_set = device
@@ -365,6 +371,8 @@ def fake_model(x: np.ndarray, lengths: np.ndarray, graph: str = "model") -> dict
 class FakeTensorRT:
     """FAKE ``tensorrt`` module: Logger, Runtime, TensorIOMode, DataType, and engines registered by plan bytes."""
 
+    REAL = ""  # the module itself (each nested class stands in for the real class of its name)
+
     class Logger:
         INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
 
@@ -388,6 +396,7 @@ class FakeTensorRT:
         INT8 = 2
         INT32 = 3
         BOOL = 4
+        UINT8 = 5
         INT64 = 8
 
     class CudaGraphStrategy(enum.Enum):  # TensorRT for RTX only
@@ -407,25 +416,34 @@ class FakeTensorRT:
 
 
 class FakeRuntime:
+    REAL = "Runtime"
+    engine_host_code_allowed = False  # the runner sets it for a plan that embeds a lean runtime
+
     def __init__(self, trt: FakeTensorRT, logger) -> None:
         self.trt, self.logger = trt, logger
 
     def deserialize_cuda_engine(self, blob: bytes):
         self.trt.calls["deserialize_cuda_engine"] += 1
         options = self.trt.plans.get(bytes(blob))
+        if options is not None and options.get("host_code") and not self.engine_host_code_allowed:
+            if hasattr(self.logger, "log"):  # TensorRT refuses a plan with a lean runtime inside unless allowed
+                self.logger.log(1, "fake TensorRT: engine contains host code, but engine_host_code_allowed is false")
+            return None
         if options is None:
             if self.trt.deserialize_raises:
                 raise RuntimeError("fake TensorRT: Serialization assertion failed (magic tag mismatch)")
             if self.trt.deserialize_log and hasattr(self.logger, "log"):
                 self.logger.log(1, self.trt.deserialize_log)  # severity ERROR, as TensorRT logs before giving up
             return None  # what TensorRT does for a plan it cannot read (after logging an error)
-        engine = FakeEngine(self.trt, **options)
+        engine = FakeEngine(self.trt, **{k: v for k, v in options.items() if k != "host_code"})
         self.trt.engines.append(engine)
         return engine
 
 
 class FakeEngine:
     """FAKE ICudaEngine of one of the three graphs, with optimization profiles over (batch, time)."""
+
+    REAL = "ICudaEngine"
 
     def __init__(self, trt: FakeTensorRT, graph: str = "model", profiles=TWO_PROFILES, lengths_dtype: str = "INT32",
                  drop_tensor: str | None = None, dtype_overrides: dict | None = None) -> None:
@@ -491,6 +509,8 @@ class FakeEngine:
 class FakeRuntimeConfig:
     """FAKE TensorRT-RTX IRuntimeConfig: the CUDA graph strategy and the runtime (JIT kernel) cache."""
 
+    REAL = "IRuntimeConfig"
+
     def __init__(self, trt: FakeTensorRT) -> None:
         self.trt = trt
         self.cuda_graph_strategy = trt.CudaGraphStrategy.DISABLED
@@ -506,6 +526,8 @@ class FakeRuntimeConfig:
 
 class FakeRuntimeCache:
     """FAKE IRuntimeCache: "kernels" are strings; a blob loads only if written for the same (fake) GPU."""
+
+    REAL = "IRuntimeCache"
 
     def __init__(self, trt: FakeTensorRT) -> None:
         self.tag = b"FAKE-RTX-CACHE:" + trt.gpu.gpu_name + b"\n"
@@ -528,6 +550,8 @@ class FakeExecutionContext:
     Attributes set by tests: ``capture_behaviour`` ("ok", "raise", "false": what execute_async_v3 does while the stream
     is being captured), ``reject_shapes`` (set_input_shape returns False).
     """
+
+    REAL = "IExecutionContext"
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
@@ -624,14 +648,15 @@ _FAKE_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64":
 
 
 RTX_VERSION = (1, 7, 1, 116)
+LEAN_VERSION = (11, 4, 0, 106)
 
 
 class Fakes:
-    def __init__(self, flavour: str = "tensorrt", **cuda_options) -> None:
+    def __init__(self, flavour: str = "tensorrt", version: tuple | None = None, **cuda_options) -> None:
         self.cuda = FakeCudaApi(**cuda_options)
         self.trt = FakeTensorRT(self.cuda.rt)
-        self.tm = TrtModule(trt=self.trt, flavour=flavour,
-                            version=RTX_VERSION if flavour == "tensorrt_rtx" else TRT_VERSION)
+        default = {"tensorrt_rtx": RTX_VERSION, "tensorrt_lean_bindings": LEAN_VERSION}.get(flavour, TRT_VERSION)
+        self.tm = TrtModule(trt=self.trt, flavour=flavour, version=version or default)
 
 
 def make_report(blob: bytes, graph: str = "model", **overrides) -> dict:
@@ -700,7 +725,8 @@ def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_f
         members.pop("STRONGLY_TYPED")
         members = members or {"EXPLICIT_BATCH": 0}
     fake.NetworkDefinitionCreationFlag = enum.IntEnum("FakeNetworkDefinitionCreationFlag", members)
-    fake.BuilderFlag = enum.IntEnum("FakeBuilderFlag", {"FP16": 0, "TF32": 1} if fp16_flag else {"TF32": 1})
+    flags = {"TF32": 1, "VERSION_COMPATIBLE": 2, "EXCLUDE_LEAN_RUNTIME": 3}
+    fake.BuilderFlag = enum.IntEnum("FakeBuilderFlag", {"FP16": 0, **flags} if fp16_flag else flags)
 
     class FakeNetwork:
         def __init__(self, flags):

@@ -1,6 +1,7 @@
 """A TensorRT engine's JSON report (``ENGINE + ".json"``, written by ``python -m export.to_trt``), read and checked
-before the engine is deserialized: the engine file's size and sha256, then the TensorRT flavour, version and GPU it
-was built for. Needs no GPU and no TensorRT."""
+before the engine is deserialized: the engine file's size and sha256, then the TensorRT flavour and version (and
+whether the plan is version-compatible, which the lean runtime needs), then the GPU it was built for. Needs no GPU and
+no TensorRT, except the GPU check, which needs the GPU's compute capability."""
 
 from __future__ import annotations
 
@@ -65,38 +66,106 @@ def check_engine_file(engine_path: Path, report: dict) -> None:
                                 f"replaced; {rebuild}")
 
 
-def check_engine_compat(report: dict, flavour: str, version: str, device: Optional[dict]) -> None:
-    """Refuse an engine built by another TensorRT flavour/version or for another GPU, before deserializing it.
+def runtime_flavours(report: dict) -> tuple:
+    """The flavours that may load this engine, in the order ``trt_backend="auto"`` tries them.
+
+    An engine of full TensorRT: full TensorRT, then the lean runtime (which runs it when it is version-compatible and
+    otherwise says how to build one, see :func:`check_engine_runtime`); of TensorRT-RTX: TensorRT-RTX only. A report
+    that names no known flavour: every flavour.
+    """
+    from ..trt_compat import FLAVOURS
+
+    built_by = (report.get("trt") or {}).get("flavour")
+    if built_by == "tensorrt":
+        return ("tensorrt", "tensorrt_lean_bindings")
+    return (built_by,) if built_by in FLAVOURS else FLAVOURS
+
+
+def plan_holds_host_code(report: dict) -> bool:
+    """Whether the plan embeds a lean runtime (version-compatible, lean runtime not excluded): TensorRT deserializes
+    such a plan only with ``Runtime.engine_host_code_allowed`` set, since the plan's own code then runs."""
+    trt_info = report.get("trt") or {}
+    return bool(trt_info.get("version_compatible")) and not trt_info.get("exclude_lean_runtime")
+
+
+def check_engine_runtime(report: dict, flavour: str, version: str) -> None:
+    """Refuse an engine this TensorRT flavour and version cannot load, before a GPU or TensorRT is touched.
+
+    Plans load in the flavour and version that built them; a version-compatible plan of full TensorRT (``trt``
+    records ``version_compatible``) also loads in a later TensorRT of the same major version and in the TensorRT lean
+    runtime, of exactly its version when the plan excludes the lean runtime (``exclude_lean_runtime``). The lean
+    runtime loads nothing else.
 
     Args:
         report (dict): the engine report.
-        flavour (str): installed flavour, "tensorrt" or "tensorrt_rtx".
+        flavour (str): installed flavour, one of :data:`runtime.trt_compat.FLAVOURS`.
         version (str): installed version, e.g. "10.13.0.35".
-        device (dict | None): {"name", "compute_capability"} of the GPU to run on; None skips the GPU check.
 
     Raises:
         RuntimeInputError: the mismatch, what the engine needs and how to rebuild.
     """
     trt_info = report.get("trt") or {}
     built_flavour, built_version = trt_info.get("flavour"), trt_info.get("version")
+    compatible = bool(trt_info.get("version_compatible"))
+    excluded = bool(trt_info.get("exclude_lean_runtime"))
     rebuild = "rebuild it on this machine with `python -m export.to_trt MODEL.onnx --out ENGINE`"
-    if built_flavour and built_flavour != flavour:
+    if flavour == "tensorrt_lean_bindings":
+        if built_flavour != "tensorrt" or not compatible:
+            built = f"{built_flavour} {built_version}" if built_flavour else "an unknown TensorRT"
+            raise RuntimeInputError(
+                f"the TensorRT lean runtime {version} runs only version-compatible engines of full TensorRT, and this "
+                f"engine (built by {built}) is not one: build one with full TensorRT on a GPU machine, "
+                "`python -m export.to_trt MODEL.onnx --out ENGINE --version-compatible` (add --exclude-lean-runtime "
+                "for a smaller plan that needs this very lean runtime version), or install the flavour that built it")
+        built_flavour = "tensorrt"  # a version-compatible plan of full TensorRT: the version rules below apply
+    elif built_flavour and built_flavour != flavour:
         raise RuntimeInputError(f"the engine was built by {built_flavour} {built_version}, but this runtime has "
                                 f"{flavour} {version}; engines only load in the flavour that built them: {rebuild}")
-    if built_version and not _same_version(built_version, version):
-        raise RuntimeInputError(f"the engine was built by {built_flavour or 'TensorRT'} {built_version}, but "
-                                f"{flavour} {version} is installed; plans are tied to the TensorRT version that built "
-                                f"them: {rebuild} (or install {built_flavour or 'tensorrt'}=={built_version})")
+    if not built_version or _same_version(built_version, version):
+        return
+    if compatible and not excluded and _later_same_major(built_version, version):
+        return  # a version-compatible plan with its lean runtime inside runs on later releases of its major version
+    if compatible:
+        need = (f"exactly {built_version} (its plan excludes the lean runtime)" if excluded else
+                f"{built_version} or a later {built_version.split('.')[0]}.x")
+        raise RuntimeInputError(f"the engine is a version-compatible plan of TensorRT {built_version}, which needs "
+                                f"{need}, but {flavour} {version} is installed: install a matching version, or "
+                                "rebuild it with `python -m export.to_trt MODEL.onnx --out ENGINE --version-compatible`")
+    raise RuntimeInputError(f"the engine was built by {built_flavour or 'TensorRT'} {built_version}, but "
+                            f"{flavour} {version} is installed; plans are tied to the TensorRT version that built "
+                            f"them: {rebuild} (or install {built_flavour or 'tensorrt'}=={built_version})")
+
+
+def check_engine_gpu(report: dict, device: dict) -> None:
+    """Refuse an engine built for another GPU (compute capability), once the GPU to run on is known.
+
+    Args:
+        report (dict): the engine report.
+        device (dict): {"name", "compute_capability"} of the GPU to run on.
+
+    Raises:
+        RuntimeInputError: the GPU the engine needs and how to rebuild.
+    """
     target = report.get("target") or {}
     want_cc = str(target.get("compute_capability", "unknown")).strip().lower()
     # "current" (TensorRT-RTX: the build machine's GPU), "default" and "unknown" name no fixed capability to compare.
-    if device is None or want_cc in ("unknown", "default", "current", "none", ""):
+    if want_cc in ("unknown", "default", "current", "none", ""):
         return
     have_cc = str(device.get("compute_capability"))
     if want_cc != have_cc:
         built_for = target.get("name") or f"compute capability {want_cc}"
         raise RuntimeInputError(f"the engine was built for {built_for} (compute capability {want_cc}), but this GPU is "
-                                f"{device.get('name')} (compute capability {have_cc}); {rebuild}")
+                                f"{device.get('name')} (compute capability {have_cc}); rebuild it on this machine "
+                                "with `python -m export.to_trt MODEL.onnx --out ENGINE`")
+
+
+def _later_same_major(built: str, installed: str) -> bool:
+    """Whether ``installed`` is a later release of ``built``'s major version (False when either does not parse)."""
+    try:
+        b, i = parse_version(built), parse_version(installed)
+    except ValueError:
+        return False
+    return b[0] == i[0] and i > b
 
 
 def _same_version(a: str, b: str) -> bool:

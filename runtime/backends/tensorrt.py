@@ -1,9 +1,13 @@
-"""TensorRT backend (full ``tensorrt`` 10.x/11.x or ``tensorrt_rtx``, through :mod:`runtime.trt_compat`).
+"""TensorRT backend (full ``tensorrt`` 10.x/11.x, ``tensorrt_rtx`` or the lean runtime ``tensorrt_lean_bindings``,
+through :mod:`runtime.trt_compat`).
 
 Before the engine is deserialized, its JSON report (``ENGINE + ".json"``, written by ``python -m export.to_trt``) is
-checked against this machine by :mod:`.engine_report`: same TensorRT flavour and version, same GPU compute
-capability, and the engine file's size and sha256. A mismatch is a :class:`~runtime.errors.RuntimeInputError` that
-says what to rebuild, instead of TensorRT's opaque deserialization failure.
+checked against this machine by :mod:`.engine_report`: the engine file's size and sha256, a TensorRT flavour and
+version that can load it (the lean runtime loads only version-compatible plans of full TensorRT), then, through
+cuda-python, that there is a CUDA device at all (before TensorRT starts: without a GPU it logs CUDA errors and may
+crash), and its compute capability. A mismatch is a :class:`~runtime.errors.RuntimeInputError` that says what to
+rebuild, instead of TensorRT's opaque deserialization failure; no GPU is one
+:class:`~runtime.cuda_mem.NoCudaDeviceError` line.
 
 Execution: device memory, pinned host memory and a non-blocking stream through cuda-python
 (:mod:`runtime.cuda_mem`, no PyTorch needed); buffers are reused and grown on demand; the optimization profile is
@@ -42,7 +46,15 @@ from ..base import BaseRunner
 from ..errors import RuntimeInputError
 from ..inputs import Feed, check_device, check_flag
 from ..spec import InputSpec, ModelMetadata, Profile
-from .engine_report import check_engine_compat, check_engine_file, read_report, report_path_for
+from .engine_report import (
+    check_engine_file,
+    check_engine_gpu,
+    check_engine_runtime,
+    plan_holds_host_code,
+    read_report,
+    report_path_for,
+    runtime_flavours,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +69,9 @@ class TrtRunner(BaseRunner):
             enqueue when capture fails; on TensorRT for RTX, its built-in CUDA graphs (every path). Defaults to False.
         runtime_cache (str | PathLike | None): TensorRT for RTX only: a file for its JIT-compiled kernels, read at
             activation (ignored with a warning when written elsewhere) and written at deactivation. Defaults to None.
-        trt_backend (str): "auto", "tensorrt" or "tensorrt_rtx" (see :func:`runtime.trt_compat.import_trt`).
-            Defaults to "auto".
+        trt_backend (str): "auto" (the first importable flavour that can load this engine:
+            :func:`.engine_report.runtime_flavours`), "tensorrt", "tensorrt_rtx" or "tensorrt_lean_bindings" (see
+            :func:`runtime.trt_compat.import_trt`). Defaults to "auto".
         check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
             see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
         trt_module (runtime.trt_compat.TrtModule | None): an imported flavour to use instead of importing one
@@ -67,8 +80,10 @@ class TrtRunner(BaseRunner):
 
     Raises:
         RuntimeInputError: missing/foreign report, an engine of another TensorRT version or GPU, a damaged engine,
-            a device that is not CUDA, ``runtime_cache`` with full TensorRT or naming a directory.
+            an engine that is not version-compatible on the lean runtime, a device that is not CUDA,
+            ``runtime_cache`` with full TensorRT or naming a directory.
         runtime.trt_compat.TrtNotAvailableError: no TensorRT flavour installed.
+        runtime.cuda_mem.NoCudaDeviceError: no CUDA device here (checked before TensorRT starts).
         ImportError: cuda-python missing.
     """
 
@@ -86,20 +101,22 @@ class TrtRunner(BaseRunner):
         check_engine_file(self.path, report)  # first: a damaged engine is reported as damaged, GPU or not
         metadata = ModelMetadata.from_dict(report["metadata"], str(report_path_for(self.path)))
         if trt_module is None:
-            from ..trt_compat import FLAVOURS, import_trt
+            from ..trt_compat import import_trt
 
-            built_by = (report.get("trt") or {}).get("flavour")
-            # "auto" means the flavour that built the engine (another one could not load it anyway).
-            trt_module = import_trt(built_by if trt_backend == "auto" and built_by in FLAVOURS else trt_backend)
+            # Importing starts nothing on the GPU; "auto" tries only the flavours that can load this engine.
+            trt_module = import_trt(trt_backend, order=runtime_flavours(report))
+        check_engine_runtime(report, trt_module.flavour, trt_module.version_string)
+        self.tm, self.report = trt_module, report
+        self.runtime_cache_path = _check_runtime_cache(runtime_cache, trt_module)
         if cuda_api is None:
             from ..cuda_mem import CudaApi
 
             cuda_api = CudaApi()
-        self.tm, self.cuda, self.report = trt_module, cuda_api, report
-        self.runtime_cache_path = _check_runtime_cache(runtime_cache, trt_module)
+        self.cuda = cuda_api
+        self.cuda.require_device(("the " if trt_module.is_lean else "") + trt_module.product)
         self.cuda.set_device(self.device_index)
         self.device_info = self.cuda.device_info(self.device_index)
-        check_engine_compat(report, trt_module.flavour, trt_module.version_string, self.device_info)
+        check_engine_gpu(report, self.device_info)
         self.engine = self._deserialize()
         self._io_names(metadata)
         profiles = self._profiles()
@@ -126,6 +143,9 @@ class TrtRunner(BaseRunner):
         collect = hasattr(trt, "ILogger")
         self._logger = make_logger(self.tm, "warning", collect=collect)
         self._runtime = trt.Runtime(self._logger)
+        if plan_holds_host_code(self.report):
+            # A version-compatible plan carries its own lean runtime, which TensorRT runs only when allowed to.
+            self._runtime.engine_host_code_allowed = True
         try:
             engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             why = "damaged, or not a TensorRT plan although the report matched"
@@ -374,9 +394,11 @@ def _device_index(device) -> int:
 
 
 def _np_dtype(trt, dtype) -> type:
-    table = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
-             "INT8": np.int8, "UINT8": np.uint8}
-    name = getattr(dtype, "name", str(dtype).rsplit(".", 1)[-1])
-    if name not in table:
-        raise RuntimeInputError(f"engine tensor dtype {name} is not supported by the runtime")
-    return table[name]
+    dt = trt.DataType
+    table = {dt.FLOAT: np.float32, dt.HALF: np.float16, dt.INT32: np.int32, dt.INT64: np.int64, dt.BOOL: np.bool_,
+             dt.INT8: np.int8, dt.UINT8: np.uint8}
+    if dtype not in table:
+        from ..trt_compat import dtype_name
+
+        raise RuntimeInputError(f"engine tensor dtype {dtype_name(dtype)} is not supported by the runtime")
+    return table[dtype]

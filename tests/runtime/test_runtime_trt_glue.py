@@ -224,19 +224,22 @@ def test_refused_tensor_address_is_an_error_not_a_stale_pointer(engine, fakes):
             r.infer(frames(1, 3))
 
 
-def test_auto_backend_imports_the_flavour_that_built_the_engine(tmp_path, fakes, monkeypatch):
+def test_auto_backend_tries_the_flavours_that_can_load_the_engine(tmp_path, fakes, monkeypatch):
     from runtime import trt_compat
 
     asked = []
 
-    def fake_import(backend="auto"):  # records the request; no flavour installed here
-        asked.append(backend)
+    def fake_import(backend="auto", *, order=trt_compat.FLAVOURS):  # records the request; nothing installed here
+        asked.append((backend, order))
         raise trt_compat.TrtNotAvailableError(f"{backend} not installed (test)")
 
     monkeypatch.setattr(trt_compat, "import_trt", fake_import)
     blob = b"PLAN" * 10
-    for flavour, backend, want in (("tensorrt_rtx", "auto", "tensorrt_rtx"), ("tensorrt", "auto", "tensorrt"),
-                                   ("tensorrt_rtx", "tensorrt", "tensorrt")):
+    lean_or_full = ("tensorrt", "tensorrt_lean_bindings")  # full TensorRT first; the lean runtime says what it runs
+    for flavour, backend, want in (("tensorrt_rtx", "auto", ("auto", ("tensorrt_rtx",))),
+                                   ("tensorrt", "auto", ("auto", lean_or_full)),
+                                   ("tensorrt_rtx", "tensorrt", ("tensorrt", ("tensorrt_rtx",))),
+                                   (None, "auto", ("auto", trt_compat.FLAVOURS))):
         report = make_report(blob, trt={"flavour": flavour, "version": "1.7.1"})
         path = write_engine(tmp_path, None, blob=blob, report=report)
         with pytest.raises(trt_compat.TrtNotAvailableError):
