@@ -1,7 +1,8 @@
 """The TensorRT runner's glue (runtime/backends/tensorrt.py, runtime/cuda_mem.py) against the labelled fakes of
 tests/fakes.py (a fake ``tensorrt`` module and a fake cuda-python ``cudart`` under the real ``CudaApi``): I/O names,
 profiles, shapes, buffers, streams, CUDA graphs, reports, and every refusal. The faked names are checked against the
-real ``tensorrt_rtx`` below; the real path runs in tests/runtime/test_runtime_gpu.py on a GPU.
+real ``tensorrt_lean_bindings`` and ``tensorrt_rtx`` in test_trt_api_names.py; the real path runs in
+tests/runtime/test_runtime_gpu.py on a GPU.
 """
 
 
@@ -524,19 +525,6 @@ def test_runtime_cache_is_refused_for_full_tensorrt_and_for_a_directory(tmp_path
     (tmp_path / "rtx").mkdir()
     with pytest.raises(RuntimeInputError, match="is a directory"):
         load(rtx_engine(tmp_path / "rtx", rtx), rtx, runtime_cache=tmp_path)
-
-
-def test_fake_rtx_surface_exists_in_the_real_tensorrt_rtx():
-    """The names the runner calls on TensorRT for RTX (faked above) exist in the real module."""
-    trt = pytest.importorskip("tensorrt_rtx")
-    assert hasattr(trt.ICudaEngine, "create_runtime_config")
-    assert "runtime_config" in trt.ICudaEngine.create_execution_context.__doc__
-    for name in ("cuda_graph_strategy", "create_runtime_cache", "set_runtime_cache"):
-        assert hasattr(trt.IRuntimeConfig, name), name
-    assert isinstance(trt.IRuntimeConfig.cuda_graph_strategy, property)
-    assert trt.IRuntimeConfig.cuda_graph_strategy.fset is not None
-    assert {"serialize", "deserialize"} <= set(dir(trt.IRuntimeCache))
-    assert set(trt.CudaGraphStrategy.__members__) >= {"DISABLED", "WHOLE_GRAPH_CAPTURE"}
 
 
 # ======================================================================================================================
