@@ -90,7 +90,8 @@ def describe_engine_report(path: str | os.PathLike) -> list[str]:
                                 f"({type(e).__name__}: {e}); rebuild the engine with it") from e
     trt = report.get("trt") or {}
     target = report.get("target") or {}
-    header = (f"tensorrt engine, built by {trt.get('flavour')} {trt.get('version')} for "
+    compatible = " (version-compatible: the TensorRT lean runtime runs it too)" if trt.get("version_compatible") else ""
+    header = (f"tensorrt engine, built by {trt.get('flavour')} {trt.get('version')}{compatible} for "
               f"{target.get('name') or 'compute capability ' + str(target.get('compute_capability'))} "
               "(read from its report: not loaded here)")
     return _describe(header, InputSpec.for_graph(meta.graph, meta, profiles), meta)

@@ -152,3 +152,39 @@ def dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
+
+
+def run_checked(args, cwd, timeout: int = 900):
+    """Run a command outside this test process (no PYTHONPATH, no active venv) and require exit 0; the process."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args[:4]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def fresh_venv(folder, extra: str):
+    """A new virtual environment in ``folder`` with only this checkout's ``.[extra]`` installed; its python."""
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    venv = Path(folder) / "venv"
+    run_checked([sys.executable, "-m", "venv", str(venv)], cwd=folder)
+    python = venv / "bin" / "python"
+    run_checked([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{repo}[{extra}]"],
+                cwd=folder)
+    return python
+
+
+def cuda_device_present() -> bool:
+    """Whether cuda-python sees a CUDA device (the runtime's own check; False without cuda-python)."""
+    from runtime.cuda_mem import CudaApi, NoCudaDeviceError
+
+    try:
+        CudaApi().require_device("this test")
+    except (ImportError, NoCudaDeviceError):
+        return False
+    return True

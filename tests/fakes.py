@@ -410,9 +410,12 @@ class FakeTensorRT:
         self.calls: Counter = Counter()
         self.deserialize_raises = deserialize_raises
         self.engines: list = []
+        self.runtimes: list = []
 
     def Runtime(self, logger):  # noqa: N802 (trt.Runtime)
-        return FakeRuntime(self, logger)
+        self.calls["Runtime"] += 1
+        self.runtimes.append(FakeRuntime(self, logger))
+        return self.runtimes[-1]
 
 
 class FakeRuntime:
@@ -689,6 +692,16 @@ def write_engine(tmp_path, fakes: Fakes | None, name: str = "model.engine", *, b
     graph = engine_options.get("graph", "model")
     (tmp_path / (name + ".json")).write_text(json.dumps(report if report is not None else make_report(blob, graph)))
     return path
+
+
+def lean_engine(folder, version: str):
+    """A report of a version-compatible plan of full TensorRT ``version`` beside stand-in plan bytes, for the real
+    lean runtime on a machine without a GPU (nothing can build or run a real plan there; the runner stops at the
+    GPU check, before it reads the bytes)."""
+    blob = b"stand-in plan bytes: never deserialized without a GPU" * 4
+    return write_engine(folder, None, blob=blob, report=make_report(
+        blob, trt={"flavour": "tensorrt", "version": version, "strongly_typed": True, "version_compatible": True,
+                   "exclude_lean_runtime": False}))
 
 
 def load(path, fakes: Fakes, **options):

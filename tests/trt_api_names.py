@@ -160,7 +160,7 @@ class Collector:
                 self._fn_returns.setdefault(fn_name, set()).add(
                     _T(t.chain, t.cls, t.flavours & fl) if isinstance(t, _T) else None)
             return fl
-        for field, value in ast.iter_fields(stmt):  # for, while, with, try, expressions: same flavours throughout
+        for _field, value in ast.iter_fields(stmt):  # for, while, with, try, expressions: same flavours throughout
             if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
                 self._block(value, fl, env, fn_name)
             elif isinstance(value, list):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from .._io import sha256_file
 from ..errors import RuntimeInputError

@@ -6,20 +6,16 @@ Its results must equal those of the full install here."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
 
-from conftest import TINY_CONFIG  # noqa: E402
+from conftest import TINY_CONFIG, fresh_venv  # noqa: E402
+from conftest import run_checked as _run  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 H, W = TINY_CONFIG.frame_size
 
 _SCRIPT = textwrap.dedent("""
@@ -47,20 +43,9 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(args, cwd, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kwargs)
-    assert proc.returncode == 0, f"{args[:4]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def torch_free_python(tmp_path_factory):
-    venv = tmp_path_factory.mktemp("torch-free") / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=venv.parent)
-    python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{REPO}[onnx]"], cwd=venv.parent)
-    return python
+    return fresh_venv(tmp_path_factory.mktemp("torch-free"), "onnx")
 
 
 def test_onnx_path_runs_without_torch(torch_free_python, tiny_checkpoint, tmp_path):
