@@ -722,7 +722,7 @@ def assert_outputs(out: dict, x: np.ndarray, lengths=None, graph: str = "model")
 
 
 def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_flag: bool = True):
-    """A FakeTensorRT module: just the enums and network flag handling trt_compat touches.
+    """A FakeTensorRT module: just the enums, network flag handling and builder config flags the build glue touches.
 
     Major version 11 follows the real 11.0: EXPLICIT_BATCH removed, STRONGLY_TYPED kept at 0 (deprecated, ignored:
     every network is strongly typed), plus the plugin flags. 10.x: EXPLICIT_BATCH 0 (deprecated) and STRONGLY_TYPED 1.
@@ -750,9 +750,22 @@ def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_f
                 return True  # 11.x: strongly typed whatever the flags
             return bool(self.flags & (1 << int(flag)))
 
+    fake.ProfilingVerbosity = enum.IntEnum("FakeProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "DETAILED": 1})
+
+    class FakeBuilderConfig:
+        def __init__(self):
+            self.flags_set: list = []  # in call order: TensorRT takes EXCLUDE_LEAN_RUNTIME only after VERSION_COMPATIBLE
+            self.profiling_verbosity = fake.ProfilingVerbosity.LAYER_NAMES_ONLY
+
+        def set_flag(self, flag):
+            self.flags_set.append(flag)
+
     class FakeBuilder:
         def create_network(self, flags):
             return FakeNetwork(flags)
+
+        def create_builder_config(self):
+            return FakeBuilderConfig()
 
     fake.Builder = FakeBuilder
     return fake

@@ -175,3 +175,27 @@ def test_bad_options(fp16_graphs, tmp_path):
         build_engine(fp16_graphs["cnn"], tmp_path / "e.engine", opt_level=7)
     with pytest.raises(ValueError, match="not found"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "e.engine")
+
+
+def test_version_compatible_is_refused_on_tensorrt_rtx_with_the_reason(fp16_graphs, tmp_path, capsys):
+    import tensorrt_rtx
+
+    from export.trt_build import create_network
+    from runtime.trt_compat import import_trt, make_logger
+
+    out = tmp_path / "vc.engine"
+    with pytest.raises(ValueError, match=r"full TensorRT option: TensorRT-RTX [\d.]+ has no version-compatible plans "
+                                         r"\(a TensorRT-RTX engine loads only in the TensorRT-RTX release that built "
+                                         r"it, and the lean runtime cannot run it\)"):
+        build_engine(fp16_graphs["cnn"], out, backend="tensorrt_rtx", version_compatible=True)
+    assert main([str(fp16_graphs["cnn"]), "--out", str(out), "--backend", "tensorrt_rtx", "--version-compatible"]) == 2
+    assert "has no version-compatible plans" in capsys.readouterr().err and not out.exists()
+    # Why it is refused rather than passed on: the flag exists in tensorrt_rtx's enum, but a build with it fails.
+    tm = import_trt("tensorrt_rtx")
+    builder = tm.trt.Builder(make_logger(tm, "error", collect=True, forward=False))
+    network = create_network(tm, builder)
+    x = network.add_input("x", tm.trt.float32, (1, 4))
+    network.mark_output(network.add_activation(x, tm.trt.ActivationType.RELU).get_output(0))
+    config = builder.create_builder_config()
+    config.set_flag(tensorrt_rtx.BuilderFlag.VERSION_COMPATIBLE)
+    assert builder.build_serialized_network(network, config) is None
