@@ -1,12 +1,14 @@
 """The TensorRT lean runtime (``tensorrt_lean_bindings``) as a flavour of the runner: which engines it takes (only
 version-compatible plans of full TensorRT, by the version rules of its report), the host code such a plan carries,
 and one clear line, never TensorRT's log spam or a crash, when there is no GPU (checked through cuda-python before
-TensorRT starts), for every flavour. The glue runs on the labelled fakes of tests/fakes.py; the no-GPU path runs the
-real lean module and the real cuda-python on this GPU-less machine."""
+TensorRT starts), for every flavour. The glue runs on the labelled fakes of tests/fakes.py; the no-GPU path also runs
+the real lean and TensorRT-RTX modules and the real cuda-python on this GPU-less machine."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -115,27 +117,29 @@ def clean_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
-def test_real_lean_runtime_without_a_gpu_says_so_in_one_line(tmp_path):
-    """The real tensorrt_lean_bindings and cuda-python: TensorRT 11.4's Runtime logs CUDA errors and can crash the
-    process without a GPU; the runner checks for a device first and says it in one line."""
-    pytest.importorskip("tensorrt_lean_bindings")
+@pytest.mark.parametrize("flavour, who", [("tensorrt_lean_bindings", "the TensorRT lean runtime"),
+                                          ("tensorrt_rtx", "TensorRT-RTX")])
+def test_real_tensorrt_without_a_gpu_says_so_in_one_line(tmp_path, flavour, who):
+    """The real modules and cuda-python: TensorRT 11.4's lean Runtime logs CUDA errors and can crash the process
+    without a GPU; the runner checks for a device first and says it in one line."""
+    module = pytest.importorskip(flavour)
     pytest.importorskip("cuda.bindings.runtime")
     if cuda_device_present():
         pytest.skip("a CUDA device is present: this is the no-GPU path")
-    import tensorrt_lean_bindings
-
-    engine = lean_engine(tmp_path, tensorrt_lean_bindings.__version__)
+    engine = lean_engine(tmp_path, module.__version__)
+    if flavour == "tensorrt_rtx":
+        report = json.loads((tmp_path / "model.engine.json").read_text())
+        report["trt"] = {"flavour": flavour, "version": module.__version__}
+        (tmp_path / "model.engine.json").write_text(json.dumps(report))
+    line = rf"NoCudaDeviceError: no CUDA device: {who} needs an NVIDIA GPU \(cudaGetDeviceCount failed: [^\n]+\)"
     (tmp_path / "check.py").write_text(_NO_GPU_SCRIPT)
     proc = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(engine)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={**clean_env(), "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr  # no crash
-    assert proc.stdout.strip() == ("NoCudaDeviceError: no CUDA device: the TensorRT lean runtime needs an NVIDIA GPU "
-                                   "(cudaGetDeviceCount failed: CUDA driver version is insufficient for CUDA runtime "
-                                   "version)")
+    assert re.fullmatch(line, proc.stdout.strip()), proc.stdout
     assert "[TRT]" not in proc.stderr + proc.stdout  # TensorRT never started, so it logged nothing
     cli = subprocess.run([sys.executable, "-m", "runtime", "info", str(engine), "--device", "cuda"], cwd=REPO,
                          capture_output=True, text=True, timeout=120, env=clean_env())
     assert cli.returncode == 3 and cli.stdout == ""
-    assert cli.stderr.splitlines() == [f"error: {engine} cannot run on this machine: NoCudaDeviceError: no CUDA device: "
-                                       "the TensorRT lean runtime needs an NVIDIA GPU (cudaGetDeviceCount failed: "
-                                       "CUDA driver version is insufficient for CUDA runtime version)"]
+    assert len(cli.stderr.splitlines()) == 1, cli.stderr
+    assert re.fullmatch(f"error: {re.escape(str(engine))} cannot run on this machine: {line}", cli.stderr.strip())
