@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,8 +151,6 @@ def finished_run(tmp_path_factory):
 
 def dead_pid() -> int:
     """The pid of a process that has exited and been reaped (pids are not reused this fast): a killed writer's."""
-    import subprocess
-
     p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
@@ -156,9 +158,6 @@ def dead_pid() -> int:
 
 def run_checked(args, cwd, timeout: int = 900):
     """Run a command outside this test process (no PYTHONPATH, no active venv) and require exit 0; the process."""
-    import os
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args[:4]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -167,9 +166,6 @@ def run_checked(args, cwd, timeout: int = 900):
 
 def fresh_venv(folder, extra: str):
     """A new virtual environment in ``folder`` with only this checkout's ``.[extra]`` installed; its python."""
-    import sys
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     venv = Path(folder) / "venv"
     run_checked([sys.executable, "-m", "venv", str(venv)], cwd=folder)
