@@ -375,14 +375,14 @@ def _render(d: dict, desc, depth: int, lines: list) -> None:
                 else:
                     lines.append(f"{pad}  value: {_scalar(v, value_field)}")
                 lines.append(f"{pad}}}")
-        elif f.label == f.LABEL_REPEATED and sub is not None:
+        elif _repeated(f) and sub is not None:
             lines.append(f"{pad}{key} [")
             for i, item in enumerate(value):
                 lines.append(f"{pad}  {{")
                 _render(item, sub, depth + 2, lines)
                 lines.append(f"{pad}  }}" + ("," if i < len(value) - 1 else ""))
             lines.append(f"{pad}]")
-        elif f.label == f.LABEL_REPEATED:
+        elif _repeated(f):
             lines.append(f"{pad}{key}: [ {', '.join(_scalar(v, f) for v in value)}{' ' if value else ''}]")
         elif sub is not None:
             lines.append(f"{pad}{key} {{")
@@ -390,6 +390,11 @@ def _render(d: dict, desc, depth: int, lines: list) -> None:
             lines.append(f"{pad}}}")
         else:
             lines.append(f"{pad}{key}: {_scalar(value, f)}")
+
+
+def _repeated(f) -> bool:
+    is_repeated = getattr(f, "is_repeated", None)  # protobuf >= 6 (label is deprecated there)
+    return is_repeated if isinstance(is_repeated, bool) else f.label == f.LABEL_REPEATED
 
 
 def _scalar(value, f) -> str:
