@@ -262,12 +262,28 @@ class StreamingClassifier:
             RuntimeInputError: a frame of the wrong shape, size or dtype, or one holding NaN/Inf (unless the
                 classifier was made with ``check_finite=False``); a refused frame leaves the window as it was.
         """
+        x = self.frame_input(frame)
+        # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
+        return self.push_feature(self.cnn.infer(x, check_finite=False)["features"][0, 0])
+
+    def frame_input(self, frame: Any):
+        """Check one frame as :meth:`push` does and return the cnn stage's input for it, (1, 1, 3, H, W) float32.
+
+        A caller that runs the cnn stage itself (the Triton stream model batches it over many streams' frames) then
+        hands the feature to :meth:`push_feature`.
+
+        Raises:
+            RuntimeInputError: as :meth:`push`; nothing changes in the window.
+        """
         raw = str(getattr(frame, "dtype", "")).endswith("uint8")  # normalised from uint8 here: finite by construction
         x = self._to_input(frame)
         if self.check_finite and not raw:
             self._check_finite(x)
-        # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
-        feat = self.cnn.infer(x, check_finite=False)["features"][0, 0]  # (F,)
+        return x
+
+    def push_feature(self, feat: Any) -> StreamResult:
+        """Add one frame's CNN feature (F,) (the cnn stage's output for :meth:`frame_input`'s result) to the window,
+        run the BiLSTM over the window and classify, as :meth:`push` does."""
         w = self.window
         if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
             if is_torch(feat):

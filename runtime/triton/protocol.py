@@ -35,6 +35,7 @@ from ..spec import METADATA_KEY, ModelMetadata
 DEFAULT_MODEL_NAME = "cnn_bilstm"
 STREAM_SUFFIX = "_stream"
 METADATA_PARAMETER = METADATA_KEY  # the config.pbtxt parameter that holds the JSON of ServedModel
+MAX_STREAMS_PARAMETER = "max_streams"  # the stream model's config parameter: live windows it keeps at most
 
 KIND_TENSORRT, KIND_ONNXRUNTIME, KIND_PYTHON = "tensorrt", "onnxruntime", "python"
 KINDS = (KIND_TENSORRT, KIND_ONNXRUNTIME, KIND_PYTHON)
