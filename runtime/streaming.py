@@ -144,7 +144,9 @@ class StreamingClassifier:
     Args:
         runner_or_path: a ``.pt`` checkpoint (PyTorch stages), an export directory holding ``cnn.onnx`` +
             ``bilstm.onnx`` (or ``cnn.engine`` + ``bilstm.engine``; engines win under ``backend="auto"``), or a
-            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them).
+            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them); or
+            the ``grpc://HOST:PORT/NAME_stream`` (``http://``) URL of a stream model served by Triton, which gives a
+            :class:`runtime.triton.client.RemoteStream` (``window`` then only checked against the served one).
         window (int): frames the BiLSTM looks back over, 1..:data:`MAX_WINDOW` (4096) and within the bilstm
             runner's profiles (an engine's time range). Defaults to 16.
         device (str | None): passed to :func:`runtime.load` for paths. Defaults to None.
@@ -166,6 +168,15 @@ class StreamingClassifier:
             is not a bool, runners of the wrong stages or of different models, a window outside what the bilstm
             runner accepts, or anything :func:`runtime.load` rejects.
     """
+
+    def __new__(cls, runner_or_path: Any = None, *args, **kwargs):
+        """A ``grpc://`` or ``http://`` URL streams through a session on a Triton server instead (same ``push``,
+        ``reset``, ``close`` and results): see :class:`runtime.triton.client.RemoteStream`."""
+        from .triton.client import RemoteStream, is_remote_url
+
+        if is_remote_url(runner_or_path):
+            return RemoteStream.from_streaming_args(runner_or_path, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
                  resize: bool = False, check_finite: bool = True, **options) -> None:
