@@ -76,7 +76,7 @@ def parse_config(text: str, label: str):
         return text_format.Parse(text, cls()), []
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
-        msg = re.sub(r"^\d+:\d+ : ", "", str(e))
+        msg = re.sub(r"^\d+:\d+ : ", "", str(e)).rstrip(".")
         return None, [f"{label}:{line or 1}:{col or 1}: {msg}; {_valid_hint(msg, cls)}"]
 
 
