@@ -261,3 +261,25 @@ def test_stream_protocol_names_match_the_generated_config(python_repo):
     controls = {c.name: c.control[0] for c in stream.sequence_batching.control_input}
     assert model_config_pb2.DataType.Name(controls[P.CORRID].data_type) == "TYPE_UINT64"
     assert [i.name for i in stream.input] == [P.FRAME]
+
+
+def test_rendered_config_escapes_the_metadata_and_parses_back():
+    from export.triton_repo import render_config
+
+    served = P.ServedModel({"graph": "model", "class_names": ['a "quoted"', "back\\slash", "é\nnewline"],
+                            "mean": [0.5] * 3, "std": [0.25] * 3, "frame_size": [8, 8]}, "python", "clip", (1, 2), 1, 2)
+    text = render_config({"name": "m", "backend": "python", "max_batch_size": 2,
+                          "input": [{"name": "lengths", "data_type": "TYPE_INT32", "dims": [1],
+                                     "reshape": {"shape": []}}],
+                          "parameters": {METADATA_KEY: {"string_value": served.to_json()}}})
+    assert "dims: [ 1 ]" in text and "reshape {\n      shape: [ ]\n    }" in text
+    config = _config_text(text)
+    assert config.input[0].HasField("reshape")
+    assert P.ServedModel.from_json(config.parameters[METADATA_KEY].string_value) == served
+
+
+def _config_text(text):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
