@@ -309,6 +309,8 @@ def _check_files(config, served, files: dict, err: _Errors) -> Optional[Artifact
     if missing:
         err.add(f"the version folder lacks {missing} (it holds {sorted(files) or 'nothing'}); regenerate the "
                 "repository with `python -m export.to_triton SRC --out REPO --force`", r"^name:")
+    contract = need[1:] if served.kind != P.KIND_ONNXRUNTIME else need  # the files the model's contract is read from
+    if any(n in missing for n in contract):
         return None
     try:
         if served.kind == P.KIND_TENSORRT:

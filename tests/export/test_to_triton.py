@@ -283,3 +283,12 @@ def _config_text(text):
     from tritonclient.grpc import model_config_pb2
 
     return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_a_missing_shim_does_not_hide_the_checks_against_the_graph(python_repo, tmp_path):
+    repo, path = _broken(python_repo, tmp_path, "cnn_bilstm",
+                         lambda t: t.replace("dims: [ -1, 3, 16, 16 ]", "dims: [ -1, 3, 32, 32 ]"))
+    (repo / "cnn_bilstm" / "1" / "model.py").unlink()
+    errors = check_repository(repo)
+    assert any("lacks ['model.py']" in e for e in errors)
+    assert any("model.onnx declares [-1, 3, 16, 16]" in e for e in errors)
