@@ -273,6 +273,8 @@ def _instance_group(opts: RepoOptions, kind: str) -> list:
 def clip_config(source: Source, opts: RepoOptions) -> dict:
     """The whole-clip model's config as a dict (field names of Triton's ModelConfig)."""
     kind = source.kind
+    if opts.ort_tensorrt_fp16 and kind != P.KIND_ONNXRUNTIME:
+        raise ExportError(f"--ort-tensorrt-fp16 is an option of the onnxruntime kind, not {kind}")
     mbs, t_lo, t_hi, buckets = _limits(source, opts)
     served = P.ServedModel(source.metadata, kind, P.ROLE_CLIP, tuple(buckets), t_lo, t_hi)
     meta = served.model_metadata(str(source.path))
@@ -291,8 +293,6 @@ def clip_config(source: Source, opts: RepoOptions) -> dict:
             batching["preferred_batch_size"] = [int(b) for b in opts.preferred_batch_sizes]
         config["dynamic_batching"] = batching
     if opts.ort_tensorrt_fp16:
-        if kind != P.KIND_ONNXRUNTIME:
-            raise ExportError(f"--ort-tensorrt-fp16 is an option of the onnxruntime kind, not {kind}")
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}]}}
     config["parameters"] = _metadata_param(served)
@@ -375,14 +375,14 @@ def _render(d: dict, desc, depth: int, lines: list) -> None:
                 else:
                     lines.append(f"{pad}  value: {_scalar(v, value_field)}")
                 lines.append(f"{pad}}}")
-        elif f.label == f.LABEL_REPEATED and sub is not None:
+        elif _repeated(f) and sub is not None:
             lines.append(f"{pad}{key} [")
             for i, item in enumerate(value):
                 lines.append(f"{pad}  {{")
                 _render(item, sub, depth + 2, lines)
                 lines.append(f"{pad}  }}" + ("," if i < len(value) - 1 else ""))
             lines.append(f"{pad}]")
-        elif f.label == f.LABEL_REPEATED:
+        elif _repeated(f):
             lines.append(f"{pad}{key}: [ {', '.join(_scalar(v, f) for v in value)}{' ' if value else ''}]")
         elif sub is not None:
             lines.append(f"{pad}{key} {{")
@@ -390,6 +390,11 @@ def _render(d: dict, desc, depth: int, lines: list) -> None:
             lines.append(f"{pad}}}")
         else:
             lines.append(f"{pad}{key}: {_scalar(value, f)}")
+
+
+def _repeated(f) -> bool:
+    is_repeated = getattr(f, "is_repeated", None)  # protobuf >= 6 (label is deprecated there)
+    return is_repeated if isinstance(is_repeated, bool) else f.label == f.LABEL_REPEATED
 
 
 def _scalar(value, f) -> str:
