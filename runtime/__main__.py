@@ -2,6 +2,7 @@
 
     python -m runtime info runs/demo/onnx/fp32/model.onnx
     python -m runtime classify runs/demo/onnx/fp32/model.onnx clip1/ clip2.npy --top-k 3 --json preds.json
+    python -m runtime ping grpc://triton-host:8001/cnn_bilstm --timeout 5     # liveness probe of a served model
 
 A clip is a folder of frame images (read as training reads them: natural name order, ``2.png`` before ``10.png``) or
 a ``.npy`` file of uint8 (T, H, W, 3) frames. Clips of different lengths go into one padded batch with their lengths (padding is exact). Frames of another
@@ -152,6 +153,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     cls.add_argument("--json", default=None, help="also write the predictions to this .json file (checked before "
                                                   "the model loads; an existing file needs --force)")
     cls.add_argument("--force", action="store_true", help="replace an existing --json file")
+    ping = sub.add_parser("ping", help="liveness probe of a model served by Triton: one real inference; exit 0 when "
+                                       "it answers, 1 otherwise (with one line saying why)")
+    ping.add_argument("url", help="grpc://HOST:PORT/NAME or http://HOST:PORT/NAME (a whole-clip or stream model)")
+    ping.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
     return parser
 
 
@@ -179,8 +184,23 @@ def _check_classify_args(args) -> None:
         remove_stale_temporaries(Path(args.json).parent, [Path(args.json).name])  # left by killed runs
 
 
+def _ping(args) -> int:
+    """Exit 0 when the served model answers one real inference, else 1 with one line (Triton keeps saying "ready"
+    after a python model's process died, so only an inference tells)."""
+    try:
+        from .triton.client import ping
+
+        print(ping(args.url, timeout=args.timeout))
+        return 0
+    except (ValueError, ConnectionError, ImportError) as e:  # RuntimeInputError, RemoteServerError, no tritonclient
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.command == "ping":
+        return _ping(args)
     engine = Path(args.model).suffix.lower() in (".engine", ".plan")
     try:
         if args.command == "classify":  # before any clip is read or model loads
@@ -211,6 +231,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 2
     except (ImportError, RuntimeError) as e:  # a backend library or the GPU it needs is missing here
         print(f"error: {args.model} cannot run on this machine: {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
+    except ConnectionError as e:  # RemoteServerError: a served model (a URL) whose server cannot answer
+        print(f"error: {e}", file=sys.stderr)
         return 3
     for clip, pred in zip(args.clips, predictions, strict=True):
         best = ", ".join(f"{label} {p:.3f}" for label, p in zip(pred["labels"], pred["probs"], strict=True))

@@ -11,3 +11,12 @@ class RuntimeInputError(ValueError):
     another TensorRT version or for another GPU. The message says what was wrong and what is valid. Nothing is ever
     silently reshaped, cast or truncated instead.
     """
+
+
+class RemoteServerError(ConnectionError):
+    """A model server (Triton, through ``runtime.load("grpc://...")``) could not answer a request.
+
+    Raised when the server cannot be reached, does not answer within the runner's timeout, or fails the request
+    itself (its model process died, for one). The message says which, and what to check. Input the server refused as
+    invalid is a :class:`RuntimeInputError` instead.
+    """

@@ -144,7 +144,9 @@ class StreamingClassifier:
     Args:
         runner_or_path: a ``.pt`` checkpoint (PyTorch stages), an export directory holding ``cnn.onnx`` +
             ``bilstm.onnx`` (or ``cnn.engine`` + ``bilstm.engine``; engines win under ``backend="auto"``), or a
-            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them).
+            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them); or
+            the ``grpc://HOST:PORT/NAME_stream`` (``http://``) URL of a stream model served by Triton, which gives a
+            :class:`runtime.triton.client.RemoteStream` (``window`` then only checked against the served one).
         window (int): frames the BiLSTM looks back over, 1..:data:`MAX_WINDOW` (4096) and within the bilstm
             runner's profiles (an engine's time range). Defaults to 16.
         device (str | None): passed to :func:`runtime.load` for paths. Defaults to None.
@@ -166,6 +168,15 @@ class StreamingClassifier:
             is not a bool, runners of the wrong stages or of different models, a window outside what the bilstm
             runner accepts, or anything :func:`runtime.load` rejects.
     """
+
+    def __new__(cls, runner_or_path: Any = None, *args, **kwargs):
+        """A ``grpc://`` or ``http://`` URL streams through a session on a Triton server instead (same ``push``,
+        ``reset``, ``close`` and results): see :class:`runtime.triton.client.RemoteStream`."""
+        from .triton.client import RemoteStream, is_remote_url
+
+        if is_remote_url(runner_or_path):
+            return RemoteStream.from_streaming_args(runner_or_path, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
                  resize: bool = False, check_finite: bool = True, **options) -> None:
@@ -251,12 +262,28 @@ class StreamingClassifier:
             RuntimeInputError: a frame of the wrong shape, size or dtype, or one holding NaN/Inf (unless the
                 classifier was made with ``check_finite=False``); a refused frame leaves the window as it was.
         """
+        x = self.frame_input(frame)
+        # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
+        return self.push_feature(self.cnn.infer(x, check_finite=False)["features"][0, 0])
+
+    def frame_input(self, frame: Any):
+        """Check one frame as :meth:`push` does and return the cnn stage's input for it, (1, 1, 3, H, W) float32.
+
+        A caller that runs the cnn stage itself (the Triton stream model batches it over many streams' frames) then
+        hands the feature to :meth:`push_feature`.
+
+        Raises:
+            RuntimeInputError: as :meth:`push`; nothing changes in the window.
+        """
         raw = str(getattr(frame, "dtype", "")).endswith("uint8")  # normalised from uint8 here: finite by construction
         x = self._to_input(frame)
         if self.check_finite and not raw:
             self._check_finite(x)
-        # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
-        feat = self.cnn.infer(x, check_finite=False)["features"][0, 0]  # (F,)
+        return x
+
+    def push_feature(self, feat: Any) -> StreamResult:
+        """Add one frame's CNN feature (F,) (the cnn stage's output for :meth:`frame_input`'s result) to the window,
+        run the BiLSTM over the window and classify, as :meth:`push` does."""
         w = self.window
         if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
             if is_torch(feat):

@@ -720,3 +720,67 @@ def make_fake_tensorrt(version: str, *, strongly_typed_flag: bool = True, fp16_f
 
 
 # --- runtime half: runtime.trt_compat -----------------------------------------------------------------------------
+
+
+# ======================================================================================================================
+# FAKE triton_python_backend_utils (the module Triton's python backend stub provides inside the server only)
+# ======================================================================================================================
+# For the glue of runtime.triton.python_model in-process: requests in, responses and error codes out. The models'
+# math is real (ONNX Runtime on the tiny model's export); the real server runs them in the real-server tests.
+
+
+class FakeTritonError(Exception):
+    """Stands in for ``pb_utils.TritonError(message, code)``."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS = range(7)
+
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self._msg, self._code = msg, code
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+
+class FakePbTensor:
+    """Stands in for ``pb_utils.Tensor(name, numpy array)``."""
+
+    def __init__(self, name: str, array) -> None:
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self):
+        return self._array
+
+
+class FakeInferenceRequest:
+    """A request as the backend hands it to ``execute``: named input tensors (batch dimension included)."""
+
+    def __init__(self, **inputs) -> None:
+        self.inputs = {k: FakePbTensor(k, v) for k, v in inputs.items()}
+
+
+class FakeInferenceResponse:
+    """Stands in for ``pb_utils.InferenceResponse(output_tensors=[...], error=None)``."""
+
+    def __init__(self, output_tensors=(), error=None) -> None:
+        self.outputs = {t.name(): t.as_numpy() for t in output_tensors}
+        self.error = error
+
+    def has_error(self) -> bool:
+        return self.error is not None
+
+
+def make_fake_pb_utils() -> types.ModuleType:
+    """A fake ``triton_python_backend_utils`` module (install it in ``sys.modules`` with monkeypatch)."""
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.TritonError = FakeTritonError
+    fake.Tensor = FakePbTensor
+    fake.InferenceResponse = FakeInferenceResponse
+    fake.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
+    return fake

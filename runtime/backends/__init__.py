@@ -6,6 +6,7 @@
 | ``.onnx`` | ONNX Runtime | :class:`OnnxRuntimeRunner` |
 | ``.onnx`` with ``providers=["OpenVINOExecutionProvider"]`` | ONNX Runtime + the OpenVINO plugin | :class:`OpenVinoRunner` |
 | ``.pt`` / ``.pth`` checkpoint | PyTorch (eager, or the fast CUDA-graph path) | :class:`TorchRunner` |
+| ``grpc://HOST:PORT/NAME``, ``http://HOST:PORT/NAME`` | a Triton server (``tritonclient``) | :class:`TritonRunner` |
 
 Each backend module imports its library on first use, so importing this package stays cheap.
 """
@@ -24,6 +25,7 @@ _RUNNERS = {
     "tensorrt": ("runtime.backends.tensorrt", "TrtRunner"),
     "onnxruntime": ("runtime.backends.onnxrt", "OnnxRuntimeRunner"),
     "torch": ("runtime.backends.torch_backend", "TorchRunner"),
+    "triton": ("runtime.triton.client", "TritonRunner"),  # for URLs only
 }
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -72,7 +74,9 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
 
     Args:
         path (str | PathLike): ``.engine``/``.plan`` (TensorRT, with its JSON report at ``path + ".json"``),
-            ``.onnx`` (ONNX Runtime) or ``.pt``/``.pth`` (PyTorch checkpoint).
+            ``.onnx`` (ONNX Runtime) or ``.pt``/``.pth`` (PyTorch checkpoint); or the URL of a model served by
+            Triton, ``grpc://HOST:PORT/NAME`` or ``http://HOST:PORT/NAME`` (options: ``timeout``, ``check_finite``;
+            it reads the served model's config now, so a server that is down fails here).
         device (str | None): "cpu", "cuda", "cuda:N"; None picks the backend's default (CUDA when usable).
             Defaults to None.
         backend (str): "auto" (by extension) or the backend the extension implies. Defaults to "auto".
@@ -83,13 +87,22 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
             ``check_finite`` (all; on by default: NaN/Inf at a clip's real steps is refused).
 
     Returns:
-        BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner` or :class:`TorchRunner`.
+        BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner`, :class:`TorchRunner` or, for a URL,
+        :class:`runtime.triton.client.TritonRunner`.
 
     Raises:
         RuntimeInputError: a path that is not a str or PathLike (None, say), a missing file, a directory, an unknown
             extension, a backend that cannot read the extension, a file that is not what its extension says, a
-            damaged file, an incompatible engine, a bad option.
+            damaged file, an incompatible engine, a bad option; for a URL, see ``TritonRunner``.
+        runtime.errors.RemoteServerError: a URL whose server cannot be reached or does not answer in time.
     """
+    from ..triton.client import is_remote_url
+
+    if is_remote_url(path):
+        if device is not None or backend not in ("auto", "triton"):
+            raise RuntimeInputError(f"{path} is served by Triton: device and backend are the server's choice; leave "
+                                    f"them out (got device={device!r}, backend={backend!r})")
+        return check_options("triton", options)(path, **options)
     if not isinstance(path, (str, os.PathLike)):
         raise RuntimeInputError(f"path must be a file path (str or os.PathLike) of a .engine/.plan, .onnx or .pt/.pth "
                                 f"file, got {type(path).__name__}")

@@ -1,0 +1,502 @@
+"""The remote runner and the remote streaming session: the same API as local ones, served by Triton.
+
+    import runtime
+    with runtime.load("grpc://triton-host:8001/cnn_bilstm") as runner:       # or http://triton-host:8000/...
+        out = runner.infer(frames, lengths)                                   # as a local runner
+    with runtime.StreamingClassifier("grpc://triton-host:8001/cnn_bilstm_stream") as stream:
+        result = stream.push(frame)                                           # a runtime.StreamResult
+
+Both read the served model's config and the metadata the repository carries in it (``python -m export.to_triton``
+writes it), so they know the classes, frame size, normalisation, batch and time limits without the export files.
+The runner pads each batch's clips with zeros to their time bucket and sends the true ``lengths`` (exact: padding
+never reaches the real outputs), so requests of different lengths share the server's batches.
+
+``tritonclient`` (the ``serve`` extra) is imported when a runner or session is made, not with :mod:`runtime`.
+
+Errors: bad input refused by the client (the same checks as a local runner) or by the model on the server (Triton's
+``INVALID_ARG``) raise :class:`runtime.RuntimeInputError`, with the server's message; so do a model the server does not
+serve and a batch or time outside what the repository accepts. A server that cannot be reached, is not ready, takes
+longer than ``timeout`` or fails the request raises :class:`runtime.errors.RemoteServerError` (a ``ConnectionError``).
+Nothing waits longer than ``timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from ..base import BaseRunner
+from ..errors import RemoteServerError, RuntimeInputError
+from ..inputs import check_flag, is_torch, to_numpy
+from ..spec import InputSpec, Profile
+from . import protocol as P
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = {"grpc": 8001, "http": 8000}  # scheme -> Triton's default port
+DEFAULT_TIMEOUT = 30.0  # seconds, for every request
+# Statuses of a request the model (or Triton) refused as invalid: HTTP 400, gRPC INVALID_ARGUMENT.
+_INVALID = {"400", "StatusCode.INVALID_ARGUMENT"}
+_NOT_FOUND_HINTS = ("unknown model", "is not found", "not found")
+
+
+def is_remote_url(value: Any) -> bool:
+    """Whether ``value`` is a ``grpc://`` or ``http://`` model URL (what :func:`runtime.load` and
+    :class:`runtime.StreamingClassifier` hand to this module) rather than a file path."""
+    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and "://" in value
+
+
+@dataclass(frozen=True)
+class ModelURL:
+    """A parsed ``grpc://HOST[:PORT]/NAME`` or ``http://HOST[:PORT]/NAME`` (ports default to Triton's 8001/8000)."""
+
+    scheme: str
+    address: str  # HOST:PORT, as tritonclient takes it
+    model: str
+
+    @classmethod
+    def parse(cls, url: Any) -> "ModelURL":
+        """Raises: RuntimeInputError: not a URL of that form (the message shows the valid form)."""
+        form = "grpc://HOST:PORT/MODEL or http://HOST:PORT/MODEL"
+        if not isinstance(url, str):
+            raise RuntimeInputError(f"a model URL must be a string {form}, got {type(url).__name__}")
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise RuntimeInputError(f"{url!r}: unsupported scheme {parts.scheme!r}; a served model's URL is {form}")
+        try:
+            port = parts.port or SCHEMES[scheme]
+        except ValueError as e:
+            raise RuntimeInputError(f"{url!r}: bad port ({e}); a served model's URL is {form}") from None
+        host = parts.hostname
+        model = parts.path.strip("/")
+        if not host or not model or "/" in model or parts.query or parts.fragment or parts.username:
+            raise RuntimeInputError(f"{url!r} is not a model URL: expected {form} (one model name, nothing after it)")
+        P.check_model_name(model)
+        return cls(scheme, f"[{host}]:{port}" if ":" in host else f"{host}:{port}", model)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.address}/{self.model}"
+
+
+def _check_timeout(timeout: Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+        raise RuntimeInputError(f"timeout must be a number of seconds in (0, 86400], got {timeout!r}")
+    return float(timeout)
+
+
+class _Wire:
+    """One tritonclient client (HTTP or gRPC) behind one interface. Not thread-safe (tritonclient's clients are not):
+    a runner keeps one per thread."""
+
+    def __init__(self, url: ModelURL, timeout: float) -> None:
+        self.url, self.timeout = url, timeout
+        if url.scheme == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        self.tc = tc
+        if url.scheme == "grpc":
+            self.client = tc.InferenceServerClient(url.address)
+        else:
+            self.client = tc.InferenceServerClient(url.address, connection_timeout=timeout, network_timeout=timeout)
+
+    def _deadline(self) -> dict:
+        return {"client_timeout": self.timeout} if self.url.scheme == "grpc" else {}
+
+    def config(self) -> dict:
+        if self.url.scheme == "grpc":
+            return self.client.get_model_config(self.url.model, as_json=True, **self._deadline())["config"]
+        return self.client.get_model_config(self.url.model)
+
+    def model_ready(self) -> bool:
+        return self.client.is_model_ready(self.url.model, **self._deadline())
+
+    def models(self) -> list:
+        """Names of the models in the server's repository (for messages)."""
+        index = self.client.get_model_repository_index(**({"as_json": True} if self.url.scheme == "grpc" else {}),
+                                                        **self._deadline())
+        entries = index.get("models", []) if isinstance(index, dict) else index
+        return sorted(e.get("name", "?") for e in entries)
+
+    def infer(self, arrays: dict, outputs: tuple, **sequence) -> dict:
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = []
+        for name, a in arrays.items():
+            tensor = self.tc.InferInput(name, list(a.shape), np_to_triton_dtype(a.dtype))
+            tensor.set_data_from_numpy(a)
+            inputs.append(tensor)
+        requested = [self.tc.InferRequestedOutput(n) for n in outputs]
+        result = self.client.infer(self.url.model, inputs, outputs=requested, **sequence, **self._deadline())
+        return {n: result.as_numpy(n) for n in outputs}
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception as e:  # closing a broken connection must not hide why it broke
+            logger.debug("closing the tritonclient client of %s: %s", self.url, e)
+
+
+def _status(e: BaseException) -> str:
+    status = getattr(e, "status", None)
+    return str(status() if callable(status) else status or "")
+
+
+def _message(e: BaseException) -> str:
+    message = getattr(e, "message", None)
+    text = message() if callable(message) else None
+    return (text or str(e) or type(e).__name__).strip()
+
+
+def translate_error(e: BaseException, url: ModelURL, what: str, timeout: float) -> Exception:
+    """The runtime's error for a tritonclient or socket exception ``e`` raised while doing ``what``.
+
+    Returns:
+        Exception: :class:`RuntimeInputError` for input the server refused as invalid (its message kept), otherwise
+        :class:`RemoteServerError` saying what failed (unreachable, timed out, the model's process unhealthy...).
+    """
+    status, msg = _status(e), _message(e)
+    if status in _INVALID:
+        return RuntimeInputError(f"{url}: the server refused the request: {msg}")
+    if status == "StatusCode.DEADLINE_EXCEEDED" or isinstance(e, TimeoutError) or "timed out" in msg.lower():
+        return RemoteServerError(f"{url}: no answer within the timeout of {timeout:g} s while trying to {what} "
+                                 f"({msg}); the server is overloaded or stuck: check it with `python -m runtime ping "
+                                 f"{url}`, or pass a longer timeout")
+    if isinstance(e, ConnectionError) or status == "StatusCode.UNAVAILABLE" and "connect" in msg.lower():
+        return RemoteServerError(f"{url}: cannot reach the server to {what} ({msg}); is tritonserver running "
+                                 f"there and listening for {url.scheme} on {url.address}?")
+    if "not healthy" in msg.lower():
+        return RemoteServerError(f"{url}: the server cannot run the model ({msg}); its model process died and Triton "
+                                 "does not restart it: unload and load the model again (see docs/runtime.md)")
+    return RemoteServerError(f"{url}: the server failed to {what}: {f'{status}: ' if status else ''}{msg}")
+
+
+class _Remote:
+    """What the runner and the session share: the URL, the timeout, the served model's config and errors."""
+
+    def _connect(self, url: Any, timeout: Any, role: Optional[str]) -> tuple:
+        """Parse, read the config and check the role (None: either). Returns (config dict, ServedModel)."""
+        self.url = ModelURL.parse(url)
+        self.timeout = _check_timeout(timeout)
+        self._wires, self._wires_lock, self._local = [], threading.Lock(), threading.local()
+        try:
+            config = self._call(lambda w: w.config(), "read the model's config", missing_model=True)
+            served = P.ServedModel.from_config(config, str(self.url))
+            if role is not None and served.role != role:
+                if served.role == P.ROLE_STREAM:
+                    raise RuntimeInputError(f"{self.url} is a streaming model (one frame per request); stream through "
+                                            f"it with runtime.StreamingClassifier({str(self.url)!r})")
+                raise RuntimeInputError(f"{self.url} is a whole-clip model; run it with runtime.load("
+                                        f"{str(self.url)!r}), or stream through its streaming model "
+                                        f"({self.url.model}{P.STREAM_SUFFIX})")
+        except BaseException:
+            self._close_wires()
+            raise
+        return config, served
+
+    def _wire(self) -> _Wire:
+        wire = getattr(self._local, "wire", None)
+        if wire is None:
+            try:
+                wire = _Wire(self.url, self.timeout)
+            except ImportError as e:
+                raise ImportError(f"serving through {self.url} needs tritonclient: pip install "
+                                  f"'cnn-bilstm-deploy[serve]' ({e})") from e
+            self._local.wire = wire
+            with self._wires_lock:
+                self._wires.append(wire)
+        return wire
+
+    def _call(self, fn, what: str, *, missing_model: bool = False):
+        from tritonclient.utils import InferenceServerException
+
+        wire = self._wire()
+        try:
+            return fn(wire)
+        except (InferenceServerException, OSError) as e:
+            if missing_model and any(h in _message(e).lower() for h in _NOT_FOUND_HINTS):
+                raise RuntimeInputError(f"{self.url}: the server does not serve a model {self.url.model!r} "
+                                        f"(it has: {', '.join(self._served_models()) or 'none'}): {_message(e)}") from e
+            raise translate_error(e, self.url, what, self.timeout) from e
+        except Exception as e:  # geventhttpclient's own errors (a reset connection...): still the server's side
+            if isinstance(e, (RuntimeInputError, RemoteServerError)):
+                raise
+            raise translate_error(e, self.url, what, self.timeout) from e
+
+    def _served_models(self) -> list:
+        try:
+            return self._wire().models()
+        except Exception:  # only for the message
+            return []
+
+    def _close_wires(self) -> None:
+        with self._wires_lock:
+            wires, self._wires = self._wires, []
+        for wire in wires:
+            wire.close()
+        self._local = threading.local()
+
+
+class TritonRunner(_Remote, BaseRunner):
+    """A runner whose model runs on a Triton server: ``runtime.load("grpc://HOST:PORT/NAME")`` or ``http://``.
+
+    Args:
+        url (str): ``grpc://HOST[:PORT]/NAME`` or ``http://HOST[:PORT]/NAME``, a whole-clip model of a repository
+            written by ``python -m export.to_triton``.
+        timeout (float): seconds each request (and reading the config here) may take. Defaults to 30.
+        check_finite (bool): refuse NaN/Inf at real steps before sending (as every runner does). Defaults to True.
+
+    ``input_spec`` accepts batches of 1..``max_batch_size`` clips (the served model's) and 1..the largest time
+    bucket frames; ``metadata`` is the served model's. ``infer`` may be called from several threads at once (each
+    thread has its own connection). Making the runner contacts the server (to read the config), so a server that is
+    down fails here, within ``timeout``.
+
+    Raises:
+        RuntimeInputError: a malformed URL or timeout, a model the server does not serve, a streaming model, a model
+            without this package's metadata.
+        RemoteServerError: the server cannot be reached, or did not answer within ``timeout``.
+    """
+
+    backend_name = "triton"
+    _serialize = False  # stateless requests; tritonclient's clients are per thread
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, check_finite: bool = True) -> None:
+        check_flag(check_finite, "check_finite")
+        config, self.served = self._connect(url, timeout, P.ROLE_CLIP)
+        self.max_batch_size = int(config.get("max_batch_size") or 0)
+        if self.max_batch_size < 1:
+            raise RuntimeInputError(f"{self.url}: max_batch_size is {self.max_batch_size}, but a whole-clip model "
+                                    "batches clips (max_batch_size > 0); regenerate it with python -m export.to_triton")
+        self.time_buckets = tuple(self.served.time_buckets)
+        metadata = self.served.model_metadata(str(self.url)).with_graph("model")
+        spec = InputSpec.for_graph("model", metadata, [Profile((1, self.max_batch_size), (1, self.time_buckets[-1]))])
+        super().__init__(metadata, spec, check_finite=check_finite, name=f"triton:{self.url}")
+
+    def activate_impl(self) -> None:
+        pass  # connections open per thread on first use
+
+    def infer_impl(self, feed) -> dict:
+        x = to_numpy(feed.x) if feed.is_torch else feed.x
+        b, t = feed.batch, feed.time
+        padded_t = P.bucket_for(t, self.time_buckets)
+        if padded_t != t:
+            padded = np.zeros((b, padded_t) + x.shape[2:], np.float32)
+            padded[:, :t] = x
+            x = padded
+        lengths = feed.lengths_or_full().astype(np.int32).reshape(b, 1)
+        out = self._call(lambda w: w.infer({P.FRAMES: x, P.LENGTHS: lengths}, (P.FRAME_LOGITS, P.CLIP_LOGITS)),
+                         "run the model")
+        return {"frame_logits": np.ascontiguousarray(out[P.FRAME_LOGITS][:, :t]),
+                "clip_logits": out[P.CLIP_LOGITS]}
+
+    def deactivate_impl(self) -> None:
+        self._close_wires()
+
+    def release_idle_impl(self) -> None:
+        self._close_wires()
+
+
+class RemoteStream(_Remote):
+    """A streaming session on a Triton server's stream model: what
+    ``StreamingClassifier("grpc://HOST:PORT/NAME_stream")`` returns, with the same ``push``/``reset``/``close`` and
+    :class:`runtime.StreamResult`.
+
+    The session is a Triton sequence: a random non-zero 63-bit correlation ID, ``START`` on the first frame, ``END``
+    when it is reset or closed. The window (its length is the served model's: ``window``) lives on the server, so every
+    frame of a session must reach the same server (route by correlation ID behind a load balancer). A session idle for
+    longer than the model's ``idle_seconds`` is dropped by the server; its next frame raises a RuntimeInputError that
+    says so, and :meth:`reset` starts a new one. One session is one stream: not thread-safe.
+
+    Args:
+        url (str): ``grpc://HOST[:PORT]/NAME_stream`` or ``http://...``.
+        window (int | None): must equal the served model's window when given (it is fixed by the repository).
+        resize, check_finite (bool): as for :class:`runtime.StreamingClassifier` (checked here, before sending).
+        timeout (float): seconds each request may take. Defaults to 30.
+
+    Raises:
+        RuntimeInputError: a malformed URL, a model the server does not serve, a whole-clip model, another window.
+        RemoteServerError: the server cannot be reached, or did not answer within ``timeout``.
+    """
+
+    def __init__(self, url: str, *, window: Optional[int] = None, resize: bool = False, check_finite: bool = True,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        check_flag(resize, "resize")
+        check_flag(check_finite, "check_finite")
+        self.resize, self.check_finite = bool(resize), bool(check_finite)
+        self._started = False
+        _config, self.served = self._connect(url, timeout, P.ROLE_STREAM)
+        self.window = int(self.served.window)
+        if window is not None and window != self.window:
+            raise RuntimeInputError(f"{self.url} streams over a window of {self.window} frames (set when its "
+                                    f"repository was generated), not {window!r}; leave window out or pass "
+                                    f"{self.window}")
+        self.idle_seconds = self.served.idle_seconds
+        self.metadata = self.served.model_metadata(str(self.url)).with_graph("bilstm")
+        self.frame_size = tuple(self.metadata.frame_size)
+        self.correlation_id = _new_correlation_id()
+        self._count = 0
+
+    @classmethod
+    def from_streaming_args(cls, url: str, window: Optional[int] = None, device=None, backend: str = "auto", *,
+                            resize: bool = False, check_finite: bool = True, **options) -> "RemoteStream":
+        """Take :class:`runtime.StreamingClassifier`'s arguments (``window`` only when given; ``device`` and
+        ``backend`` have no meaning for a served model; ``timeout`` is the one option)."""
+        if device is not None or backend != "auto":
+            raise RuntimeInputError(f"{url} is served by Triton: device and backend are the server's choice; leave "
+                                    f"them out (got device={device!r}, backend={backend!r})")
+        unknown = sorted(set(options) - {"timeout"})
+        if unknown:
+            raise RuntimeInputError(f"unknown options {unknown} for a served stream; valid options: timeout")
+        return cls(url, window=window, resize=resize, check_finite=check_finite, **options)
+
+    @property
+    def frames_seen(self) -> int:
+        """Frames pushed since the start or the last :meth:`reset` (as the server counted them)."""
+        return self._count
+
+    def _frame(self, frame: Any) -> np.ndarray:
+        """One frame -> (1, 3, H, W) float32, checked as :meth:`runtime.StreamingClassifier.push` checks it."""
+        from ..preprocess import preprocess_frames
+
+        h, w = self.frame_size
+        dtype = str(getattr(frame, "dtype", "")).replace("torch.", "")
+        if dtype == "uint8":
+            shape = tuple(frame.shape)
+            if len(shape) != 3 or shape[-1] != 3:
+                raise RuntimeInputError(f"a raw frame must be uint8 ({h}, {w}, 3) (H, W, RGB), got shape {shape}")
+            if shape[:2] != (h, w) and not self.resize:
+                raise RuntimeInputError(f"raw frames are {shape[0]}x{shape[1]} (H x W) but the model takes {h}x{w}; "
+                                        "resize them in your decoder or create the stream with resize=True")
+            return preprocess_frames(frame, self.metadata.mean, self.metadata.std, self.frame_size,
+                                     resize=self.resize)[0]
+        if not (is_torch(frame) or isinstance(frame, np.ndarray)):
+            raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+        if tuple(frame.shape) != (3, h, w) or dtype != "float32":
+            raise RuntimeInputError(f"a frame must be normalised float32 (3, {h}, {w}) or raw uint8 ({h}, {w}, 3), "
+                                    f"got shape {tuple(frame.shape)} dtype {dtype}")
+        x = np.ascontiguousarray(to_numpy(frame))[None]
+        if self.check_finite and not np.isfinite(x).all():
+            raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
+                                    "frames must be finite. Nothing was sent; check_finite=False skips this check")
+        return x
+
+    def _send(self, x: np.ndarray, *, end: bool) -> dict:
+        outputs = (P.FRAME_LOGITS, P.CLIP_LOGITS, P.FRAMES_SEEN, P.WINDOW_FRAMES)
+        start = not self._started
+        try:
+            out = self._call(lambda w: w.infer({P.FRAME: x}, outputs, sequence_id=self.correlation_id,
+                                               sequence_start=start, sequence_end=end), "run the stream model")
+        except RuntimeInputError as e:
+            text = str(e).lower()
+            if not start and ("start" in text or "expired" in text):
+                raise RuntimeInputError(f"{self.url}: stream session {self.correlation_id} expired (idle for more than "
+                                        f"{self.idle_seconds:g} s) or the server lost it, so its window is gone; call "
+                                        f"reset() to start a new stream ({e})") from e
+            raise
+        self._started = not end
+        return out
+
+    def push(self, frame: Any):
+        """Send one frame and return the newest frame's and the window's prediction.
+
+        Args:
+            frame (np.ndarray | torch.Tensor): normalised float32 (3, H, W), or raw uint8 (H, W, 3).
+
+        Returns:
+            StreamResult: as :meth:`runtime.StreamingClassifier.push` returns it.
+
+        Raises:
+            RuntimeInputError: a bad frame (nothing is sent), a frame the server refused, an expired session.
+            RemoteServerError: the server cannot be reached, failed, or did not answer within the timeout.
+        """
+        from ..streaming import StreamResult, _softmax_top1
+
+        out = self._send(self._frame(frame), end=False)
+        frame_logits = np.asarray(out[P.FRAME_LOGITS][0], np.float32)
+        clip_logits = np.asarray(out[P.CLIP_LOGITS][0], np.float32)
+        self._count = int(np.asarray(out[P.FRAMES_SEEN]).reshape(-1)[0])
+        window_frames = int(np.asarray(out[P.WINDOW_FRAMES]).reshape(-1)[0])
+        fi, fp = _softmax_top1(frame_logits)
+        ci, cp = _softmax_top1(clip_logits)
+        names = self.metadata.class_names
+        return StreamResult(frame_logits, clip_logits, names[fi], fp, names[ci], cp, self._count, window_frames)
+
+    def _end(self) -> None:
+        """End the server's sequence (END rides on a zero frame: every request carries one), if one was started."""
+        if not self._started:
+            return
+        try:
+            self._send(np.zeros((1, 3) + self.frame_size, np.float32), end=True)
+        except (RuntimeInputError, RemoteServerError) as e:  # expired already, or the server is gone: nothing to end
+            logger.debug("ending stream %d: %s", self.correlation_id, e)
+        self._started = False
+
+    def reset(self) -> None:
+        """End this session on the server and start a new one (new correlation ID) with the next frame."""
+        self._end()
+        self.correlation_id = _new_correlation_id()
+        self._count = 0
+
+    def close(self) -> None:
+        """End the session on the server and close the connection."""
+        self._end()
+        self._close_wires()
+
+    def __enter__(self) -> "RemoteStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteStream({str(self.url)!r}, correlation_id={self.correlation_id}, frames_seen={self._count})"
+
+
+def _new_correlation_id() -> int:
+    """A random non-zero 63-bit correlation ID (0 means "no sequence" to Triton)."""
+    return secrets.randbits(63) or 1
+
+
+def ping(url: str, timeout: float = 10.0) -> str:
+    """Send one real inference to a served model and say how it went: the liveness probe.
+
+    Triton keeps answering ready after a python model's process died, so only an inference tells. A whole-clip
+    model gets a zero clip of its smallest time bucket; a stream model one zero frame in a fresh sequence, with START
+    and END on it.
+
+    Returns:
+        str: one line saying what answered and how fast.
+
+    Raises:
+        RuntimeInputError | RemoteServerError: what went wrong, in one line, within about ``timeout``.
+    """
+    from tritonclient.utils import InferenceServerException  # noqa: F401  (a clear ImportError before any work)
+
+    started = time.perf_counter()
+    probe = _Remote()
+    try:
+        _config, served = probe._connect(url, timeout, None)
+        h, w = served.model_metadata(str(probe.url)).frame_size
+        if served.role == P.ROLE_CLIP:
+            t = served.time_buckets[0]
+            arrays = {P.FRAMES: np.zeros((1, t, 3, h, w), np.float32), P.LENGTHS: np.full((1, 1), t, np.int32)}
+            probe._call(lambda wire: wire.infer(arrays, (P.CLIP_LOGITS,)), "run the model")
+            what = f"a zero clip of {t} frames"
+        else:
+            frame = {P.FRAME: np.zeros((1, 3, h, w), np.float32)}
+            probe._call(lambda wire: wire.infer(frame, (P.CLIP_LOGITS,), sequence_id=_new_correlation_id(),
+                                                sequence_start=True, sequence_end=True), "run the stream model")
+            what = "one zero frame in a fresh sequence"
+    finally:
+        if getattr(probe, "_wires", None) is not None:
+            probe._close_wires()
+    return f"{probe.url} answered {what} in {(time.perf_counter() - started) * 1000:.1f} ms"
+
