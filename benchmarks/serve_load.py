@@ -234,10 +234,8 @@ def server_version(url: str, timeout: float = 10.0) -> Optional[str]:
 
 def url_target(url: str, name: Optional[str] = None, **info) -> Target:
     """A served model: one ``runtime.load(url)`` remote runner per client thread, with the model's statistics."""
-    import runtime
-
     check_loopback_url(url)
-    return Target(name or url, lambda: runtime.load(url), shared=False, stats=lambda: model_stats(url),
+    return Target(name or url, _remote_opener(url), shared=False, stats=lambda: model_stats(url),
                   info={"url": url, **info})
 
 
@@ -604,48 +602,55 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
                     max_queue_delay_us: Optional[int] = None, max_batch_size: int = 16,
                     max_time: int = 16) -> Iterator[tuple]:
     """The comparison's three targets: the embedded runner on ``export_dir/model.onnx`` and the same export served
-    by two bundled ``tritonserver`` processes (python kind), with the dynamic batcher and without it.
+    by two bundled ``tritonserver`` processes (python kind, one CPU instance, no stream model), with the dynamic
+    batcher and without it. The repositories are generated in ``work`` by :func:`export.triton_repo.write_repository`
+    and the servers' logs written there; both servers are stopped on exit.
 
     Yields:
-        tuple: (targets, facts): the three :class:`Target`s and a dict of what was set up (repositories' settings,
-        the server version).
+        tuple: (targets, facts): the three :class:`Target` objects and a dict of what was set up (each repository's
+        settings, the server version).
 
     Raises:
-        ServeLoadError: a repository that cannot be generated or a server that does not start (with its reason).
+        ServeLoadError: a repository that cannot be generated, or a server that does not start (with the reason).
     """
-    from export.triton_repo import generate_repository  # noqa: F401  (see _generate_repository)
+    from export.triton_repo import DEFAULT_MAX_QUEUE_DELAY_US, RepoOptions, write_repository
     from runtime.triton.local_server import LocalTritonServer
 
-    repos = {}
-    for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
-        repos[name] = _generate_repository(export_dir, work / name, batching=batching,
-                                           max_queue_delay_us=max_queue_delay_us, max_batch_size=max_batch_size,
-                                           max_time=max_time)
+    delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
     targets = [embedded_target(export_dir / "model.onnx")]
+    facts: dict = {"repositories": {}}
     with contextlib.ExitStack() as stack:
-        facts = {"repositories": {}}
-        for name, (repo, settings) in repos.items():
+        stack.callback(lambda: [t.close() for t in targets])  # runners first (LIFO), then the servers
+        for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
+            opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=1,
+                               max_queue_delay_us=delay, dynamic_batching=batching, stream=False)
             try:
-                server = stack.enter_context(LocalTritonServer(repo, python=server_python,
-                                                               log_file=work / f"{name}.log"))
-            except Exception as e:
-                raise ServeLoadError(f"{name}: the bundled tritonserver did not start: {e} (log: "
-                                     f"{work / f'{name}.log'})") from e
+                write_repository(export_dir, work / name, opts)
+            except (ValueError, RuntimeError) as e:  # ExportError, RepositoryError, OutputPathError
+                raise ServeLoadError(f"{name}: cannot generate the repository from {export_dir}: {e}") from e
+            log = work / f"{name}.log"
+            try:
+                server = stack.enter_context(LocalTritonServer(work / name, python=server_python, log_file=log))
+            except Exception as e:  # ServerError (with the log's last lines), OSError
+                raise ServeLoadError(f"{name}: the bundled tritonserver did not start: {e}") from e
             base = server.grpc_url if protocol == "grpc" else server.http_url
-            url = f"{base}/{settings['name']}"
-            targets.append(url_target(url, name, **settings))
+            settings = {"kind": "python", "instances": 1, "max_batch_size": max_batch_size, "max_time": max_time,
+                        "dynamic_batching": batching, "max_queue_delay_us": delay if batching else None,
+                        "protocol": protocol}
+            stats_url = f"{server.http_url}/{opts.name}"  # statistics over HTTP whatever the protocol under test
+            targets.append(Target(name, _remote_opener(f"{base}/{opts.name}"), shared=False,
+                                  stats=lambda u=stats_url: model_stats(u), info=settings))
             facts["repositories"][name] = settings
             facts.setdefault("tritonserver", server_version(server.http_url))
-        try:
-            yield targets, facts
-        finally:
-            for t in targets:
-                t.close()
+        yield targets, facts
 
 
-def _generate_repository(export_dir: Path, repo: Path, *, batching: bool, max_queue_delay_us: Optional[int],
-                         max_batch_size: int, max_time: int) -> tuple:
-    raise NotImplementedError("waiting for export.triton_repo")
+def _remote_opener(url: str) -> Callable[[], Any]:
+    def open_client():
+        import runtime
+
+        return runtime.load(url)
+    return open_client
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------
@@ -776,7 +781,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _CannotRunHere as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (ServeLoadError, ValueError) as e:  # RuntimeInputError (a bad URL, model, export) is a ValueError
+    except (ServeLoadError, ValueError, ConnectionError) as e:
+        # RuntimeInputError (a bad URL, model or export) is a ValueError; runtime.errors.RemoteServerError (a server
+        # down, not ready or timing out) a ConnectionError.
         print(f"error: {e}", file=sys.stderr)
         return 1
     env["load_average_1min_end"] = _load_average()
