@@ -76,7 +76,7 @@ def parse_config(text: str, label: str):
         return text_format.Parse(text, cls()), []
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
-        msg = re.sub(r"^\d+:\d+ : ", "", str(e))
+        msg = re.sub(r"^\d+:\d+ : ", "", str(e)).rstrip(".")
         return None, [f"{label}:{line or 1}:{col or 1}: {msg}; {_valid_hint(msg, cls)}"]
 
 
@@ -309,6 +309,8 @@ def _check_files(config, served, files: dict, err: _Errors) -> Optional[Artifact
     if missing:
         err.add(f"the version folder lacks {missing} (it holds {sorted(files) or 'nothing'}); regenerate the "
                 "repository with `python -m export.to_triton SRC --out REPO --force`", r"^name:")
+    contract = need[1:] if served.kind != P.KIND_ONNXRUNTIME else need  # the files the model's contract is read from
+    if any(n in missing for n in contract):
         return None
     try:
         if served.kind == P.KIND_TENSORRT:

@@ -273,6 +273,8 @@ def _instance_group(opts: RepoOptions, kind: str) -> list:
 def clip_config(source: Source, opts: RepoOptions) -> dict:
     """The whole-clip model's config as a dict (field names of Triton's ModelConfig)."""
     kind = source.kind
+    if opts.ort_tensorrt_fp16 and kind != P.KIND_ONNXRUNTIME:
+        raise ExportError(f"--ort-tensorrt-fp16 is an option of the onnxruntime kind, not {kind}")
     mbs, t_lo, t_hi, buckets = _limits(source, opts)
     served = P.ServedModel(source.metadata, kind, P.ROLE_CLIP, tuple(buckets), t_lo, t_hi)
     meta = served.model_metadata(str(source.path))
@@ -291,8 +293,6 @@ def clip_config(source: Source, opts: RepoOptions) -> dict:
             batching["preferred_batch_size"] = [int(b) for b in opts.preferred_batch_sizes]
         config["dynamic_batching"] = batching
     if opts.ort_tensorrt_fp16:
-        if kind != P.KIND_ONNXRUNTIME:
-            raise ExportError(f"--ort-tensorrt-fp16 is an option of the onnxruntime kind, not {kind}")
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}]}}
     config["parameters"] = _metadata_param(served)
