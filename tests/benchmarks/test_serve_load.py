@@ -32,15 +32,6 @@ from benchmarks.serve_load import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tiny_checkpoint, tmp_path_factory):
-    from export.to_onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx")
-    export_onnx(tiny_checkpoint, out, precision="fp32")
-    return out
-
-
 def test_clip_lengths_and_requests():
     assert ClipLengths.parse("1-16").choices == tuple(range(1, 17))
     assert ClipLengths.parse("8").describe() == "T = 8"
@@ -250,10 +241,11 @@ def test_cli_against_a_server_that_is_down(capsys):
 
 
 def _server_python():
-    python = os.environ.get("TRITON_SERVER_PYTHON")
+    from runtime.triton.local_server import SERVER_PYTHON_ENV, server_unavailable_reason
+
+    python = os.environ.get(SERVER_PYTHON_ENV)
     if not python:
-        pytest.skip("TRITON_SERVER_PYTHON is not set (make triton-env sets up the bundled tritonserver)")
-    from runtime.triton.local_server import server_unavailable_reason
+        pytest.skip(f"{SERVER_PYTHON_ENV} is not set (make triton-env sets up the bundled tritonserver)")
 
     why = server_unavailable_reason(python)
     if why:
@@ -264,7 +256,7 @@ def _server_python():
 def test_one_tiny_served_round(tiny_export, tmp_path):
     python = _server_python()
     code = main(["--compare", str(tiny_export), "--server-python", python, "--concurrency", "1,4", "--lengths",
-                 "1-8", "--max-time", "8", "--duration", "1", "--rounds", "1", "--warmup", "0.5", "--gap-ms", "0",
+                 "1-8", "--max-time", "8", "--duration", "0.5", "--rounds", "1", "--warmup", "0.3", "--gap-ms", "0",
                  "--out", str(tmp_path), "--prefix", "tiny"])
     assert code == 0
     result = json.loads((tmp_path / "tiny.json").read_text())["result"]
