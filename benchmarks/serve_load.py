@@ -493,7 +493,8 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
              f"(targets in a fresh random order per concurrency, {1e3 * result['gap_s']:.0f} ms pause before each "
              f"run, {result['warmup_s']:g} s warm-up per target). Requests/s and clips/s: median over rounds "
              "(min-max); latency percentiles over every round's requests; clips per execution from the server's "
-             "statistics (inferences / executions; above 1 the dynamic batcher batched requests).", "",
+             "statistics (inferences / executions; with one clip per request, above 1 means the dynamic batcher "
+             "batched requests).", "",
              "| target | concurrency | requests/s | clips/s | p50 ms | p90 ms | p99 ms | clips per execution | "
              "errors |",
              "|---|---|---|---|---|---|---|---|---|"]
