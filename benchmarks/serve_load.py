@@ -484,7 +484,9 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
     lines = [f"{TITLE}{title}", "",
              f"{env.get('device_name', env.get('host_cpu', '?'))}; python {env.get('python')}, onnxruntime "
              f"{env.get('onnxruntime')}, numpy {env.get('numpy')}, tritonclient {env.get('tritonclient', '-')}, "
-             f"tritonserver {env.get('tritonserver', '-')}; {env.get('date', '')}", "",
+             f"tritonserver {env.get('tritonserver', '-')}"
+             + (f" (its python models: {_versions(env['server_environment'])})" if env.get("server_environment")
+                else "") + f"; {env.get('date', '')}", "",
              f"1-min load average: {load} at the start, {env.get('load_average_1min_end', '?')} at the end "
              f"(per run: {_load_range(result['runs'])}); a load above the core count means other processes shared "
              "the CPU with this run.", "",
@@ -519,6 +521,10 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
         lines.append(f"\nRound {r['round'] + 1}, {r['target']} at concurrency {r['concurrency']}: {r['errors']} "
                      f"failed request(s), first: {r['first_error']}")
     return "\n".join(lines) + "\n"
+
+
+def _versions(versions: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
 
 
 def _ms(v: Optional[float]) -> str:
@@ -619,7 +625,7 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
 
     delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
     targets = [embedded_target(export_dir / "model.onnx")]
-    facts: dict = {"repositories": {}}
+    facts: dict = {"repositories": {}, "server_environment": server_python_versions(server_python)}
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [t.close() for t in targets])  # runners first (LIFO), then the servers
         for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
@@ -644,6 +650,24 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
             facts["repositories"][name] = settings
             facts.setdefault("tritonserver", server_version(server.http_url))
         yield targets, facts
+
+
+def server_python_versions(python: Optional[str]) -> dict:
+    """Versions of what runs inside the server's python models (their own environment): python, numpy,
+    onnxruntime, nvidia-pytriton; ``{}`` when the interpreter cannot be asked."""
+    import subprocess
+
+    from runtime.triton.local_server import default_python
+
+    code = ("import json, platform; from importlib.metadata import version as v; print(json.dumps({'python': "
+            "platform.python_version(), **{p: v(p) for p in ('numpy', 'onnxruntime', 'nvidia-pytriton')}}))")
+    try:
+        out = subprocess.run([python or default_python(), "-c", code], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as e:
+        logger.warning("cannot read the server environment's versions: %s", e)
+        return {}
 
 
 def _remote_opener(url: str) -> Callable[[], Any]:
@@ -805,23 +829,32 @@ class _CannotRunHere(RuntimeError):
     """The bundled server cannot run on this machine (exit 3)."""
 
 
-def _setup_line(lengths: ClipLengths, batch: int, how: str) -> str:
-    return (f"Each request: {batch} clip(s) of random frames, {lengths.describe()}, drawn per clip from a seeded "
-            f"pool; {how}")
+def _setup_line(meta, args, lengths: ClipLengths, how: str) -> str:
+    return (f"Model: {describe_model(meta)}. Each request: {args.batch} clip(s) of random frames, "
+            f"{lengths.describe()}, drawn per clip (a pool of {args.pool} requests, seed {args.seed}, cycled). {how}")
+
+
+def describe_model(meta) -> str:
+    """One line about a model from its metadata, e.g. ``resnet18 (imagenet stem), 24x24 frames, BiLSTM 1x64, 4
+    classes, fp32``."""
+    c = meta.model_config or {}
+    h, w = meta.frame_size
+    return (f"{c.get('backbone', '?')} ({c.get('stem', '?')} stem), {h}x{w} frames, BiLSTM {c.get('num_layers', '?')}"
+            f"x{c.get('hidden_size', '?')}, {len(meta.class_names)} classes, {meta.precision}")
 
 
 def _run_url(args, lengths: ClipLengths, options: dict) -> tuple:
     name = urlsplit(args.url).path.strip("/")
     target = url_target(args.url)
     try:
-        requests = make_requests(lengths, target.runner().input_spec.frame_size, batch=args.batch, pool=args.pool,
-                                 seed=args.seed)
+        target_meta = target.runner().metadata
+        requests = make_requests(lengths, target_meta.frame_size, batch=args.batch, pool=args.pool, seed=args.seed)
         env = environment_facts(args.url)
         result = measure([target], requests, args.concurrency, **options)
     finally:
         target.close()
-    how = "one remote runner (runtime.load(URL)) per client thread, in this process."
-    return result, env, f"{args.model_name or name} at {args.url}", _setup_line(lengths, args.batch, how)
+    how = "One remote runner (runtime.load(URL)) per client thread, in this process."
+    return result, env, f"{args.model_name or name} at {args.url}", _setup_line(target_meta, args, lengths, how)
 
 
 def _run_compare(args, lengths: ClipLengths, options: dict) -> tuple:
@@ -836,19 +869,22 @@ def _run_compare(args, lengths: ClipLengths, options: dict) -> tuple:
         with compare_targets(export_dir, Path(work), protocol=args.protocol, server_python=python,
                              max_queue_delay_us=args.max_queue_delay_us, max_batch_size=args.max_batch_size,
                              max_time=args.max_time) as (targets, facts):
-            frame_size = targets[0].runner().input_spec.frame_size
-            requests = make_requests(lengths, frame_size, batch=args.batch, pool=args.pool, seed=args.seed)
+            meta = targets[0].runner().metadata
+            requests = make_requests(lengths, meta.frame_size, batch=args.batch, pool=args.pool, seed=args.seed)
             env = environment_facts()
             env["tritonserver"] = facts.get("tritonserver")
+            env["server_environment"] = facts.get("server_environment")
             result = measure(targets, requests, args.concurrency, baseline=EMBEDDED, **options)
-            result["setup"] = facts
+            result["setup"] = {**facts, "model": {"precision": meta.precision, "frame_size": list(meta.frame_size),
+                                                  "classes": len(meta.class_names), "model_config": meta.model_config,
+                                                  "checkpoint_sha256": meta.extra.get("checkpoint_sha256")}}
     model = args.model_name or export_dir.resolve().name
     how = (f"{EMBEDDED}: runtime.load(model.onnx) in this process, one runner shared by the client threads; served: "
            f"the same export in the bundled tritonserver {env.get('tritonserver')} (python kind, one instance, "
            f"ONNX Runtime on this CPU), called over {args.protocol} by one remote runner per client thread from this "
            "process (so clients and server share the CPU), with the dynamic batcher "
            f"({SERVED_BATCHING}) and without it ({SERVED_NO_BATCHING}).")
-    return result, env, f"{model}, embedded vs served", _setup_line(lengths, args.batch, how)
+    return result, env, f"{model}, embedded vs served", _setup_line(meta, args, lengths, how)
 
 
 if __name__ == "__main__":
