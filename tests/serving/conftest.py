@@ -1,5 +1,6 @@
 """A real Triton server for the serving tests: the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel, started
-once per session on free localhost ports, serving a python-kind repository generated from the tiny test model.
+once per session on free localhost ports, serving a python-kind repository generated from the tiny test model (the
+``tiny_export`` fixture of tests/conftest.py).
 
 The server runs in its own environment (``make triton-env`` creates ``.venv-triton``; ``make test`` passes it in
 ``TRITON_SERVER_PYTHON``). Without it every test here skips with the one-line reason.
@@ -34,16 +35,6 @@ def server_python() -> str:
     if reason:
         pytest.skip(f"the bundled tritonserver cannot run here: {reason}")
     return python
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tiny_checkpoint, tmp_path_factory):
-    """An fp32 ONNX export folder (model, cnn, bilstm) of the tiny model."""
-    from export.to_onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("triton-export") / "fp32"
-    export_onnx(tiny_checkpoint, out, precision="fp32")
-    return out
 
 
 def write_python_repository(export_dir, out, **options):
