@@ -39,7 +39,8 @@ def server_python() -> str:
 
 def write_python_repository(export_dir, out, **options):
     """A python-kind repository of the tiny export (``export.triton_repo``, as `python -m export.to_triton` writes
-    it): ``cnn_bilstm`` (clips of 1..16 frames, batches of up to 8) and, unless ``stream=False``, ``cnn_bilstm_stream``."""
+    it): ``cnn_bilstm`` (clips of 1..16 frames, batches of up to 8) and, unless ``stream=False``,
+    ``cnn_bilstm_stream``."""
     from export.triton_repo import RepoOptions, write_repository
 
     opts = dict(kind="python", max_time=MAX_TIME, max_batch_size=MAX_BATCH_SIZE, stream_window=STREAM_WINDOW,
