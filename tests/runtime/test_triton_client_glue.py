@@ -67,3 +67,11 @@ def test_import_runtime_does_not_import_tritonclient():
             "print(sorted(m for m in ('tritonclient', 'grpc', 'gevent') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_without_tritonclient_ping_says_which_extra_to_install():
+    code = ("import sys; sys.modules['tritonclient'] = None; from runtime.__main__ import main; "
+            "sys.exit(main(['ping', 'grpc://127.0.0.1:1/cnn_bilstm']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and "pip install 'cnn-bilstm-deploy[serve]'" in done.stderr

@@ -86,6 +86,8 @@ def test_killed_model_process_errors_then_unload_load_recovers(fault_server, run
     started = time.monotonic()
     client = httpclient.InferenceServerClient(fault_server.http_url.split("://", 1)[1], network_timeout=60)
     client.unload_model(MODEL)
+    with pytest.raises(RemoteServerError, match="not loaded on the server"):  # between the two steps
+        runners["grpc"].infer(X, LENGTHS)
     client.load_model(MODEL)
     client.close()
     with capsys.disabled():
