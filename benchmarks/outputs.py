@@ -1,4 +1,4 @@
-"""The output files of the benchmark CLIs (report, paired, op_profile): checked before any work, and recognised by
+"""The output files of the benchmark CLIs (report, paired, op_profile, serve_load): checked before any work, and recognised by
 content so that a rerun replaces its own earlier outputs without ``--force``."""
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-# The first line of report.md, paired's PREFIX.md and op_profile's PREFIX.md.
-_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ")
+# The first line of report.md, paired's, op_profile's and serve_load's PREFIX.md.
+_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ", b"# Serving load: ")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def is_own_output(path: Path) -> bool:
-    """Whether ``path`` is an earlier output of ``benchmarks.report``, ``.paired`` or ``.op_profile``, judged by
-    content: a markdown file starting with their heading, a PNG that matplotlib wrote (its Software text chunk), or
-    their JSON (paired's object with "environment" and "result", op_profile's with "nodes" and "ops"). Such files are
-    replaced by a rerun without ``--force``."""
+    """Whether ``path`` is an earlier output of ``benchmarks.report``, ``.paired``, ``.op_profile`` or
+    ``.serve_load``, judged by content: a markdown file starting with their heading, a PNG that matplotlib wrote (its
+    Software text chunk), or their JSON (paired's and serve_load's object with "environment" and "result",
+    op_profile's with "nodes" and "ops"). Such files are replaced by a rerun without ``--force``."""
     try:
         with open(path, "rb") as f:
             head = f.read(1024)

@@ -84,6 +84,16 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint, tmp_path_factory):
+    """An fp32 ONNX export folder (model.onnx, cnn.onnx, bilstm.onnx, export_report.json) of ``tiny_model``."""
+    from export.to_onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-export") / "fp32"
+    export_onnx(tiny_checkpoint, out, precision="fp32")
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -170,9 +170,12 @@ def translate_error(e: BaseException, url: ModelURL, what: str, timeout: float) 
         return RemoteServerError(f"{url}: no answer within the timeout of {timeout:g} s while trying to {what} "
                                  f"({msg}); the server is overloaded or stuck: check it with `python -m runtime ping "
                                  f"{url}`, or pass a longer timeout")
-    if isinstance(e, ConnectionError) or status == "StatusCode.UNAVAILABLE" and "connect" in msg.lower():
+    if isinstance(e, ConnectionError) or (status == "StatusCode.UNAVAILABLE" and "connect" in msg.lower()):
         return RemoteServerError(f"{url}: cannot reach the server to {what} ({msg}); is tritonserver running "
                                  f"there and listening for {url.scheme} on {url.address}?")
+    if "unknown model" in msg.lower() or "no available versions" in msg.lower():
+        return RemoteServerError(f"{url}: the model is not loaded on the server now ({msg}); load it again (see "
+                                 "docs/runtime.md), or check the server's log for why it is not")
     if "not healthy" in msg.lower():
         return RemoteServerError(f"{url}: the server cannot run the model ({msg}); its model process died and Triton "
                                  "does not restart it: unload and load the model again (see docs/runtime.md)")
@@ -215,20 +218,25 @@ class _Remote:
                 self._wires.append(wire)
         return wire
 
-    def _call(self, fn, what: str, *, missing_model: bool = False):
+    def _call(self, fn, what: str, *, missing_model: bool = False, refused: Optional[str] = None):
+        """``fn(wire)``, with tritonclient's and the socket's exceptions turned into the runtime's (see
+        :func:`translate_error`); ``refused`` replaces the start of an INVALID_ARG message (the server's follows)."""
+        wire = self._wire()  # first: without tritonclient, its ImportError says which extra to install
         from tritonclient.utils import InferenceServerException
 
-        wire = self._wire()
         try:
             return fn(wire)
-        except (InferenceServerException, OSError) as e:
-            if missing_model and any(h in _message(e).lower() for h in _NOT_FOUND_HINTS):
-                raise RuntimeInputError(f"{self.url}: the server does not serve a model {self.url.model!r} "
-                                        f"(it has: {', '.join(self._served_models()) or 'none'}): {_message(e)}") from e
-            raise translate_error(e, self.url, what, self.timeout) from e
-        except Exception as e:  # geventhttpclient's own errors (a reset connection...): still the server's side
+        except Exception as e:  # tritonclient's, the socket's, geventhttpclient's own (a reset connection...)
             if isinstance(e, (RuntimeInputError, RemoteServerError)):
                 raise
+            if not isinstance(e, (InferenceServerException, OSError)):
+                logger.debug("%s: %s from tritonclient", self.url, type(e).__name__, exc_info=True)
+            msg = _message(e)
+            if missing_model and any(h in msg.lower() for h in _NOT_FOUND_HINTS):
+                raise RuntimeInputError(f"{self.url}: the server does not serve a model {self.url.model!r} "
+                                        f"(it has: {', '.join(self._served_models()) or 'none'}): {msg}") from e
+            if refused and _status(e) in _INVALID:
+                raise RuntimeInputError(f"{refused} (the server said: {msg})") from e
             raise translate_error(e, self.url, what, self.timeout) from e
 
     def _served_models(self) -> list:
@@ -279,6 +287,21 @@ class TritonRunner(_Remote, BaseRunner):
         metadata = self.served.model_metadata(str(self.url)).with_graph("model")
         spec = InputSpec.for_graph("model", metadata, [Profile((1, self.max_batch_size), (1, self.time_buckets[-1]))])
         super().__init__(metadata, spec, check_finite=check_finite, name=f"triton:{self.url}")
+
+    def check_input(self, x: Any, lengths: Any = None, *, check_finite: bool = True):
+        """As every runner's, with the served model's limits named (they are set by its repository)."""
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) == 5:
+            b, t = int(shape[0]), int(shape[1])
+            if not 1 <= b <= self.max_batch_size:
+                raise RuntimeInputError(f"a batch of {b} clips is outside what {self.url} takes: "
+                                        f"1..{self.max_batch_size} clips per request (its max_batch_size); split the "
+                                        "batch")
+            if not 1 <= t <= self.time_buckets[-1]:
+                raise RuntimeInputError(f"clips of {t} frames are outside what {self.url} takes: "
+                                        f"1..{self.time_buckets[-1]} frames (its time buckets "
+                                        f"{list(self.time_buckets)}); split longer clips")
+        return super().check_input(x, lengths, check_finite=check_finite)
 
     def activate_impl(self) -> None:
         pass  # connections open per thread on first use
@@ -391,16 +414,13 @@ class RemoteStream(_Remote):
     def _send(self, x: np.ndarray, *, end: bool) -> dict:
         outputs = (P.FRAME_LOGITS, P.CLIP_LOGITS, P.FRAMES_SEEN, P.WINDOW_FRAMES)
         start = not self._started
-        try:
-            out = self._call(lambda w: w.infer({P.FRAME: x}, outputs, sequence_id=self.correlation_id,
-                                               sequence_start=start, sequence_end=end), "run the stream model")
-        except RuntimeInputError as e:
-            text = str(e).lower()
-            if not start and ("start" in text or "expired" in text):
-                raise RuntimeInputError(f"{self.url}: stream session {self.correlation_id} expired (idle for more than "
-                                        f"{self.idle_seconds:g} s) or the server lost it, so its window is gone; call "
-                                        f"reset() to start a new stream ({e})") from e
-            raise
+        # Refused without START: Triton or the model no longer knows the sequence (idle timeout, or a restart).
+        expired = None if start else (
+            f"{self.url}: stream session {self.correlation_id} expired (idle for more than {self.idle_seconds:g} s) "
+            "or the server lost it, so its window is gone; call reset() to start a new stream")
+        out = self._call(lambda w: w.infer({P.FRAME: x}, outputs, sequence_id=self.correlation_id,
+                                           sequence_start=start, sequence_end=end), "run the stream model",
+                         refused=expired)
         self._started = not end
         return out
 
@@ -478,8 +498,6 @@ def ping(url: str, timeout: float = 10.0) -> str:
     Raises:
         RuntimeInputError | RemoteServerError: what went wrong, in one line, within about ``timeout``.
     """
-    from tritonclient.utils import InferenceServerException  # noqa: F401  (a clear ImportError before any work)
-
     started = time.perf_counter()
     probe = _Remote()
     try:
@@ -489,7 +507,7 @@ def ping(url: str, timeout: float = 10.0) -> str:
             t = served.time_buckets[0]
             arrays = {P.FRAMES: np.zeros((1, t, 3, h, w), np.float32), P.LENGTHS: np.full((1, 1), t, np.int32)}
             probe._call(lambda wire: wire.infer(arrays, (P.CLIP_LOGITS,)), "run the model")
-            what = f"a zero clip of {t} frames"
+            what = f"a zero clip of {t} frame{'s' if t > 1 else ''}"
         else:
             frame = {P.FRAME: np.zeros((1, 3, h, w), np.float32)}
             probe._call(lambda wire: wire.infer(frame, (P.CLIP_LOGITS,), sequence_id=_new_correlation_id(),
