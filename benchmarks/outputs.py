@@ -31,8 +31,9 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-# The first line of report.md, paired's PREFIX.md and op_profile's PREFIX.md.
-_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ")
+# The first line of report.md, and of paired's, op_profile's and ddp_throughput's PREFIX.md.
+_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ",
+                 b"# Data-parallel training throughput: ")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
