@@ -5,6 +5,7 @@ loadable, the samplers' shards, and clear errors for a wrong setup."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -183,12 +184,13 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
-def test_killing_one_rank_mid_epoch_ends_the_job_within_the_timeout(tmp_path):
-    out, timeout = tmp_path / "run", 20
+def _start_and_hit_rank_1(out: Path, timeout: int, sig: int) -> tuple[str, int, float]:
+    """Start a 2-process tiny run, send ``sig`` to rank 1 once the first epoch is saved; returns torchrun's output,
+    its exit status and the seconds from the signal to its end."""
     cmd = _torchrun_cmd(2, *TINY_ARGS, "--stem", "imagenet", "--train-clips", "32", "--epochs", "50",
-                        "--no-eval-shuffled",
-                        "--dist-timeout", str(timeout), "--out", str(out))
+                        "--no-eval-shuffled", "--dist-timeout", str(timeout), "--out", str(out))
     proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
     try:
         deadline = time.monotonic() + 240
         while not (out / "last.pt").exists():  # the first epoch is saved
@@ -197,22 +199,45 @@ def test_killing_one_rank_mid_epoch_ends_the_job_within_the_timeout(tmp_path):
         time.sleep(0.5)  # into the next epoch
         victim = _rank_pid(proc.pid, 1)
         assert victim is not None
-        os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
-        log, _ = proc.communicate(timeout=timeout + 60)
-        took = time.monotonic() - killed
+        os.kill(victim, sig)
+        hit = time.monotonic()
+        log, _ = proc.communicate(timeout=timeout + 90)
+        return log, proc.returncode, time.monotonic() - hit
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if victim is not None and sig == signal.SIGSTOP:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+
+
+def _assert_last_checkpoint_intact(out: Path) -> None:
+    ts = read_resume_state(out, 50)["train_state"]  # the last complete checkpoint: loadable and resumable
+    assert ts["epoch"] >= 0 and load_checkpoint(out / "last.pt").model is not None
+
+
+def test_killing_one_rank_mid_epoch_ends_the_job_within_the_timeout(tmp_path):
+    out, timeout = tmp_path / "run", 20
+    log, rc, took = _start_and_hit_rank_1(out, timeout, signal.SIGKILL)
     print(f"the job ended {took:.1f} s after rank 1 was killed (timeout {timeout} s)")
-    assert proc.returncode != 0
-    assert took < timeout, log[-3000:]
+    assert rc != 0 and took < timeout, log[-3000:]
     # Rank 0 says why it stopped: the collective with the dead rank failed, or torchrun's SIGTERM reached it first.
     assert ("rank 0 of 2: a collective operation with the other ranks failed" in log
             or "rank 0 of 2: received SIGTERM" in log), log[-3000:]
-    ts = read_resume_state(out, 50)["train_state"]  # the last complete checkpoint: loadable and resumable
-    assert ts["epoch"] >= 0 and load_checkpoint(out / "last.pt").model is not None
+    _assert_last_checkpoint_intact(out)
+
+
+def test_a_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    out, timeout = tmp_path / "run", 10
+    log, rc, took = _start_and_hit_rank_1(out, timeout, signal.SIGSTOP)  # alive but silent: only the timeout helps
+    print(f"the job ended {took:.1f} s after rank 1 was stopped (timeout {timeout} s)")
+    assert rc != 0, log[-3000:]
+    assert "rank 0 of 2: a collective operation with the other ranks failed" in log, log[-3000:]
+    assert f"hung for longer than --dist-timeout {timeout} s" in log
+    # Rank 0 fails once the timeout has passed; torchrun then takes up to its own 30 s grace to end the stopped rank.
+    assert timeout - 1 <= took < timeout + 60
+    _assert_last_checkpoint_intact(out)
 
 
 # --------------------------------------------------------------------------------------------------------------------
