@@ -3,9 +3,11 @@ and 2 (or more) processes, interleaved round by round, the load average beside e
 
 Each run is the real command (``torchrun --nproc_per_node N -m train --preset demo ...``, synthetic clips made on
 the fly, evaluation off the clock): the throughput of an epoch is the clips it trained (every rank's) over its
-training time from ``metrics.json``; the first epoch is the warm-up and is not counted. Threads: the cores are shared
-out (``OMP_NUM_THREADS`` = cores / N per process), so every world size uses the same cores and only the data-parallel
-overhead (gradient all-reduce over gloo, the extra processes) separates them. This CLI runs the command as a user
+training time from ``metrics.json``; the first epoch is the warm-up and is not counted. Threads: by default the cores
+are shared out (``OMP_NUM_THREADS`` = cores / N per process), so every world size uses the same cores and only the
+data-parallel overhead (gradient all-reduce over gloo, the extra processes) separates them; ``--threads`` fixes the
+threads per process instead. On a machine shared with other work the scheduler gives each runnable thread a share,
+so more processes also take a larger share of the CPU: read the load averages beside the numbers. This CLI runs the command as a user
 would and imports nothing from ``train``.
 
 Example:
@@ -57,13 +59,14 @@ def run_once(nproc: int, train_args: Sequence[str], threads: int, work: Path) ->
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def measure(nprocs: Sequence[int], rounds: int, train_args: Sequence[str], cores: int) -> dict:
-    """``rounds`` rounds, each running every world size once (the order alternates between rounds)."""
+def measure(nprocs: Sequence[int], rounds: int, train_args: Sequence[str], cores: int, threads: int = 0) -> dict:
+    """``rounds`` rounds, each running every world size once (the order alternates between rounds); ``threads`` per
+    process, or (0) the cores shared out."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="ddp-bench-") as tmp:
         for r in range(rounds):
             for n in (nprocs if r % 2 == 0 else list(reversed(nprocs))):
-                run = run_once(n, train_args, max(1, cores // n), Path(tmp))
+                run = run_once(n, train_args, threads or max(1, cores // n), Path(tmp))
                 print(f"round {r + 1}: {n} process(es): {statistics.median(run['clips_per_s']):.1f} clips/s "
                       f"(load {run['load_before'][0]:.1f} -> {run['load_after'][0]:.1f})", file=sys.stderr)
                 runs.append({"round": r, **run})
@@ -102,6 +105,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
     p.add_argument("--train-clips", type=int, default=256, help="training clips per epoch (all ranks together)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch per process")
+    p.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS per process (0: the usable cores divided by the process count)")
     p.add_argument("--out", default="runs/ddp-throughput", help="folder for PREFIX.json and PREFIX.md")
     p.add_argument("--prefix", default="ddp-throughput", help="file name stem")
     p.add_argument("--force", action="store_true", help="replace files these tools did not write")
@@ -117,9 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         nprocs = [int(x) for x in args.nprocs.split(",")]
-        if not nprocs or min(nprocs) < 1 or min(args.rounds, args.epochs - 1, args.train_clips, args.batch_size) < 1:
+        if not nprocs or min(nprocs) < 1 or min(args.rounds, args.epochs - 1, args.train_clips, args.batch_size) < 1 \
+                or args.threads < 0:
             raise ValueError("--nprocs must be positive integers, --rounds, --train-clips and --batch-size >= 1, "
-                             "--epochs >= 2")
+                             "--epochs >= 2, --threads >= 0")
         check_outputs(args.out, [f"{args.prefix}.json", f"{args.prefix}.md"], force=args.force)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -136,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "host_cpu": cpu_name(),
            "torch": torch.__version__, "python": platform.python_version(), "package": __version__}
     try:
-        result = measure(nprocs, args.rounds, train_args, usable_cpus())
+        result = measure(nprocs, args.rounds, train_args, usable_cpus(), args.threads)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

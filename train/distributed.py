@@ -265,6 +265,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return work.to(t.device)
 
 
+def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP copies them at the start of each training
+    forward, after which every rank updates its own with its batch; evaluating right after training would otherwise
+    use slightly different statistics on each rank than the checkpoint rank 0 writes."""
+    if not ctx.active:
+        return
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def all_gather_objects(ctx: DistContext, obj: Any) -> list:
     """Every rank's ``obj`` in rank order (``[obj]`` in one process)."""
     if not ctx.active:

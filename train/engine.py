@@ -261,6 +261,7 @@ def _run_epoch(args: argparse.Namespace, s: _Setup, device: torch.device, epoch:
     tr = train_one_epoch(s.trained, loader, s.optimizer, device, epoch,
                          scheduler=s.scheduler, scaler=s.scaler, amp=s.amp, channels_last=s.channels_last,
                          clip_grad_norm=args.clip_grad, frame_loss_weight=args.frame_loss_weight, progress=progress)
+    distributed.broadcast_buffers(s.model, s.ctx)  # every rank evaluates the weights rank 0 saves
     # Evaluation draws no global random numbers (own generator), so it cannot disturb the training stream.
     val_loader = make_loader(s.val_ds, args, False, 0, device, sampler=distributed.eval_sampler(s.val_ds, s.ctx))
     ev = evaluate(s.model, val_loader, device, amp=s.amp, channels_last=s.channels_last,
