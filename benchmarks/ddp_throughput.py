@@ -121,7 +121,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     try:
-        nprocs = [int(x) for x in args.nprocs.split(",")]
+        try:
+            nprocs = [int(x) for x in args.nprocs.split(",")]
+        except ValueError:
+            raise ValueError(f"--nprocs takes comma-separated process counts (1,2), got {args.nprocs!r}") from None
         if not nprocs or min(nprocs) < 1 or min(args.rounds, args.epochs - 1, args.train_clips, args.batch_size) < 1 \
                 or args.threads < 0:
             raise ValueError("--nprocs must be positive integers, --rounds, --train-clips and --batch-size >= 1, "
