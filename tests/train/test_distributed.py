@@ -34,7 +34,7 @@ WORKER = Path(__file__).with_name("ddp_step_worker.py")
 # The cheapest configuration this 2-core shared machine trains in seconds (resnet18 with the imagenet stem on 16x16
 # frames of 4, 2 synthetic classes). Two epochs are too few to learn the task, so the 1- and 2-process accuracies are
 # compared as a band around each other; the demo preset's learning curves under both are recorded in
-# docs/training.md. Odd clip counts: the training split leaves one clip out per epoch over 2 ranks (said in the log),
+# docs/results.md. Odd clip counts: the training split leaves one clip out per epoch over 2 ranks (said in the log),
 # and the held-out split's shards differ in length, which the reduced evaluation must count exactly once.
 SMALL = ["--preset", "demo", "--synthetic-classes", "2", "--frames", "4", "--frame-size", "16", "--hidden-size", "32",
          "--train-clips", "65", "--val-clips", "33", "--device", "cpu", "--no-progress", "--no-eval-shuffled",
