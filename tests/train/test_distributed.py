@@ -31,7 +31,7 @@ from train.run_state import RUN_FILES, read_resume_state
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_step_worker.py")
 
-# The cheapest configuration this 2-core shared machine trains in seconds (resnet18 with the imagenet stem on 16x16
+# The cheapest configuration that runs the whole path (resnet18 with the imagenet stem on 16x16
 # frames of 4, 2 synthetic classes). Two epochs are too few to learn the task, so the 1- and 2-process accuracies are
 # compared as a band around each other; the demo preset's learning curves under both are recorded in
 # docs/results.md. Odd clip counts: the training split leaves one clip out per epoch over 2 ranks (said in the log),
