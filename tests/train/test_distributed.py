@@ -201,7 +201,7 @@ def _start_and_hit_rank_1(out: Path, timeout: int, sig: int) -> tuple[str, int, 
         assert victim is not None
         os.kill(victim, sig)
         hit = time.monotonic()
-        log, _ = proc.communicate(timeout=timeout + 90)
+        log, _ = proc.communicate(timeout=timeout + 120)
         return log, proc.returncode, time.monotonic() - hit
     finally:
         if proc.poll() is None:
@@ -236,7 +236,7 @@ def test_a_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
     assert "rank 0 of 2: a collective operation with the other ranks failed" in log, log[-3000:]
     assert f"hung for longer than --dist-timeout {timeout} s" in log
     # Rank 0 fails once the timeout has passed; torchrun then takes up to its own 30 s grace to end the stopped rank.
-    assert timeout - 1 <= took < timeout + 60
+    assert timeout - 1 <= took < timeout + 90
     _assert_last_checkpoint_intact(out)
 
 
