@@ -31,8 +31,9 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-# The first line of report.md, paired's, op_profile's and serve_load's PREFIX.md.
-_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ", b"# Serving load: ")
+# The first line of report.md, and of paired's, op_profile's, serve_load's and ddp_throughput's PREFIX.md.
+_OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ", b"# Serving load: ",
+                 b"# Data-parallel training throughput: ")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,6 +7,7 @@ Examples:
     python -m train --data folder --data-dir my_clips --frames 16 --out runs/mine
     python -m train --resume runs/cifar                    # continue where it stopped
     python -m train --resume runs/cifar --epochs 40        # ... or extend it
+    torchrun --nproc_per_node 2 -m train --preset demo --out runs/demo-ddp   # data-parallel, 2 processes
 
 Precedence of option values: the command line, then (with --resume) the run's config.json, then --preset, then the
 built-in defaults shown above.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +26,7 @@ from typing import Optional, Sequence
 from runtime.model import BACKBONES, STEMS
 
 from .data import DATASETS
+from .distributed import BACKENDS, DEFAULT_TIMEOUT_S
 
 logger = logging.getLogger("train")
 
@@ -90,9 +93,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers and before the heads")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=30, help="total epochs (with --resume: may extend the run)")
-    o.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    o.add_argument("--batch-size", type=int, default=32,
+                   help="clips per batch per process: under torchrun one optimizer step takes batch-size x "
+                        "world-size clips")
     o.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer")
-    o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay per step)")
+    o.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate (cosine decay per step), used as given at every world size: with N "
+                        "processes the global batch is N times larger, so scale it yourself (docs/training.md)")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
     o.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not on biases and norms)")
     o.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up before the cosine decay")
@@ -115,7 +122,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     r.add_argument("--eval-shuffled", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate every epoch on temporally shuffled held-out clips")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="tqdm progress bar (only when stderr is a terminal)")
+                   help="tqdm progress bar (only when stderr is a terminal; rank 0 only)")
+    d = p.add_argument_group("distributed (under torchrun; see docs/training.md)")
+    d.add_argument("--dist-backend", choices=BACKENDS, default="auto",
+                   help="process-group backend: auto is nccl on CUDA devices, gloo on CPUs")
+    d.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="timeout of every collective: a rank that hangs this long ends the job on every rank; must "
+                        "exceed rank 0's longest solo stretch (writing a checkpoint, a --download)")
+    d.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="SyncBatchNorm: batch statistics over every process's batch (CUDA only: torch refuses it on "
+                        "CPUs; no effect in one process)")
     return p
 
 
@@ -160,12 +176,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run training; returns 0 on success, 2 on bad input, 1 when a file cannot be written, 130 when interrupted (what
-    can be resumed is printed)."""
+    """Run training; returns 0 on success, 2 on bad input, 1 when a file cannot be written or a distributed run lost
+    a rank, 130 when interrupted (what can be resumed is printed). Under torchrun only rank 0 logs below WARNING, and
+    every rank's messages name it."""
+    from .distributed import RankFailure
     from .engine import TrainInterrupted, fit
 
+    rank = os.environ.get("RANK")  # set by torchrun; the process group itself is set up in fit
+    tag = f" rank {rank}" if rank is not None else ""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        logging.basicConfig(level=logging.INFO if rank in (None, "0") else logging.WARNING,
+                            format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s",
                             stream=sys.stderr)
     try:
         args = parse_args(argv)
@@ -177,10 +198,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted before training started; nothing was written", file=sys.stderr)
         return 130
     except ValueError as e:  # DataError, TrainError, CheckpointError, OutputPathError and ModelConfig's checks
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{tag and f' ({tag.strip()})'}: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # outputs were checked first, so what changed since: a full disk, a folder made read-only
         print(f"error: {e} (every file in the run folder is either its old or its new version)", file=sys.stderr)
+        return 1
+    except RankFailure as e:  # another rank died, hung or was stopped; the message names this rank
+        print(f"error: {e}", file=sys.stderr)
         return 1
     logger.info("done: best test clip accuracy %.4f (epoch %d); run folder %s", result["best_clip_acc"],
                 result["best_epoch"] + 1, result["out"])

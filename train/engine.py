@@ -15,6 +15,11 @@ files before it writes anything; temporaries of killed writes are removed at the
 
 Resuming restores the weights, optimizer, scheduler, RNG states and epoch counter from ``last.pt``, so an interrupted
 run continued with ``--resume`` ends with the same weights as one that never stopped (on the same device and build).
+
+Under ``torchrun`` (:mod:`train.distributed`) every rank trains its shard of each epoch through
+DistributedDataParallel, evaluates its shard of the held-out set (the sums are reduced, so every clip counts once),
+and only rank 0 writes the run folder; ``last.pt`` also holds every rank's RNG state and the world size, and a run
+resumes under another world size at the same epoch and point of the learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from runtime._version import __version__
 from runtime.checkpoint import CheckpointError, load_state_dict_checked, save_checkpoint
 from runtime.model import CNNBiLSTM
 
+from . import distributed
 from ._checks import TrainError
 from .data import build_dataset
 from .loop import evaluate, sequence_loss, shuffle_within_clips, train_one_epoch
@@ -94,23 +100,42 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     """
     check_train_args(args)  # again: fit may be called without parse_args
     out = Path(args.out)
-    check_out_dir(out, bool(args.resume), args.force)
-    device = resolve_device(args.device)
-    resume_state = read_resume_state(out, args.epochs) if args.resume else None
-    saved = RunProgress(out)
-    if resume_state is not None:
-        ts = resume_state["train_state"]
-        saved.last_epoch, saved.best = int(ts["epoch"]), True
-        if saved.last_epoch + 1 == args.epochs:
-            logger.info("%s already finished all %d epochs; nothing to do (give --epochs %d or more to extend it)",
-                        out, args.epochs, args.epochs + 1)
-            return _result(list(ts["history"]), float(ts["best_metric"]), int(ts["best_epoch"]), out)
-    try:
-        return _fit(args, out, device, resume_state, saved)
-    except KeyboardInterrupt as e:
-        raise TrainInterrupted(saved.interrupted()) from e
-    except FloatingPointError as e:
-        raise TrainError(f"{e} ({saved.where()})") from e
+    with distributed.session(args.device, args.dist_backend, args.dist_timeout) as (ctx, device):
+        distributed.check_sync_bn(args.sync_bn, device)
+        # Rank 0 checks the folder alone (it alone writes there); a refusal there stops every rank with its message.
+        distributed.main_first(ctx, lambda: check_out_dir(out, bool(args.resume), args.force), others=False)
+        resume_state = distributed.main_first(ctx, lambda: read_resume_state(out, args.epochs)) if args.resume else None
+        saved = RunProgress(out)
+        if resume_state is not None:
+            ts = resume_state["train_state"]
+            saved.last_epoch, saved.best = int(ts["epoch"]), True
+            if saved.last_epoch + 1 == args.epochs:
+                logger.info("%s already finished all %d epochs; nothing to do (give --epochs %d or more to extend "
+                            "it)", out, args.epochs, args.epochs + 1)
+                return _result(list(ts["history"]), float(ts["best_metric"]), int(ts["best_epoch"]), out)
+        try:
+            return _fit(args, out, device, resume_state, saved, ctx)
+        except KeyboardInterrupt as e:
+            stopped = f"{ctx.describe()}: {e}; " if isinstance(e, distributed.RankStopped) else ""
+            raise TrainInterrupted(stopped + _what_is_saved(saved, ctx, interrupted=True)) from e
+        except FloatingPointError as e:
+            raise TrainError(f"{e} ({_what_is_saved(saved, ctx)})") from e
+        except RuntimeError as e:
+            if not (ctx.active and distributed.is_collective_failure(e)):
+                raise
+            first = " ".join(str(e).split())[:240]
+            raise distributed.RankFailure(
+                f"{ctx.describe()}: a collective operation with the other ranks failed ({first}): another rank died, "
+                f"hung for longer than --dist-timeout {args.dist_timeout:g} s, or was stopped; "
+                f"{_what_is_saved(saved, ctx)}") from e
+
+
+def _what_is_saved(saved: RunProgress, ctx: "distributed.DistContext", interrupted: bool = False) -> str:
+    """What the run folder holds, as rank 0 knows it; the other ranks only know that rank 0 writes atomically."""
+    if ctx.is_main:
+        return saved.interrupted() if interrupted else saved.where()
+    return (f"rank 0 writes the run folder atomically, so {saved.out} keeps the last checkpoint it finished; "
+            f"continue with --resume {saved.out}")
 
 
 def _datasets(args: argparse.Namespace):
@@ -122,14 +147,39 @@ def _datasets(args: argparse.Namespace):
     return train_ds, val_ds
 
 
-def _restore(ts: dict, optimizer, scheduler, scaler) -> tuple[int, float, int, list]:
-    """Load a training state; returns the first epoch to run, the best metric and its epoch, and the history."""
+def _restore(ts: dict, optimizer, scheduler, scaler, steps_per_epoch: int, ctx: "distributed.DistContext",
+             seed: int) -> tuple[int, float, int, list]:
+    """Load a training state; returns the first epoch to run, the best metric and its epoch, and the history.
+
+    Under another world size than the one that saved it (so another number of steps per epoch), the scheduler is put
+    at the same point of the schedule: the start of the next epoch. Each rank restores its own saved RNG state; a rank
+    the saved run did not have is seeded from (seed, rank, epoch).
+    """
+    start = int(ts["epoch"]) + 1
     optimizer.load_state_dict(ts["optimizer"])
     scheduler.load_state_dict(ts["scheduler"])
+    saved_steps = int(ts.get("steps_per_epoch", steps_per_epoch))  # runs saved before this key: one process
+    if saved_steps != steps_per_epoch:
+        _rebase_scheduler(scheduler, optimizer, start * steps_per_epoch)
+        logger.info("last.pt was saved with %d steps per epoch (world size %d), this run takes %d: the learning-rate "
+                    "schedule continues from the start of epoch %d", saved_steps, int(ts.get("world_size", 1)),
+                    steps_per_epoch, start + 1)
     if scaler is not None and ts.get("scaler"):
         scaler.load_state_dict(ts["scaler"])
-    restore_rng_state(ts["rng"])
-    return int(ts["epoch"]) + 1, float(ts["best_metric"]), int(ts["best_epoch"]), list(ts["history"])
+    per_rank = ts.get("rng_per_rank") or [ts["rng"]]
+    if ctx.rank < len(per_rank):
+        restore_rng_state(per_rank[ctx.rank])
+    else:
+        seed_everything(seed + 1_000_003 * ctx.rank + start)
+    return start, float(ts["best_metric"]), int(ts["best_epoch"]), list(ts["history"])
+
+
+def _rebase_scheduler(scheduler, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Put a per-step LambdaLR at ``step`` of its (new) schedule, and the optimizer's learning rates with it."""
+    scheduler.last_epoch = step
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def _result(history: list, best: float, best_epoch: int, out: Path) -> dict[str, Any]:
@@ -140,7 +190,10 @@ def _result(history: list, best: float, best_epoch: int, out: Path) -> dict[str,
 class _Setup:
     """Everything one training run works with, built before its first epoch."""
 
-    model: CNNBiLSTM
+    model: CNNBiLSTM  # the network itself: what checkpoints hold
+    trained: torch.nn.Module  # what the training loop runs: ``model``, or DistributedDataParallel over it
+    ctx: "distributed.DistContext"
+    steps_per_epoch: int
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Optional[torch.amp.GradScaler]
@@ -155,11 +208,12 @@ class _Setup:
     history: list = field(default_factory=list)
 
 
-def _set_up(args: argparse.Namespace, out: Path, device: torch.device, resume_state: Optional[dict]) -> _Setup:
+def _set_up(args: argparse.Namespace, out: Path, device: torch.device, resume_state: Optional[dict],
+            ctx: "distributed.DistContext") -> _Setup:
     """Data, model (resumed weights), optimizer, schedule and loss scaler; a resumed state restored into them."""
     cuda = device.type == "cuda"
     amp, channels_last = bool(args.amp and cuda), bool(args.channels_last and cuda)
-    train_ds, val_ds = _datasets(args)
+    train_ds, val_ds = distributed.main_first(ctx, lambda: _datasets(args))  # rank 0 first: one download
     class_names, mean, std = list(train_ds.class_names), list(train_ds.mean), list(train_ds.std)
     config = model_config_from_args(args, len(class_names))
     if resume_state is not None and resume_state["config"] != config.to_dict():
@@ -174,15 +228,24 @@ def _set_up(args: argparse.Namespace, out: Path, device: torch.device, resume_st
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    trained = distributed.wrap_model(model, ctx, device, args.sync_bn)  # DDP broadcasts rank 0's weights
+    if ctx.active and resume_state is None:
+        seed_everything(args.seed + 1_000_003 * ctx.rank)  # one weight init, then each rank its own random stream
+    if args.sync_bn and not ctx.active:
+        logger.info("--sync-bn has no effect in one process")
     optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, args.momentum)
-    steps_per_epoch = math.ceil(len(train_ds) / args.batch_size)
+    per_rank = len(train_ds)
+    if ctx.active:
+        logger.info(distributed.describe_train_split(len(train_ds), ctx, args.batch_size))
+        per_rank = len(train_ds) // ctx.world_size
+    steps_per_epoch = math.ceil(per_rank / args.batch_size)
     scheduler = build_scheduler(optimizer, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    setup = _Setup(model, optimizer, scheduler, scaler, train_ds, val_ds, amp, channels_last,
-                   {"class_names": class_names, "mean": mean, "std": std})
+    setup = _Setup(model, trained, ctx, steps_per_epoch, optimizer, scheduler, scaler, train_ds, val_ds, amp,
+                   channels_last, {"class_names": class_names, "mean": mean, "std": std})
     if resume_state is not None:
         setup.start_epoch, setup.best, setup.best_epoch, setup.history = _restore(
-            resume_state["train_state"], optimizer, scheduler, scaler)
+            resume_state["train_state"], optimizer, scheduler, scaler, steps_per_epoch, ctx, args.seed)
         logger.info("resuming %s after epoch %d of %d (best clip acc %.4f at epoch %d)", out, setup.start_epoch,
                     args.epochs, setup.best, setup.best_epoch + 1)
     return setup
@@ -193,15 +256,18 @@ def _run_epoch(args: argparse.Namespace, s: _Setup, device: torch.device, epoch:
     (the epoch's metrics record, the training summary)."""
     if hasattr(s.train_ds, "set_epoch"):
         s.train_ds.set_epoch(epoch)
-    tr = train_one_epoch(s.model, make_loader(s.train_ds, args, True, epoch, device), s.optimizer, device, epoch,
+    sampler = distributed.train_sampler(s.train_ds, s.ctx, args.seed, epoch)
+    loader = make_loader(s.train_ds, args, True, epoch, device, sampler=sampler, rank=s.ctx.rank)
+    tr = train_one_epoch(s.trained, loader, s.optimizer, device, epoch,
                          scheduler=s.scheduler, scaler=s.scaler, amp=s.amp, channels_last=s.channels_last,
                          clip_grad_norm=args.clip_grad, frame_loss_weight=args.frame_loss_weight, progress=progress)
+    distributed.broadcast_buffers(s.model, s.ctx)  # every rank evaluates the weights rank 0 saves
     # Evaluation draws no global random numbers (own generator), so it cannot disturb the training stream.
-    val_loader = make_loader(s.val_ds, args, False, 0, device)
+    val_loader = make_loader(s.val_ds, args, False, 0, device, sampler=distributed.eval_sampler(s.val_ds, s.ctx))
     ev = evaluate(s.model, val_loader, device, amp=s.amp, channels_last=s.channels_last,
                   frame_loss_weight=args.frame_loss_weight)
     record = {"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()},
-              **{f"val_{k}": ev[k] for k in ("loss", "frame_loss", "clip_loss", "frame_acc", "clip_acc")}}
+              **{f"val_{k}": ev[k] for k in ("loss", "frame_loss", "clip_loss", "frame_acc", "clip_acc", "clips")}}
     if args.eval_shuffled:
         sh = evaluate(s.model, val_loader, device, shuffle_frames=True, seed=args.seed, amp=s.amp,
                       channels_last=s.channels_last)
@@ -212,10 +278,15 @@ def _run_epoch(args: argparse.Namespace, s: _Setup, device: torch.device, epoch:
 
 
 def _save_epoch(out: Path, s: _Setup, epoch: int, improved: bool, run_id: str, saved: RunProgress) -> None:
-    """best.pt (when improved), last.pt with the training state, metrics.json."""
+    """best.pt (when improved), last.pt with the training state, metrics.json: written by rank 0 only, after every
+    rank handed it its RNG state (so every rank calls this)."""
+    rng = distributed.all_gather_objects(s.ctx, capture_rng_state())
+    if not s.ctx.is_main:
+        return
     train_state = {
         "epoch": epoch, "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-        "scaler": s.scaler.state_dict() if s.scaler is not None else {}, "rng": capture_rng_state(),
+        "scaler": s.scaler.state_dict() if s.scaler is not None else {}, "rng": rng[0], "rng_per_rank": rng,
+        "world_size": s.ctx.world_size, "steps_per_epoch": s.steps_per_epoch,
         "best_metric": s.best, "best_epoch": s.best_epoch, "history": s.history, "run_id": run_id,
     }
     # best.pt before last.pt: a kill between the two leaves last.pt at the previous epoch, so resuming redoes
@@ -229,17 +300,18 @@ def _save_epoch(out: Path, s: _Setup, epoch: int, improved: bool, run_id: str, s
 
 
 def _fit(args: argparse.Namespace, out: Path, device: torch.device, resume_state: Optional[dict],
-         saved: RunProgress) -> dict[str, Any]:
-    s = _set_up(args, out, device, resume_state)
+         saved: RunProgress, ctx: "distributed.DistContext") -> dict[str, Any]:
+    s = _set_up(args, out, device, resume_state, ctx)
     config = s.model.config
-    run_id = start_run_folder(out, args, resume_state, {
+    run_id = distributed.main_first(ctx, lambda: start_run_folder(out, args, resume_state, {
         "model_config": config.to_dict(), **s.save_kw,
         "package_version": __version__, "torch_version": torch.__version__, "device": str(device),
-    })
+        "world_size": ctx.world_size, "dist_backend": ctx.backend,
+    }), others=False)
     logger.info("training %s/%s on %s: %d train clips, %d test clips, classes %s, %d epochs from %d",
                 config.backbone, config.stem, device, len(s.train_ds), len(s.val_ds), s.save_kw["class_names"],
                 args.epochs, s.start_epoch)
-    progress = bool(args.progress and sys.stderr.isatty())
+    progress = bool(args.progress and sys.stderr.isatty() and ctx.is_main)
     for epoch in range(s.start_epoch, args.epochs):
         record, tr = _run_epoch(args, s, device, epoch, progress)
         s.history.append(record)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from runtime.model import CNNBiLSTM, length_mask
 
 from ._checks import TrainError
+from .distributed import all_reduce_sum, unwrap
 
 
 def sequence_loss(
@@ -86,6 +87,14 @@ class _Meter:
         c = self.confusion.shape[0]
         self.confusion += torch.bincount(labels.cpu() * c + pred.cpu(), minlength=c * c).view(c, c)
 
+    def all_reduce(self) -> None:
+        """Sum the meter over every rank (nothing in one process), so each rank's clips count once."""
+        names = ("loss", "frame_loss", "clip_loss", "clips", "frames", "clip_correct", "frame_correct")
+        sums = all_reduce_sum(torch.tensor([float(getattr(self, n)) for n in names], dtype=torch.float64))
+        for n, v in zip(names, sums.tolist(), strict=True):  # float64 holds the counts exactly (< 2**53)
+            setattr(self, n, v if "loss" in n else int(v))
+        self.confusion = all_reduce_sum(self.confusion)
+
     def summary(self) -> dict[str, float]:
         n = max(self.clips, 1)
         return {
@@ -141,8 +150,10 @@ def train_one_epoch(
     """Train for one pass over ``loader`` (batches ``(frames, lengths, labels)``); the scheduler steps per batch.
 
     Args:
-        model (CNNBiLSTM): the network (put in train mode here).
-        loader (Iterable): training batches.
+        model (CNNBiLSTM | DistributedDataParallel): the network, or its wrapper in a distributed run (put in train
+            mode here; the forward goes through it, so DDP averages the gradients over the ranks).
+        loader (Iterable): training batches (this rank's shard in a distributed run; the metrics are summed over
+            the ranks).
         optimizer (Optimizer): the optimizer.
         device (torch.device): where to compute.
         epoch (int): epoch index (for the progress bar).
@@ -166,15 +177,15 @@ def train_one_epoch(
         raise TrainError(f"clip_grad_norm must be >= 0 (0: no clipping), got {clip_grad_norm}")
     model.train()
     start = time.perf_counter()
-    meter = _Meter(model.config.num_classes)
+    meter = _Meter(unwrap(model).config.num_classes)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
     for frames, lengths, labels in bar:
         frames = frames.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         lengths_dev = lengths.to(device)
         with _autocast(device, amp):
-            feats = _features(model, frames, channels_last)
-            frame_logits, clip_logits = model.classify(feats, lengths_dev)
+            # Through model's own forward: DistributedDataParallel synchronises gradients only for what it ran.
+            frame_logits, clip_logits = model(_layout(frames, channels_last), lengths_dev)
             loss, frame_loss, clip_loss = sequence_loss(frame_logits, clip_logits, lengths_dev, labels,
                                                         frame_loss_weight)
         if not torch.isfinite(loss):
@@ -184,18 +195,18 @@ def train_one_epoch(
         meter.update(loss.detach(), frame_loss.detach(), clip_loss.detach(), frame_logits.detach(),
                      clip_logits.detach(), lengths_dev, labels)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    meter.all_reduce()
     out = meter.summary()
     out["lr"] = optimizer.param_groups[0]["lr"]
     out["time"] = time.perf_counter() - start
     return out
 
 
-def _features(model: CNNBiLSTM, frames: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def _layout(frames: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``(B, T, 3, H, W)`` frames whose ``flatten(0, 1)`` (the CNN's input) is in channels_last layout, if asked."""
     if not channels_last:
-        return model.extract_features(frames)
-    b, t = frames.shape[:2]
-    flat = frames.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    return model.cnn(flat).view(b, t, -1)
+        return frames
+    return frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 @torch.no_grad()
@@ -215,7 +226,8 @@ def evaluate(
 
     Args:
         model (CNNBiLSTM): the network.
-        loader (Iterable): batches ``(frames, lengths, labels)``.
+        loader (Iterable): batches ``(frames, lengths, labels)``; in a distributed run this rank's shard
+            (:class:`train.distributed.ShardSampler`), and the sums behind the results are reduced over the ranks.
         device (torch.device): where to compute.
         shuffle_frames (bool): permute each clip's frames in time first (the temporal-order ablation).
             Defaults to False.
@@ -240,9 +252,10 @@ def evaluate(
             frames = shuffle_within_clips(frames, lengths, gen)
         frames, labels, lengths = frames.to(device), labels.to(device), lengths.to(device)
         with _autocast(device, amp):
-            frame_logits, clip_logits = model.classify(_features(model, frames, channels_last), lengths)
+            frame_logits, clip_logits = model(_layout(frames, channels_last), lengths)
             loss, frame_loss, clip_loss = sequence_loss(frame_logits, clip_logits, lengths, labels, frame_loss_weight)
         meter.update(loss, frame_loss, clip_loss, frame_logits, clip_logits, lengths, labels)
+    meter.all_reduce()  # sharded evaluation: every rank's clips, each counted once
     out: dict[str, Any] = meter.summary()
     cm = meter.confusion
     totals = cm.sum(1)

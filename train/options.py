@@ -23,7 +23,7 @@ OPTION_RANGES: dict[str, tuple] = {
     "frames": (1, None), "train_clips": (1, None), "val_clips": (1, None), "val_fraction": (0, 1, True, True),
     "workers": (0, None), "epochs": (1, None), "batch_size": (1, None), "lr": (0, None, True),
     "momentum": (0, 1, False, True), "weight_decay": (0, None), "warmup_epochs": (0, None), "clip_grad": (0, None),
-    "frame_loss_weight": (0, None), "seed": (0, SEED_MAX),
+    "frame_loss_weight": (0, None), "seed": (0, SEED_MAX), "dist_timeout": (0, None, True),
 }
 
 
@@ -108,9 +108,11 @@ def model_config_from_args(args: argparse.Namespace, num_classes: int) -> ModelC
                        num_layers=args.num_layers, dropout=args.dropout)
 
 
-def make_loader(ds, args, shuffle: bool, epoch: int, device: torch.device) -> DataLoader:
+def make_loader(ds, args, shuffle: bool, epoch: int, device: torch.device, sampler=None, rank: int = 0) -> DataLoader:
     # A generator seeded from (seed, epoch) fixes the order and the workers' seeds of each epoch on its own, so a
-    # resumed run draws the same batches as one that never stopped.
-    gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, generator=gen, num_workers=args.workers,
-                      collate_fn=pad_collate, pin_memory=device.type == "cuda", drop_last=False)
+    # resumed run draws the same batches as one that never stopped. With a sampler (a distributed rank's shard) the
+    # sampler fixes the order, and the rank enters the workers' seeds so that ranks augment differently.
+    gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch + 7_919 * rank)
+    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=gen, num_workers=args.workers, collate_fn=pad_collate,
+                      pin_memory=device.type == "cuda", drop_last=False)

@@ -1,0 +1,83 @@
+"""One optimisation step of the real training loop, data-parallel: run by ``torchrun --nproc_per_node 2`` from
+tests/train/test_distributed.py (``python ddp_step_worker.py OUT.pt``). Each rank takes its half of one batch; rank 0
+saves the weights after the step, rank 1 its own beside them. The test compares them with one process taking the
+whole batch, built by the same functions here.
+
+BatchNorm is in eval mode during the step (:class:`FrozenBNModel`): it normalises with its running statistics, the
+same on every rank whatever its share of the batch, so the two runs can differ only through the gradient
+synchronisation. (In train mode each rank would normalise over its own half batch, and in torch 2.14 SyncBatchNorm,
+which would fix that, refuses CPU tensors.)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from runtime.model import CNNBiLSTM, ModelConfig
+
+CONFIG = ModelConfig(num_classes=3, backbone="resnet18", stem="cifar", frame_size=(16, 16), hidden_size=16,
+                     num_layers=1, dropout=0.0)
+BATCH = 8
+
+
+class FrozenBNModel(CNNBiLSTM):
+    """The network with its BatchNorm layers kept in eval mode when the loop puts it in train mode."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+def make_model() -> FrozenBNModel:
+    torch.manual_seed(0)
+    model = FrozenBNModel(CONFIG)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial running statistics, so eval-mode BN really normalises
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+def make_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(BATCH, 5, 3, *CONFIG.frame_size, generator=g)
+    lengths = torch.tensor([5, 3, 5, 1, 4, 5, 2, 5])  # packed sequences of different lengths on both ranks
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    return frames, lengths, labels
+
+
+def one_step(model: CNNBiLSTM, trained: torch.nn.Module, frames, lengths, labels) -> dict:
+    """One step of :func:`train.loop.train_one_epoch` (SGD with momentum and weight decay; no gradient clipping,
+    which would hide a wrong gradient scale); returns the weights after it."""
+    from train.loop import train_one_epoch
+    from train.options import build_optimizer
+
+    optimizer = build_optimizer(model, "sgd", lr=0.5, weight_decay=0.05, momentum=0.9)
+    train_one_epoch(trained, [(frames, lengths, labels)], optimizer, torch.device("cpu"), 0, clip_grad_norm=0.0)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def main(out: str) -> int:
+    from train import distributed
+
+    with distributed.session("cpu", "gloo", 30.0) as (ctx, device):
+        assert ctx.world_size == 2, ctx
+        model = make_model()
+        trained = distributed.wrap_model(model, ctx, device)
+        frames, lengths, labels = make_batch()
+        half = slice(ctx.rank * BATCH // 2, (ctx.rank + 1) * BATCH // 2)
+        weights = one_step(model, trained, frames[half], lengths[half], labels[half])
+        every = distributed.all_gather_objects(ctx, weights)
+        if ctx.is_main:
+            torch.save({"rank0": every[0], "rank1": every[1]}, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1]))

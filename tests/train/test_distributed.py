@@ -1,0 +1,337 @@
+"""Data-parallel training (train/distributed.py) on CPU with gloo and 2 processes on this machine, started by torchrun
+as a user would: one step on 2 ranks equals one step on 1 rank, a 2-process run writes its files once and learns as
+well as a 1-process run, resume from 2 processes to 1 and back, a killed rank ends the job with the last checkpoint
+loadable, the samplers' shards, and clear errors for a wrong setup."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_ARGS, run_train
+from torch.utils.data import DistributedSampler
+
+from runtime.checkpoint import load_checkpoint, read_checkpoint_dict
+from train import distributed
+from train.__main__ import main as train_main
+from train.data import DataSpec, build_dataset
+from train.run_state import RUN_FILES, read_resume_state
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("ddp_step_worker.py")
+
+# The cheapest configuration that runs the whole path (resnet18 with the imagenet stem on 16x16
+# frames of 4, 2 synthetic classes). Two epochs are too few to learn the task, so the 1- and 2-process accuracies are
+# compared as a band around each other; the demo preset's learning curves under both are recorded in
+# docs/results.md. Odd clip counts: the training split leaves one clip out per epoch over 2 ranks (said in the log),
+# and the held-out split's shards differ in length, which the reduced evaluation must count exactly once.
+SMALL = ["--preset", "demo", "--synthetic-classes", "2", "--frames", "4", "--frame-size", "16", "--hidden-size", "32",
+         "--train-clips", "65", "--val-clips", "33", "--device", "cpu", "--no-progress", "--no-eval-shuffled",
+         "--dist-timeout", "30"]
+TRAIN, VAL = 65, 33
+EPOCHS = 2
+BATCH = 8  # per process with 2 processes: the 1-process run takes 2 x BATCH, so both take 32 clips per step
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun_cmd(nproc: int, *argv: str, script: str | None = None) -> list[str]:
+    target = [script] if script else ["-m", "train"]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(_free_port()), *target, *argv]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV_VARS}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _torchrun(nproc: int, *argv: str, script: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(_torchrun_cmd(nproc, *argv, script=script), env=_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _train_state(run: Path) -> dict:
+    return read_checkpoint_dict(run / "last.pt")["train_state"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# one step: 2 ranks x half a batch == 1 rank x the whole batch
+# --------------------------------------------------------------------------------------------------------------------
+def test_one_step_on_two_ranks_equals_one_step_on_one_rank_with_the_whole_batch(tmp_path):
+    import ddp_step_worker as w  # tests/train is on sys.path (pytest's rootdir insertion)
+
+    out = tmp_path / "ddp.pt"
+    res = _torchrun(2, str(out), script=str(WORKER), timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ddp = torch.load(out, weights_only=True)
+    frames, lengths, labels = w.make_batch()
+    whole = w.make_model()
+    want = w.one_step(whole, whole, frames, lengths, labels)
+    half = w.make_model()
+    half_only = w.one_step(half, half, frames[:4], lengths[:4], labels[:4])
+    before = w.make_model().state_dict()
+
+    def max_diff(a, b):
+        return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+    moved, off_by_half = max_diff(want, before), max_diff(want, half_only)
+    err, ranks_apart = max_diff(ddp["rank0"], want), max_diff(ddp["rank0"], ddp["rank1"])
+    print(f"step moved weights by up to {moved:.3g}; half the batch alone differs by {off_by_half:.3g}; "
+          f"2 ranks vs 1 rank: max |diff| {err:.3g}; rank 0 vs rank 1: {ranks_apart:.3g}")
+    assert moved > 1e-2 and off_by_half > 1e-3  # the comparison can fail: the step and the split both matter
+    assert ranks_apart == 0.0
+    assert err < 1e-5
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# runs: 1 process, 2 processes, resume across world sizes
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 1-process run (in this process, batch 2 x BATCH) and a 2-process torchrun run (batch BATCH each) of SMALL."""
+    root = tmp_path_factory.mktemp("ddp")
+    one, two = root / "one", root / "two"
+    t0 = time.perf_counter()
+    assert train_main([*SMALL, "--epochs", str(EPOCHS), "--batch-size", str(2 * BATCH), "--out", str(one)]) == 0
+    t1 = time.perf_counter()
+    res = _torchrun(2, *SMALL, "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--out", str(two))
+    t2 = time.perf_counter()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    print(f"1 process: {t1 - t0:.0f} s, 2 processes: {t2 - t1:.0f} s (torchrun start included)")
+    return {"root": root, "one": one, "two": two, "two_log": res.stdout + res.stderr}
+
+
+def test_two_process_run_writes_its_files_once_and_learns_like_one_process(runs):
+    two, log = runs["two"], runs["two_log"]
+    assert sorted(p.name for p in two.iterdir()) == sorted(RUN_FILES)  # no temporaries, nothing else
+    records = _metrics(two)
+    assert [r["epoch"] for r in records] == list(range(EPOCHS))  # one record per epoch, not one per rank
+    assert all(r["val_clips"] == VAL for r in records)  # uneven shards (17 + 16), each clip counted once
+    for epoch in range(1, EPOCHS + 1):  # only rank 0 logs progress
+        assert log.count(f"epoch {epoch}/{EPOCHS} ") == 1, log[-3000:]
+    assert "rank 1" not in log.replace("rank 1 of", "")  # rank 1 logged nothing (warnings and errors would show)
+    assert f"each epoch leaves out 1 of the {TRAIN} clips" in log
+    config = json.loads((two / "config.json").read_text())
+    assert config["world_size"] == 2 and config["dist_backend"] == "gloo" and config["args"]["batch_size"] == BATCH
+    ts = _train_state(two)
+    assert ts["world_size"] == 2 and len(ts["rng_per_rank"]) == 2
+    assert ts["steps_per_epoch"] == -(-(TRAIN // 2) // BATCH)
+    best = load_checkpoint(two / "best.pt")  # the unwrapped network: loads into a plain CNNBiLSTM
+    assert not any(k.startswith("module.") for k in best.model.state_dict())
+    acc1, acc2 = _metrics(runs["one"])[-1]["val_clip_acc"], records[-1]["val_clip_acc"]
+    print(f"held-out clip accuracy after {EPOCHS} epochs: 1 process {acc1:.4f}, 2 processes {acc2:.4f}")
+    assert abs(acc1 - acc2) <= 0.2, (acc1, acc2)
+
+
+def test_resume_two_processes_to_one(runs):
+    run = runs["root"] / "two-to-one"
+    shutil.copytree(runs["two"], run)
+    assert train_main(["--resume", str(run), "--epochs", str(EPOCHS + 1), "--batch-size", str(2 * BATCH)]) == 0
+    ts, records = _train_state(run), _metrics(run)
+    steps = -(-TRAIN // (2 * BATCH))
+    assert ts["epoch"] == EPOCHS and ts["world_size"] == 1 and len(ts["rng_per_rank"]) == 1
+    # The schedule went on from the start of the resumed epoch in the new steps per epoch.
+    assert ts["steps_per_epoch"] == steps and ts["scheduler"]["last_epoch"] == (EPOCHS + 1) * steps
+    assert records[:EPOCHS] == _metrics(runs["two"]) and records[-1]["val_clips"] == VAL
+
+
+def test_resume_one_process_to_two(runs):
+    run = runs["root"] / "one-to-two"
+    shutil.copytree(runs["one"], run)
+    res = _torchrun(2, "--resume", str(run), "--epochs", str(EPOCHS + 1), "--batch-size", str(BATCH))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "the learning-rate schedule continues from the start of epoch 3" in res.stderr
+    ts, records = _train_state(run), _metrics(run)
+    steps = -(-(TRAIN // 2) // BATCH)
+    assert ts["epoch"] == EPOCHS and ts["world_size"] == 2 and len(ts["rng_per_rank"]) == 2
+    assert ts["steps_per_epoch"] == steps and ts["scheduler"]["last_epoch"] == (EPOCHS + 1) * steps
+    assert records[:EPOCHS] == _metrics(runs["one"]) and records[-1]["val_clips"] == VAL
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# failures
+# --------------------------------------------------------------------------------------------------------------------
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker ``rank`` (its children, told apart by their RANK variable)."""
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    return None
+
+
+def _start_and_hit_rank_1(out: Path, timeout: int, sig: int) -> tuple[str, int, float]:
+    """Start a 2-process tiny run, send ``sig`` to rank 1 once the first epoch is saved; returns torchrun's output,
+    its exit status and the seconds from the signal to its end."""
+    cmd = _torchrun_cmd(2, *TINY_ARGS, "--stem", "imagenet", "--train-clips", "32", "--epochs", "50",
+                        "--no-eval-shuffled", "--dist-timeout", str(timeout), "--out", str(out))
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "last.pt").exists():  # the first epoch is saved
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or never saved an epoch"
+            time.sleep(0.2)
+        time.sleep(0.5)  # into the next epoch
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, sig)
+        hit = time.monotonic()
+        log, _ = proc.communicate(timeout=timeout + 120)
+        return log, proc.returncode, time.monotonic() - hit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if victim is not None and sig == signal.SIGSTOP:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+
+
+def _assert_last_checkpoint_intact(out: Path) -> None:
+    ts = read_resume_state(out, 50)["train_state"]  # the last complete checkpoint: loadable and resumable
+    assert ts["epoch"] >= 0 and load_checkpoint(out / "last.pt").model is not None
+
+
+def test_killing_one_rank_mid_epoch_ends_the_job_within_the_timeout(tmp_path):
+    out, timeout = tmp_path / "run", 20
+    log, rc, took = _start_and_hit_rank_1(out, timeout, signal.SIGKILL)
+    print(f"the job ended {took:.1f} s after rank 1 was killed (timeout {timeout} s)")
+    assert rc != 0 and took < timeout, log[-3000:]
+    # Rank 0 says why it stopped: the collective with the dead rank failed, or torchrun's SIGTERM reached it first.
+    assert ("rank 0 of 2: a collective operation with the other ranks failed" in log
+            or "rank 0 of 2: received SIGTERM" in log), log[-3000:]
+    _assert_last_checkpoint_intact(out)
+
+
+def test_a_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    out, timeout = tmp_path / "run", 10
+    log, rc, took = _start_and_hit_rank_1(out, timeout, signal.SIGSTOP)  # alive but silent: only the timeout helps
+    print(f"the job ended {took:.1f} s after rank 1 was stopped (timeout {timeout} s)")
+    assert rc != 0, log[-3000:]
+    assert "rank 0 of 2: a collective operation with the other ranks failed" in log, log[-3000:]
+    assert f"hung for longer than --dist-timeout {timeout} s" in log
+    # Rank 0 fails once the timeout has passed; torchrun then takes up to its own 30 s grace to end the stopped rank.
+    assert timeout - 1 <= took < timeout + 90
+    _assert_last_checkpoint_intact(out)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# shards
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (11, 3), (2, 2)])
+def test_training_shards_are_disjoint_equal_and_leave_out_only_the_remainder(n, world):
+    data = list(range(n))
+    for epoch in (0, 1):
+        shards = [list(distributed.train_sampler(data, distributed.DistContext(r, world, r, "gloo"), 3, epoch))
+                  for r in range(world)]
+        flat = [i for s in shards for i in s]
+        assert len(set(flat)) == len(flat) == n - n % world  # no clip twice; only the remainder left out
+        assert {len(s) for s in shards} == {n // world}  # equal shards: every rank takes the same number of steps
+    orders = [list(distributed.train_sampler(data, distributed.DistContext(0, world, 0, "gloo"), 3, e))
+              for e in range(4)]
+    assert n < 4 or len({tuple(o) for o in orders}) > 1  # set_epoch: epochs differ
+
+
+@pytest.mark.parametrize("n, world", [(101, 2), (5, 3), (2, 3), (8, 4)])
+def test_evaluation_shards_cover_every_clip_exactly_once(n, world):
+    shards = [list(distributed.ShardSampler(n, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(n))
+    assert [len(s) for s in shards] == [len(distributed.ShardSampler(n, r, world)) for r in range(world)]
+    if n % world:  # why not DistributedSampler: it pads the last shards with repeated clips
+        padded = [list(DistributedSampler(range(n), num_replicas=world, rank=r, shuffle=False)) for r in range(world)]
+        assert sum(map(len, padded)) > n
+
+
+def _clip_digest(item) -> str:
+    return hashlib.sha256(item[0].numpy().tobytes()).hexdigest()
+
+
+def test_synthetic_and_cifar_style_sources_shard_into_distinct_clips(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog"):  # an ImageFolder tree: the cifar10 source's reader, 6 images per class
+        for split in ("train", "test"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), (40 * i, 100 if c == "cat" else 200, 7 * i)).save(
+                    tmp_path / split / c / f"{i}.png")
+    sources = [build_dataset(DataSpec(name="synthetic", frames=4, frame_size=(8, 8), num_clips=9, num_classes=2),
+                             "train"),
+               build_dataset(DataSpec(name="cifar10", data_dir=str(tmp_path), frames=2, frame_size=(8, 8)), "train")]
+    for ds in sources:
+        world = 2
+        digests = [[_clip_digest(ds[i]) for i in distributed.train_sampler(
+            ds, distributed.DistContext(r, world, r, "gloo"), 0, 1)] for r in range(world)]
+        flat = [d for s in digests for d in s]
+        assert len(set(flat)) == len(flat) == len(ds) - len(ds) % world, type(ds).__name__
+        held_out = [_clip_digest(ds[i]) for r in range(world) for i in distributed.ShardSampler(len(ds), r, world)]
+        assert sorted(held_out) == sorted(_clip_digest(ds[i]) for i in range(len(ds)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# a wrong setup is one clear line
+# --------------------------------------------------------------------------------------------------------------------
+def _set_env(monkeypatch, **values):
+    for k in distributed.ENV_VARS:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in values.items():
+        monkeypatch.setenv(k, str(v))
+
+
+def test_missing_torchrun_variables_are_named(tmp_path, monkeypatch, capsys):
+    _set_env(monkeypatch, RANK=0, WORLD_SIZE=2)
+    assert run_train(tmp_path / "run", "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert "LOCAL_RANK, MASTER_ADDR, MASTER_PORT missing" in err and "torchrun" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_port_in_use_is_named(tmp_path, monkeypatch, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _set_env(monkeypatch, RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        assert run_train(tmp_path / "run", "--epochs", "1", "--dist-timeout", "5") == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port} is already in use" in err and "--master-port" in err, err
+
+
+def test_a_world_size_with_missing_ranks_times_out_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    _set_env(monkeypatch, RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
+    t0 = time.monotonic()
+    assert run_train(tmp_path / "run", "--epochs", "1", "--dist-timeout", "3") == 2
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert "not all of WORLD_SIZE=2 processes joined" in err and "nproc_per_node x nnodes" in err, err
+
+
+def test_sync_bn_on_cpu_is_refused_with_the_reason(tmp_path, capsys):
+    assert run_train(tmp_path / "run", "--epochs", "1", "--sync-bn") == 2
+    err = capsys.readouterr().err
+    assert "--sync-bn needs CUDA devices" in err and not (tmp_path / "run").exists()
