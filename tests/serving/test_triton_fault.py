@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import PROTOCOLS, assert_same_outputs, base_url, write_python_repository
 
 import runtime
 from runtime.__main__ import main as runtime_main
 from runtime.errors import RemoteServerError
 from runtime.triton.local_server import SHM_DIR, LocalTritonServer
-from tests.serving.conftest import PROTOCOLS, assert_same_outputs, base_url, write_python_repository
 
 MODEL = "cnn_bilstm"
 X = np.random.default_rng(11).standard_normal((2, 3, 3, 16, 16)).astype(np.float32)

@@ -10,12 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-
-import runtime
-from runtime.__main__ import main as runtime_main
-from runtime.errors import RuntimeInputError
-from runtime.triton.client import RemoteStream, TritonRunner
-from tests.serving.conftest import (
+from conftest import (
     MAX_BATCH_SIZE,
     MAX_TIME,
     PROTOCOLS,
@@ -24,6 +19,11 @@ from tests.serving.conftest import (
     assert_same_outputs,
     base_url,
 )
+
+import runtime
+from runtime.__main__ import main as runtime_main
+from runtime.errors import RuntimeInputError
+from runtime.triton.client import RemoteStream, TritonRunner
 
 MODEL, STREAM = "cnn_bilstm", "cnn_bilstm_stream"
 
