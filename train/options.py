@@ -23,7 +23,7 @@ OPTION_RANGES: dict[str, tuple] = {
     "frames": (1, None), "train_clips": (1, None), "val_clips": (1, None), "val_fraction": (0, 1, True, True),
     "workers": (0, None), "epochs": (1, None), "batch_size": (1, None), "lr": (0, None, True),
     "momentum": (0, 1, False, True), "weight_decay": (0, None), "warmup_epochs": (0, None), "clip_grad": (0, None),
-    "frame_loss_weight": (0, None), "seed": (0, SEED_MAX),
+    "frame_loss_weight": (0, None), "seed": (0, SEED_MAX), "frame_stride": (1, None),
 }
 
 
@@ -86,7 +86,8 @@ def data_spec(args: argparse.Namespace, split: str) -> DataSpec:
         name=args.data, data_dir=args.data_dir, frames=args.frames, frame_size=tuple(args.frame_size),
         seed=args.seed, num_clips=args.train_clips if split == "train" else args.val_clips,
         num_classes=args.synthetic_classes, download=args.download, augment=args.augment,
-        val_fraction=args.val_fraction,
+        val_fraction=args.val_fraction, sampling=args.sampling, frame_stride=args.frame_stride,
+        cache_dir=args.cache_dir, on_bad_video=args.on_bad_video,
     )
 
 
