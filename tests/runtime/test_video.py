@@ -18,7 +18,7 @@ from runtime.video import (
     window_starts,
     write_video,
 )
-from tests.conftest import VIDEO_FRAMES, VIDEO_SPECS, motion_frames
+from conftest import VIDEO_FRAMES, VIDEO_SPECS, motion_frames
 
 pytest.importorskip("av")
 
