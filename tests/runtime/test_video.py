@@ -18,9 +18,10 @@ from runtime.video import (
     window_starts,
     write_video,
 )
-from conftest import VIDEO_FRAMES, VIDEO_SPECS, motion_frames
 
 pytest.importorskip("av")
+
+from conftest import VIDEO_FRAMES, VIDEO_SPECS, motion_frames  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

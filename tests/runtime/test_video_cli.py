@@ -101,25 +101,27 @@ def test_folder_of_videos_and_bad_video_arguments(tiny_checkpoint, synthetic_vid
     assert "holds both video files and frame images" in capsys.readouterr().err
 
 
-def test_stream_cli_and_feed_agree_with_pushing_the_readers_frames(tiny_checkpoint, synthetic_videos, capsys):
-    path = synthetic_videos["h264_mp4_25fps"][0]
+def test_stream_cli_and_feed_agree_with_pushing_the_readers_frames(tiny_checkpoint, tmp_path, capsys):
+    path = write_video(tmp_path / "stream.mp4", motion_frames(1, 10, (24, 32)), 25)
     with VideoReader(path, SIZE) as reader:
         frames = [f for _, f in reader.iter_frames()]
-    with runtime.StreamingClassifier(tiny_checkpoint, window=4, device="cpu") as stream:
-        expected = [(i, stream.push(frames[i])) for i in range(0, VIDEO_FRAMES, 2)]
+    with runtime.StreamingClassifier(tiny_checkpoint, window=3, device="cpu") as stream:
+        expected = [(i, stream.push(frames[i])) for i in range(0, 10, 2)]
         stream.reset()
         from_file = list(stream.feed(path, stride=2))
         stream.reset()
         from_frames = list(stream.feed(iter(frames), stride=2))
     for got in (from_file, from_frames):
-        assert [i for i, _ in got] == [i for i, _ in expected]
+        assert [i for i, _ in got] == [0, 2, 4, 6, 8]
         for (_, a), (_, b) in zip(got, expected, strict=True):
             np.testing.assert_allclose(a.clip_logits, b.clip_logits, rtol=1e-5, atol=1e-5)
             assert a.frames_seen == b.frames_seen
-    assert main(["stream", str(tiny_checkpoint), str(path), "--stride", "2", "--window", "4", "--device", "cpu"]) == 0
+    assert main(["stream", str(tiny_checkpoint), str(path), "--stride", "2", "--window", "3", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == VIDEO_FRAMES // 2 + 1
+    assert len(lines) == 5 + 1
     assert lines[1].startswith("frame      2 ~   0.080s  window ") and "latency" in lines[1] and "ms" in lines[1]
-    assert lines[-1].startswith(f"{VIDEO_FRAMES // 2} frames pushed (stride 2, window 4); median latency")
+    label = lines[1].split("window ")[1].split()[0]
+    assert label == expected[1][1].clip_label
+    assert lines[-1].startswith("5 frames pushed (stride 2, window 3); median latency")
     assert main(["stream", str(tiny_checkpoint), str(path), "--stride", "0"]) == 2
     assert "--stride must be >= 1" in capsys.readouterr().err
