@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch and torchvision pinned together: PyPI's torchvision does not import beside other torch builds.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # What the main job needs on any x86-64 machine. The OpenVINO plugin (Intel CPUs only) is opt-in: make test-openvino.
-EXTRAS := onnx,torch,train,export,trt-rtx,plots,dev
+EXTRAS := onnx,torch,train,export,trt-rtx,video,plots,dev
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
