@@ -66,8 +66,8 @@ def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = Non
         return frames if frame_size is None else resize_frames(frames, frame_size)
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist")
-    raise RuntimeInputError(f"{path} is neither a folder of frame images, a .npy file of uint8 (T, H, W, 3) frames "
-                            f"nor a video file ({', '.join(VIDEO_SUFFIXES)}); frame images end in "
+    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) "
+                            f"frames nor a video file ({', '.join(VIDEO_SUFFIXES)}); frame images end in "
                             f"{', '.join(IMAGE_SUFFIXES)}")
 
 
