@@ -234,8 +234,8 @@ class VideoReader:
             kinds = ", ".join(sorted({s.type for s in c.streams})) or "none"
             raise RuntimeInputError(f"{self.path} has no video stream (its streams: {kinds})")
         s = self._stream = videos[0]
-        s.thread_type = "AUTO"
-        s.codec_context.thread_count = int(threads)
+        self._threads = int(threads)
+        _set_threads(s, self._threads)
         pts, keys, end, corrupt = [], [], None, 0
         try:
             for p in c.demux(s):
@@ -290,12 +290,21 @@ class VideoReader:
     # --- decoding -------------------------------------------------------------------------------------------------
 
     def _restart(self, pts: Optional[int]) -> None:
-        """Decode from the keyframe at or before ``pts`` (from the start with None)."""
+        """Decode from the keyframe at or before ``pts``, or with None from the start (the file opened again: no
+        seek is trusted there)."""
+        import av
+
         try:
-            self._container.seek(int(self._pts[0]) if pts is None else int(pts), stream=self._stream,
-                                 backward=True, any_frame=False)
+            if pts is None:
+                self._container.close()
+                self._container = av.open(str(self.path))
+                self._stream = self._container.streams.video[0]
+                _set_threads(self._stream, self._threads)
+            else:
+                self._container.seek(int(pts), stream=self._stream, backward=True, any_frame=False)
         except _ffmpeg_error() as e:
-            raise RuntimeInputError(f"{self.path}: seeking failed: {_reason(e)}") from e
+            raise RuntimeInputError(f"{self.path}: {'reopening' if pts is None else 'seeking'} failed: "
+                                    f"{_reason(e)}") from e
         self._frames = self._container.decode(self._stream)
         self._pos = -1
 
@@ -449,6 +458,12 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _set_threads(stream, threads: int) -> None:
+    """Frame and slice threads (FFmpeg's AUTO), ``threads`` of them (0: FFmpeg picks), set before decoding starts."""
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
 
 
 def _reason(e: BaseException) -> str:

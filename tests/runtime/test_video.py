@@ -121,6 +121,22 @@ def test_sequential_fallback_gives_the_same_frames(synthetic_videos):
         assert np.array_equal(r.read([30, 3, 17]), full[[30, 3, 17]])
 
 
+def test_a_seek_that_lands_after_its_target_falls_back_to_decoding_from_the_start(synthetic_videos, monkeypatch,
+                                                                                   caplog):
+    path, _, _ = synthetic_videos["mpeg4_mkv_keyframes_25fps"]
+    full = full_decode(path)
+    with VideoReader(path) as r:
+        real_restart = r._restart
+
+        def landing_late(pts):  # as a container whose index is off: the seek ends on a later keyframe
+            real_restart(None if pts is None else int(r._pts[min(r._index_of[pts] + 7, VIDEO_FRAMES - 1)]))
+
+        monkeypatch.setattr(r, "_restart", landing_late)
+        with caplog.at_level(logging.INFO, logger="runtime.video"):
+            assert np.array_equal(r.read([12, 30]), full[[12, 30]])
+    assert not r.seekable and "a seek landed at frame 15, after frame 12; decoding from the start" in caplog.text
+
+
 def test_stride_stream_and_windows(synthetic_videos):
     path, _, _ = synthetic_videos["mpeg4_avi_30fps"]
     full = full_decode(path)
