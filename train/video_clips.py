@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime._io import atomic_write, sha256_file
+from runtime._io import atomic_write, check_output_dir, remove_stale_temporaries, sha256_file
 from runtime.errors import RuntimeInputError
 from runtime.video import SAMPLINGS, VIDEO_SUFFIXES, VideoReader, list_videos, sample_indices
 
@@ -99,7 +99,9 @@ class VideoClips(Dataset):
         self.sampling, self.stride, self.random_segments = sampling, int(stride), bool(random_segments)
         self.seed, self.on_bad_video, self.epoch = int(seed), on_bad_video, 0
         self.mean, self.std = tuple(mean), tuple(std)
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_dir = None if cache_dir is None else check_output_dir(cache_dir, what="--cache-dir")
+        if self.cache_dir is not None:
+            remove_stale_temporaries(self.cache_dir)  # entries half-written by killed workers
         self.cache_hits = self.cache_misses = 0  # this process's counts (each DataLoader worker keeps its own)
         self._digests: dict = {}
         self.samples = self._probe(samples)  # (path, label, frame count)

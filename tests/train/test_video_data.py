@@ -113,6 +113,9 @@ def test_decode_cache_hits_after_the_first_epoch(small_folder, tmp_path, monkeyp
     train = build_dataset(spec(small_folder, cache_dir=str(cache)), "train")
     train.raw_clip(0)
     assert train.cache_misses == 1 and len(list(cache.glob("*.npy"))) == len(entries) + 1
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="--cache-dir .*afile is a file, not a folder"):
+        build_dataset(spec(small_folder, cache_dir=str(tmp_path / "afile")), "train")
 
 
 @pytest.fixture
