@@ -60,7 +60,7 @@ def demo_config():
 
 
 def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: int, rounds: int,
-        gap_s: float) -> dict:
+        gap_s: float, threads: int = 0, video_dir: Optional[Path] = None) -> dict:
     """Write the videos, time every task interleaved, and return the results (also written as JSON and Markdown)."""
     import random
 
@@ -70,15 +70,21 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
     from benchmarks.workloads import reference_config
     from runtime._io import atomic_write_json, atomic_write_text
     from runtime.model import build_random_model
-    from runtime.video import VideoReader, probe_video, read_video_clip, write_video
+    from runtime.video import VideoReader, probe_video, write_video
 
     load_before = os.getloadavg()
+    if threads:
+        torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix="decode-bench-"))
+    folder = video_dir or tmp
     videos = {}
     for name, options in (("gop250", {"crf": "23", "preset": "medium"}),
                           ("gop30", {"crf": "23", "preset": "medium", "g": str(fps)})):
+        videos[name] = folder / f"{name}-{seconds:g}s-{width}x{height}-{fps}fps.mp4"
+        if videos[name].is_file():  # --video-dir: written by an earlier run with these settings
+            continue
         t0 = time.perf_counter()
-        videos[name] = write_video(tmp / f"{name}.mp4", _frames(seconds, fps, height, width), fps, options=options)
+        write_video(videos[name], _frames(seconds, fps, height, width), fps, options=options)
         print(f"wrote {videos[name].name}: {videos[name].stat().st_size / 1e6:.1f} MB in "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     infos = {name: probe_video(p).to_dict() for name, p in videos.items()}
@@ -87,13 +93,17 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
     size = tuple(models["demo"].frame_size)
 
     def sequential(path, frame_size):
-        with VideoReader(path, frame_size) as r:
+        with VideoReader(path, frame_size, threads=threads) as r:
             return sum(1 for _ in r.iter_frames())
+
+    def uniform16(path):
+        with VideoReader(path, size, threads=threads) as r:
+            return r.read_clip(16)
 
     tasks = {}
     for name, path in videos.items():
         tasks[f"open {name}"] = lambda p=path: probe_video(p)
-        tasks[f"uniform16 {name} @24x24"] = lambda p=path: read_video_clip(p, 16, frame_size=size)
+        tasks[f"uniform16 {name} @24x24"] = lambda p=path: uniform16(p)
         tasks[f"sequential {name} @24x24"] = lambda p=path: sequential(p, size)
     tasks["sequential gop250 @native (RGB only)"] = lambda: sequential(videos["gop250"], None)
     for name, net in nets.items():
@@ -105,6 +115,7 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
 
         tasks[f"model {name} B1 T16"] = infer
     samples = {k: [] for k in tasks}
+    cpu = {k: [] for k in tasks}
     order = list(tasks)
     for fn in tasks.values():  # warm-up, untimed
         fn()
@@ -113,23 +124,31 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
         rng.shuffle(order)
         for k in order:
             time.sleep(gap_s)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             tasks[k]()
             samples[k].append((time.perf_counter() - t0) * 1e3)
+            cpu[k].append((time.process_time() - c0) * 1e3)
         print(f"round {done + 1}/{rounds}", file=sys.stderr)
     n = infos["gop250"]["num_frames"]
     rows = []
     for k, ms in samples.items():
         med = float(np.median(ms))
         frames = n if k.startswith("sequential") else (16 if k.startswith(("uniform16", "model")) else 0)
+        cpu_med = float(np.median(cpu[k]))
         rows.append({"task": k, "median_ms": round(med, 2), "min_ms": round(min(ms), 2), "max_ms": round(max(ms), 2),
-                     "frames": frames, "frames_per_s": round(frames / med * 1e3, 1) if frames else None})
+                     "cpu_median_ms": round(cpu_med, 2), "frames": frames,
+                     "frames_per_s": round(frames / med * 1e3, 1) if frames else None,
+                     "frames_per_cpu_s": round(frames / cpu_med * 1e3, 1) if frames and cpu_med else None})
     med = {r["task"]: r["median_ms"] for r in rows}
+    cpu_med = {r["task"]: r["cpu_median_ms"] for r in rows}
     verdict = {}
     for g in videos:
         for m in nets:
             d, c = med[f"uniform16 {g} @24x24"], med[f"model {m} B1 T16"]
+            dc, cc = cpu_med[f"uniform16 {g} @24x24"], cpu_med[f"model {m} B1 T16"]
             verdict[f"{g} + {m}"] = {"decode_ms": d, "model_ms": c, "decode_share": round(d / (d + c), 3),
+                                     "decode_cpu_ms": dc, "model_cpu_ms": cc,
+                                     "decode_cpu_share": round(dc / (dc + cc), 3),
                                      "bottleneck": "decoding" if d > c else "model"}
     env = environment("cpu")
     import av
@@ -140,13 +159,15 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
         "environment": {**env, "av": av.__version__, "ffmpeg": dict(av.library_versions).get("libavcodec")},
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "videos": infos, "rounds": rounds, "gap_s": gap_s, "results": rows, "classify_clip": verdict,
+        "videos": infos, "rounds": rounds, "gap_s": gap_s, "threads": threads or "default", "results": rows,
+        "classify_clip": verdict,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{prefix}.json", result)
     atomic_write_text(out / f"{prefix}.md", _markdown(result))
-    for p in videos.values():
-        p.unlink()
+    if video_dir is None:
+        for p in videos.values():
+            p.unlink()
     tmp.rmdir()
     return result
 
@@ -164,15 +185,20 @@ def _markdown(r: dict) -> str:
         f"Video: {v['width']}x{v['height']}, {v['num_frames']} frames at {v['fps']:g} fps ({v['duration_s']:g} s), "
         f"H.264 (libx264 preset medium, CRF 23); gop250: {r['videos']['gop250']['keyframes']} keyframes, gop30: "
         f"{r['videos']['gop30']['keyframes']}. Interleaved rounds: {r['rounds']}, pause {r['gap_s']} s before each "
-        "call. Medians.", "",
-        "| task | median ms | min ms | max ms | frames | frames/s |", "|---|---|---|---|---|---|"]
+        f"call; torch and decoder threads: {r['threads']}. Medians of wall time and of this process's CPU time "
+        "(CPU time is less sensitive to other processes on a shared machine).", "",
+        "| task | median ms | min ms | max ms | CPU ms | frames | frames/s | frames/CPU-s |",
+        "|---|---|---|---|---|---|---|---|"]
     for row in r["results"]:
         lines.append(f"| {row['task']} | {row['median_ms']} | {row['min_ms']} | {row['max_ms']} | "
-                     f"{row['frames'] or ''} | {row['frames_per_s'] or ''} |")
+                     f"{row['cpu_median_ms']} | {row['frames'] or ''} | {row['frames_per_s'] or ''} | "
+                     f"{row['frames_per_cpu_s'] or ''} |")
     lines += ["", "One `runtime classify` clip (uniform T=16 read at the model's size, then the model at B=1, T=16):",
-              "", "| video + model | decode ms | model ms | decode share | bottleneck |", "|---|---|---|---|---|"]
+              "", "| video + model | decode ms | model ms | decode share | decode CPU ms | model CPU ms | "
+              "decode CPU share | bottleneck (wall) |", "|---|---|---|---|---|---|---|---|"]
     for k, c in r["classify_clip"].items():
-        lines.append(f"| {k} | {c['decode_ms']} | {c['model_ms']} | {c['decode_share']:.0%} | {c['bottleneck']} |")
+        lines.append(f"| {k} | {c['decode_ms']} | {c['model_ms']} | {c['decode_share']:.0%} | {c['decode_cpu_ms']} "
+                     f"| {c['model_cpu_ms']} | {c['decode_cpu_share']:.0%} | {c['bottleneck']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +213,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="frame height and width (default 480 854)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (default 5)")
     p.add_argument("--gap", type=float, default=0.1, help="untimed pause before every call, s (default 0.1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads and decoder threads (default 0: torch's and FFmpeg's own choice)")
+    p.add_argument("--video-dir", default=None,
+                   help="keep the generated videos here and reuse them in later runs (default: a temporary folder)")
     p.add_argument("--force", action="store_true", help="replace existing PREFIX.json / PREFIX.md")
     return p
 
@@ -198,16 +228,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     try:
-        if args.seconds <= 0 or args.fps < 1 or args.rounds < 1 or args.gap < 0 or min(args.size) < 16:
-            raise RuntimeInputError("need --seconds > 0, --fps >= 1, --rounds >= 1, --gap >= 0, --size >= 16 16")
+        if args.seconds <= 0 or args.fps < 1 or args.rounds < 1 or args.gap < 0 or min(args.size) < 16 \
+                or args.threads < 0:
+            raise RuntimeInputError("need --seconds > 0, --fps >= 1, --rounds >= 1, --gap >= 0, --size >= 16 16, "
+                                    "--threads >= 0")
         for suffix in (".json", ".md"):
             check_output_file(Path(args.out) / f"{args.prefix}{suffix}", what="output", suffixes=(suffix,),
                               force=args.force)
     except RuntimeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    video_dir = None if args.video_dir is None else Path(args.video_dir)
+    if video_dir is not None:
+        video_dir.mkdir(parents=True, exist_ok=True)
     result = run(Path(args.out), args.prefix, args.seconds, args.fps, args.size[0], args.size[1], args.rounds,
-                 args.gap)
+                 args.gap, args.threads, video_dir)
     print(_markdown(result))
     return 0
 
