@@ -210,7 +210,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="with --windows: write a PNG timeline of class probabilities, one panel per video "
                           "(needs matplotlib)")
     st = sub.add_parser("stream", parents=[common],
-                        help="classify a video frame by frame as a live stream; prints the running label and latency")
+                        help="classify a video frame by frame as a live stream; prints the running label and latency",
+                        description="MODEL is an export folder (cnn.onnx + bilstm.onnx, or cnn/bilstm engines) or a "
+                                    ".pt checkpoint: streaming runs the cnn and bilstm stages apart (see "
+                                    "runtime.StreamingClassifier)")
     st.add_argument("video", help="a video file")
     st.add_argument("--stride", type=int, default=1, help="push every STRIDE-th frame (default 1: every frame)")
     st.add_argument("--window", type=int, default=16, help="frames the BiLSTM looks back over (default 16)")
