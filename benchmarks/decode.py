@@ -87,7 +87,7 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
         write_video(videos[name], _frames(seconds, fps, height, width), fps, options=options)
         print(f"wrote {videos[name].name}: {videos[name].stat().st_size / 1e6:.1f} MB in "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    infos = {name: probe_video(p).to_dict() for name, p in videos.items()}
+    infos = {name: {**probe_video(p).to_dict(), "path": p.name} for name, p in videos.items()}  # no machine paths
     models = {"demo": demo_config(), "reference": reference_config()}
     nets = {name: build_random_model(cfg, seed=0).eval() for name, cfg in models.items()}
     size = tuple(models["demo"].frame_size)
