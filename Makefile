@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch and torchvision pinned together: PyPI's torchvision does not import beside other torch builds.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # What the main job needs on any x86-64 machine. The OpenVINO plugin (Intel CPUs only) is opt-in: make test-openvino.
-EXTRAS := onnx,torch,train,export,trt-rtx,trt-lean,plots,dev,serve
+EXTRAS := onnx,torch,train,export,trt-rtx,trt-lean,video,plots,dev,serve
 STAMP := $(VENV)/.installed-stamp
 # The real Triton server for the serving tests: the tritonserver binary inside NVIDIA's nvidia-pytriton wheel, with
 # this package (editable, so it serves the checkout's code) and ONNX Runtime for its python-backend models. A venv of

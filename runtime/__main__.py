@@ -4,9 +4,15 @@
     python -m runtime classify runs/demo/onnx/fp32/model.onnx clip1/ clip2.npy --top-k 3 --json preds.json
     python -m runtime ping grpc://triton-host:8001/cnn_bilstm --timeout 5     # liveness probe of a served model
 
-A clip is a folder of frame images (read as training reads them: natural name order, ``2.png`` before ``10.png``) or
-a ``.npy`` file of uint8 (T, H, W, 3) frames. Clips of different lengths go into one padded batch with their lengths (padding is exact). Frames of another
-size than the model's are refused unless ``--resize``.
+    python -m runtime classify runs/demo/best.pt video.mp4 videos/ --frames 8 --windows 4 --plot timeline.png
+    python -m runtime stream runs/demo/onnx/fp32 video.mp4 --stride 2
+
+A clip is a folder of frame images (read as training reads them: natural name order, ``2.png`` before ``10.png``),
+a ``.npy`` file of uint8 (T, H, W, 3) frames, or a video file (``runtime.video.VIDEO_SUFFIXES``; a folder of video
+files stands for its videos). Clips of different lengths go into one padded batch with their lengths (padding is
+exact). Frames of another size than the model's are refused unless ``--resize``; video frames are always resized to
+the model's size, as training resizes them. A video gives one clip of ``--frames`` T frames (``--sampling``, default
+uniform: the middle frame of each of T equal segments), or with ``--windows STEP`` a timeline of every T-frame window.
 """
 
 from __future__ import annotations
@@ -22,7 +28,16 @@ import numpy as np
 from . import RuntimeInputError, load, preprocess_frames
 from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
 from .errors import RemoteServerError
-from .frames import IMAGE_SUFFIXES, read_frame_folder, resize_frames
+from .frames import IMAGE_SUFFIXES, list_frame_files, read_frame_folder, resize_frames
+from .timeline import classify_windows, default_clip_frames, plot_timelines
+from .video import (
+    SAMPLINGS,
+    VIDEO_SUFFIXES,
+    iter_video_frames,
+    list_videos,
+    probe_video,
+    read_video_clip,
+)
 
 
 def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -54,7 +69,35 @@ def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = Non
     if not path.exists():
         raise RuntimeInputError(f"{path} does not exist")
     raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) "
-                            f"frames (frame images end in {', '.join(IMAGE_SUFFIXES)})")
+                            f"frames nor a video file ({', '.join(VIDEO_SUFFIXES)}); frame images end in "
+                            f"{', '.join(IMAGE_SUFFIXES)}")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """A file (or a path that is not a folder) with a video suffix: read by :mod:`runtime.video`."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
+
+
+def expand_clip_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The clips the command line names: a folder holding video files stands for its videos (natural name order);
+    any other path for itself.
+
+    Raises:
+        RuntimeInputError: a folder holding both video files and frame images (which one is meant is unclear).
+    """
+    out = []
+    for p in map(Path, paths):
+        videos = list_videos(p) if p.is_dir() else []
+        if videos:
+            try:
+                list_frame_files(p)
+            except RuntimeInputError:
+                out += videos
+                continue
+            raise RuntimeInputError(f"{p} holds both video files and frame images; name the videos, or move them "
+                                    "out of the folder of frames")
+        out.append(p)
+    return out
 
 
 def _load_options(args) -> dict:
@@ -147,14 +190,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     common.add_argument("--openvino-precision", default=None, choices=["f32", "bf16", "f16"],
                         help="with --provider OpenVINOExecutionProvider (default f32)")
     sub.add_parser("info", parents=[common], help="what the model accepts and returns, and its metadata")
-    cls = sub.add_parser("classify", parents=[common], help="top-k classes of clips (folders of frames or .npy)")
-    cls.add_argument("clips", nargs="+", help="folders of frame images (natural name order: 2.png before 10.png) or "
-                                              ".npy uint8 (T, H, W, 3)")
+    cls = sub.add_parser("classify", parents=[common],
+                         help="top-k classes of clips (folders of frames, .npy, video files or folders of videos)")
+    cls.add_argument("clips", nargs="+", help="folders of frame images (natural name order: 2.png before 10.png), "
+                                              ".npy uint8 (T, H, W, 3), video files or folders of video files")
     cls.add_argument("--top-k", type=int, default=1, help="classes to show per clip (default 1)")
     cls.add_argument("--resize", action="store_true", help="resize frames to the model's size instead of refusing")
     cls.add_argument("--json", default=None, help="also write the predictions to this .json file (checked before "
                                                   "the model loads; an existing file needs --force)")
-    cls.add_argument("--force", action="store_true", help="replace an existing --json file")
+    cls.add_argument("--force", action="store_true", help="replace an existing --json or --plot file")
+    vid = cls.add_argument_group("video files")
+    vid.add_argument("--frames", type=int, default=None,
+                     help="T, frames per video clip or window (default 16, or fewer when the model takes fewer; give "
+                          "the T the model was trained with)")
+    vid.add_argument("--sampling", choices=SAMPLINGS, default="uniform",
+                     help="uniform: the middle frame of each of T equal segments; stride: every --frame-stride-th "
+                          "frame, centred; window: T consecutive frames, centred")
+    vid.add_argument("--frame-stride", type=int, default=1, help="with --sampling stride: the step between frames")
+    vid.add_argument("--windows", type=int, default=None, metavar="STEP",
+                     help="classify every window of T frames, STEP frames apart: a timeline per video (videos only)")
+    vid.add_argument("--plot", default=None, metavar="PNG",
+                     help="with --windows: write a PNG timeline of class probabilities, one panel per video "
+                          "(needs matplotlib)")
+    st = sub.add_parser("stream", parents=[common],
+                        help="classify a video frame by frame as a live stream; prints the running label and latency",
+                        description="MODEL is an export folder (cnn.onnx + bilstm.onnx, or cnn/bilstm engines) or a "
+                                    ".pt checkpoint: streaming runs the cnn and bilstm stages apart (see "
+                                    "runtime.StreamingClassifier)")
+    st.add_argument("video", help="a video file")
+    st.add_argument("--stride", type=int, default=1, help="push every STRIDE-th frame (default 1: every frame)")
+    st.add_argument("--window", type=int, default=16, help="frames the BiLSTM looks back over (default 16)")
+    st.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto)")
     ping = sub.add_parser("ping", help="liveness probe of a model served by Triton: one real inference; exit 0 when "
                                        "it answers, 1 otherwise (with one line saying why)")
     ping.add_argument("url", help="grpc://HOST:PORT/NAME or http://HOST:PORT/NAME (a whole-clip or stream model)")
@@ -182,9 +248,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _check_classify_args(args) -> None:
     if args.top_k < 1:  # the upper bound, the number of classes, is known once the model loads
         raise RuntimeInputError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.json is not None:
-        check_output_file(args.json, what="--json", suffixes=(".json",), force=args.force)
-        remove_stale_temporaries(Path(args.json).parent, [Path(args.json).name])  # left by killed runs
+    for name in ("frames", "frame_stride", "windows"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise RuntimeInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.plot is not None and args.windows is None:
+        raise RuntimeInputError("--plot draws the --windows timeline; give --windows STEP too")
+    for what, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
+        if path is not None:
+            check_output_file(path, what=what, suffixes=(suffix,), force=args.force)
+            remove_stale_temporaries(Path(path).parent, [Path(path).name])  # left by killed runs
+    args.clips = [str(p) for p in expand_clip_paths(args.clips)]
+    if args.windows is not None:
+        not_videos = [c for c in args.clips if not is_video(c)]
+        if not_videos:
+            raise RuntimeInputError(f"--windows makes a timeline of video files; {not_videos[0]} is not one "
+                                    f"({', '.join(VIDEO_SUFFIXES)})")
 
 
 def _ping(args) -> int:
@@ -212,9 +291,17 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if args.command == "info" and engine and not args.device:  # a report says it all, GPU or not
             print("\n".join(describe_engine_report(args.model)))
             return 0
+        if args.command == "stream":
+            return _stream(args)
         # Clips are read before the model loads, so a bad clip is reported at once; with --resize they are read at
-        # the model's frame size, as training reads them (so a folder may mix image sizes there too).
-        clips = [read_clip(c) for c in args.clips] if args.command == "classify" and not args.resize else []
+        # the model's frame size, as training reads them (so a folder may mix image sizes there too). Videos are
+        # checked (opened, not decoded) now, and read once the model's frame size and time range are known.
+        if args.command == "classify":
+            for c in args.clips:
+                if is_video(c):
+                    probe_video(c)
+        clips = ({c: read_clip(c) for c in args.clips if not is_video(c)}
+                 if args.command == "classify" and not args.resize else {})
         with load(args.model, device=args.device, **_load_options(args)) as runner:
             if args.command == "info":
                 print("\n".join(describe(runner)))
@@ -223,13 +310,26 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 raise RuntimeInputError(f"classify takes a whole model (model.onnx, a model engine or a checkpoint); "
                                         f"{args.model} is the {runner.stage} stage")
             want = tuple(runner.input_spec.frame_size)
+            frames = args.frames or default_clip_frames(runner)
+            if args.windows is not None:
+                timelines = [classify_windows(runner, c, frames, args.windows) for c in args.clips]
+                return _report_timelines(args, timelines, runner.metadata.class_names)
             if args.resize:
-                clips = [read_clip(c, want) for c in args.clips]
-            for path, clip in zip(args.clips, clips, strict=True):
+                clips = {c: read_clip(c, want) for c in args.clips if not is_video(c)}
+            videos = {c: read_video_clip(c, frames, args.sampling, frame_size=want, stride=args.frame_stride)
+                      for c in args.clips if is_video(c)}
+            clips.update({c: v.frames for c, v in videos.items()})
+            for path, clip in clips.items():
                 if want and clip.shape[1:3] != want and not args.resize:
                     raise RuntimeInputError(f"{path}: frames are {clip.shape[1]}x{clip.shape[2]} (H x W) but the model "
                                             f"takes {want[0]}x{want[1]}; pass --resize to resize them")
-            predictions = classify_clips(runner, clips, top_k=args.top_k, resize=args.resize)
+            predictions = classify_clips(runner, [clips[c] for c in args.clips], top_k=args.top_k,
+                                         resize=args.resize)
+            for c, pred in zip(args.clips, predictions, strict=True):
+                if c in videos:
+                    v = videos[c]
+                    pred["video"] = {**v.info.to_dict(), "sampling": args.sampling, "requested_frames": v.requested,
+                                     "short": v.short, "indices": v.indices.tolist()}
     except ValueError as e:  # RuntimeInputError, CheckpointError: the message says what was wrong and what is valid
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -241,7 +341,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 3
     for clip, pred in zip(args.clips, predictions, strict=True):
         best = ", ".join(f"{label} {p:.3f}" for label, p in zip(pred["labels"], pred["probs"], strict=True))
-        print(f"{clip}: {best} ({pred['frames']} frames)")
+        video = pred.get("video")
+        note = ""
+        if video is not None:
+            note = (f" of {video['num_frames']}, {video['sampling']}" if not video["short"] else
+                    f" of {video['requested_frames']}: the video has only {video['num_frames']}, padded")
+        print(f"{clip}: {best} ({pred['frames']} frames{note})")
     if args.json is not None:
         try:
             atomic_write_json(args.json, {"model": str(args.model),
@@ -251,6 +356,61 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             print(f"error: cannot write --json {args.json}: {e}", file=sys.stderr)
             return 2
         print(f"wrote {args.json}")
+    return 0
+
+
+def _report_timelines(args, timelines: list[dict], class_names) -> int:
+    """Print, and write with --json / --plot, the --windows timelines."""
+    for tl in timelines:
+        print(f"{tl['clip']}: {len(tl['windows'])} windows of {tl['frames_per_window']} frames, step {tl['step']}")
+        for w in tl["windows"]:
+            print(f"  frames {w['start']:>6}-{w['end'] - 1:<6} {w['start_s']:9.3f}-{w['end_s']:<9.3f}s  "
+                  f"{w['label']} {w['prob']:.3f}" + ("  (short window, padded)" if w["frames"] < tl["frames_per_window"]
+                                                     else ""))
+    try:
+        if args.json is not None:
+            atomic_write_json(args.json, {"model": str(args.model), "class_names": list(class_names),
+                                          "timelines": timelines})
+            print(f"wrote {args.json}")
+        if args.plot is not None:
+            plot_timelines(timelines, args.plot, title=f"{Path(args.model).name}")
+            print(f"wrote {args.plot}")
+    except OSError as e:  # checked before the work, but the folder may have changed since
+        print(f"error: cannot write {e.filename or 'the output'}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _stream(args) -> int:
+    """``stream``: push every --stride-th frame of a video into a StreamingClassifier, one line per frame."""
+    import time
+
+    from .streaming import StreamingClassifier
+
+    if args.stride < 1:
+        raise RuntimeInputError(f"--stride must be >= 1, got {args.stride}")
+    info = probe_video(args.video)  # a bad video is reported before the model loads
+    period = 1.0 / info.fps if info.fps else 0.0  # for the approximate time printed (exact at a constant rate)
+    model_ms, decode_ms = [], []
+    with StreamingClassifier(args.model, window=args.window, device=args.device, backend=args.backend,
+                             **_load_options(args)) as stream:
+        frames = iter_video_frames(args.video, args.stride, frame_size=stream.frame_size)
+        while True:
+            t0 = time.perf_counter()
+            item = next(frames, None)
+            t1 = time.perf_counter()
+            if item is None:
+                break
+            index, frame = item
+            result = stream.push(frame)
+            t2 = time.perf_counter()
+            decode_ms.append((t1 - t0) * 1e3)
+            model_ms.append((t2 - t1) * 1e3)
+            print(f"frame {index:>6} ~{index * period:8.3f}s  window {result.clip_label} {result.clip_prob:.3f}  "
+                  f"frame {result.frame_label} {result.frame_prob:.3f}  latency {model_ms[-1]:.1f} ms "
+                  f"(decode {decode_ms[-1]:.1f} ms)")
+    print(f"{len(model_ms)} frames pushed (stride {args.stride}, window {args.window}); median latency "
+          f"{np.median(model_ms):.1f} ms per frame, decode {np.median(decode_ms):.1f} ms")
     return 0
 
 

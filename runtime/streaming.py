@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -317,6 +317,33 @@ class StreamingClassifier:
         ci, cp = _softmax_top1(clip_logits)
         names = self.metadata.class_names
         return StreamResult(frame_logits, clip_logits, names[fi], fp, names[ci], cp, self._count, k)
+
+    def feed(self, source: Any, stride: int = 1) -> Iterator[tuple[int, StreamResult]]:
+        """Push every ``stride``-th frame of a video file or of any iterable of frames, yielding as it goes.
+
+        Args:
+            source: a video file path (``str`` or ``os.PathLike``; decoded by :mod:`runtime.video` in one pass, its
+                frames resized to the model's frame size as training resizes them), or an iterable of frames that
+                :meth:`push` takes (uint8 (H, W, 3) or normalised float32 (3, H, W)).
+            stride (int): push frames ``0, stride, 2 stride, ...``; the others are skipped (for a video, decoded but
+                never converted or resized). The window then spans ``window x stride`` source frames. Defaults to 1.
+
+        Yields:
+            tuple[int, StreamResult]: the source frame's index and the result after pushing it.
+
+        Raises:
+            RuntimeInputError: a bad stride, a bad video (see :mod:`runtime.video`), or a frame :meth:`push` refuses.
+        """
+        check_count(stride, "stride")
+        if isinstance(source, (str, os.PathLike)):
+            from .video import iter_video_frames
+
+            for index, frame in iter_video_frames(source, stride, frame_size=self.frame_size):
+                yield index, self.push(frame)
+            return
+        for index, frame in enumerate(source):
+            if index % stride == 0:
+                yield index, self.push(frame)
 
     def close(self) -> None:
         """Deactivate the runners this classifier created (runners passed in are left to their owner)."""

@@ -260,3 +260,39 @@ def assert_same_outputs(served: dict, local: dict, lengths, atol: float = 1e-5) 
     assert served["frame_logits"].shape == local["frame_logits"].shape
     for b, n in enumerate(lengths):
         np.testing.assert_allclose(served["frame_logits"][b, :n], local["frame_logits"][b, :n], rtol=0, atol=atol)
+
+
+# Video tests: small synthetic motion clips (train/synthetic.py's blob, low noise so the codecs keep it at >= 30 dB)
+# encoded once per session with PyAV: H.264 and MPEG-4, in MP4, AVI and MKV, at 25 and 30 fps, one odd size.
+VIDEO_FRAMES = 40
+VIDEO_SPECS = {  # name: (file, codec, fps, (H, W), pixel format, encoder options)
+    "h264_mp4_25fps": ("h264.mp4", "libx264", 25, (48, 64), "yuv420p", {"crf": "18"}),
+    "mpeg4_avi_30fps": ("mpeg4.avi", "mpeg4", 30, (48, 64), "yuv420p", {"qscale": "2"}),
+    "h264_mkv_odd_30fps": ("odd.mkv", "libx264", 30, (33, 45), "yuv444p", {"crf": "18"}),
+    "mpeg4_mkv_keyframes_25fps": ("keyframes.mkv", "mpeg4", 25, (48, 64), "yuv420p", {"qscale": "2", "g": "5"}),
+}
+
+
+def motion_frames(label: int, frames: int, size, seed: int = 0, noise: float = 0.02, period=None):
+    """uint8 (frames, H, W, 3) of the synthetic motion class ``label`` (4 classes) over ``period`` circle positions
+    (default ``frames``: every frame differs), repeated: with ``period=8`` any 8 consecutive frames are a clip of
+    that class as the ``synthetic`` source makes it for T = 8."""
+    from train.synthetic import make_synthetic_clip
+
+    period = period or frames
+    clip = make_synthetic_clip(label, np.random.default_rng(seed), frames=period, frame_size=tuple(size), noise=noise)
+    return np.concatenate([clip] * (-(-frames // period)))[:frames]
+
+
+@pytest.fixture(scope="session")
+def synthetic_videos(tmp_path_factory):
+    """name -> (path, source frames uint8 (T, H, W, 3), fps) for each of ``VIDEO_SPECS``."""
+    from runtime.video import write_video
+
+    folder = tmp_path_factory.mktemp("videos")
+    out = {}
+    for i, (name, (file, codec, fps, size, pix_fmt, options)) in enumerate(VIDEO_SPECS.items()):
+        frames = motion_frames(i % 4, VIDEO_FRAMES, size, seed=i)
+        write_video(folder / file, frames, fps, codec=codec, pix_fmt=pix_fmt, options=options)
+        out[name] = (folder / file, frames, fps)
+    return out

@@ -5,6 +5,7 @@ Examples:
     python -m train --preset cifar10-cpu --data-dir data/cifar10 --out runs/cifar-cpu
     python -m train --data cifar10 --data-dir data/cifar10 --out runs/cifar
     python -m train --data folder --data-dir my_clips --frames 16 --out runs/mine
+    python -m train --data video --data-dir my_videos --frames 16 --workers 2 --cache-dir cache --out runs/vid
     python -m train --resume runs/cifar                    # continue where it stopped
     python -m train --resume runs/cifar --epochs 40        # ... or extend it
     torchrun --nproc_per_node 2 -m train --preset demo --out runs/demo-ddp   # data-parallel, 2 processes
@@ -66,7 +67,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None,
                    help="cifar10: ImageFolder tree with train/ and test/ (or torchvision's CIFAR10 root); "
                         "folder: root/<class>/<clip>/<frames> (with train/ and test/ inside, or split by "
-                        "--val-fraction)")
+                        "--val-fraction); video: root/<class>/*.mp4|avi|mkv|webm (train/ and test/ the same way)")
     g.add_argument("--download", action="store_true", help="cifar10: download it into --data-dir with torchvision")
     g.add_argument("--frames", type=int, default=8,
                    help="clip length T (folder: the maximum; longer clips keep T evenly spaced frames)")
@@ -79,6 +80,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="synthetic: 2 (clockwise or not) or 4 (also slow or fast)")
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="folder without train/ and test/: held-out fraction of each class's clips")
+    g.add_argument("--sampling", choices=("uniform", "stride", "window"), default="uniform",
+                   help="video: a clip's T frames: uniform (one per equal segment), stride (every --frame-stride-th "
+                        "frame) or window (T consecutive); a random segment per epoch for training, fixed for test")
+    g.add_argument("--frame-stride", type=int, default=1, help="video with --sampling stride: step between frames")
+    g.add_argument("--cache-dir", default=None,
+                   help="video: keep decoded, resized frames here (keyed by file content and frame size), so later "
+                        "epochs decode nothing")
+    g.add_argument("--on-bad-video", choices=("fail", "skip"), default="fail",
+                   help="video: a damaged or empty video stops the run (fail) or is left out with a warning (skip)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="cifar10: per-frame random shift and flip on the training split")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")

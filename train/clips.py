@@ -14,7 +14,7 @@ from runtime.errors import RuntimeInputError
 from runtime.frames import read_image
 from runtime.preprocess import preprocess_frames
 
-DATASETS = ("synthetic", "cifar10", "folder")
+DATASETS = ("synthetic", "cifar10", "folder", "video")
 SPLITS = ("train", "test")
 
 # Normalisation stored in every checkpoint. Synthetic frames are mostly dark noise, so centre there.
@@ -84,6 +84,25 @@ def load_image(path: str | os.PathLike, frame_size: Optional[tuple[int, int]] = 
         return read_image(path, frame_size)
     except RuntimeInputError as e:
         raise DataError(str(e)) from e
+
+
+def holdout_indices(labels: Sequence[int], split: str, seed: int, val_fraction: float) -> list[int]:
+    """Sorted indices of one split of samples with ``labels`` when no train/test folders exist: a seeded
+    ``val_fraction`` of each class (at least one sample of a class with two or more) is the test split.
+
+    Raises:
+        DataError: ``val_fraction`` outside (0, 1).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(max(labels, default=-1) + 1):
+        idx = [i for i, y in enumerate(labels) if y == label]
+        idx = [idx[i] for i in rng.permutation(len(idx))]
+        n_test = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        chosen += idx[:n_test] if split == "test" else idx[n_test:]
+    return sorted(chosen)
 
 
 def visible_dirs(path: Path) -> list[Path]:

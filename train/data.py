@@ -17,13 +17,18 @@ Three sources (``DATASETS``):
     A user's clips on disk: ``root/<class>/<clip>/<frame files>``, frames in natural name order (``2.png`` before
     ``10.png``), clips of different lengths. ``root/train`` and ``root/test`` are used as the splits when both exist;
     otherwise a seeded fraction of each class's clips is held out.
+``video``
+    A user's video files: ``root/<class>/*.mp4`` (``.avi``, ``.mkv``, ``.webm``, ...), decoded by the runtime's video
+    reader (:mod:`runtime.video`), ``root/train`` and ``root/test`` as for ``folder``. Clips of T frames by
+    ``sampling``: a random segment per epoch for training, a fixed one for the test split; an optional decode cache.
+    See :mod:`train.video_clips`.
 
 An item is ``(frames, label)``: frames a float32 tensor ``(T, 3, H, W)`` normalised as ``(x / 255 - mean) / std``
 (the contract in docs/ARCHITECTURE.md), label an int. :func:`pad_collate` batches clips of different lengths into
 ``(frames (B, T, 3, H, W), lengths (B,) int64, labels (B,) int64)`` with zero padding.
 
 This module is the one entry point (:class:`DataSpec`, :func:`build_dataset`); the sources live in
-:mod:`train.synthetic` and :mod:`train.image_clips`, their shared helpers in :mod:`train.clips`.
+:mod:`train.synthetic` and :mod:`train.image_clips`, their shared helpers in :mod:`train.clips`; video files in :mod:`train.video_clips`.
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ class DataSpec:
         val_fraction (float): held-out fraction for ``folder`` trees without train/test.
         mean (Sequence[float] | None): override the source's normalisation.
         std (Sequence[float] | None): override the source's normalisation.
+        sampling (str): ``video``: how a clip's frames are picked (``runtime.video.SAMPLINGS``).
+        frame_stride (int): ``video`` with ``sampling="stride"``: the step between a clip's frames.
+        cache_dir (str | None): ``video``: decode cache folder (None: decode every time).
+        on_bad_video (str): ``video``: "fail" (stop, naming the video) or "skip" (leave it out, logged).
     """
 
     name: str = "synthetic"
@@ -94,6 +103,10 @@ class DataSpec:
     val_fraction: float = 0.2
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
+    sampling: str = "uniform"
+    frame_stride: int = 1
+    cache_dir: Optional[str] = None
+    on_bad_video: str = "fail"
 
 
 def _check_spec_numbers(spec: DataSpec) -> None:
@@ -138,6 +151,13 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
         base = open_cifar10(spec.data_dir, split, spec.download)
         return ImageClips(base, spec.frames, spec.frame_size, spec.seed, spec.num_clips,
                           augment=spec.augment and split == "train", **norm)
+    if spec.name == "video":
+        from .video_clips import split_video_folder
+
+        return split_video_folder(Path(spec.data_dir), split, spec.seed, spec.val_fraction, spec.num_clips,
+                                  frames=spec.frames, frame_size=spec.frame_size, sampling=spec.sampling,
+                                  stride=spec.frame_stride, cache_dir=spec.cache_dir,
+                                  on_bad_video=spec.on_bad_video, **norm)
     ds = split_folder(Path(spec.data_dir), split, spec.seed, spec.val_fraction, frame_size=spec.frame_size,
                        max_frames=spec.frames, **norm)
     if spec.num_clips is not None and spec.num_clips < len(ds):

@@ -49,6 +49,8 @@ def evaluate_checkpoint(
     device: str = "auto",
     shuffled: bool = True,
     workers: int = 0,
+    sampling: str = "uniform",
+    frame_stride: int = 1,
 ) -> dict[str, Any]:
     # Long only through its documented arguments; the data and the summary are built by helpers below.
     """Evaluate a checkpoint on one split of a data source.
@@ -66,6 +68,9 @@ def evaluate_checkpoint(
         device (str): auto, cpu or cuda. Defaults to "auto".
         shuffled (bool): also evaluate temporally shuffled clips. Defaults to True.
         workers (int): DataLoader workers. Defaults to 0.
+        sampling (str): video: how a clip's frames are picked (the training run's ``--sampling``; the test split's
+            fixed segment). Defaults to "uniform".
+        frame_stride (int): video with ``sampling="stride"``: the step between frames. Defaults to 1.
 
     Returns:
         dict: ``class_names``, ``clips``, ``frame_acc``, ``clip_acc``, ``per_class_acc`` (dict name -> acc),
@@ -89,7 +94,8 @@ def evaluate_checkpoint(
                         synthetic_classes=synthetic_classes))
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=str(dev))
-    ds = _dataset_for(ckpt, checkpoint, data, data_dir, split, frames, num_clips, seed, synthetic_classes)
+    ds = _dataset_for(ckpt, checkpoint, data, data_dir, split, frames, num_clips, seed, synthetic_classes, sampling,
+                      frame_stride)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=pad_collate)
     progress = sys.stderr.isatty()
     res = evaluate(ckpt.model, loader, dev, progress=progress)
@@ -104,7 +110,7 @@ def evaluate_checkpoint(
 
 
 def _dataset_for(ckpt, checkpoint, data: str, data_dir, split: str, frames: int, num_clips, seed: int,
-                 synthetic_classes):
+                 synthetic_classes, sampling: str = "uniform", frame_stride: int = 1):
     """The split to evaluate, framed and normalised as the checkpoint expects, with the checkpoint's classes."""
     from .data import DataSpec, build_dataset
 
@@ -113,7 +119,7 @@ def _dataset_for(ckpt, checkpoint, data: str, data_dir, split: str, frames: int,
     spec = DataSpec(name=data, data_dir=data_dir, frames=frames, frame_size=ckpt.config.frame_size, seed=seed,
                     num_clips=num_clips,
                     num_classes=ckpt.config.num_classes if synthetic_classes is None else synthetic_classes,
-                    mean=ckpt.mean, std=ckpt.std)
+                    mean=ckpt.mean, std=ckpt.std, sampling=sampling, frame_stride=frame_stride)
     ds = build_dataset(spec, split)
     if list(ds.class_names) != list(ckpt.class_names):
         raise EvaluationError(f"the {data} data has classes {list(ds.class_names)}, but {checkpoint} was trained on "
@@ -222,12 +228,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file (runs/NAME/best.pt)")
     p.add_argument("--data", choices=DATASETS, default="synthetic", help="data source")
-    p.add_argument("--data-dir", default=None, help="folder for cifar10 / folder (see python -m train --help)")
+    p.add_argument("--data-dir", default=None, help="folder for cifar10 / folder / video (see python -m train --help)")
     p.add_argument("--split", choices=("train", "test"), default="test", help="which split")
     p.add_argument("--frames", type=int, default=8, help="clip length T (folder: maximum)")
     p.add_argument("--val-clips", "--num-clips", dest="num_clips", type=int, default=None,
                    help="clips to evaluate (synthetic default 1024, others all)")
     p.add_argument("--seed", type=int, default=0, help="data seed (use the training seed)")
+    p.add_argument("--sampling", choices=("uniform", "stride", "window"), default="uniform",
+                   help="video: how a clip's frames are picked (use the training run's --sampling)")
+    p.add_argument("--frame-stride", type=int, default=1, help="video with --sampling stride: step between frames")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
@@ -271,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         res = evaluate_checkpoint(args.checkpoint, data=args.data, data_dir=args.data_dir, split=args.split,
                                   frames=args.frames, num_clips=args.num_clips, seed=args.seed,
                                   batch_size=args.batch_size, device=args.device, shuffled=args.shuffled,
-                                  workers=args.workers)
+                                  workers=args.workers, sampling=args.sampling, frame_stride=args.frame_stride)
     except ValueError as e:  # CheckpointError, DataError, EvaluationError, TrainError (device), OutputPathError
         print(f"error: {e}", file=sys.stderr)
         return 2

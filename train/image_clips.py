@@ -23,6 +23,7 @@ from .clips import (
     IMAGENET_STD,
     SPLITS,
     DataError,
+    holdout_indices,
     load_image,
     normalize_frames,
     visible_dirs,
@@ -263,13 +264,5 @@ def split_folder(root: Path, split: str, seed: int, val_fraction: float, **kwarg
     if (root / "train").is_dir() and (root / "test").is_dir():
         return FolderClips.from_root(root / split, **kwargs)
     names, samples = scan_clip_folder(root)
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in range(len(names)):
-        idx = [i for i, (_, y) in enumerate(samples) if y == label]
-        idx = [idx[i] for i in rng.permutation(len(idx))]
-        n_test = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
-        chosen += idx[:n_test] if split == "test" else idx[n_test:]
-    return FolderClips([samples[i] for i in sorted(chosen)], names, **kwargs)
+    chosen = holdout_indices([y for _, y in samples], split, seed, val_fraction)
+    return FolderClips([samples[i] for i in chosen], names, **kwargs)

@@ -24,6 +24,7 @@ OPTION_RANGES: dict[str, tuple] = {
     "workers": (0, None), "epochs": (1, None), "batch_size": (1, None), "lr": (0, None, True),
     "momentum": (0, 1, False, True), "weight_decay": (0, None), "warmup_epochs": (0, None), "clip_grad": (0, None),
     "frame_loss_weight": (0, None), "seed": (0, SEED_MAX), "dist_timeout": (0, None, True),
+    "frame_stride": (1, None),
 }
 
 
@@ -86,7 +87,8 @@ def data_spec(args: argparse.Namespace, split: str) -> DataSpec:
         name=args.data, data_dir=args.data_dir, frames=args.frames, frame_size=tuple(args.frame_size),
         seed=args.seed, num_clips=args.train_clips if split == "train" else args.val_clips,
         num_classes=args.synthetic_classes, download=args.download, augment=args.augment,
-        val_fraction=args.val_fraction,
+        val_fraction=args.val_fraction, sampling=args.sampling, frame_stride=args.frame_stride,
+        cache_dir=args.cache_dir, on_bad_video=args.on_bad_video,
     )
 
 

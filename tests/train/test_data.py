@@ -103,7 +103,7 @@ def test_unknown_data_set_lists_choices():
     with pytest.raises(DataError, match="unknown data set 'imagenet'; valid choices: synthetic, cifar10, folder"):
         build_dataset(DataSpec(name="imagenet"), "train")
     assert issubclass(DataError, ValueError)
-    assert DATASETS == ("synthetic", "cifar10", "folder")
+    assert DATASETS == ("synthetic", "cifar10", "folder", "video")
 
 
 # --------------------------------------------------------------------------------------------------------------------

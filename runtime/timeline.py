@@ -1,0 +1,114 @@
+"""Classifying video files with a loaded runner: one clip per video, or a timeline of overlapping windows.
+
+Frames come from :mod:`runtime.video` at the model's frame size (resized as training resizes them) and are
+normalised by :func:`runtime.preprocess_frames`; a window shorter than T (a video shorter than one window) is padded
+with its ``lengths``, which is exact. The PNG timeline needs matplotlib (the ``plots`` extra), imported only there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import RuntimeInputError
+from .preprocess import preprocess_frames
+
+# A model records no clip length; 16 frames is the package's reference clip (benchmarks, stream window).
+DEFAULT_CLIP_FRAMES = 16
+
+
+def default_clip_frames(runner) -> int:
+    """T for a video clip when none is given: :data:`DEFAULT_CLIP_FRAMES`, or the most the runner takes when that is
+    fewer (an engine built for shorter clips)."""
+    hi = runner.input_spec.time_range[1]
+    return DEFAULT_CLIP_FRAMES if hi is None else min(DEFAULT_CLIP_FRAMES, int(hi))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *, batch_size: int = 16) -> dict:
+    """Class probabilities of every window of ``frames`` frames, ``step`` frames apart, of one video.
+
+    Windows are read in one sequential decoding pass (:meth:`runtime.video.VideoReader.iter_windows`) and run in
+    batches of ``batch_size``.
+
+    Returns:
+        dict: ``clip`` (the path), ``video`` (:class:`runtime.video.VideoInfo` as a dict), ``frames_per_window``,
+        ``step`` and ``windows``: per window ``start`` and ``end`` (frame indices, end exclusive), ``start_s`` and
+        ``end_s`` (presentation times of its first and last frame), ``frames`` (real frames), ``label``, ``prob`` and
+        ``probs`` (every class's probability, by name).
+
+    Raises:
+        RuntimeInputError: a bad video (see :mod:`runtime.video`), bad counts, or a runner that is not a whole model.
+    """
+    from .video import VideoReader
+
+    if runner.stage != "model":
+        raise RuntimeInputError(f"classifying a video takes a whole model, not the {runner.stage} stage")
+    meta = runner.metadata
+    names = list(meta.class_names)
+    out = []
+
+    def run(batch) -> None:
+        xs = [preprocess_frames(w.frames, meta.mean, meta.std, runner.input_spec.frame_size)[0] for w in batch]
+        lengths = np.array([len(x) for x in xs], np.int32)
+        x = np.zeros((len(xs), int(lengths.max())) + xs[0].shape[1:], np.float32)
+        for i, xi in enumerate(xs):
+            x[i, : len(xi)] = xi
+        probs = _softmax(np.asarray(runner.infer(x, lengths)["clip_logits"], dtype=np.float32))
+        for w, p in zip(batch, probs, strict=True):
+            best = int(p.argmax())
+            out.append({"start": int(w.indices[0]), "end": int(w.indices[-1]) + 1, "start_s": float(w.times_s[0]),
+                        "end_s": float(w.times_s[-1]), "frames": w.length, "label": names[best],
+                        "prob": round(float(p[best]), 6),
+                        "probs": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}})
+
+    with VideoReader(path, runner.input_spec.frame_size) as reader:
+        batch = []
+        for window in reader.iter_windows(frames, step):
+            batch.append(window)
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+        info = reader.info.to_dict()
+    return {"clip": str(path), "video": info, "frames_per_window": int(frames), "step": int(step), "windows": out}
+
+
+def plot_timelines(timelines: Sequence[dict], path: str | os.PathLike, title: Optional[str] = None) -> Path:
+    """A PNG of class probability over time, one panel per video (the :func:`classify_windows` results), written
+    atomically. Each window is drawn at the time of its middle frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._io import atomic_write
+
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(9, 2.6 * len(timelines)), squeeze=False)
+    for ax, tl in zip(axes[:, 0], timelines, strict=True):
+        windows = tl["windows"]
+        t = [(w["start_s"] + w["end_s"]) / 2 for w in windows]
+        for name in windows[0]["probs"]:
+            ax.plot(t, [w["probs"][name] for w in windows], marker=".", label=name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("probability")
+        ax.set_title(f"{Path(tl['clip']).name}: windows of {tl['frames_per_window']} frames, step {tl['step']}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time of the window's middle (s)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
