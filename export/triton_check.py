@@ -459,11 +459,16 @@ def _check_sequence_batching(config, served, err: _Errors) -> None:
         err.add(f"idle_seconds must be > 0, got {served.idle_seconds}", re.escape(P.METADATA_PARAMETER))
     raw = config.parameters.get(P.MAX_STREAMS_PARAMETER)
     try:
-        if raw is None or int(raw.string_value) < 1:
-            raise ValueError
+        max_streams = int(raw.string_value) if raw is not None else 0
     except ValueError:
+        max_streams = 0
+    if max_streams < 1:
         err.add(f"parameter {P.MAX_STREAMS_PARAMETER!r} must be an integer >= 1 (live windows the model keeps)",
                 rf"{P.MAX_STREAMS_PARAMETER}|^parameters")
+    elif sb.HasField("oldest") and sb.oldest.max_candidate_sequences <= max_streams:
+        err.add(f"oldest.max_candidate_sequences {sb.oldest.max_candidate_sequences} must exceed max_streams "
+                f"{max_streams}: Triton parks sequences beyond it in a backlog where clients wait instead of being "
+                "refused by the model (the generator uses 4 x max_streams)", r"max_candidate_sequences")
 
 
 # --- checking a repository ------------------------------------------------------------------------------------------

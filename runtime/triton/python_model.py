@@ -89,6 +89,10 @@ class ClipModel:
                 if frames.ndim != 5 or np.size(lengths) != frames.shape[0]:
                     raise RuntimeInputError(f"frames must be (B, T, 3, H, W) with one length per clip, got frames "
                                             f"{tuple(frames.shape)} and lengths {tuple(np.shape(lengths))}")
+                if frames.shape[1] > self.served.max_time:  # what the repository advertises, as an engine would
+                    raise RuntimeInputError(f"clips of {frames.shape[1]} frames are longer than this model serves: "
+                                            f"at most {self.served.max_time} (time buckets "
+                                            f"{list(self.served.time_buckets)}); split longer clips")
             except RuntimeInputError as e:
                 responses[i] = _invalid(pb, str(e))
                 continue

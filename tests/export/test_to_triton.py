@@ -69,7 +69,7 @@ def test_python_kind_writes_both_models_as_the_contract_says(python_repo, export
 
     stream = _config(stream_dir / "config.pbtxt")
     sb = stream.sequence_batching
-    assert sb.max_sequence_idle_microseconds == 30_000_000 and sb.oldest.max_candidate_sequences == 64
+    assert sb.max_sequence_idle_microseconds == 30_000_000 and sb.oldest.max_candidate_sequences == 4 * 64
     assert sorted(c.name for c in sb.control_input) == ["CORRID", "END", "READY", "START"]
     assert [o.name for o in stream.output] == ["frame_logits", "clip_logits", "frames_seen", "window_frames"]
     assert stream.parameters["max_streams"].string_value == "64"
@@ -206,6 +206,9 @@ BROKEN = {
                            [r"control 'END' has kind CONTROL_SEQUENCE_START; valid: CONTROL_SEQUENCE_END"]),
     "idle mismatch": ("cnn_bilstm_stream", lambda t: t.replace("30000000", "5000000"),
                       [r"max_sequence_idle_microseconds 5000000 differs from the model's idle_seconds 30"]),
+    "candidates below max_streams": ("cnn_bilstm_stream", lambda t: t.replace("max_candidate_sequences: 256",
+                                                                              "max_candidate_sequences: 64"),
+                                     [r"max_candidate_sequences 64 must exceed max_streams 64"]),
     "name mismatch": ("cnn_bilstm", lambda t: t.replace('name: "cnn_bilstm"', 'name: "other"', 1),
                       [r"config.pbtxt:1: name 'other' differs from its folder 'cnn_bilstm'"]),
     "no metadata": ("cnn_bilstm", lambda t: t.replace(METADATA_KEY, "something_else"),

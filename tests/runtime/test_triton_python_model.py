@@ -64,10 +64,14 @@ def test_clip_model_batches_requests_and_answers_each(repo, export_dir, pb):
         l1, l2, l3 = np.array([8], np.int32), np.array([5, 8], np.int32), np.array([3], np.int32)
         bad = _frames(1, 8, 4)
         bad[0, 2, 0, 0, 0] = np.nan  # a real step: refused, and only this request
+        long = np.zeros((1, 129, 3, H, W), np.float32)  # beyond the repository's max_time (128)
         requests = [FakeInferenceRequest(frames=x1, lengths=l1), FakeInferenceRequest(frames=bad, lengths=l1),
-                    FakeInferenceRequest(frames=x2, lengths=l2), FakeInferenceRequest(frames=x3, lengths=l3)]
+                    FakeInferenceRequest(frames=x2, lengths=l2), FakeInferenceRequest(frames=x3, lengths=l3),
+                    FakeInferenceRequest(frames=long, lengths=np.array([129], np.int32))]
         responses = model.execute(requests)
-        assert len(responses) == 4
+        assert len(responses) == 5
+        assert responses[4].error.code() == FakeTritonError.INVALID_ARG
+        assert "at most 128" in responses[4].error.message()
         err = responses[1].error
         assert isinstance(err, FakeTritonError) and err.code() == FakeTritonError.INVALID_ARG
         assert "NaN" in err.message()
