@@ -161,7 +161,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; 0 on success, 2 for bad input (one ``error:`` line on stderr), 3 when the model cannot run here.
+    """Run the CLI; 0 on success, 2 for bad input (one ``error:`` line on stderr), 3 when the model cannot run here
+    (or its server cannot answer). ``ping``: 0 when the served model answers, else 1 with one ``error:`` line.
 
     Output cut short by its reader (``python -m runtime info MODEL | head -1``) ends quietly, as for other CLIs.
     """

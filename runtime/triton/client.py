@@ -170,9 +170,12 @@ def translate_error(e: BaseException, url: ModelURL, what: str, timeout: float) 
         return RemoteServerError(f"{url}: no answer within the timeout of {timeout:g} s while trying to {what} "
                                  f"({msg}); the server is overloaded or stuck: check it with `python -m runtime ping "
                                  f"{url}`, or pass a longer timeout")
-    if isinstance(e, ConnectionError) or status == "StatusCode.UNAVAILABLE" and "connect" in msg.lower():
+    if isinstance(e, ConnectionError) or (status == "StatusCode.UNAVAILABLE" and "connect" in msg.lower()):
         return RemoteServerError(f"{url}: cannot reach the server to {what} ({msg}); is tritonserver running "
                                  f"there and listening for {url.scheme} on {url.address}?")
+    if "unknown model" in msg.lower() or "no available versions" in msg.lower():
+        return RemoteServerError(f"{url}: the model is not loaded on the server now ({msg}); load it again (see "
+                                 "docs/runtime.md), or check the server's log for why it is not")
     if "not healthy" in msg.lower():
         return RemoteServerError(f"{url}: the server cannot run the model ({msg}); its model process died and Triton "
                                  "does not restart it: unload and load the model again (see docs/runtime.md)")
@@ -218,9 +221,9 @@ class _Remote:
     def _call(self, fn, what: str, *, missing_model: bool = False, refused: Optional[str] = None):
         """``fn(wire)``, with tritonclient's and the socket's exceptions turned into the runtime's (see
         :func:`translate_error`); ``refused`` replaces the start of an INVALID_ARG message (the server's follows)."""
+        wire = self._wire()  # first: without tritonclient, its ImportError says which extra to install
         from tritonclient.utils import InferenceServerException
 
-        wire = self._wire()
         try:
             return fn(wire)
         except Exception as e:  # tritonclient's, the socket's, geventhttpclient's own (a reset connection...)
@@ -495,8 +498,6 @@ def ping(url: str, timeout: float = 10.0) -> str:
     Raises:
         RuntimeInputError | RemoteServerError: what went wrong, in one line, within about ``timeout``.
     """
-    from tritonclient.utils import InferenceServerException  # noqa: F401  (a clear ImportError before any work)
-
     started = time.perf_counter()
     probe = _Remote()
     try:

@@ -232,7 +232,7 @@ class LocalTritonServer:
                "--allow-gpu-metrics=false",  # no NVML errors on machines without a GPU
                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                # Triton waits this long for in-flight work at SIGTERM (30 s by default, all of it after a stub died)
-               f"--exit-timeout-secs={max(1, int(self.stop_timeout) - 5)}"]
+               f"--exit-timeout-secs={max(1, min(5, int(self.stop_timeout) - 5))}"]
         self._log = open(self._log_path, "ab")
         logger.info("starting %s", " ".join(cmd))
         # A session of its own: stop() can then find and end the stub processes too, whatever happened to the server.

@@ -1,5 +1,6 @@
 """A real Triton server for the serving tests: the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel, started
-once per session on free localhost ports, serving a python-kind repository generated from the tiny test model.
+once per session on free localhost ports, serving a python-kind repository generated from the tiny test model (the
+``tiny_export`` fixture of tests/conftest.py).
 
 The server runs in its own environment (``make triton-env`` creates ``.venv-triton``; ``make test`` passes it in
 ``TRITON_SERVER_PYTHON``). Without it every test here skips with the one-line reason.
@@ -36,19 +37,10 @@ def server_python() -> str:
     return python
 
 
-@pytest.fixture(scope="session")
-def tiny_export(tiny_checkpoint, tmp_path_factory):
-    """An fp32 ONNX export folder (model, cnn, bilstm) of the tiny model."""
-    from export.to_onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("triton-export") / "fp32"
-    export_onnx(tiny_checkpoint, out, precision="fp32")
-    return out
-
-
 def write_python_repository(export_dir, out, **options):
     """A python-kind repository of the tiny export (``export.triton_repo``, as `python -m export.to_triton` writes
-    it): ``cnn_bilstm`` (clips of 1..16 frames, batches of up to 8) and, unless ``stream=False``, ``cnn_bilstm_stream``."""
+    it): ``cnn_bilstm`` (clips of 1..16 frames, batches of up to 8) and, unless ``stream=False``,
+    ``cnn_bilstm_stream``."""
     from export.triton_repo import RepoOptions, write_repository
 
     opts = dict(kind="python", max_time=MAX_TIME, max_batch_size=MAX_BATCH_SIZE, stream_window=STREAM_WINDOW,

@@ -1,0 +1,77 @@
+"""The remote runner's glue that needs no server: URL parsing, dispatch by URL, cheap imports. Everything that talks
+to a server is tested against the real one in tests/serving/."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import runtime
+from runtime.errors import RemoteServerError, RuntimeInputError
+from runtime.triton.client import ModelURL, is_remote_url
+
+
+@pytest.mark.parametrize("url,parsed", [
+    ("grpc://triton:9001/cnn_bilstm", ("grpc", "triton:9001", "cnn_bilstm")),
+    ("http://10.0.0.2/cnn_bilstm_stream", ("http", "10.0.0.2:8000", "cnn_bilstm_stream")),  # Triton's default ports
+    ("GRPC://host/m/", ("grpc", "host:8001", "m")),
+    ("grpc://[::1]:8001/m", ("grpc", "[::1]:8001", "m")),
+])
+def test_model_urls_parse(url, parsed):
+    u = ModelURL.parse(url)
+    assert (u.scheme, u.address, u.model) == parsed
+    assert is_remote_url(url)
+
+
+@pytest.mark.parametrize("url,message", [
+    ("https://host:8000/m", "unsupported scheme 'https'"),
+    ("grpc://host:8001", "is not a model URL"),
+    ("grpc://host:8001/m/versions/1", "is not a model URL"),
+    ("http://host:8000/m?x=1", "is not a model URL"),
+    ("grpc://host:99999/m", "bad port"),
+    ("grpc://host:8001/bad name", "model name 'bad name' is not valid"),
+])
+def test_bad_model_urls_are_refused(url, message):
+    with pytest.raises(RuntimeInputError, match=message):
+        ModelURL.parse(url)
+
+
+def test_paths_are_not_urls(tmp_path):
+    assert not is_remote_url(str(tmp_path / "model.onnx")) and not is_remote_url(tmp_path) and not is_remote_url(None)
+    with pytest.raises(RuntimeInputError, match="does not exist"):  # still a path: the file check answers
+        runtime.load("grpcx://host/model.onnx")
+
+
+def test_load_of_an_unreachable_url_fails_fast():
+    with socket.socket() as s:  # a free port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for scheme in ("http", "grpc"):
+        started = time.monotonic()
+        with pytest.raises(RemoteServerError, match="cannot reach the server"):
+            runtime.load(f"{scheme}://127.0.0.1:{port}/cnn_bilstm", timeout=5)
+        assert time.monotonic() - started < 5
+    with pytest.raises(RuntimeInputError, match="timeout must be a number of seconds"):
+        runtime.load(f"grpc://127.0.0.1:{port}/cnn_bilstm", timeout=0)
+    with pytest.raises(RuntimeInputError, match="device and backend"):
+        runtime.StreamingClassifier(f"grpc://127.0.0.1:{port}/cnn_bilstm_stream", device="cpu")
+
+
+def test_import_runtime_does_not_import_tritonclient():
+    code = ("import sys, runtime, runtime.triton.client, runtime.triton.local_server; runtime.load; "
+            "runtime.StreamingClassifier; "
+            "print(sorted(m for m in ('tritonclient', 'grpc', 'gevent') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_without_tritonclient_ping_says_which_extra_to_install():
+    code = ("import sys; sys.modules['tritonclient'] = None; from runtime.__main__ import main; "
+            "sys.exit(main(['ping', 'grpc://127.0.0.1:1/cnn_bilstm']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and "pip install 'cnn-bilstm-deploy[serve]'" in done.stderr
