@@ -444,6 +444,7 @@ def summarize(runs: Sequence[dict], samples: dict, *, baseline: Optional[str] = 
                      "requests_per_s_max": max(rps),
                      "clips_per_s": float(np.median(cps)), "clips_per_s_min": min(cps), "clips_per_s_max": max(cps),
                      "requests": sum(r["requests"] for r in mine), "errors": sum(r["errors"] for r in mine),
+                     "inferences": inferences if executions else None, "executions": executions or None,
                      "clips_per_execution": inferences / executions if executions else None,
                      **percentiles_or_none(samples.get((name, c), []))})
     ratios = []
@@ -495,13 +496,14 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
              f"(targets in a fresh random order per concurrency, {1e3 * result['gap_s']:.0f} ms pause before each "
              f"run, {result['warmup_s']:g} s warm-up per target). Requests/s and clips/s: median over rounds "
              "(min-max); latency percentiles over every round's requests; clips per execution from the server's "
-             "statistics (inferences / executions; with one clip per request, above 1 means the dynamic batcher "
-             "batched requests).", "",
+             "statistics over all rounds (inferences / executions; with one clip per request, above 1 means the "
+             "dynamic batcher batched requests).", "",
              "| target | concurrency | requests/s | clips/s | p50 ms | p90 ms | p99 ms | clips per execution | "
              "errors |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
-        cpe = "-" if r["clips_per_execution"] is None else f"{r['clips_per_execution']:.2f}"
+        cpe = ("-" if r["clips_per_execution"] is None else
+               f"{r['clips_per_execution']:.2f} ({r['inferences']}/{r['executions']})")
         lines.append(f"| {r['target']} | {r['concurrency']} | {r['requests_per_s']:.1f} "
                      f"({r['requests_per_s_min']:.1f}-{r['requests_per_s_max']:.1f}) | {r['clips_per_s']:.1f} | "
                      f"{_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {cpe} | {r['errors']} |")
@@ -812,6 +814,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     env["load_average_1min_end"] = _load_average()
+    result.update(title=title, setup_text=setup)  # so that the markdown can be rendered again from the JSON
     text = result_markdown(result, env, title=title, setup=setup)
     print(text, end="")
     if args.out:

@@ -139,7 +139,7 @@ def test_summary_percentiles_ratios_and_target():
     assert row["requests_per_s"] == 100 and (row["requests_per_s_min"], row["requests_per_s_max"]) == (90, 120)
     assert row["clips_per_s"] == 200 and row["rounds"] == 3
     assert row["p99_ms"] == pytest.approx(99.01 / 2) and row["p50_ms"] == pytest.approx(25.25)
-    assert row["clips_per_execution"] == 4.0
+    assert row["clips_per_execution"] == 4.0 and (row["inferences"], row["executions"]) == (120, 30)
     assert next(x for x in s["rows"] if x["target"] == EMBEDDED)["clips_per_execution"] is None
     by_c = {q["concurrency"]: q for q in s["ratios"]}
     assert set(by_c) == {1, 8}
@@ -194,6 +194,8 @@ def test_measure_against_a_local_runner_and_the_outputs(tiny_export, tmp_path):
     assert text.startswith("# Serving load: tiny\n") and "load average: 1.5 at the start, 1.7 at the end" in text
     table = [line for line in text.splitlines() if line.startswith(("| embedded |", "| per-thread |"))]
     assert len(table) == 4 + 2  # 2 targets x 2 concurrencies, then 2 ratio rows
+    per_thread_2 = rows[("per-thread", 2)]
+    assert f"| 2.00 ({per_thread_2['inferences']}/{per_thread_2['executions']}) |" in text
     write_outputs(tmp_path, "tiny", result, env, text, "tiny")
     data = json.loads((tmp_path / "tiny.json").read_text())
     assert data["environment"]["load_average_1min"] == 1.5
