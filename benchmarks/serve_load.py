@@ -626,32 +626,52 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
     from runtime.triton.local_server import LocalTritonServer
 
     delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
+    servers, settings = {}, {}
+    for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
+        opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=1,
+                           max_queue_delay_us=delay, dynamic_batching=batching, stream=False)
+        try:
+            write_repository(export_dir, work / name, opts)
+        except ValueError as e:  # ExportError, RepositoryError, OutputPathError
+            raise ServeLoadError(f"{name}: cannot generate the repository from {export_dir}: {e}") from e
+        servers[name] = LocalTritonServer(work / name, python=server_python, log_file=work / f"{name}.log")
+        settings[name] = {"kind": "python", "name": opts.name, "instances": 1, "max_batch_size": max_batch_size,
+                          "max_time": max_time, "dynamic_batching": batching,
+                          "max_queue_delay_us": delay if batching else None, "protocol": protocol}
     targets = [embedded_target(export_dir / "model.onnx")]
-    facts: dict = {"repositories": {}, "server_environment": server_python_versions(server_python)}
+    facts: dict = {"repositories": settings, "server_environment": server_python_versions(server_python)}
     with contextlib.ExitStack() as stack:
+        stack.callback(_in_parallel, [s.stop for s in servers.values()])  # also after a failed start
         stack.callback(lambda: [t.close() for t in targets])  # runners first (LIFO), then the servers
-        for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
-            opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=1,
-                               max_queue_delay_us=delay, dynamic_batching=batching, stream=False)
-            try:
-                write_repository(export_dir, work / name, opts)
-            except (ValueError, RuntimeError) as e:  # ExportError, RepositoryError, OutputPathError
-                raise ServeLoadError(f"{name}: cannot generate the repository from {export_dir}: {e}") from e
-            log = work / f"{name}.log"
-            try:
-                server = stack.enter_context(LocalTritonServer(work / name, python=server_python, log_file=log))
-            except Exception as e:  # ServerError (with the log's last lines), OSError
-                raise ServeLoadError(f"{name}: the bundled tritonserver did not start: {e}") from e
+        failures = _in_parallel([s.start for s in servers.values()])  # the two start-ups overlap
+        for name, error in zip(servers, failures, strict=True):
+            if error is not None:  # ServerError (with the log's last lines), OSError
+                raise ServeLoadError(f"{name}: the bundled tritonserver did not start: {error}") from error
+        for name, server in servers.items():
             base = server.grpc_url if protocol == "grpc" else server.http_url
-            settings = {"kind": "python", "instances": 1, "max_batch_size": max_batch_size, "max_time": max_time,
-                        "dynamic_batching": batching, "max_queue_delay_us": delay if batching else None,
-                        "protocol": protocol}
-            stats_url = f"{server.http_url}/{opts.name}"  # statistics over HTTP whatever the protocol under test
-            targets.append(Target(name, _remote_opener(f"{base}/{opts.name}"), shared=False,
-                                  stats=lambda u=stats_url: model_stats(u), info=settings))
-            facts["repositories"][name] = settings
+            model = settings[name]["name"]
+            stats_url = f"{server.http_url}/{model}"  # statistics over HTTP whatever the protocol under test
+            targets.append(Target(name, _remote_opener(f"{base}/{model}"), shared=False,
+                                  stats=lambda u=stats_url: model_stats(u), info=settings[name]))
             facts.setdefault("tritonserver", server_version(server.http_url))
         yield targets, facts
+
+
+def _in_parallel(calls: Sequence[Callable[[], Any]]) -> list:
+    """Run the calls in threads at once; the exception each raised (None when it returned)."""
+    errors: list = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            calls[i]()
+        except Exception as e:  # handed to the caller
+            errors[i] = e
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def server_python_versions(python: Optional[str]) -> dict:
