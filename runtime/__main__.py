@@ -21,6 +21,7 @@ import numpy as np
 
 from . import RuntimeInputError, load, preprocess_frames
 from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
+from .errors import RemoteServerError
 from .frames import IMAGE_SUFFIXES, read_frame_folder, resize_frames
 
 
@@ -191,11 +192,12 @@ def _ping(args) -> int:
     try:
         from .triton.client import ping
 
-        print(ping(args.url, timeout=args.timeout))
-        return 0
-    except (ValueError, ConnectionError, ImportError) as e:  # RuntimeInputError, RemoteServerError, no tritonclient
+        answer = ping(args.url, timeout=args.timeout)
+    except (ValueError, RemoteServerError, ImportError) as e:  # RuntimeInputError, the server, no tritonclient
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+    print(answer)  # outside the try: a closed stdout (BrokenPipeError, a ConnectionError too) is main()'s to handle
+    return 0
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -233,7 +235,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except (ImportError, RuntimeError) as e:  # a backend library or the GPU it needs is missing here
         print(f"error: {args.model} cannot run on this machine: {type(e).__name__}: {e}", file=sys.stderr)
         return 3
-    except ConnectionError as e:  # RemoteServerError: a served model (a URL) whose server cannot answer
+    except RemoteServerError as e:  # a served model (a URL) whose server cannot answer (not BrokenPipeError)
         print(f"error: {e}", file=sys.stderr)
         return 3
     for clip, pred in zip(args.clips, predictions, strict=True):
