@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 from benchmarks.outputs import check_outputs
 from benchmarks.timing import paired_speedup, percentiles
 from runtime._io import atomic_write_json, atomic_write_text
+from runtime.errors import RemoteServerError
 
 logger = logging.getLogger(__name__)
 
@@ -847,9 +848,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _CannotRunHere as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (ServeLoadError, ValueError, ConnectionError) as e:
-        # RuntimeInputError (a bad URL, model or export) is a ValueError; runtime.errors.RemoteServerError (a server
-        # down, not ready or timing out) a ConnectionError.
+    except (ServeLoadError, ValueError, RemoteServerError) as e:
+        # RuntimeInputError (a bad URL, model or export) is a ValueError; RemoteServerError: a server down, not
+        # ready or timing out.
         print(f"error: {e}", file=sys.stderr)
         return 1
     env["load_average_1min_end"] = _load_average()
