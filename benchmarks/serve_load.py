@@ -17,8 +17,8 @@ How it measures (see :func:`measure`):
 - A run is N client threads sending requests back to back for ``--duration`` seconds (at most ``--max-requests``).
   Rounds are interleaved: every round runs every target at every concurrency once, targets in a fresh random order
   per concurrency, with an untimed pause (``--gap-ms``) before each run, so a slow phase of the shared machine hits
-  all targets alike. Throughput is the median over rounds; latency percentiles pool every round's requests; a
-  served/embedded throughput ratio is the median of per-round ratios with a bootstrap 95% interval.
+  all targets alike. Throughput is the median over rounds; latency percentiles pool every round's requests; the
+  served/embedded throughput and p99 ratios are medians of per-round ratios with bootstrap 95% intervals.
 - Server statistics (``inference_count`` vs ``execution_count`` of the model, before and after each run) give the
   clips per execution: above 1, the dynamic batcher batched requests.
 - Load goes only to this machine (a URL whose host is not loopback is refused) and is bounded: concurrency at most
