@@ -17,8 +17,8 @@ How it measures (see :func:`measure`):
 - A run is N client threads sending requests back to back for ``--duration`` seconds (at most ``--max-requests``).
   Rounds are interleaved: every round runs every target at every concurrency once, targets in a fresh random order
   per concurrency, with an untimed pause (``--gap-ms``) before each run, so a slow phase of the shared machine hits
-  all targets alike. Throughput is the median over rounds; latency percentiles pool every round's requests; a
-  served/embedded throughput ratio is the median of per-round ratios with a bootstrap 95% interval.
+  all targets alike. Throughput is the median over rounds; latency percentiles pool every round's requests; the
+  served/embedded throughput and p99 ratios are medians of per-round ratios with bootstrap 95% intervals.
 - Server statistics (``inference_count`` vs ``execution_count`` of the model, before and after each run) give the
   clips per execution: above 1, the dynamic batcher batched requests.
 - Load goes only to this machine (a URL whose host is not loopback is refused) and is bounded: concurrency at most
@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 from benchmarks.outputs import check_outputs
 from benchmarks.timing import paired_speedup, percentiles
 from runtime._io import atomic_write_json, atomic_write_text
+from runtime.errors import RemoteServerError
 
 logger = logging.getLogger(__name__)
 
@@ -414,13 +415,10 @@ def percentiles_or_none(samples_ms: Sequence[float]) -> dict:
 def summarize(runs: Sequence[dict], samples: dict, *, baseline: Optional[str] = None, seed: int = 0) -> dict:
     """Per (target, concurrency): the median, min and max over rounds of requests/s and clips/s, latency
     percentiles over every round's requests, errors, and clips per execution (inferences / executions over all
-    rounds; > 1 means the server batched). Per target other than ``baseline`` and concurrency: the throughput ratio
-    target/baseline as the median of per-round ratios with a bootstrap 95% interval
-    (:func:`benchmarks.timing.paired_speedup` on the per-round time per request), the p99 ratio, and
-    ``meets_target`` (the issue's target; None outside :data:`TARGET_CONCURRENCY`).
+    rounds; > 1 means the server batched). With a ``baseline``, the :func:`compare_rounds` ratios.
 
     Args:
-        runs (Sequence[dict]): :func:`run_load` results with ``round``, ``concurrency`` and ``target``.
+        runs (Sequence[dict]): :func:`run_load` results with ``round``, ``concurrency``, ``target`` and ``p99_ms``.
         samples (dict): ``(target, concurrency) -> latencies (ms)`` of all rounds.
         baseline (str, optional): the target to compare with. Defaults to None (no ratios).
         seed (int): bootstrap seed. Defaults to 0.
@@ -430,13 +428,12 @@ def summarize(runs: Sequence[dict], samples: dict, *, baseline: Optional[str] = 
     """
     import numpy as np
 
-    rows, per_round = [], {}
+    rows = []
     keys = list(dict.fromkeys((r["target"], r["concurrency"]) for r in runs))
     for name, c in keys:
-        mine = sorted((r for r in runs if r["target"] == name and r["concurrency"] == c), key=lambda r: r["round"])
+        mine = [r for r in runs if r["target"] == name and r["concurrency"] == c]
         rps = [r["requests_per_s"] for r in mine]
         cps = [r["clips_per_s"] for r in mine]
-        per_round[(name, c)] = {r["round"]: r["requests_per_s"] for r in mine}
         inferences = sum(r.get("inferences", 0) for r in mine)
         executions = sum(r.get("executions", 0) for r in mine)
         rows.append({"target": name, "concurrency": c, "rounds": len(mine),
@@ -444,30 +441,51 @@ def summarize(runs: Sequence[dict], samples: dict, *, baseline: Optional[str] = 
                      "requests_per_s_max": max(rps),
                      "clips_per_s": float(np.median(cps)), "clips_per_s_min": min(cps), "clips_per_s_max": max(cps),
                      "requests": sum(r["requests"] for r in mine), "errors": sum(r["errors"] for r in mine),
+                     "inferences": inferences if executions else None, "executions": executions or None,
                      "clips_per_execution": inferences / executions if executions else None,
                      **percentiles_or_none(samples.get((name, c), []))})
-    ratios = []
-    if baseline is not None:
-        by_key = {(r["target"], r["concurrency"]): r for r in rows}
-        for row in rows:
-            name, c = row["target"], row["concurrency"]
-            base = by_key.get((baseline, c))
-            if name == baseline or base is None:
-                continue
-            common = sorted(set(per_round[(name, c)]) & set(per_round[(baseline, c)]))
-            base_rps = [per_round[(baseline, c)][i] for i in common]
-            rps = [per_round[(name, c)][i] for i in common]
-            if not common or min(base_rps + rps) <= 0:
-                continue  # a run that completed nothing has no ratio
-            # Time per request (1000 / requests_per_s): baseline / target = target's throughput / baseline's.
-            sp = paired_speedup([1e3 / v for v in base_rps], [1e3 / v for v in rps], seed=seed)
-            p99_ratio = (row["p99_ms"] / base["p99_ms"]) if row["p99_ms"] and base["p99_ms"] else None
-            ratios.append({"target": name, "baseline": baseline, "concurrency": c,
-                           "throughput_ratio": sp["median"], "ci95": sp["ci95"], "per_round": sp["per_round"],
-                           "p99_ratio": p99_ratio,
-                           "meets_target": (bool(sp["median"] >= TARGET_RATIO and p99_ratio is not None
-                                                 and p99_ratio < 1.0) if in_target_range(c) else None)})
+    ratios = compare_rounds(runs, rows, baseline, seed=seed) if baseline is not None else []
     return {"rows": rows, "ratios": ratios}
+
+
+def compare_rounds(runs: Sequence[dict], rows: Sequence[dict], baseline: str, *, seed: int = 0) -> list:
+    """Per target other than ``baseline`` and concurrency, from the runs of the same rounds:
+
+    - ``throughput_ratio``: target/baseline requests/s, the median of per-round ratios with a bootstrap 95%
+      interval ``ci95`` (:func:`benchmarks.timing.paired_speedup` on the per-round time per request);
+    - ``p99_ratio``: target/baseline p99, the median of per-round ratios with ``p99_ci95``. Per round, like the
+      throughput, because a round that other processes slowed down lifts the p99 pooled over all rounds for
+      whichever target it hit; ``p99_ratio_pooled`` is the ratio of the pooled p99s of ``rows``;
+    - ``meets_target``: throughput ratio >= :data:`TARGET_RATIO` and p99 ratio < 1 (None outside
+      :data:`TARGET_CONCURRENCY`).
+    """
+    by_key = {(r["target"], r["concurrency"]): r for r in rows}
+    rounds: dict = {}
+    for r in runs:
+        rounds.setdefault((r["target"], r["concurrency"]), {})[r["round"]] = r
+    ratios = []
+    for row in rows:
+        name, c = row["target"], row["concurrency"]
+        base = by_key.get((baseline, c))
+        if name == baseline or base is None:
+            continue
+        common = sorted(set(rounds[(name, c)]) & set(rounds[(baseline, c)]))
+        pairs = [(rounds[(baseline, c)][i], rounds[(name, c)][i]) for i in common]
+        pairs = [(b, t) for b, t in pairs if b["requests"] and t["requests"]]  # a run that completed nothing
+        if not pairs:
+            continue
+        # Time per request (1000 / requests_per_s): baseline / target = target's throughput / baseline's.
+        sp = paired_speedup([1e3 / b["requests_per_s"] for b, _ in pairs],
+                            [1e3 / t["requests_per_s"] for _, t in pairs], seed=seed)
+        p99 = paired_speedup([t["p99_ms"] for _, t in pairs], [b["p99_ms"] for b, _ in pairs], seed=seed)
+        pooled = row["p99_ms"] / base["p99_ms"] if row["p99_ms"] and base["p99_ms"] else None
+        ratios.append({"target": name, "baseline": baseline, "concurrency": c,
+                       "throughput_ratio": sp["median"], "ci95": sp["ci95"], "per_round": sp["per_round"],
+                       "p99_ratio": p99["median"], "p99_ci95": p99["ci95"], "p99_per_round": p99["per_round"],
+                       "p99_ratio_pooled": pooled,
+                       "meets_target": (bool(sp["median"] >= TARGET_RATIO and p99["median"] < 1.0)
+                                        if in_target_range(c) else None)})
+    return ratios
 
 
 def in_target_range(concurrency: int) -> bool:
@@ -495,27 +513,31 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
              f"(targets in a fresh random order per concurrency, {1e3 * result['gap_s']:.0f} ms pause before each "
              f"run, {result['warmup_s']:g} s warm-up per target). Requests/s and clips/s: median over rounds "
              "(min-max); latency percentiles over every round's requests; clips per execution from the server's "
-             "statistics (inferences / executions; with one clip per request, above 1 means the dynamic batcher "
-             "batched requests).", "",
+             "statistics over all rounds (inferences / executions; with one clip per request, above 1 means the "
+             "dynamic batcher batched requests).", "",
              "| target | concurrency | requests/s | clips/s | p50 ms | p90 ms | p99 ms | clips per execution | "
              "errors |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
-        cpe = "-" if r["clips_per_execution"] is None else f"{r['clips_per_execution']:.2f}"
+        cpe = ("-" if r["clips_per_execution"] is None else
+               f"{r['clips_per_execution']:.2f} ({r['inferences']}/{r['executions']})")
         lines.append(f"| {r['target']} | {r['concurrency']} | {r['requests_per_s']:.1f} "
                      f"({r['requests_per_s_min']:.1f}-{r['requests_per_s_max']:.1f}) | {r['clips_per_s']:.1f} | "
                      f"{_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {cpe} | {r['errors']} |")
     if s["ratios"]:
-        lines += ["", f"Against {result['baseline']} (throughput: median of per-round ratios, bootstrap 95% "
-                  f"interval; target at concurrency {TARGET_CONCURRENCY[0]}-{TARGET_CONCURRENCY[1]}: throughput "
-                  f">= {TARGET_RATIO}x with a lower p99):", "",
-                  "| target | concurrency | throughput ratio | 95% interval | p99 ratio | target |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"Against {result['baseline']} (throughput and p99: median of per-round ratios, bootstrap "
+                  f"95% intervals; the p99s pooled over all rounds for comparison; target at concurrency "
+                  f"{TARGET_CONCURRENCY[0]}-{TARGET_CONCURRENCY[1]}: throughput >= {TARGET_RATIO}x with a lower p99, "
+                  "both per round):", "",
+                  "| target | concurrency | throughput ratio | 95% interval | p99 ratio | 95% interval | "
+                  "p99 ratio of pooled p99s | target |",
+                  "|---|---|---|---|---|---|---|---|"]
         for q in s["ratios"]:
             verdict = {True: "met", False: "not met", None: "-"}[q["meets_target"]]
-            p99 = "-" if q["p99_ratio"] is None else f"{q['p99_ratio']:.2f}"
+            pooled = "-" if q["p99_ratio_pooled"] is None else f"{q['p99_ratio_pooled']:.2f}"
             lines.append(f"| {q['target']} | {q['concurrency']} | {q['throughput_ratio']:.2f}x | "
-                         f"{q['ci95'][0]:.2f}-{q['ci95'][1]:.2f} | {p99} | {verdict} |")
+                         f"{q['ci95'][0]:.2f}-{q['ci95'][1]:.2f} | {q['p99_ratio']:.2f} | "
+                         f"{q['p99_ci95'][0]:.2f}-{q['p99_ci95'][1]:.2f} | {pooled} | {verdict} |")
     failed = [r for r in result["runs"] if r["errors"]]
     for r in failed[:5]:
         lines.append(f"\nRound {r['round'] + 1}, {r['target']} at concurrency {r['concurrency']}: {r['errors']} "
@@ -624,32 +646,52 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
     from runtime.triton.local_server import LocalTritonServer
 
     delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
+    servers, settings = {}, {}
+    for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
+        opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=1,
+                           max_queue_delay_us=delay, dynamic_batching=batching, stream=False)
+        try:
+            write_repository(export_dir, work / name, opts)
+        except ValueError as e:  # ExportError, RepositoryError, OutputPathError
+            raise ServeLoadError(f"{name}: cannot generate the repository from {export_dir}: {e}") from e
+        servers[name] = LocalTritonServer(work / name, python=server_python, log_file=work / f"{name}.log")
+        settings[name] = {"kind": "python", "name": opts.name, "instances": 1, "max_batch_size": max_batch_size,
+                          "max_time": max_time, "dynamic_batching": batching,
+                          "max_queue_delay_us": delay if batching else None, "protocol": protocol}
     targets = [embedded_target(export_dir / "model.onnx")]
-    facts: dict = {"repositories": {}, "server_environment": server_python_versions(server_python)}
+    facts: dict = {"repositories": settings, "server_environment": server_python_versions(server_python)}
     with contextlib.ExitStack() as stack:
+        stack.callback(_in_parallel, [s.stop for s in servers.values()])  # also after a failed start
         stack.callback(lambda: [t.close() for t in targets])  # runners first (LIFO), then the servers
-        for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
-            opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=1,
-                               max_queue_delay_us=delay, dynamic_batching=batching, stream=False)
-            try:
-                write_repository(export_dir, work / name, opts)
-            except (ValueError, RuntimeError) as e:  # ExportError, RepositoryError, OutputPathError
-                raise ServeLoadError(f"{name}: cannot generate the repository from {export_dir}: {e}") from e
-            log = work / f"{name}.log"
-            try:
-                server = stack.enter_context(LocalTritonServer(work / name, python=server_python, log_file=log))
-            except Exception as e:  # ServerError (with the log's last lines), OSError
-                raise ServeLoadError(f"{name}: the bundled tritonserver did not start: {e}") from e
+        failures = _in_parallel([s.start for s in servers.values()])  # the two start-ups overlap
+        for name, error in zip(servers, failures, strict=True):
+            if error is not None:  # ServerError (with the log's last lines), OSError
+                raise ServeLoadError(f"{name}: the bundled tritonserver did not start: {error}") from error
+        for name, server in servers.items():
             base = server.grpc_url if protocol == "grpc" else server.http_url
-            settings = {"kind": "python", "instances": 1, "max_batch_size": max_batch_size, "max_time": max_time,
-                        "dynamic_batching": batching, "max_queue_delay_us": delay if batching else None,
-                        "protocol": protocol}
-            stats_url = f"{server.http_url}/{opts.name}"  # statistics over HTTP whatever the protocol under test
-            targets.append(Target(name, _remote_opener(f"{base}/{opts.name}"), shared=False,
-                                  stats=lambda u=stats_url: model_stats(u), info=settings))
-            facts["repositories"][name] = settings
+            model = settings[name]["name"]
+            stats_url = f"{server.http_url}/{model}"  # statistics over HTTP whatever the protocol under test
+            targets.append(Target(name, _remote_opener(f"{base}/{model}"), shared=False,
+                                  stats=lambda u=stats_url: model_stats(u), info=settings[name]))
             facts.setdefault("tritonserver", server_version(server.http_url))
         yield targets, facts
+
+
+def _in_parallel(calls: Sequence[Callable[[], Any]]) -> list:
+    """Run the calls in threads at once; the exception each raised (None when it returned)."""
+    errors: list = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            calls[i]()
+        except Exception as e:  # handed to the caller
+            errors[i] = e
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def server_python_versions(python: Optional[str]) -> dict:
@@ -806,12 +848,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _CannotRunHere as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (ServeLoadError, ValueError, ConnectionError) as e:
-        # RuntimeInputError (a bad URL, model or export) is a ValueError; runtime.errors.RemoteServerError (a server
-        # down, not ready or timing out) a ConnectionError.
+    except (ServeLoadError, ValueError, RemoteServerError) as e:
+        # RuntimeInputError (a bad URL, model or export) is a ValueError; RemoteServerError: a server down, not
+        # ready or timing out.
         print(f"error: {e}", file=sys.stderr)
         return 1
     env["load_average_1min_end"] = _load_average()
+    result.update(title=title, setup_text=setup)  # so that the markdown can be rendered again from the JSON
     text = result_markdown(result, env, title=title, setup=setup)
     print(text, end="")
     if args.out:

@@ -117,9 +117,9 @@ def test_a_failing_client_stops_its_thread_and_is_reported():
     assert run["requests"] == 2 + len(good)  # the other thread went on
 
 
-def _run(target, c, r, rps, latencies, inferences=None, executions=None):
+def _run(target, c, r, rps, latencies, p99, inferences=None, executions=None):
     run = {"target": target, "concurrency": c, "round": r, "requests_per_s": rps, "clips_per_s": 2 * rps,
-           "requests": len(latencies), "errors": 0, "first_error": None, "load_average_1min": 1.0}
+           "requests": len(latencies), "errors": 0, "first_error": None, "load_average_1min": 1.0, "p99_ms": p99}
     if inferences is not None:
         run.update(inferences=inferences, executions=executions)
     return run
@@ -130,8 +130,10 @@ def test_summary_percentiles_ratios_and_target():
     lat = list(range(1, 101))  # ms
     for r, (e, s) in enumerate([(100, 100), (100, 120), (100, 90)]):
         for c in (1, 8):
-            runs.append(_run(EMBEDDED, c, r, e, lat))
-            runs.append(_run(SERVED_BATCHING, c, r, s, lat, inferences=40, executions=10))
+            runs.append(_run(EMBEDDED, c, r, e, lat, p99=100))
+            # Per round, served's p99 is 2x the embedded one at concurrency 1 and 0.5x, 0.4x, 1.2x at 8.
+            p99 = 200 if c == 1 else [50, 40, 120][r]
+            runs.append(_run(SERVED_BATCHING, c, r, s, lat, p99=p99, inferences=40, executions=10))
     samples = {(EMBEDDED, 1): lat, (EMBEDDED, 8): lat * 3, (SERVED_BATCHING, 1): [2 * x for x in lat],
                (SERVED_BATCHING, 8): [x / 2 for x in lat]}
     s = summarize(runs, samples, baseline=EMBEDDED)
@@ -139,13 +141,14 @@ def test_summary_percentiles_ratios_and_target():
     assert row["requests_per_s"] == 100 and (row["requests_per_s_min"], row["requests_per_s_max"]) == (90, 120)
     assert row["clips_per_s"] == 200 and row["rounds"] == 3
     assert row["p99_ms"] == pytest.approx(99.01 / 2) and row["p50_ms"] == pytest.approx(25.25)
-    assert row["clips_per_execution"] == 4.0
+    assert row["clips_per_execution"] == 4.0 and (row["inferences"], row["executions"]) == (120, 30)
     assert next(x for x in s["rows"] if x["target"] == EMBEDDED)["clips_per_execution"] is None
     by_c = {q["concurrency"]: q for q in s["ratios"]}
     assert set(by_c) == {1, 8}
     assert by_c[8]["throughput_ratio"] == pytest.approx(1.0)  # median of 1.0, 1.2, 0.9
     assert by_c[8]["per_round"] == pytest.approx([1.0, 1.2, 0.9])
-    assert by_c[8]["p99_ratio"] == pytest.approx(0.5) and by_c[8]["meets_target"] is True
+    assert by_c[8]["p99_per_round"] == pytest.approx([0.5, 0.4, 1.2]) and by_c[8]["p99_ratio"] == pytest.approx(0.5)
+    assert by_c[8]["p99_ratio_pooled"] == pytest.approx(0.5) and by_c[8]["meets_target"] is True
     assert by_c[1]["p99_ratio"] == pytest.approx(2.0) and by_c[1]["meets_target"] is None  # outside 8-16
     # A lower throughput at concurrency 8 misses the target even with the lower p99.
     slow = [dict(r, requests_per_s=r["requests_per_s"] * 0.8) if r["target"] == SERVED_BATCHING else r
@@ -194,6 +197,8 @@ def test_measure_against_a_local_runner_and_the_outputs(tiny_export, tmp_path):
     assert text.startswith("# Serving load: tiny\n") and "load average: 1.5 at the start, 1.7 at the end" in text
     table = [line for line in text.splitlines() if line.startswith(("| embedded |", "| per-thread |"))]
     assert len(table) == 4 + 2  # 2 targets x 2 concurrencies, then 2 ratio rows
+    per_thread_2 = rows[("per-thread", 2)]
+    assert f"| 2.00 ({per_thread_2['inferences']}/{per_thread_2['executions']}) |" in text
     write_outputs(tmp_path, "tiny", result, env, text, "tiny")
     data = json.loads((tmp_path / "tiny.json").read_text())
     assert data["environment"]["load_average_1min"] == 1.5
