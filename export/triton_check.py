@@ -10,7 +10,9 @@ Two passes per model folder:
    :mod:`runtime.triton.protocol` and against the version folder's artifact (the ONNX graph's inputs and outputs,
    or the engine report's I/O tensors); ``max_batch_size``, the time buckets and the preferred batch sizes against
    the engine's optimization profiles (every batch up to ``max_batch_size`` at every bucket must fit a profile);
-   the stream model's sequence-batching controls, idle timeout and ``max_streams``; the version folder's files.
+   the stream model's sequence-batching controls, idle timeout and ``max_streams``; ``allow_ragged_batch`` (the
+   python kind's whole-clip ``frames`` only: the tensorrt and onnxruntime backends would need ragged inputs
+   concatenated 1-D); the version folder's files.
 
 Every error is collected (``FILE:LINE: message``), so one run lists them all. The generator runs the same checks on
 the configs it is about to write, before anything is written.
@@ -278,6 +280,7 @@ def check_model_config(text: str, label: str, files: dict, folder_name: Optional
                 f"{config.max_batch_size}", r"max_batch_size")
     _check_io(config.input, expected_in, "input", err)
     _check_io(config.output, expected_out, "output", err)
+    _check_ragged(config, served, err)
     if artifact is not None:
         _check_against_artifact(config, served, meta, artifact, err)
     _check_batching(config, served, artifact, err)
@@ -319,7 +322,12 @@ def _check_files(config, served, files: dict, err: _Errors) -> Optional[Artifact
             cnn, bilstm = _onnx_artifact(Path(files["cnn.onnx"])), _onnx_artifact(Path(files["bilstm.onnx"]))
             _check_same_model(bilstm.metadata, cnn.metadata, f"{files['bilstm.onnx']} and {files['cnn.onnx']}", err)
             return Artifact(bilstm.metadata, {}, {}, None, bilstm.source)
-        return _onnx_artifact(Path(files["model.onnx" if served.kind == P.KIND_PYTHON else main]))
+        artifact = _onnx_artifact(Path(files["model.onnx" if served.kind == P.KIND_PYTHON else main]))
+        if served.kind == P.KIND_PYTHON and "cnn.onnx" in files and "bilstm.onnx" in files:
+            for n in ("cnn.onnx", "bilstm.onnx"):  # ClipModel runs them instead of model.onnx
+                split = _onnx_artifact(Path(files[n]))
+                _check_same_model(split.metadata, artifact.metadata, f"{files[n]} and {files['model.onnx']}", err)
+        return artifact
     except ExportError as e:
         err.add(str(e), r"^name:")
         return None
@@ -359,6 +367,24 @@ def _check_io(tensors, expected: tuple, what: str, err: _Errors) -> None:
             got_r = "no reshape" if reshape is None else f"reshape {list(reshape)}"
             err.add(f"{what} {name!r} has {got_r}; valid: {valid} (the client sends [B, 1], the model takes [B])",
                     near)
+
+
+def _check_ragged(config, served, err: _Errors) -> None:
+    """``allow_ragged_batch`` only where the model takes each request's own tensor: the python kind's ClipModel.
+    The tensorrt and onnxruntime backends hand a ragged input to the graph as every request's elements concatenated
+    1-D (with a ``batch_input`` for the shapes), which model.plan and model.onnx do not take."""
+    for t in config.input:
+        if not t.allow_ragged_batch:
+            continue
+        near = rf'name: "{re.escape(t.name)}"'
+        if served.kind != P.KIND_PYTHON:
+            err.add(f"input {t.name!r} sets allow_ragged_batch, which the {served.kind} kind cannot serve: its backend "
+                    "would hand the graph every request's elements concatenated 1-D, which the graph does not take; "
+                    "remove it (this kind batches requests of equal shape; only the python kind's whole-clip model "
+                    f"takes ragged {P.FRAMES!r})", near)
+        elif served.role != P.ROLE_CLIP or t.name != P.FRAMES:
+            err.add(f"input {t.name!r} sets allow_ragged_batch; only the whole-clip model's {P.FRAMES!r} input may "
+                    "(its ClipModel takes each request's own tensor); remove it", near)
 
 
 def _enum_name(msg, field: str) -> str:

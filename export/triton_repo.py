@@ -6,12 +6,15 @@ Kinds (``auto`` follows the source):
 |---|---|---|---|
 | an engine ``*.engine``/``*.plan`` with its report ``ENGINE.json`` | ``tensorrt`` | ``NAME`` (``platform: "tensorrt_plan"``) | ``model.plan``, ``model.plan.json`` |
 | an ONNX export folder (``onnx/fp32``, ``fp16``, ``int8``) or its ``model.onnx`` | ``onnxruntime`` | ``NAME`` (``backend: "onnxruntime"``) | ``model.onnx``, ``export_report.json`` |
-| the same, ``--kind python`` | - | ``NAME`` and ``NAME_stream`` (``backend: "python"``) | ``model.py`` shim + the graphs it runs |
+| the same, ``--kind python`` | - | ``NAME`` and ``NAME_stream`` (``backend: "python"``) | ``model.py`` shim + the graphs it runs (``model.onnx``, and ``cnn.onnx`` + ``bilstm.onnx`` when the export has them) |
 
 The names, dims and metadata follow :mod:`runtime.triton.protocol`. ``max_batch_size``, the time buckets and the
 dynamic batcher's preferred sizes are checked against the engine's optimization profiles (every batch up to
 ``max_batch_size`` at every bucket must fit one); an ONNX graph has no such limit, so ``max_time`` (default 128)
-bounds the buckets. Each config is rendered from a dict, parsed back with Triton's schema and checked by
+bounds the buckets. The python kind's whole-clip model sets ``allow_ragged_batch`` on ``frames``: its
+``ClipModel`` takes each request's own tensor, so Triton batches requests of different T together (the
+tensorrt and onnxruntime backends would need ragged inputs concatenated 1-D, so they batch equal shapes only).
+Each config is rendered from a dict, parsed back with Triton's schema and checked by
 :func:`export.triton_check.check_model_config` against the files it will be written with, before anything is
 written; the repository is then written whole into a hidden sibling and renamed into place
 (:func:`runtime._io.staged_dir`). An existing repository is replaced only with ``force``.
@@ -195,7 +198,11 @@ def _engine_source(engine: Path) -> Source:
 def _onnx_source(folder: Path, kind: str, stream: bool) -> Source:
     from export.onnx_graph import read_metadata
 
-    names = ["model.onnx"] + (["cnn.onnx", "bilstm.onnx"] if kind == P.KIND_PYTHON and stream else [])
+    split = ["cnn.onnx", "bilstm.onnx"]
+    # The python kind's clip model runs the split graphs when the export has them (the CNN over real frames only),
+    # model.onnx otherwise; its stream model needs them.
+    with_split = kind == P.KIND_PYTHON and (stream or all((folder / n).is_file() for n in split))
+    names = ["model.onnx"] + (split if with_split else [])
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         hint = " (or pass --no-stream to serve whole clips only)" if kind == P.KIND_PYTHON else ""
@@ -211,8 +218,8 @@ def _onnx_source(folder: Path, kind: str, stream: bool) -> Source:
         raise ExportError(f"{folder / 'model.onnx'} lacks the {P.METADATA_PARAMETER!r} metadata; export it with "
                           "`python -m export.to_onnx CHECKPOINT --out DIR`")
     report = [EXPORT_REPORT_NAME] if (folder / EXPORT_REPORT_NAME).is_file() else []
-    files = {n: folder / n for n in ["model.onnx"] + report}
-    stream_files = {n: folder / n for n in ["cnn.onnx", "bilstm.onnx"] + report} if len(names) > 1 else {}
+    files = {n: folder / n for n in names + report}
+    stream_files = {n: folder / n for n in split + report} if with_split and stream else {}
     return Source(folder, kind, metadata, files, stream_files)
 
 
@@ -290,8 +297,13 @@ def clip_config(source: Source, opts: RepoOptions) -> dict:
         config["platform"] = "tensorrt_plan"
     else:
         config["backend"] = "python" if kind == P.KIND_PYTHON else "onnxruntime"
+    inputs = [_tensor(t) for t in P.clip_inputs(meta.frame_size)]
+    if kind == P.KIND_PYTHON:  # ClipModel takes each request's own tensor: requests of any T share a batch
+        for t in inputs:
+            if t["name"] == P.FRAMES:
+                t["allow_ragged_batch"] = True
     config.update(max_batch_size=mbs,
-                  input=[_tensor(t) for t in P.clip_inputs(meta.frame_size)],
+                  input=inputs,
                   output=[_tensor(t) for t in P.clip_outputs(meta.num_classes)],
                   instance_group=_instance_group(opts, kind))
     if opts.dynamic_batching:

@@ -5,8 +5,10 @@ A repository of the ``python`` kind (``python -m export.to_triton SRC --kind pyt
 copy of the export (``model.onnx``, ``cnn.onnx``, ``bilstm.onnx``, ``export_report.json``). The logic lives here, in
 the package, where it is tested; the server's Python environment must have this package installed (``.[onnx]``).
 
-- :class:`ClipModel` (``NAME``): whole clips. Triton's dynamic batcher hands ``execute`` requests of equal shape; their
-  clips are concatenated, run in one ``infer`` and split per request.
+- :class:`ClipModel` (``NAME``): whole clips. Triton's dynamic batcher hands ``execute`` requests of any T (the
+  config's ``allow_ragged_batch`` on ``frames``); the CNN runs once over all their real frames, the BiLSTM once over
+  the features, and the outputs are split per request (``model.onnx`` per group of equal shapes when the export
+  lacks the split graphs).
 - :class:`StreamModel` (``NAME_stream``): one frame per request under Triton's sequence batcher. Each correlation ID
   has a :class:`runtime.streaming.StreamingClassifier` over the shared cnn and bilstm runners (its window of CNN
   features); the CNN runs once over all the frames of an ``execute``, the BiLSTM over each stream's window.
@@ -66,22 +68,47 @@ def _invalid(pb_utils, message: str, code: Optional[str] = None):
 
 class ClipModel:
     """Whole-clip model: ``frames`` (B, T, 3, H, W) float32 and ``lengths`` (B,) int32 in, ``frame_logits``
-    (B, T, C) and ``clip_logits`` (B, C) out, on ONNX Runtime (CPU) over the version folder's ``model.onnx``."""
+    (B, T, C) and ``clip_logits`` (B, C) out, on ONNX Runtime (CPU).
+
+    With the export's split graphs in the version folder (``cnn.onnx`` and ``bilstm.onnx``: the python kind copies
+    them when the export has them), one ``execute`` runs the CNN once over the real frames of all its requests
+    (``frames[b, :lengths[b]]``, no padding frames) and the BiLSTM once over their features, zero-padded to the
+    longest request's T, with the lengths; each request gets its own (B, T, ...) slice. The repository's config sets
+    ``allow_ragged_batch`` on ``frames``, so Triton batches requests of different T together. Without the split
+    graphs (e.g. an int8 export) it runs ``model.onnx`` once per group of equal shapes.
+    """
 
     def initialize(self, args: dict) -> None:
         import runtime
 
         self.pb = _backend_utils()
         _config, self.served, folder = _served(args)
+        # model.onnx always: it validates each request (check_input) and runs the fallback path
         self.runner = runtime.load(folder / "model.onnx", **ORT_OPTIONS)
         self.runner.activate()
-        logger.info("%s: serving %s (%s) for clips of 1..%d frames", args.get("model_name"), folder / "model.onnx",
-                    self.runner.provider, self.served.max_time)
+        self.cnn = self.bilstm = None
+        if (folder / "cnn.onnx").is_file() and (folder / "bilstm.onnx").is_file():
+            options = {**ORT_OPTIONS, "allow_spinning": False}  # the sessions alternate on the same cores
+            cnn = runtime.load(folder / "cnn.onnx", **options)
+            bilstm = runtime.load(folder / "bilstm.onnx", **options)
+            self.runner.metadata.check_same_model(cnn.metadata, f"{folder}'s model.onnx and cnn.onnx")
+            self.runner.metadata.check_same_model(bilstm.metadata, f"{folder}'s model.onnx and bilstm.onnx")
+            cnn.activate()
+            bilstm.activate()
+            self.cnn, self.bilstm = cnn, bilstm
+        logger.info("%s: serving %s (%s) for clips of 1..%d frames, %s", args.get("model_name"), folder,
+                    self.runner.provider, self.served.max_time,
+                    "split graphs (cnn over real frames only)" if self.split else "model.onnx per shape")
+
+    @property
+    def split(self) -> bool:
+        """Whether ``execute`` runs the split graphs (cnn.onnx then bilstm.onnx) over requests of any T."""
+        return self.cnn is not None
 
     def execute(self, requests: list) -> list:
         pb = self.pb
         responses: list = [None] * len(requests)
-        groups: dict = {}  # (T, ...) -> [(index, frames, lengths)]: Triton batches equal shapes, but stay safe
+        items = []  # (index, frames, lengths) of the valid requests
         for i, request in enumerate(requests):
             try:
                 frames = _input(pb, request, P.FRAMES)
@@ -93,18 +120,50 @@ class ClipModel:
                     raise RuntimeInputError(f"clips of {frames.shape[1]} frames are longer than this model serves: "
                                             f"at most {self.served.max_time} (time buckets "
                                             f"{list(self.served.time_buckets)}); split longer clips")
+                lengths = np.reshape(lengths, (-1,))
+                if self.split:  # each request checked alone, so that a bad one cannot fail the batch
+                    self.runner.check_input(frames, lengths, check_finite=self.runner.check_finite)
             except RuntimeInputError as e:
                 responses[i] = _invalid(pb, str(e))
                 continue
-            groups.setdefault(frames.shape[1:], []).append((i, frames, np.reshape(lengths, (-1,))))
-        for items in groups.values():
-            self._run_group(items, responses)
+            items.append((i, frames, lengths))
+        if self.split:
+            if items:
+                self._run_split(items, responses)
+            return responses
+        groups: dict = {}  # (T, ...) -> [(index, frames, lengths)]: model.onnx takes one T per call
+        for item in items:
+            groups.setdefault(item[1].shape[1:], []).append(item)
+        for group in groups.values():
+            self._run_group(group, responses)
         return responses
 
-    def _run_group(self, items: list, responses: list) -> None:
-        """One ``infer`` over the group's clips; when it refuses them, each request alone, so that only the
-        requests at fault get the error."""
-        if len(items) > 1:
+    def _run_split(self, items: list, responses: list) -> None:
+        """The CNN once over every real frame of ``items`` (checked requests), the BiLSTM once over their features
+        zero-padded to the longest request's T; on a refusal, each request alone through model.onnx."""
+        lengths = np.concatenate([ln for _, _, ln in items]).astype(np.int32)
+        real = np.concatenate([f[b, :n] for _, f, ln in items for b, n in enumerate(ln.tolist())])
+        t_max = max(f.shape[1] for _, f, _ in items)  # steps beyond a length come out as model.onnx gives them
+        try:
+            features = self.cnn.infer(real[None], check_finite=False)["features"][0]  # (frames, F)
+            padded = np.zeros((lengths.shape[0], t_max, features.shape[-1]), dtype=features.dtype)
+            steps = np.arange(t_max)[None, :] < lengths[:, None]  # (clips, t_max), row-major = the order of real
+            padded[steps] = features
+            out = self.bilstm.infer(padded, lengths, check_finite=False)
+        except RuntimeInputError as e:
+            logger.warning("the split graphs refused a batch of %d request(s) (%s); running each alone", len(items), e)
+            self._run_group(items, responses, batch=False)
+            return
+        start = 0
+        for i, frames, _ in items:
+            b, t = frames.shape[:2]
+            responses[i] = self._response(out, start, start + b, t)
+            start += b
+
+    def _run_group(self, items: list, responses: list, batch: bool = True) -> None:
+        """One model.onnx ``infer`` over the group's clips (equal shapes); when it refuses them, each request alone,
+        so that only the requests at fault get the error."""
+        if batch and len(items) > 1:
             try:
                 out = self.runner.infer(np.concatenate([f for _, f, _ in items]),
                                         np.concatenate([ln for _, _, ln in items]))
@@ -123,16 +182,19 @@ class ClipModel:
             except RuntimeInputError as e:
                 responses[i] = _invalid(self.pb, str(e))
 
-    def _response(self, out: dict, start: int, end: int):
+    def _response(self, out: dict, start: int, end: int, steps: Optional[int] = None):
         pb = self.pb
+        frame_logits = out["frame_logits"][start:end]
+        if steps is not None:
+            frame_logits = frame_logits[:, :steps]
         return pb.InferenceResponse(output_tensors=[
-            pb.Tensor(P.FRAME_LOGITS, np.ascontiguousarray(out["frame_logits"][start:end], dtype=np.float32)),
+            pb.Tensor(P.FRAME_LOGITS, np.ascontiguousarray(frame_logits, dtype=np.float32)),
             pb.Tensor(P.CLIP_LOGITS, np.ascontiguousarray(out["clip_logits"][start:end], dtype=np.float32))])
 
     def finalize(self) -> None:
-        runner = getattr(self, "runner", None)
-        if runner is not None:
-            runner.deactivate()
+        for runner in (getattr(self, "runner", None), getattr(self, "cnn", None), getattr(self, "bilstm", None)):
+            if runner is not None:
+                runner.deactivate()
 
 
 class _Stream:

@@ -46,7 +46,9 @@ def _config(path):
 def test_python_kind_writes_both_models_as_the_contract_says(python_repo, export_dir):
     assert sorted(p.name for p in python_repo.iterdir()) == ["cnn_bilstm", "cnn_bilstm_stream"]
     clip_dir, stream_dir = python_repo / "cnn_bilstm", python_repo / "cnn_bilstm_stream"
-    assert sorted(p.name for p in (clip_dir / "1").iterdir()) == ["export_report.json", "model.onnx", "model.py"]
+    # the clip model runs the split graphs (CNN over real frames only) and validates with model.onnx
+    assert sorted(p.name for p in (clip_dir / "1").iterdir()) == ["bilstm.onnx", "cnn.onnx", "export_report.json",
+                                                                  "model.onnx", "model.py"]
     assert sorted(p.name for p in (stream_dir / "1").iterdir()) == ["bilstm.onnx", "cnn.onnx", "export_report.json",
                                                                     "model.py"]
     assert (clip_dir / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
@@ -57,6 +59,7 @@ def test_python_kind_writes_both_models_as_the_contract_says(python_repo, export
     assert (clip.name, clip.backend, clip.max_batch_size) == ("cnn_bilstm", "python", 8)
     frames, lengths = clip.input
     assert (frames.name, list(frames.dims)) == ("frames", [-1, 3, 16, 16])
+    assert frames.allow_ragged_batch and not lengths.allow_ragged_batch  # requests of any T share a batch
     assert (lengths.name, list(lengths.dims), lengths.HasField("reshape"), list(lengths.reshape.shape)) == \
         ("lengths", [1], True, [])
     assert [(o.name, list(o.dims)) for o in clip.output] == [("frame_logits", [-1, 3]), ("clip_logits", [3])]
@@ -92,8 +95,16 @@ def test_onnxruntime_kind_is_auto_for_an_export_folder(export_dir, tmp_path, cap
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
     assert "kind: KIND_GPU" in text and 'backend: "onnxruntime"' in text
     assert served_model_of(out / "clf" / "config.pbtxt").time_buckets[-1] == 128  # ONNX: --max-time's default
+    assert not any(t.allow_ragged_batch for t in config.input)  # equal shapes only: the graph takes no 1-D ragged
     assert main(["--check", str(out)]) == 0
     assert "ok" in capsys.readouterr().out
+    # --check refuses ragged batching on this kind, with the reason
+    path = out / "clf" / "config.pbtxt"
+    path.write_text(text.replace('name: "frames"', 'name: "frames"\n    allow_ragged_batch: true', 1))
+    assert main(["--check", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"clf/config.pbtxt:\d+: input 'frames' sets allow_ragged_batch, which the onnxruntime kind "
+                     r"cannot serve: .*concatenated 1-D", err), err
 
 
 @pytest.mark.parametrize("args, match", [
@@ -213,6 +224,12 @@ BROKEN = {
                       [r"config.pbtxt:1: name 'other' differs from its folder 'cnn_bilstm'"]),
     "no metadata": ("cnn_bilstm", lambda t: t.replace(METADATA_KEY, "something_else"),
                     [r"no 'cnn_bilstm_deploy' parameter"]),
+    "ragged lengths": ("cnn_bilstm", lambda t: t.replace('name: "lengths"', 'name: "lengths"\n    '
+                                                                            'allow_ragged_batch: true'),
+                       [r"input 'lengths' sets allow_ragged_batch; only the whole-clip model's 'frames' input may"]),
+    "ragged stream frame": ("cnn_bilstm_stream", lambda t: t.replace('name: "frame"', 'name: "frame"\n    '
+                                                                                      'allow_ragged_batch: true'),
+                            [r"input 'frame' sets allow_ragged_batch; only the whole-clip model's 'frames'"]),
     "wrong backend": ("cnn_bilstm", lambda t: t.replace('backend: "python"', 'backend: "onnxruntime"'),
                       [r'a python model needs backend: "python", got backend \'onnxruntime\'']),
 }

@@ -178,3 +178,116 @@ def test_stream_model_reads_its_limits_from_the_config(repo, pb):
         model.finalize()
     with pytest.raises(runtime.RuntimeInputError, match="not a stream model"):
         StreamModel().initialize({**_args(repo, "cnn_bilstm"), "model_repository": str(repo / "cnn_bilstm")})
+
+
+def _assert_like_local(export_dir, responses, inputs):
+    """Every response equals ``runtime.load(model.onnx).infer`` of its own request (all T steps) within 1e-5."""
+    with runtime.load(export_dir / "model.onnx") as local:
+        for r, (x, ln) in zip(responses, inputs, strict=True):
+            assert not r.has_error(), r.error.message()
+            want = local.infer(x, ln)
+            assert r.outputs["frame_logits"].shape == want["frame_logits"].shape
+            np.testing.assert_allclose(r.outputs["frame_logits"], want["frame_logits"], atol=1e-5)
+            np.testing.assert_allclose(r.outputs["clip_logits"], want["clip_logits"], atol=1e-5)
+
+
+MIXED = [((1, 1), [1]), ((2, 16), [16, 9]), ((1, 4), [3]), ((3, 8), [8, 1, 6]), ((1, 2), [2])]
+
+
+def _mixed(seed=10):
+    return [(_frames(b, t, seed + k), np.array(ln, np.int32)) for k, ((b, t), ln) in enumerate(MIXED)]
+
+
+def test_clip_model_runs_mixed_lengths_through_the_split_graphs_once(repo, export_dir, pb, monkeypatch):
+    """Requests of different T in one execute: one CNN call over the real frames only, one BiLSTM call."""
+    config = (repo / "cnn_bilstm" / "config.pbtxt").read_text()
+    assert "allow_ragged_batch: true" in config
+    assert {"cnn.onnx", "bilstm.onnx", "model.onnx"} <= {p.name for p in (repo / "cnn_bilstm" / "1").iterdir()}
+    model = ClipModel()
+    model.initialize(_args(repo, "cnn_bilstm"))
+    try:
+        assert model.split
+        calls = {"cnn": [], "bilstm": []}
+        for name in calls:  # a spy around the real runners: it records each call's input shape
+            runner = getattr(model, name)
+            real_infer = runner.infer
+            monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
+                _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+        inputs = _mixed()
+        responses = model.execute([FakeInferenceRequest(frames=x, lengths=ln) for x, ln in inputs])
+        real_frames = sum(int(ln.sum()) for _, ln in inputs)
+        assert calls["cnn"] == [(1, real_frames, 3, H, W)]  # 46 real frames, not the 8 x 16 padded ones
+        assert calls["bilstm"][0][:2] == (8, 16) and len(calls["bilstm"]) == 1
+        _assert_like_local(export_dir, responses, inputs)
+    finally:
+        model.finalize()
+
+
+def test_clip_model_split_path_answers_bad_requests_alone(repo, export_dir, pb, monkeypatch):
+    """Bad requests among good ones get INVALID_ARG each; the good ones still run (together), and a batch the split
+    graphs refuse falls back to one model.onnx run per request."""
+    model = ClipModel()
+    model.initialize(_args(repo, "cnn_bilstm"))
+    try:
+        good = _mixed(20)
+        nan = _frames(1, 4, 30)
+        nan[0, 1, 0, 0, 0] = np.nan  # a real step (length 2)
+        bad = [FakeInferenceRequest(frames=_frames(1, 4, 31)[:, :, :, :8], lengths=np.array([4], np.int32)),
+               FakeInferenceRequest(frames=_frames(1, 4, 32), lengths=np.array([5], np.int32)),
+               FakeInferenceRequest(frames=nan, lengths=np.array([2], np.int32)),
+               FakeInferenceRequest(frames=_frames(2, 4, 33), lengths=np.array([4], np.int32))]
+        requests = [FakeInferenceRequest(frames=x, lengths=ln) for x, ln in good]
+        requests = requests[:2] + bad[:2] + requests[2:] + bad[2:]
+        responses = model.execute(requests)
+        errors = [responses[i].error for i in (2, 3, 7, 8)]
+        assert all(isinstance(e, FakeTritonError) and e.code() == FakeTritonError.INVALID_ARG for e in errors)
+        assert "16" in errors[0].message() or "frame" in errors[0].message()
+        assert "NaN" in errors[2].message() and "one length per clip" in errors[3].message()
+        _assert_like_local(export_dir, [responses[i] for i in (0, 1, 4, 5, 6)], good)
+
+        def refuse(*_a, **_k):
+            raise runtime.RuntimeInputError("refused for the test")
+
+        monkeypatch.setattr(model.bilstm, "infer", refuse)
+        responses = model.execute([FakeInferenceRequest(frames=x, lengths=ln) for x, ln in good])
+        _assert_like_local(export_dir, responses, good)
+    finally:
+        model.finalize()
+
+
+@pytest.fixture(scope="module")
+def whole_only_repo(export_dir, tmp_path_factory):
+    """A python-kind repository from an export folder without the split graphs (model.onnx and its report only)."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("whole_only") / "onnx"
+    src.mkdir()
+    for name in ("model.onnx", "export_report.json"):
+        shutil.copyfile(export_dir / name, src / name)
+    out = tmp_path_factory.mktemp("whole_only_repo") / "repo"
+    write_repository(src, out, RepoOptions(kind="python", stream=False))
+    return out
+
+
+def test_clip_model_without_split_graphs_runs_model_onnx_per_shape(whole_only_repo, export_dir, pb, monkeypatch):
+    assert not (whole_only_repo / "cnn_bilstm" / "1" / "cnn.onnx").exists()
+    model = ClipModel()
+    model.initialize(_args(whole_only_repo, "cnn_bilstm"))
+    try:
+        assert not model.split
+        shapes = []
+        real_infer = model.runner.infer
+        monkeypatch.setattr(model.runner, "infer", lambda x, *a, **k: (shapes.append(tuple(x.shape[:2])),
+                                                                        real_infer(x, *a, **k))[1])
+        inputs = _mixed(40) + [(_frames(1, 8, 50), np.array([5], np.int32))]
+        bad = _frames(1, 8, 51)
+        bad[0, 0, 0, 0, 0] = np.inf
+        requests = [FakeInferenceRequest(frames=x, lengths=ln) for x, ln in inputs]
+        requests.append(FakeInferenceRequest(frames=bad, lengths=np.array([8], np.int32)))
+        responses = model.execute(requests)
+        assert responses[-1].error.code() == FakeTritonError.INVALID_ARG
+        _assert_like_local(export_dir, responses[:-1], inputs)
+        # one call per T; T=8's group (with the bad request) is refused, then each of its requests runs alone
+        assert sorted(shapes) == sorted([(1, 1), (2, 16), (1, 4), (3 + 1 + 1, 8), (3, 8), (1, 8), (1, 8), (1, 2)])
+    finally:
+        model.finalize()
