@@ -241,7 +241,8 @@ def test_clip_model_split_path_answers_bad_requests_alone(repo, export_dir, pb, 
         responses = model.execute(requests)
         errors = [responses[i].error for i in (2, 3, 7, 8)]
         assert all(isinstance(e, FakeTritonError) and e.code() == FakeTritonError.INVALID_ARG for e in errors)
-        assert "16" in errors[0].message() or "frame" in errors[0].message()
+        assert "frames are 8x16 (H x W) but this model takes 16x16" in errors[0].message()
+        assert "lengths must lie in 1..T=4" in errors[1].message()
         assert "NaN" in errors[2].message() and "one length per clip" in errors[3].message()
         _assert_like_local(export_dir, [responses[i] for i in (0, 1, 4, 5, 6)], good)
 
