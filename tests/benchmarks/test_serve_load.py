@@ -4,7 +4,6 @@ against fake clients and a local runner, and one tiny served round where the bun
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
@@ -240,26 +239,12 @@ def test_cli_against_a_server_that_is_down(capsys):
     with socket.socket() as s:  # a free port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    pytest.importorskip("runtime.triton.client", reason="the remote runner (triton-client branch) is not here")
     assert main([f"http://127.0.0.1:{port}/cnn_bilstm", "--duration", "1", "--rounds", "1"]) == 1
     assert capsys.readouterr().err.startswith("error: ")
 
 
-def _server_python():
-    from runtime.triton.local_server import SERVER_PYTHON_ENV, server_unavailable_reason
-
-    python = os.environ.get(SERVER_PYTHON_ENV)
-    if not python:
-        pytest.skip(f"{SERVER_PYTHON_ENV} is not set (make triton-env sets up the bundled tritonserver)")
-
-    why = server_unavailable_reason(python)
-    if why:
-        pytest.skip(f"the bundled tritonserver cannot run here: {why}")
-    return python
-
-
-def test_one_tiny_served_round(tiny_export, tmp_path):
-    python = _server_python()
+def test_one_tiny_served_round(tiny_export, server_python, tmp_path):
+    python = server_python
     code = main(["--compare", str(tiny_export), "--server-python", python, "--concurrency", "1,4", "--lengths",
                  "1-8", "--max-time", "8", "--duration", "0.5", "--rounds", "1", "--warmup", "0.3", "--gap-ms", "0",
                  "--out", str(tmp_path), "--prefix", "tiny"])
