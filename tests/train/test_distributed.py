@@ -31,16 +31,17 @@ from train.run_state import RUN_FILES, read_resume_state
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_step_worker.py")
 
-# The cheapest configuration that runs the whole path (resnet18 with the imagenet stem on 16x16
-# frames of 4, 2 synthetic classes). Two epochs are too few to learn the task, so the 1- and 2-process accuracies are
-# compared as a band around each other; the demo preset's learning curves under both are recorded in
-# docs/results.md. Odd clip counts: the training split leaves one clip out per epoch over 2 ranks (said in the log),
-# and the held-out split's shards differ in length, which the reduced evaluation must count exactly once.
+# The cheapest configuration that runs the whole path and learns (resnet18 with the imagenet stem on 16x16 frames of
+# 4, 2 synthetic classes): in 4 epochs the held-out frame accuracy climbs from chance (0.5) to about 0.9 in one
+# process (0.77-0.92 in runs here), so "learns like one process" is a band both runs must reach, not only a band around each other; the demo
+# preset's learning curves under both are recorded in docs/results.md. Odd clip counts: the training split leaves one
+# clip out per epoch over 2 ranks (said in the log), and the held-out split's shards differ in length, which the
+# reduced evaluation must count exactly once.
 SMALL = ["--preset", "demo", "--synthetic-classes", "2", "--frames", "4", "--frame-size", "16", "--hidden-size", "32",
-         "--train-clips", "65", "--val-clips", "33", "--device", "cpu", "--no-progress", "--no-eval-shuffled",
-         "--dist-timeout", "30"]
-TRAIN, VAL = 65, 33
-EPOCHS = 2
+         "--train-clips", "129", "--val-clips", "33", "--device", "cpu", "--no-progress", "--no-eval-shuffled",
+         "--lr", "3e-3", "--dist-timeout", "30"]
+TRAIN, VAL = 129, 33
+EPOCHS = 4
 BATCH = 8  # per process with 2 processes: the 1-process run takes 2 x BATCH, so both take 32 clips per step
 
 
@@ -139,9 +140,14 @@ def test_two_process_run_writes_its_files_once_and_learns_like_one_process(runs)
     assert ts["steps_per_epoch"] == -(-(TRAIN // 2) // BATCH)
     best = load_checkpoint(two / "best.pt")  # the unwrapped network: loads into a plain CNNBiLSTM
     assert not any(k.startswith("module.") for k in best.model.state_dict())
-    acc1, acc2 = _metrics(runs["one"])[-1]["val_clip_acc"], records[-1]["val_clip_acc"]
-    print(f"held-out clip accuracy after {EPOCHS} epochs: 1 process {acc1:.4f}, 2 processes {acc2:.4f}")
-    assert abs(acc1 - acc2) <= 0.2, (acc1, acc2)
+    one = _metrics(runs["one"])[-1]
+    for key in ("val_frame_acc", "val_clip_acc"):
+        print(f"held-out {key} after {EPOCHS} epochs: 1 process {one[key]:.4f}, 2 processes {records[-1][key]:.4f}")
+    # Both learned (chance is 0.5; 0.65 of the 132 held-out frames is 3.4 standard deviations above it; runs here
+    # reached 0.77-0.92), and to the same band.
+    assert one["val_frame_acc"] >= 0.65 and records[-1]["val_frame_acc"] >= 0.65, (one, records[-1])
+    for key in ("val_frame_acc", "val_clip_acc"):
+        assert abs(one[key] - records[-1][key]) <= 0.2, (key, one[key], records[-1][key])
 
 
 def test_resume_two_processes_to_one(runs):
@@ -161,7 +167,7 @@ def test_resume_one_process_to_two(runs):
     shutil.copytree(runs["one"], run)
     res = _torchrun(2, "--resume", str(run), "--epochs", str(EPOCHS + 1), "--batch-size", str(BATCH))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "the learning-rate schedule continues from the start of epoch 3" in res.stderr
+    assert f"the learning-rate schedule continues from the start of epoch {EPOCHS + 1}" in res.stderr
     ts, records = _train_state(run), _metrics(run)
     steps = -(-(TRAIN // 2) // BATCH)
     assert ts["epoch"] == EPOCHS and ts["world_size"] == 2 and len(ts["rng_per_rank"]) == 2
