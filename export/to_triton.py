@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     print(f"wrote {result.path} (checked):")
     for name, config in result.configs.items():
         print(f"  {name}: {config}")
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -115,6 +115,7 @@ class Source:
     clip_files: dict
     stream_files: dict = field(default_factory=dict)
     profiles: Optional[list] = None
+    notes: list = field(default_factory=list)  # what the user must know to serve it (engine flavour, version)
 
 
 @dataclass
@@ -192,7 +193,21 @@ def _engine_source(engine: Path) -> Source:
     if not profiles:
         raise ExportError(f"{report_path_for(engine)} records no batch/time optimization profiles")
     return Source(engine, P.KIND_TENSORRT, report["metadata"],
-                  {"model.plan": engine, "model.plan.json": report_path_for(engine)}, profiles=profiles)
+                  {"model.plan": engine, "model.plan.json": report_path_for(engine)}, profiles=profiles,
+                  notes=[engine_serving_note(engine, report.get("trt") or {})])
+
+
+def engine_serving_note(engine: Path, trt: dict) -> str:
+    """What serving ``engine`` needs, from its report's ``trt`` record: Triton's tensorrt backend deserializes a plan
+    with the full TensorRT of its own release, so the versions must match, and a TensorRT-RTX plan does not load."""
+    flavour, version = trt.get("flavour", "tensorrt"), trt.get("version", "unknown")
+    if flavour != "tensorrt":
+        return (f"{engine.name} was built by {flavour} {version}; Triton's tensorrt backend runs plans of full "
+                f"TensorRT only, so this repository is for checking, not serving: rebuild the engine with full "
+                f"TensorRT of the Triton release that will serve it (`python -m export.to_trt model.onnx --out "
+                f"model.engine` where `tensorrt` is installed, e.g. in that release's container), then regenerate")
+    return (f"{engine.name} was built with TensorRT {version}: serve it with the Triton release whose container ships "
+            f"TensorRT {version} (Triton's release notes list it); another TensorRT version refuses the plan")
 
 
 def _onnx_source(folder: Path, kind: str, stream: bool) -> Source:
@@ -442,6 +457,19 @@ def plan_repository(src, opts: RepoOptions = RepoOptions()) -> list:
         ExportError: a bad SRC or option, or a request the engine could not run (batch/time beyond its profiles).
         RepositoryError: a generated config fails the checks (every error listed).
     """
+    return _plan(src, opts)[0]
+
+
+def _plan(src, opts: RepoOptions) -> tuple:
+    """See :func:`plan_repository`.
+
+    Returns:
+        list[PlannedModel]: the whole-clip model, then (python kind) the stream model.
+
+    Raises:
+        ExportError: a bad SRC or option, or a request the engine could not run (batch/time beyond its profiles).
+        RepositoryError: a generated config fails the checks (every error listed).
+    """
     try:
         P.check_model_name(opts.name)
     except RuntimeInputError as e:
@@ -463,7 +491,7 @@ def plan_repository(src, opts: RepoOptions = RepoOptions()) -> list:
         planned.append(PlannedModel(name, text, files))
     if errors:
         raise RepositoryError(errors, "the generated repository")
-    return planned
+    return planned, source.notes
 
 
 def check_repository_target(out, src, force: bool) -> Path:
@@ -490,10 +518,12 @@ def check_repository_target(out, src, force: bool) -> Path:
 
 @dataclass
 class RepoResult:
-    """What :func:`write_repository` wrote: the repository and each model's config path."""
+    """What :func:`write_repository` wrote: the repository, each model's config path, and what serving it needs
+    (``notes``: for an engine, the TensorRT version its Triton release must ship, or why Triton cannot load it)."""
 
     path: Path
     configs: dict
+    notes: list = field(default_factory=list)
 
 
 def write_repository(src, out, opts: RepoOptions = RepoOptions(), force: bool = False) -> RepoResult:
@@ -504,7 +534,7 @@ def write_repository(src, out, opts: RepoOptions = RepoOptions(), force: bool = 
         runtime._io.OutputPathError: ``out`` exists and is not empty without ``force``, or cannot be written.
     """
     out = check_repository_target(out, src, force)
-    planned = plan_repository(src, opts)
+    planned, notes = _plan(src, opts)
     with staged_dir(out) as stage:
         for model in planned:
             version = stage / model.name / VERSION
@@ -516,7 +546,7 @@ def write_repository(src, out, opts: RepoOptions = RepoOptions(), force: bool = 
                 else:
                     atomic_write_text(version / name, source)
     logger.info("wrote %s: %s", out, ", ".join(m.name for m in planned))
-    return RepoResult(out, {m.name: out / m.name / CONFIG_NAME for m in planned})
+    return RepoResult(out, {m.name: out / m.name / CONFIG_NAME for m in planned}, notes)
 
 
 def served_model_of(config_path) -> P.ServedModel:

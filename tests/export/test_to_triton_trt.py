@@ -104,3 +104,20 @@ def test_check_needs_the_engine_report(trt_repo, tmp_path, capsys):
     (repo / "cnn_bilstm" / "1" / "model.plan.json").unlink()
     assert main(["--check", str(repo)]) == 1
     assert "lacks ['model.plan.json']" in capsys.readouterr().err
+
+
+def test_the_engines_flavour_and_version_are_said_when_the_repository_is_written(engine, tmp_path, capsys):
+    from export.triton_repo import RepoOptions, write_repository
+
+    result = write_repository(engine, tmp_path / "repo", RepoOptions())
+    assert len(result.notes) == 1 and "tensorrt_rtx" in result.notes[0]
+    assert "Triton's tensorrt backend runs plans of full TensorRT only" in result.notes[0]
+    assert main([str(engine), "--out", str(tmp_path / "cli")]) == 0
+    assert "note: model.engine was built by tensorrt_rtx" in capsys.readouterr().out
+
+
+def test_a_full_tensorrt_engine_names_the_triton_release_it_needs(tmp_path):
+    from export.triton_repo import engine_serving_note
+
+    note = engine_serving_note(tmp_path / "model.engine", {"flavour": "tensorrt", "version": "11.4.0.106"})
+    assert "TensorRT 11.4.0.106" in note and "Triton release" in note and "tensorrt_rtx" not in note
