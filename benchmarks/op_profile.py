@@ -247,15 +247,11 @@ def profile_markdown(result: dict, top: int = 25) -> str:
 
 def plot_profile(result: dict, path: str | Path, top: int = 40) -> Optional[Path]:
     """Bar chart of the ``top`` slowest nodes in graph order of cost, coloured by operator; None without matplotlib."""
-    try:
-        import matplotlib
+    from benchmarks.outputs import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install '.[plots]'): no profile plot")
+    plt = pyplot("profile plot")
+    if plt is None:
         return None
-    from benchmarks.outputs import save_figure
 
     nodes = result["nodes"][:top]
     ops = sorted({n["op"] for n in nodes})

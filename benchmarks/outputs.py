@@ -1,12 +1,13 @@
-"""The output files of the benchmark CLIs (report, paired, op_profile, serve_load): checked before any work, and recognised by
-content so that a rerun replaces its own earlier outputs without ``--force``."""
+"""The output files of the benchmark CLIs (report, paired, op_profile, serve_load): checked before any work, and
+recognised by content so that a rerun replaces its own earlier outputs without ``--force``; their plots."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from runtime._io import (
     OutputPathError,
@@ -15,6 +16,22 @@ from runtime._io import (
     check_output_file,
     remove_stale_temporaries,
 )
+
+logger = logging.getLogger(__name__)
+
+
+def pyplot(what: str) -> Optional[object]:
+    """``matplotlib.pyplot`` on the Agg backend, or None with one warning saying that ``what`` is not drawn (the
+    ``plots`` extra is optional: a CLI still writes its tables and JSON without it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s (pip install 'cnn-bilstm-deploy[plots]')", what)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

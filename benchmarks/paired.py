@@ -138,15 +138,11 @@ def result_markdown(result: dict, env: dict) -> str:
 
 def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
     """Latency per round (left) and per-round speedup with its median (right); None without matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot (pip install 'cnn-bilstm-deploy[plots]')")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.outputs import pyplot, save_figure
 
-    from benchmarks.outputs import save_figure
+    plt = pyplot("plot")
+    if plt is None:
+        return None
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for r in result["rows"]:

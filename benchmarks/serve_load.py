@@ -561,15 +561,11 @@ def _load_range(runs: Sequence[dict]) -> str:
 def plot_serve_load(result: dict, path: str | os.PathLike, title: str) -> Optional[Path]:
     """Clips/s per concurrency (median, min-max over rounds as error bars; left) and p50/p99 latency (right); None
     without matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot (pip install 'cnn-bilstm-deploy[plots]')")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.outputs import pyplot, save_figure
 
-    from benchmarks.outputs import save_figure
+    plt = pyplot("plot")
+    if plt is None:
+        return None
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     rows = result["summary"]["rows"]
