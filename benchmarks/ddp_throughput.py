@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,20 +28,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
+from runtime.triton.local_server import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_once(nproc: int, train_args: Sequence[str], threads: int, work: Path) -> dict:
     """One ``torchrun -m train`` run; returns its per-epoch training clips/s and the load averages around it."""
     out = work / f"run-{nproc}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "train", *train_args, "--out", str(out)]
+           "127.0.0.1", "--master_port", str(free_port()), "-m", "train", *train_args, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     load_before = os.getloadavg()
     t0 = time.perf_counter()

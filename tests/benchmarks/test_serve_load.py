@@ -29,6 +29,7 @@ from benchmarks.serve_load import (
     summarize,
     write_outputs,
 )
+from runtime.triton.local_server import free_port
 
 
 def test_clip_lengths_and_requests():
@@ -234,11 +235,7 @@ def test_cli_refuses_bad_arguments_before_any_load(argv, message, capsys):
 
 
 def test_cli_against_a_server_that_is_down(capsys):
-    import socket
-
-    with socket.socket() as s:  # a free port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     assert main([f"http://127.0.0.1:{port}/cnn_bilstm", "--duration", "1", "--rounds", "1"]) == 1
     assert capsys.readouterr().err.startswith("error: ")
 

@@ -3,7 +3,6 @@ to a server is tested against the real one in tests/serving/."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 import runtime
 from runtime.errors import RemoteServerError, RuntimeInputError
 from runtime.triton.client import ModelURL, is_remote_url
+from runtime.triton.local_server import free_port
 
 
 @pytest.mark.parametrize("url,parsed", [
@@ -47,9 +47,7 @@ def test_paths_are_not_urls(tmp_path):
 
 
 def test_load_of_an_unreachable_url_fails_fast():
-    with socket.socket() as s:  # a free port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     for scheme in ("http", "grpc"):
         started = time.monotonic()
         with pytest.raises(RemoteServerError, match="cannot reach the server"):

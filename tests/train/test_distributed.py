@@ -23,6 +23,7 @@ from conftest import TINY_ARGS, run_train
 from torch.utils.data import DistributedSampler
 
 from runtime.checkpoint import load_checkpoint, read_checkpoint_dict
+from runtime.triton.local_server import free_port
 from train import distributed
 from train.__main__ import main as train_main
 from train.data import DataSpec, build_dataset
@@ -45,16 +46,10 @@ EPOCHS = 4
 BATCH = 8  # per process with 2 processes: the 1-process run takes 2 x BATCH, so both take 32 clips per step
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun_cmd(nproc: int, *argv: str, script: str | None = None) -> list[str]:
     target = [script] if script else ["-m", "train"]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(_free_port()), *target, *argv]
+            "127.0.0.1", "--master_port", str(free_port()), *target, *argv]
 
 
 def _env() -> dict:
@@ -329,7 +324,7 @@ def test_a_port_in_use_is_named(tmp_path, monkeypatch, capsys):
 
 
 def test_a_world_size_with_missing_ranks_times_out_with_a_clear_message(tmp_path, monkeypatch, capsys):
-    _set_env(monkeypatch, RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
+    _set_env(monkeypatch, RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
     t0 = time.monotonic()
     assert run_train(tmp_path / "run", "--epochs", "1", "--dist-timeout", "3") == 2
     assert time.monotonic() - t0 < 30
