@@ -215,15 +215,34 @@ def session(device_name: str, backend: str = "auto",
             dist.destroy_process_group()
 
 
+# Messages of gloo's and NCCL's failures that reach Python as plain RuntimeErrors.
+_COLLECTIVE_ERROR_TEXTS = ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out",
+                           "Broken pipe", "pair closure", "Application timeout")
+# Where torch's own collectives are called from Python: DDP's buffer broadcasts and torch.distributed's functions.
+_COLLECTIVE_CALLERS = ("torch/distributed/", "torch/nn/parallel/distributed.py")
+
+
 def is_collective_failure(e: BaseException) -> bool:
-    """Whether an exception raised in a distributed run comes from a collective (a dead, hung or stopped peer)."""
+    """Whether an exception raised in a distributed run comes from a collective (a dead, hung or stopped peer).
+
+    A DistError is one; so is a RuntimeError that gloo or NCCL worded, or one raised by a collective that torch
+    calls itself (DDP syncs its buffers at the start of each forward: a peer that hangs there gives only gloo's
+    terse "Application timeout caused pair closure"). The innermost Python frame decides, so an error of the
+    model's own code inside DDP's forward is not taken for one.
+    """
     import torch.distributed as dist
 
     if isinstance(e, dist.DistError):
         return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and any(s in text for s in (
-        "gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out", "Broken pipe"))
+    if not isinstance(e, RuntimeError):
+        return False
+    if any(s in str(e) for s in _COLLECTIVE_ERROR_TEXTS):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_in = "" if tb is None else tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return any(part in raised_in for part in _COLLECTIVE_CALLERS)
 
 
 def main_first(ctx: DistContext, fn: Callable[[], T], *, others: bool = True) -> Optional[T]:

@@ -3,6 +3,10 @@ tests/train/test_distributed.py (``python ddp_step_worker.py OUT.pt``). Each ran
 saves the weights after the step, rank 1 its own beside them. The test compares them with one process taking the
 whole batch, built by the same functions here.
 
+``python ddp_step_worker.py --hang-in-forward OUT.json``: rank 1 stays silent after DDP is built while rank 0 starts a
+forward pass, whose buffer broadcast then times out; rank 0 writes what it caught and whether
+:func:`train.distributed.is_collective_failure` takes it for a failed peer.
+
 BatchNorm is in eval mode during the step (:class:`FrozenBNModel`): it normalises with its running statistics, the
 same on every rank whatever its share of the batch, so the two runs can differ only through the gradient
 synchronisation. (In train mode each rank would normalise over its own half batch, and in torch 2.14 SyncBatchNorm,
@@ -11,6 +15,7 @@ which would fix that, refuses CPU tensors.)
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -79,5 +84,36 @@ def main(out: str) -> int:
     return 0
 
 
+HANG_TIMEOUT_S = 3.0
+
+
+def hang_in_forward(out: str) -> int:
+    import json
+    import time
+
+    from train import distributed
+
+    with distributed.session("cpu", "gloo", HANG_TIMEOUT_S) as (ctx, device):
+        trained = distributed.wrap_model(make_model(), ctx, device)
+        if ctx.rank == 1:  # alive but silent, as a stopped rank is, until rank 0 has written what it caught
+            deadline = time.monotonic() + HANG_TIMEOUT_S + 60
+            while not os.path.exists(out) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            os._exit(0)
+        frames, lengths, _ = make_batch()
+        try:
+            trained(frames, lengths)
+            caught = None
+        except Exception as e:  # noqa: BLE001 - the test judges what came
+            caught = e
+        with open(out + ".part", "w") as f:
+            json.dump({"caught": None if caught is None else f"{type(caught).__name__}: {caught}",
+                       "is_collective_failure": caught is not None and distributed.is_collective_failure(caught)}, f)
+        os.replace(out + ".part", out)
+        os._exit(0)  # leave at once: tearing the broken group down would wait on rank 1 again
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--hang-in-forward":
+        raise SystemExit(hang_in_forward(sys.argv[2]))
     raise SystemExit(main(sys.argv[1]))

@@ -241,6 +241,29 @@ def test_a_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path):
     _assert_last_checkpoint_intact(out)
 
 
+def test_a_peer_silent_during_ddps_buffer_broadcast_counts_as_a_collective_failure(tmp_path):
+    # DDP broadcasts BatchNorm's buffers at the start of every forward; gloo's timeout there says only "Application
+    # timeout caused pair closure". A run whose rank 1 was stopped at that moment once fell through as a plain error.
+    out = tmp_path / "caught.json"
+    res = _torchrun(2, "--hang-in-forward", str(out), script=str(WORKER), timeout=120)
+    assert out.exists(), res.stdout[-3000:] + res.stderr[-3000:]
+    caught = json.loads(out.read_text())
+    print(caught)
+    assert caught["caught"] is not None and caught["is_collective_failure"], caught
+
+
+def test_an_error_of_the_models_own_code_is_not_taken_for_a_failed_peer():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    with pytest.raises(RuntimeError) as caught:
+        Broken()(torch.zeros(1))
+    assert not distributed.is_collective_failure(caught.value)
+    assert not distributed.is_collective_failure(ValueError("gloo"))  # only RuntimeErrors and DistErrors
+    assert distributed.is_collective_failure(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed"))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # shards
 # --------------------------------------------------------------------------------------------------------------------
