@@ -625,9 +625,9 @@ def environment_facts(server_url: Optional[str] = None) -> dict:
 @contextlib.contextmanager
 def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", server_python: Optional[str] = None,
                     max_queue_delay_us: Optional[int] = None, max_batch_size: int = 16,
-                    max_time: int = 16) -> Iterator[tuple]:
+                    max_time: int = 16, instances: int = 1) -> Iterator[tuple]:
     """The comparison's three targets: the embedded runner on ``export_dir/model.onnx`` and the same export served
-    by two bundled ``tritonserver`` processes (python kind, one CPU instance, no stream model), with the dynamic
+    by two bundled ``tritonserver`` processes (python kind, ``instances`` CPU instances, no stream model), with the dynamic
     batcher and without it. The repositories are generated in ``work`` by :func:`export.triton_repo.write_repository`
     and the servers' logs written there; both servers are stopped on exit.
 
@@ -644,14 +644,14 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
     delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
     servers, settings = {}, {}
     for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
-        opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=1,
+        opts = RepoOptions(kind="python", max_batch_size=max_batch_size, max_time=max_time, instances=instances,
                            max_queue_delay_us=delay, dynamic_batching=batching, stream=False)
         try:
             write_repository(export_dir, work / name, opts)
         except ValueError as e:  # ExportError, RepositoryError, OutputPathError
             raise ServeLoadError(f"{name}: cannot generate the repository from {export_dir}: {e}") from e
         servers[name] = LocalTritonServer(work / name, python=server_python, log_file=work / f"{name}.log")
-        settings[name] = {"kind": "python", "name": opts.name, "instances": 1, "max_batch_size": max_batch_size,
+        settings[name] = {"kind": "python", "name": opts.name, "instances": instances, "max_batch_size": max_batch_size,
                           "max_time": max_time, "dynamic_batching": batching,
                           "max_queue_delay_us": delay if batching else None, "protocol": protocol}
     targets = [embedded_target(export_dir / "model.onnx")]
@@ -761,6 +761,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "the longest --lengths)")
     g.add_argument("--max-queue-delay-us", type=int, default=None, help="the dynamic batcher's queue delay "
                    "(default: the generator's)")
+    g.add_argument("--instances", type=int, default=1, help="model instances per server (instance_group count; "
+                   "default 1)")
     parser.add_argument("--model-name", default=None, help="label of the model in the title (default: the URL's "
                         "model name or the export folder's name)")
     parser.add_argument("--out", default=None, help="folder for PREFIX.json/.md/.png (default: print only)")
@@ -798,6 +800,8 @@ def _check_args(args) -> Optional[str]:
         return str(e)
     if args.compare is not None and lengths.max > args.max_time:
         return f"--lengths reach T={lengths.max}, beyond --max-time {args.max_time} of the generated repositories"
+    if args.compare is not None and not 1 <= args.instances <= 8:
+        return f"--instances must be 1..8, got {args.instances}"
     if args.compare is not None and args.batch > args.max_batch_size:
         return f"--batch {args.batch} exceeds --max-batch-size {args.max_batch_size}"
     n_targets = 3 if args.compare is not None else 1
@@ -907,7 +911,7 @@ def _run_compare(args, lengths: ClipLengths, options: dict) -> tuple:
     with tempfile.TemporaryDirectory(prefix="serve-compare-") as work:
         with compare_targets(export_dir, Path(work), protocol=args.protocol, server_python=python,
                              max_queue_delay_us=args.max_queue_delay_us, max_batch_size=args.max_batch_size,
-                             max_time=args.max_time) as (targets, facts):
+                             max_time=args.max_time, instances=args.instances) as (targets, facts):
             meta = targets[0].runner().metadata
             requests = make_requests(lengths, meta.frame_size, batch=args.batch, pool=args.pool, seed=args.seed)
             env = environment_facts()
@@ -919,7 +923,8 @@ def _run_compare(args, lengths: ClipLengths, options: dict) -> tuple:
                                                   "checkpoint_sha256": meta.extra.get("checkpoint_sha256")}}
     model = args.model_name or export_dir.resolve().name
     how = (f"{EMBEDDED}: runtime.load(model.onnx) in this process, one runner shared by the client threads; served: "
-           f"the same export in the bundled tritonserver {env.get('tritonserver')} (python kind, one instance, "
+           f"the same export in the bundled tritonserver {env.get('tritonserver')} (python kind, "
+           f"{args.instances} instance{'s' if args.instances > 1 else ''}, "
            f"ONNX Runtime on this CPU), called over {args.protocol} by one remote runner per client thread from this "
            "process (so clients and server share the CPU), with the dynamic batcher "
            f"({SERVED_BATCHING}) and without it ({SERVED_NO_BATCHING}).")

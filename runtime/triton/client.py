@@ -9,7 +9,9 @@
 Both read the served model's config and the metadata the repository carries in it (``python -m export.to_triton``
 writes it), so they know the classes, frame size, normalisation, batch and time limits without the export files.
 The runner pads each batch's clips with zeros to their time bucket and sends the true ``lengths`` (exact: padding
-never reaches the real outputs), so requests of different lengths share the server's batches.
+never reaches the real outputs), so requests of different lengths share the server's batches. A model whose config
+sets ``allow_ragged_batch`` on ``frames`` (the python kind's, which pads a batch itself) gets each clip unpadded:
+Triton batches requests of any length for it, and nothing is sent or checked twice.
 
 ``tritonclient`` (the ``serve`` extra) is imported when a runner or session is made, not with :mod:`runtime`.
 
@@ -253,6 +255,15 @@ class _Remote:
         self._local = threading.local()
 
 
+def _allows_ragged_frames(config: dict) -> bool:
+    """Whether the served config's ``frames`` input sets ``allow_ragged_batch`` (HTTP's JSON or gRPC's as_json)."""
+    config = config.get("config", config) if isinstance(config, dict) else {}
+    for tensor in config.get("input") or []:
+        if tensor.get("name") == P.FRAMES:
+            return bool(tensor.get("allow_ragged_batch", tensor.get("allowRaggedBatch", False)))
+    return False
+
+
 class TritonRunner(_Remote, BaseRunner):
     """A runner whose model runs on a Triton server: ``runtime.load("grpc://HOST:PORT/NAME")`` or ``http://``.
 
@@ -284,6 +295,7 @@ class TritonRunner(_Remote, BaseRunner):
             raise RuntimeInputError(f"{self.url}: max_batch_size is {self.max_batch_size}, but a whole-clip model "
                                     "batches clips (max_batch_size > 0); regenerate it with python -m export.to_triton")
         self.time_buckets = tuple(self.served.time_buckets)
+        self.ragged = _allows_ragged_frames(config)
         metadata = self.served.model_metadata(str(self.url)).with_graph("model")
         spec = InputSpec.for_graph("model", metadata, [Profile((1, self.max_batch_size), (1, self.time_buckets[-1]))])
         super().__init__(metadata, spec, check_finite=check_finite, name=f"triton:{self.url}")
@@ -309,7 +321,7 @@ class TritonRunner(_Remote, BaseRunner):
     def infer_impl(self, feed) -> dict:
         x = to_numpy(feed.x) if feed.is_torch else feed.x
         b, t = feed.batch, feed.time
-        padded_t = P.bucket_for(t, self.time_buckets)
+        padded_t = t if self.ragged else P.bucket_for(t, self.time_buckets)
         if padded_t != t:
             padded = np.zeros((b, padded_t) + x.shape[2:], np.float32)
             padded[:, :t] = x

@@ -7,8 +7,8 @@ the package, where it is tested; the server's Python environment must have this 
 
 - :class:`ClipModel` (``NAME``): whole clips. Triton's dynamic batcher hands ``execute`` requests of any T (the
   config's ``allow_ragged_batch`` on ``frames``); the CNN runs once over all their real frames, the BiLSTM once over
-  the features, and the outputs are split per request (``model.onnx`` per group of equal shapes when the export
-  lacks the split graphs).
+  the features, and the outputs are split per request (``model.onnx`` over them zero-padded to the longest when the
+  export lacks the split graphs).
 - :class:`StreamModel` (``NAME_stream``): one frame per request under Triton's sequence batcher. Each correlation ID
   has a :class:`runtime.streaming.StreamingClassifier` over the shared cnn and bilstm runners (its window of CNN
   features); the CNN runs once over all the frames of an ``execute``, the BiLSTM over each stream's window.
@@ -66,6 +66,15 @@ def _invalid(pb_utils, message: str, code: Optional[str] = None):
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _pad_time(frames: np.ndarray, t: int) -> np.ndarray:
+    """``frames`` (B, T', ...) with zero frames after its own T' up to ``t``."""
+    if frames.shape[1] == t:
+        return frames
+    padded = np.zeros((frames.shape[0], t) + frames.shape[2:], frames.dtype)
+    padded[:, :frames.shape[1]] = frames
+    return padded
+
+
 class ClipModel:
     """Whole-clip model: ``frames`` (B, T, 3, H, W) float32 and ``lengths`` (B,) int32 in, ``frame_logits``
     (B, T, C) and ``clip_logits`` (B, C) out, on ONNX Runtime (CPU).
@@ -75,7 +84,7 @@ class ClipModel:
     (``frames[b, :lengths[b]]``, no padding frames) and the BiLSTM once over their features, zero-padded to the
     longest request's T, with the lengths; each request gets its own (B, T, ...) slice. The repository's config sets
     ``allow_ragged_batch`` on ``frames``, so Triton batches requests of different T together. Without the split
-    graphs (e.g. an int8 export) it runs ``model.onnx`` once per group of equal shapes.
+    graphs (e.g. an int8 export) it runs ``model.onnx`` once over all its requests, zero-padded to the longest.
     """
 
     def initialize(self, args: dict) -> None:
@@ -121,8 +130,8 @@ class ClipModel:
                                             f"at most {self.served.max_time} (time buckets "
                                             f"{list(self.served.time_buckets)}); split longer clips")
                 lengths = np.reshape(lengths, (-1,))
-                if self.split:  # each request checked alone, so that a bad one cannot fail the batch
-                    self.runner.check_input(frames, lengths, check_finite=self.runner.check_finite)
+                # each request checked alone, so that a bad one cannot fail the batch
+                self.runner.check_input(frames, lengths, check_finite=self.runner.check_finite)
             except RuntimeInputError as e:
                 responses[i] = _invalid(pb, str(e))
                 continue
@@ -131,11 +140,8 @@ class ClipModel:
             if items:
                 self._run_split(items, responses)
             return responses
-        groups: dict = {}  # (T, ...) -> [(index, frames, lengths)]: model.onnx takes one T per call
-        for item in items:
-            groups.setdefault(item[1].shape[1:], []).append(item)
-        for group in groups.values():
-            self._run_group(group, responses)
+        if items:
+            self._run_group(items, responses)
         return responses
 
     def _run_split(self, items: list, responses: list) -> None:
@@ -161,11 +167,13 @@ class ClipModel:
             start += b
 
     def _run_group(self, items: list, responses: list, batch: bool = True) -> None:
-        """One model.onnx ``infer`` over the group's clips (equal shapes); when it refuses them, each request alone,
-        so that only the requests at fault get the error."""
+        """One model.onnx ``infer`` over the clips of ``items``, zero-padded to the longest request's T (exact: the
+        lengths go with them); when it refuses them, each request alone, so that only the requests at fault get the
+        error."""
         if batch and len(items) > 1:
+            t_max = max(f.shape[1] for _, f, _ in items)
             try:
-                out = self.runner.infer(np.concatenate([f for _, f, _ in items]),
+                out = self.runner.infer(np.concatenate([_pad_time(f, t_max) for _, f, _ in items]),
                                         np.concatenate([ln for _, _, ln in items]))
             except RuntimeInputError:
                 out = None
@@ -173,7 +181,7 @@ class ClipModel:
                 start = 0
                 for i, frames, _ in items:
                     end = start + frames.shape[0]
-                    responses[i] = self._response(out, start, end)
+                    responses[i] = self._response(out, start, end, frames.shape[1])
                     start = end
                 return
         for i, frames, lengths in items:

@@ -11,7 +11,7 @@ import pytest
 
 import runtime
 from runtime.errors import RemoteServerError, RuntimeInputError
-from runtime.triton.client import ModelURL, is_remote_url
+from runtime.triton.client import ModelURL, _allows_ragged_frames, is_remote_url
 from runtime.triton.local_server import free_port
 
 
@@ -73,3 +73,12 @@ def test_without_tritonclient_ping_says_which_extra_to_install():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and "pip install 'cnn-bilstm-deploy[serve]'" in done.stderr
+
+
+def test_only_a_config_with_ragged_frames_gets_unpadded_clips():
+    ragged = {"name": "m", "input": [{"name": "frames", "allow_ragged_batch": True}, {"name": "lengths"}]}
+    assert _allows_ragged_frames(ragged)  # HTTP's JSON
+    assert _allows_ragged_frames({"config": ragged})  # gRPC's as_json answer
+    # the tensorrt and onnxruntime kinds batch equal shapes only: their clients pad to the time buckets
+    assert not _allows_ragged_frames({"name": "m", "input": [{"name": "frames"}, {"name": "lengths"}]})
+    assert not _allows_ragged_frames({"input": [{"name": "lengths", "allow_ragged_batch": True}]})

@@ -49,13 +49,14 @@ def test_runner_describes_the_served_model(served, local_model):
     assert served.metadata.frame_size == local_model.metadata.frame_size
     assert served.input_spec.item_shape == local_model.input_spec.item_shape
     assert served.time_buckets == (1, 2, 4, 8, 16)
+    assert served.ragged  # the python kind batches requests of any T: the client sends each clip unpadded
     assert [(p.batch, p.time) for p in served.input_spec.profiles] == [((1, MAX_BATCH_SIZE), (1, MAX_TIME))]
 
 
 @pytest.mark.parametrize("batch,time_,lengths", [(1, 1, None), (1, 3, None), (1, 16, None), (3, 11, [11, 5, 3]),
                                                  (MAX_BATCH_SIZE, 7, [7, 1, 2, 3, 4, 5, 6, 7])])
 def test_results_equal_the_local_runner(served, local_model, batch, time_, lengths):
-    """Mixed lengths in one padded batch, and T off the buckets (padded by the client to the next bucket)."""
+    """Mixed lengths in one padded batch, and T off the buckets (sent as they are: the server batches them ragged)."""
     x = _clips(np.random.default_rng(batch * 100 + time_), batch, time_)
     out = served.infer(x, lengths)
     assert out["frame_logits"].shape == (batch, time_, 3)
