@@ -12,8 +12,9 @@ from ``make triton-env``: ``--server-python`` or the environment variable ``TRIT
 
 How it measures (see :func:`measure`):
 - Each request is one clip (``--batch`` clips) of T frames, T drawn from ``--lengths`` (default ``1-16``: uniform
-  over 1..16, seeded, mean 8.5) from a pool of pre-generated random inputs. Served clients pad each clip to its time
-  bucket themselves, as a user's would; the embedded runner runs it at its own T.
+  over 1..16, seeded, mean 8.5) from a pool of pre-generated random inputs. Served clients are remote runners, as a
+  user's would be: they pad each clip to its time bucket, except for a model that batches ragged clips (the python
+  kind), which gets each clip at its own T, as the embedded runner does.
 - A run is N client threads sending requests back to back for ``--duration`` seconds (at most ``--max-requests``).
   Rounds are interleaved: every round runs every target at every concurrency once, targets in a fresh random order
   per concurrency, with an untimed pause (``--gap-ms``) before each run, so a slow phase of the shared machine hits
@@ -21,6 +22,9 @@ How it measures (see :func:`measure`):
   served/embedded throughput and p99 ratios are medians of per-round ratios with bootstrap 95% intervals.
 - Server statistics (``inference_count`` vs ``execution_count`` of the model, before and after each run) give the
   clips per execution: above 1, the dynamic batcher batched requests.
+- CPU time per clip: this process's (client threads; the embedded runner's ONNX Runtime threads) and, for the
+  servers ``--compare`` starts, the server's and its model stubs' (Linux ``/proc``), over each run. On a machine the
+  clients and server share, it tells whether serving costs more CPU per clip or only waits longer.
 - Load goes only to this machine (a URL whose host is not loopback is refused) and is bounded: concurrency at most
   :data:`MAX_CONCURRENCY`, each run at most ``--duration`` seconds and ``--max-requests`` requests, and the whole plan
   within ``--time-limit`` (checked before anything starts).
@@ -165,6 +169,8 @@ class Target:
             runners: a client connection each, as separate users would have).
         stats (callable, optional): ``() -> (inference_count, execution_count)`` of the served model.
         info (dict): facts recorded with the results (URL, repository settings).
+        server_pid (int, optional): the serving process on this machine, whose CPU time (its descendants' too) each
+            run records.
     """
 
     name: str
@@ -172,6 +178,7 @@ class Target:
     shared: bool = False
     stats: Optional[Callable[[], tuple]] = None
     info: dict = field(default_factory=dict)
+    server_pid: Optional[int] = None
     _runners: list = field(default_factory=list, repr=False)
 
     def runner(self) -> Any:
@@ -192,6 +199,27 @@ class Target:
             with contextlib.suppress(Exception):  # a runner of a server already stopped
                 runner.deactivate()
         self._runners.clear()
+
+
+def process_tree_cpu_s(pid: int) -> Optional[float]:
+    """User + system CPU seconds of process ``pid`` and its living descendants, from Linux's ``/proc``; None where
+    there is none, or the process is gone."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat(5))
+            for task in Path(f"/proc/{p}").joinpath("task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            if p == pid:
+                return None
+    return total
 
 
 def model_stats(url: str, timeout: float = 10.0) -> tuple:
@@ -386,7 +414,9 @@ def measure(targets: Sequence[Target], requests: Sequence, concurrencies: Sequen
             time.sleep(gap_s)
         load = _load_average()
         before = target.stats() if target.stats else None
+        cpu_before = time.process_time(), _server_cpu_s(target)
         run = run_load(clients, requests, duration_s=duration_s, max_requests=max_requests)
+        cpu_after = time.process_time(), _server_cpu_s(target)
         after = target.stats() if target.stats else None
         latency_ms = run.pop("latency_ms")
         samples.setdefault((name, c), []).extend(latency_ms)
@@ -394,6 +424,9 @@ def measure(targets: Sequence[Target], requests: Sequence, concurrencies: Sequen
                     **percentiles_or_none(latency_ms)})
         if before is not None:
             run["inferences"], run["executions"] = after[0] - before[0], after[1] - before[1]
+        run["client_cpu_s"] = round(cpu_after[0] - cpu_before[0], 4)
+        if cpu_before[1] is not None and cpu_after[1] is not None:
+            run["server_cpu_s"] = round(cpu_after[1] - cpu_before[1], 4)
         runs.append(run)
         if progress is not None:
             progress(done, len(plan), (r, c, name))
@@ -401,6 +434,10 @@ def measure(targets: Sequence[Target], requests: Sequence, concurrencies: Sequen
             "duration_s": duration_s, "warmup_s": warmup_s, "gap_s": gap_s, "max_requests": max_requests,
             "seed": seed, "runs": runs, "summary": summarize(runs, samples, baseline=baseline, seed=seed),
             "info": {t.name: t.info for t in targets}}
+
+
+def _server_cpu_s(target: Target) -> Optional[float]:
+    return None if target.server_pid is None else process_tree_cpu_s(target.server_pid)
 
 
 def percentiles_or_none(samples_ms: Sequence[float]) -> dict:
@@ -436,6 +473,8 @@ def summarize(runs: Sequence[dict], samples: dict, *, baseline: Optional[str] = 
         cps = [r["clips_per_s"] for r in mine]
         inferences = sum(r.get("inferences", 0) for r in mine)
         executions = sum(r.get("executions", 0) for r in mine)
+        clips = sum(r.get("clips", 0) for r in mine)
+        server_cpu = [r["server_cpu_s"] for r in mine if r.get("server_cpu_s") is not None]
         rows.append({"target": name, "concurrency": c, "rounds": len(mine),
                      "requests_per_s": float(np.median(rps)), "requests_per_s_min": min(rps),
                      "requests_per_s_max": max(rps),
@@ -443,6 +482,10 @@ def summarize(runs: Sequence[dict], samples: dict, *, baseline: Optional[str] = 
                      "requests": sum(r["requests"] for r in mine), "errors": sum(r["errors"] for r in mine),
                      "inferences": inferences if executions else None, "executions": executions or None,
                      "clips_per_execution": inferences / executions if executions else None,
+                     "client_cpu_ms_per_clip": (1e3 * sum(r.get("client_cpu_s", 0.0) for r in mine) / clips
+                                                if clips else None),
+                     "server_cpu_ms_per_clip": (1e3 * sum(server_cpu) / clips
+                                                if clips and len(server_cpu) == len(mine) else None),
                      **percentiles_or_none(samples.get((name, c), []))})
     ratios = compare_rounds(runs, rows, baseline, seed=seed) if baseline is not None else []
     return {"rows": rows, "ratios": ratios}
@@ -514,16 +557,19 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
              f"run, {result['warmup_s']:g} s warm-up per target). Requests/s and clips/s: median over rounds "
              "(min-max); latency percentiles over every round's requests; clips per execution from the server's "
              "statistics over all rounds (inferences / executions; with one clip per request, above 1 means the "
-             "dynamic batcher batched requests).", "",
+             "dynamic batcher batched requests). CPU ms per clip: this process's CPU time (client threads, and the "
+             "embedded runner's own threads) + the server's and its model stubs' where this benchmark started the "
+             "server, over all rounds.", "",
              "| target | concurrency | requests/s | clips/s | p50 ms | p90 ms | p99 ms | clips per execution | "
-             "errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "CPU ms per clip (this process + server) | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
         cpe = ("-" if r["clips_per_execution"] is None else
                f"{r['clips_per_execution']:.2f} ({r['inferences']}/{r['executions']})")
         lines.append(f"| {r['target']} | {r['concurrency']} | {r['requests_per_s']:.1f} "
                      f"({r['requests_per_s_min']:.1f}-{r['requests_per_s_max']:.1f}) | {r['clips_per_s']:.1f} | "
-                     f"{_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {cpe} | {r['errors']} |")
+                     f"{_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {cpe} | {_cpu(r)} | "
+                     f"{r['errors']} |")
     if s["ratios"]:
         lines += ["", f"Against {result['baseline']} (throughput and p99: median of per-round ratios, bootstrap "
                   f"95% intervals; the p99s pooled over all rounds for comparison; target at concurrency "
@@ -547,6 +593,16 @@ def result_markdown(result: dict, env: dict, *, title: str, setup: str) -> str:
 
 def _versions(versions: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
+def _cpu(row: dict) -> str:
+    """``client + server = total`` CPU ms per clip, or the client's alone when the server's is unknown."""
+    client, server = row.get("client_cpu_ms_per_clip"), row.get("server_cpu_ms_per_clip")
+    if client is None:
+        return "-"
+    if server is None:
+        return f"{client:.2f}"
+    return f"{client:.2f} + {server:.2f} = {client + server:.2f}"
 
 
 def _ms(v: Optional[float]) -> str:
@@ -668,7 +724,8 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
             model = settings[name]["name"]
             stats_url = f"{server.http_url}/{model}"  # statistics over HTTP whatever the protocol under test
             targets.append(Target(name, _remote_opener(f"{base}/{model}"), shared=False,
-                                  stats=lambda u=stats_url: model_stats(u), info=settings[name]))
+                                  stats=lambda u=stats_url: model_stats(u), info=settings[name],
+                                  server_pid=server.pid))
             facts.setdefault("tritonserver", server_version(server.http_url))
         yield targets, facts
 

@@ -289,9 +289,13 @@ class BaseRunner:
         raise NotImplementedError
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, computed in float64 (float16 logits of an FP16 engine included)."""
+    z = np.exp(np.asarray(logits, np.float64) - np.max(logits, axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 def _topk_softmax(logits: np.ndarray, k: int) -> tuple:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
+    p = softmax(logits).astype(logits.dtype, copy=False)  # the probabilities keep the logits' dtype
     idx = np.argsort(-p, axis=-1, kind="stable")[..., :k]
     return np.take_along_axis(p, idx, axis=-1), idx

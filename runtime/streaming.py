@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .base import BaseRunner
+from .base import BaseRunner, softmax
 from .errors import RuntimeInputError
 from .inputs import _non_finite_steps, check_count, check_flag, is_torch, to_numpy
 from .preprocess import preprocess_frames
@@ -57,8 +57,7 @@ class StreamResult:
 
 
 def _softmax_top1(logits: np.ndarray) -> tuple:
-    z = np.exp(logits.astype(np.float64) - logits.max())
-    p = z / z.sum()
+    p = softmax(logits)
     i = int(p.argmax())
     return i, float(p[i])
 

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .base import softmax
 from .errors import RuntimeInputError
 from .preprocess import preprocess_frames
 
@@ -25,11 +26,6 @@ def default_clip_frames(runner) -> int:
     fewer (an engine built for shorter clips)."""
     hi = runner.input_spec.time_range[1]
     return DEFAULT_CLIP_FRAMES if hi is None else min(DEFAULT_CLIP_FRAMES, int(hi))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *, batch_size: int = 16) -> dict:
@@ -61,7 +57,7 @@ def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *,
         x = np.zeros((len(xs), int(lengths.max())) + xs[0].shape[1:], np.float32)
         for i, xi in enumerate(xs):
             x[i, : len(xi)] = xi
-        probs = _softmax(np.asarray(runner.infer(x, lengths)["clip_logits"], dtype=np.float32))
+        probs = softmax(np.asarray(runner.infer(x, lengths)["clip_logits"], dtype=np.float32))
         for w, p in zip(batch, probs, strict=True):
             best = int(p.argmax())
             out.append({"start": int(w.indices[0]), "end": int(w.indices[-1]) + 1, "start_s": float(w.times_s[0]),

@@ -296,3 +296,10 @@ def synthetic_videos(tmp_path_factory):
         write_video(folder / file, frames, fps, codec=codec, pix_fmt=pix_fmt, options=options)
         out[name] = (folder / file, frames, fps)
     return out
+
+
+def deny_writing(monkeypatch, folder: Path) -> None:
+    """Make ``os.access(folder, W_OK)`` say no, as a read-only folder would (root ignores real permissions)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == folder and mode & os.W_OK
+                        else real_access(p, mode, **k))

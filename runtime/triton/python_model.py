@@ -92,9 +92,9 @@ class ClipModel:
 
         self.pb = _backend_utils()
         _config, self.served, folder = _served(args)
-        # model.onnx always: it validates each request (check_input) and runs the fallback path
+        # model.onnx always: its input spec validates each request (check_input). With the split graphs, its session
+        # is released at once and made again only for a batch they refuse: one copy of the weights per stub.
         self.runner = runtime.load(folder / "model.onnx", **ORT_OPTIONS)
-        self.runner.activate()
         self.cnn = self.bilstm = None
         if (folder / "cnn.onnx").is_file() and (folder / "bilstm.onnx").is_file():
             options = {**ORT_OPTIONS, "allow_spinning": False}  # the sessions alternate on the same cores
@@ -105,6 +105,9 @@ class ClipModel:
             cnn.activate()
             bilstm.activate()
             self.cnn, self.bilstm = cnn, bilstm
+            self.runner.deactivate()  # frees the session load() made; a batch the split graphs refuse makes it again
+        else:
+            self.runner.activate()
         logger.info("%s: serving %s (%s) for clips of 1..%d frames, %s", args.get("model_name"), folder,
                     self.runner.provider, self.served.max_time,
                     "split graphs (cnn over real frames only)" if self.split else "model.onnx per shape")

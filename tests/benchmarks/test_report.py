@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from conftest import deny_writing
 
 from benchmarks.flops import stated_peak
 from benchmarks.report import ReportError, build_report, compact_table, load_results, main
@@ -153,3 +154,30 @@ def test_auto_cnn_forms_are_listed(tmp_path):
     md = build_report([path], tmp_path / "out", prefix="gpu")["markdown"].read_text()
     assert "- runtime-fast, model: (1, 16, full): fused, (64, 16, full): unfolded" in md
     assert md.count("runtime-fast, model:") == 1
+
+
+def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    from benchmarks import report
+
+    results = _write(tmp_path / "r.json")
+
+    def run(out, *extra):
+        code = report.main([str(results), "--out", str(out), "--no-plots", *extra])
+        return code, capsys.readouterr().err
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert run(afile) == (2, f"error: --out {afile} is a file, not a folder\n")
+    out = tmp_path / "out"
+    (out / "report.md").mkdir(parents=True)
+    code, err = run(out)
+    assert code == 2 and "is a folder; give a file path ending in .md" in err
+    (out / "report.md").rmdir()
+    (out / "report.md").write_text("# My own notes\n")
+    code, err = run(out)
+    assert code == 2 and "already exists; pass --force to replace it" in err
+    assert (out / "report.md").read_text() == "# My own notes\n"
+    assert run(out, "--force")[0] == 0 and (out / "report.md").read_text().startswith("# Latency report: ")
+    assert run(out)[0] == 0  # its own earlier report is replaced by a rerun without --force
+    deny_writing(monkeypatch, out)
+    assert run(out) == (2, f"error: --out {out}: cannot write in it (permission denied)\n")

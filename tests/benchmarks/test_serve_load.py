@@ -4,6 +4,8 @@ against fake clients and a local runner, and one tiny served round where the bun
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -23,6 +25,7 @@ from benchmarks.serve_load import (
     main,
     make_requests,
     measure,
+    process_tree_cpu_s,
     result_markdown,
     run_load,
     schedule,
@@ -190,6 +193,8 @@ def test_measure_against_a_local_runner_and_the_outputs(tiny_export, tmp_path):
     assert "inferences" not in next(r for r in result["runs"] if r["target"] == EMBEDDED)
     assert {(q["target"], q["concurrency"]) for q in result["summary"]["ratios"]} == {("per-thread", 1),
                                                                                      ("per-thread", 2)}
+    # CPU per clip: this process's (both targets run here), no server's (neither target names one)
+    assert all(r["client_cpu_ms_per_clip"] > 0 and r["server_cpu_ms_per_clip"] is None for r in rows.values())
 
     env = {"device_name": "Test CPU (2 cores)", "python": "3.x", "onnxruntime": "1.x", "numpy": "2.x",
            "date": "2026-12-01 07:00 UTC", "load_average_1min": 1.5, "load_average_1min_end": 1.7}
@@ -198,7 +203,8 @@ def test_measure_against_a_local_runner_and_the_outputs(tiny_export, tmp_path):
     table = [line for line in text.splitlines() if line.startswith(("| embedded |", "| per-thread |"))]
     assert len(table) == 4 + 2  # 2 targets x 2 concurrencies, then 2 ratio rows
     per_thread_2 = rows[("per-thread", 2)]
-    assert f"| 2.00 ({per_thread_2['inferences']}/{per_thread_2['executions']}) |" in text
+    assert f"| 2.00 ({per_thread_2['inferences']}/{per_thread_2['executions']}) | " \
+           f"{per_thread_2['client_cpu_ms_per_clip']:.2f} |" in text
     write_outputs(tmp_path, "tiny", result, env, text, "tiny")
     data = json.loads((tmp_path / "tiny.json").read_text())
     assert data["environment"]["load_average_1min"] == 1.5
@@ -253,4 +259,23 @@ def test_one_tiny_served_round(tiny_export, server_python, tmp_path):
     assert rows[(SERVED_NO_BATCHING, 4)]["clips_per_execution"] == 1.0  # no batcher: one clip per execution
     assert rows[(SERVED_BATCHING, 1)]["clips_per_execution"] == 1.0  # one client: nothing to batch
     assert rows[(EMBEDDED, 4)]["clips_per_execution"] is None
+    # the server's CPU (its stub's included) is counted for the served targets only
+    assert rows[(EMBEDDED, 4)]["server_cpu_ms_per_clip"] is None
+    assert all(rows[(t, c)]["server_cpu_ms_per_clip"] > 0 for t in (SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 4))
     assert len(result["summary"]["ratios"]) == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process CPU times come from Linux's /proc")
+def test_process_tree_cpu_counts_the_descendants():
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint(1, flush=True)\n" \
+           "time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # it has burnt 0.4 s
+        own, tree = process_tree_cpu_s(child.pid), process_tree_cpu_s(__import__("os").getpid())
+        assert own >= 0.35
+        assert tree >= own + 0.9 * time.process_time() - 0.05  # this process (all its threads) and the child
+    finally:
+        child.kill()
+        child.wait()
+    assert process_tree_cpu_s(child.pid) is None  # gone

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD  # noqa: E402
+from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, deny_writing  # noqa: E402
 
 import runtime
 from runtime import RuntimeInputError, StreamingClassifier
@@ -370,12 +370,6 @@ def test_onnx_dir_of_another_checkpoint_is_named_as_such(tiny_checkpoint, other_
         BenchContext(other_checkpoint, "cpu", tmp_path, onnx_dir=bare)
 
 
-def _deny_writing(monkeypatch, folder: Path) -> None:
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == folder and mode & os.W_OK
-                        else real_access(p, mode, **k))
-
-
 def test_paired_out_is_checked_before_anything_runs(tmp_path, capsys, monkeypatch):
     from benchmarks import paired
 
@@ -398,38 +392,9 @@ def test_paired_out_is_checked_before_anything_runs(tmp_path, capsys, monkeypatc
     assert (out / "p.md").read_text() == "my notes\n"
     code, err = run(out, "--prefix", "a/b")
     assert code == 2 and "--prefix must be a plain file name stem" in err
-    _deny_writing(monkeypatch, out)
+    deny_writing(monkeypatch, out)
     code, err = run(out)
     assert code == 2 and err == f"error: --out {out}: cannot write in it (permission denied)\n"
-
-
-def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
-    from test_report import _write
-
-    from benchmarks import report
-
-    results = _write(tmp_path / "r.json")
-
-    def run(out, *extra):
-        code = report.main([str(results), "--out", str(out), "--no-plots", *extra])
-        return code, capsys.readouterr().err
-
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    assert run(afile) == (2, f"error: --out {afile} is a file, not a folder\n")
-    out = tmp_path / "out"
-    (out / "report.md").mkdir(parents=True)
-    code, err = run(out)
-    assert code == 2 and "is a folder; give a file path ending in .md" in err
-    (out / "report.md").rmdir()
-    (out / "report.md").write_text("# My own notes\n")
-    code, err = run(out)
-    assert code == 2 and "already exists; pass --force to replace it" in err
-    assert (out / "report.md").read_text() == "# My own notes\n"
-    assert run(out, "--force")[0] == 0 and (out / "report.md").read_text().startswith("# Latency report: ")
-    assert run(out)[0] == 0  # its own earlier report is replaced by a rerun without --force
-    _deny_writing(monkeypatch, out)
-    assert run(out) == (2, f"error: --out {out}: cannot write in it (permission denied)\n")
 
 
 def test_own_outputs_are_recognised_by_content(tmp_path):

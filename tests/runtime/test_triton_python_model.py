@@ -207,6 +207,7 @@ def test_clip_model_runs_mixed_lengths_through_the_split_graphs_once(repo, expor
     model.initialize(_args(repo, "cnn_bilstm"))
     try:
         assert model.split
+        assert model.runner.session is None  # model.onnx only checks requests: no second copy of the weights
         calls = {"cnn": [], "bilstm": []}
         for name in calls:  # a spy around the real runners: it records each call's input shape
             runner = getattr(model, name)
