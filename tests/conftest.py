@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 import subprocess
@@ -303,3 +304,10 @@ def deny_writing(monkeypatch, folder: Path) -> None:
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == folder and mode & os.W_OK
                         else real_access(p, mode, **k))
+
+
+def modules_loaded_by(statement: str, modules) -> list[str]:
+    """Which of ``modules`` are in ``sys.modules`` after a fresh interpreter runs ``statement`` (import costs)."""
+    code = f"import sys\n{statement}\nprint(repr(sorted(m for m in {tuple(modules)!r} if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])

@@ -107,3 +107,18 @@ def holdout_indices(labels: Sequence[int], split: str, seed: int, val_fraction: 
 
 def visible_dirs(path: Path) -> list[Path]:
     return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def class_dirs(root: Path, what: str, layout: str) -> list[Path]:
+    """The class folders of a ``what`` (e.g. "video folder") laid out as ``root/<class>/layout``: its visible
+    subfolders, by name.
+
+    Raises:
+        DataError: ``root`` is missing, not a folder, or has no class folder.
+    """
+    if not root.is_dir():
+        raise DataError(f"{what} {root} does not exist or is not a folder")
+    classes = visible_dirs(root)
+    if not classes:
+        raise DataError(f"{what} {root} is empty: expected {root}/<class>/{layout}")
+    return classes

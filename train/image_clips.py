@@ -23,6 +23,7 @@ from .clips import (
     IMAGENET_STD,
     SPLITS,
     DataError,
+    class_dirs,
     holdout_indices,
     load_image,
     normalize_frames,
@@ -189,12 +190,7 @@ def scan_clip_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[lis
     Raises:
         DataError: the folder is missing or empty, a class folder has no clip folders, or a clip has no frames.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"clip folder {root} does not exist or is not a folder")
-    classes = visible_dirs(root)
-    if not classes:
-        raise DataError(f"clip folder {root} is empty: expected {root}/<class>/<clip>/<frame images>")
+    classes = class_dirs(Path(root), "clip folder", "<clip>/<frame images>")
     samples = []
     for label, cdir in enumerate(classes):
         clips = visible_dirs(cdir)

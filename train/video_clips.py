@@ -32,7 +32,15 @@ from runtime.errors import RuntimeInputError
 from runtime.video import SAMPLINGS, VIDEO_SUFFIXES, VideoReader, list_videos, sample_indices
 
 from ._checks import check_range
-from .clips import IMAGENET_MEAN, IMAGENET_STD, DataError, holdout_indices, normalize_frames, visible_dirs
+from .clips import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    class_dirs,
+    holdout_indices,
+    normalize_frames,
+    visible_dirs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +54,7 @@ def scan_video_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
     Raises:
         DataError: the folder is missing or empty, or a class folder holds no videos.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"video folder {root} does not exist or is not a folder")
-    classes = visible_dirs(root)
-    if not classes:
-        raise DataError(f"video folder {root} is empty: expected {root}/<class>/<video files>")
+    classes = class_dirs(Path(root), "video folder", "<video files>")
     samples = []
     for label, cdir in enumerate(classes):
         videos = list_videos(cdir)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_CLASSES, modules_loaded_by
 
 from runtime.errors import RuntimeInputError
 from runtime.spec import METADATA_KEY
 from runtime.triton import protocol as P
-from tests.conftest import TINY_CLASSES
 
 
 @pytest.mark.parametrize("lo, hi, want", [
@@ -110,8 +108,4 @@ def test_served_model_missing_parameter_or_keys():
 
 
 def test_importing_the_protocol_stays_cheap():
-    code = ("import sys, runtime.triton.protocol; "
-            "bad = [m for m in ('torch', 'onnxruntime', 'tritonclient', 'tensorrt') if m in sys.modules]; "
-            "print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert modules_loaded_by("import runtime.triton.protocol", ("torch", "onnxruntime", "tritonclient", "tensorrt")) == []
