@@ -148,8 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = {"environment": env, "train_args": train_args, "command": command, "result": result}
     out = Path(args.out)
     atomic_write_json(out / f"{args.prefix}.json", res)
-    atomic_write_text(out / f"{args.prefix}.md", _markdown(res, env, command))
-    print(_markdown(res, env, command))
+    text = _markdown(res, env, command)
+    atomic_write_text(out / f"{args.prefix}.md", text)
+    print(text)
     return 0
 
 

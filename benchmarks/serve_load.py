@@ -726,7 +726,8 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
             targets.append(Target(name, _remote_opener(f"{base}/{model}"), shared=False,
                                   stats=lambda u=stats_url: model_stats(u), info=settings[name],
                                   server_pid=server.pid))
-            facts.setdefault("tritonserver", server_version(server.http_url))
+            if "tritonserver" not in facts:  # both servers run the same binary: ask one
+                facts["tritonserver"] = server_version(server.http_url)
         yield targets, facts
 
 

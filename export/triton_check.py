@@ -204,11 +204,17 @@ def uncovered(profiles: list, max_batch_size: int, buckets) -> list:
             if not any(p.contains(b, t) for p in profiles)]
 
 
+def largest_batch(profiles: list, buckets) -> int:
+    """The largest max_batch_size (up to 4096) whose every batch the profiles hold at every time bucket; 0: none."""
+    best = 0
+    while best < 4096 and not uncovered(profiles, best + 1, buckets):
+        best += 1
+    return best
+
+
 def describe_coverage(profiles: list, max_batch_size: int, buckets) -> str:
     """What would fit: the largest max_batch_size at these buckets, the longest bucket at this max_batch_size."""
-    best_b = 0
-    while best_b < 4096 and not uncovered(profiles, best_b + 1, buckets):
-        best_b += 1
+    best_b = largest_batch(profiles, buckets)
     fitting = [t for t in buckets if not uncovered(profiles, max_batch_size, [t])]
     profs = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(profiles))
     longest = f"time up to {max(fitting)}" if fitting else "no time bucket at all"

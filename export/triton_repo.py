@@ -35,6 +35,7 @@ from export.triton_check import (
     check_model_config,
     describe_coverage,
     engine_profiles,
+    largest_batch,
     model_config_class,
     uncovered,
 )
@@ -271,9 +272,7 @@ def _limits(source: Source, opts: RepoOptions) -> tuple:
         raise ExportError(f"--max-time {max_time} is below the engine's shortest profile time {t_lo}")
     buckets = P.time_buckets(t_lo, max_time)
     if opts.max_batch_size is None:
-        mbs = 0
-        while mbs < 4096 and not uncovered(profiles, mbs + 1, buckets):
-            mbs += 1
+        mbs = largest_batch(profiles, buckets)
         if mbs == 0:
             raise ExportError(f"the engine's profiles do not hold batch 1 at every time bucket {buckets}; "
                               f"{describe_coverage(profiles, 1, buckets)}")

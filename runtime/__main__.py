@@ -25,10 +25,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import RuntimeInputError, load, preprocess_frames
+from . import RuntimeInputError, load
 from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
 from .errors import RemoteServerError
 from .frames import IMAGE_SUFFIXES, list_frame_files, read_frame_folder, resize_frames
+from .preprocess import preprocess_clips
 from .timeline import classify_windows, default_clip_frames, plot_timelines
 from .video import (
     SAMPLINGS,
@@ -165,15 +166,11 @@ def classify_clips(runner, clips: Sequence[np.ndarray], *, top_k: int = 1, resiz
         frame).
     """
     meta = runner.metadata
-    xs = [preprocess_frames(c, meta.mean, meta.std, runner.input_spec.frame_size, resize=resize)[0] for c in clips]
-    lengths = np.array([len(x) for x in xs], np.int32)
-    batch = np.zeros((len(xs), int(lengths.max())) + xs[0].shape[1:], np.float32)
-    for i, x in enumerate(xs):
-        batch[i, : len(x)] = x
+    batch, lengths = preprocess_clips(clips, meta.mean, meta.std, runner.input_spec.frame_size, resize=resize)
     result = runner.classify(batch, lengths, top_k=top_k)
     return [{"frames": int(lengths[i]), "labels": result.labels[i],
              "probs": [round(float(p), 6) for p in result.probs[i]],
-             "frame_labels": [labels[0] for labels in result.frame_labels[i]]} for i in range(len(xs))]
+             "frame_labels": [labels[0] for labels in result.frame_labels[i]]} for i in range(len(lengths))]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -83,6 +83,16 @@ def check_flag(value, name: str, *, allow_none: bool = False) -> None:
     raise RuntimeInputError(f"{name} must be {valid}, got {value!r}")
 
 
+def pad_time(x: np.ndarray, t: int) -> np.ndarray:
+    """``x`` (B, T', ...) with zeros after its own T' steps up to ``t`` (itself when T' == t); with the true lengths
+    beside it, padding is exact in every backend."""
+    if x.shape[1] == t:
+        return x
+    padded = np.zeros((x.shape[0], t) + x.shape[2:], x.dtype)
+    padded[:, :x.shape[1]] = x
+    return padded
+
+
 def check_count(value, name: str, *, allow_none: bool = False) -> None:
     """Accept only an integer >= 1 (and None where the default is chosen later): no bools, floats or strings.
 

@@ -74,3 +74,19 @@ def preprocess_frames(
     scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(1, 1, 3, 1, 1)
     shift = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(1, 1, 3, 1, 1)
     return np.ascontiguousarray(x * scale - shift, dtype=np.float32)
+
+
+def preprocess_clips(clips: Sequence, mean: Sequence[float], std: Sequence[float],
+                     frame_size: Optional[Sequence[int]] = None, *, resize: bool = False) -> tuple:
+    """Normalise uint8 clips of any lengths (each (T_i, H, W, 3)) into one zero-padded batch.
+
+    Returns:
+        tuple: (x float32 (B, max T_i, 3, H, W), lengths int32 (B,)): what ``runner.infer(x, lengths)`` takes;
+        padding is exact there.
+    """
+    xs = [preprocess_frames(c, mean, std, frame_size, resize=resize)[0] for c in clips]
+    lengths = np.array([len(x) for x in xs], np.int32)
+    batch = np.zeros((len(xs), int(lengths.max())) + xs[0].shape[1:], np.float32)
+    for i, x in enumerate(xs):
+        batch[i, : len(x)] = x
+    return batch, lengths

@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import softmax
 from .errors import RuntimeInputError
-from .preprocess import preprocess_frames
+from .preprocess import preprocess_clips
 
 # A model records no clip length; 16 frames is the package's reference clip (benchmarks, stream window).
 DEFAULT_CLIP_FRAMES = 16
@@ -52,12 +52,8 @@ def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *,
     out = []
 
     def run(batch) -> None:
-        xs = [preprocess_frames(w.frames, meta.mean, meta.std, runner.input_spec.frame_size)[0] for w in batch]
-        lengths = np.array([len(x) for x in xs], np.int32)
-        x = np.zeros((len(xs), int(lengths.max())) + xs[0].shape[1:], np.float32)
-        for i, xi in enumerate(xs):
-            x[i, : len(xi)] = xi
-        probs = softmax(np.asarray(runner.infer(x, lengths)["clip_logits"], dtype=np.float32))
+        x, lengths = preprocess_clips([w.frames for w in batch], meta.mean, meta.std, runner.input_spec.frame_size)
+        probs = softmax(np.asarray(runner.infer(x, lengths)["clip_logits"]))
         for w, p in zip(batch, probs, strict=True):
             best = int(p.argmax())
             out.append({"start": int(w.indices[0]), "end": int(w.indices[-1]) + 1, "start_s": float(w.times_s[0]),

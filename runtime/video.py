@@ -50,6 +50,7 @@ import numpy as np
 
 from .errors import RuntimeInputError
 from .frames import check_frame_size, resize_frame
+from .inputs import check_count
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +122,7 @@ class VideoClip:
 
 
 def _check_count(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise RuntimeInputError(f"{what} must be an integer >= 1, got {value!r}")
+    check_count(value, what)
     return int(value)
 
 

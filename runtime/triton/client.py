@@ -36,7 +36,7 @@ import numpy as np
 
 from ..base import BaseRunner
 from ..errors import RemoteServerError, RuntimeInputError
-from ..inputs import check_flag, is_torch, to_numpy
+from ..inputs import check_flag, is_torch, pad_time, to_numpy
 from ..spec import InputSpec, Profile
 from . import protocol as P
 
@@ -321,11 +321,8 @@ class TritonRunner(_Remote, BaseRunner):
     def infer_impl(self, feed) -> dict:
         x = to_numpy(feed.x) if feed.is_torch else feed.x
         b, t = feed.batch, feed.time
-        padded_t = t if self.ragged else P.bucket_for(t, self.time_buckets)
-        if padded_t != t:
-            padded = np.zeros((b, padded_t) + x.shape[2:], np.float32)
-            padded[:, :t] = x
-            x = padded
+        if not self.ragged:
+            x = pad_time(x, P.bucket_for(t, self.time_buckets))
         lengths = feed.lengths_or_full().astype(np.int32).reshape(b, 1)
         out = self._call(lambda w: w.infer({P.FRAMES: x, P.LENGTHS: lengths}, (P.FRAME_LOGITS, P.CLIP_LOGITS)),
                          "run the model")

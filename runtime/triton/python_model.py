@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import RuntimeInputError
+from ..inputs import pad_time
 from . import protocol as P
 
 logger = logging.getLogger(__name__)
@@ -64,15 +65,6 @@ def _invalid(pb_utils, message: str, code: Optional[str] = None):
     code = getattr(pb_utils.TritonError, code, None) if code else None
     error = pb_utils.TritonError(message, code if code is not None else pb_utils.TritonError.INVALID_ARG)
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
-
-
-def _pad_time(frames: np.ndarray, t: int) -> np.ndarray:
-    """``frames`` (B, T', ...) with zero frames after its own T' up to ``t``."""
-    if frames.shape[1] == t:
-        return frames
-    padded = np.zeros((frames.shape[0], t) + frames.shape[2:], frames.dtype)
-    padded[:, :frames.shape[1]] = frames
-    return padded
 
 
 class ClipModel:
@@ -176,7 +168,7 @@ class ClipModel:
         if batch and len(items) > 1:
             t_max = max(f.shape[1] for _, f, _ in items)
             try:
-                out = self.runner.infer(np.concatenate([_pad_time(f, t_max) for _, f, _ in items]),
+                out = self.runner.infer(np.concatenate([pad_time(f, t_max) for _, f, _ in items]),
                                         np.concatenate([ln for _, _, ln in items]))
             except RuntimeInputError:
                 out = None
