@@ -105,6 +105,42 @@ def holdout_indices(labels: Sequence[int], split: str, seed: int, val_fraction: 
     return sorted(chosen)
 
 
+def check_both_splits(root: Path, what: str, layout: str) -> None:
+    """A tree with one of train/ and test/ but not the other is refused: its other split would silently come from
+    somewhere else (a download, or the split folder read as a class)."""
+    have = [s for s in SPLITS if (root / s).is_dir()]
+    if len(have) == 1:
+        missing = next(s for s in SPLITS if s not in have)
+        raise DataError(f"{root} has {have[0]}/ but no {missing}/: {what} needs both {root}/train/{layout} and "
+                        f"{root}/test/{layout}")
+
+
+def split_samples(root: Path, split: str, seed: int, val_fraction: float, scan, what: str, layout: str) -> tuple:
+    """One split of a folder source: ``scan(root/split)`` when ``root`` has both train/ and test/, otherwise
+    ``scan(root)`` with a seeded ``val_fraction`` of each class held out (:func:`holdout_indices`).
+
+    Args:
+        scan (callable): ``folder -> (class_names, [(item, label), ...])``.
+        what, layout (str): how the refusal of a tree with one split only names it (:func:`check_both_splits`).
+
+    Returns:
+        tuple: (class_names, samples).
+    """
+    check_both_splits(root, what, layout)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return scan(root / split)
+    names, samples = scan(root)
+    return names, [samples[i] for i in holdout_indices([y for _, y in samples], split, seed, val_fraction)]
+
+
+def seeded_subset(samples: list, max_items: Optional[int], seed: int) -> list:
+    """A seeded random ``max_items`` of ``samples``, kept in their order (all of them when None or not fewer)."""
+    if max_items is None or max_items >= len(samples):
+        return samples
+    rng = np.random.default_rng(seed)
+    return [samples[i] for i in sorted(rng.permutation(len(samples))[:max_items])]
+
+
 def visible_dirs(path: Path) -> list[Path]:
     return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from ._checks import check_range
@@ -55,6 +54,7 @@ from .clips import (
     load_image,
     normalize_frames,
     pad_collate,
+    seeded_subset,
 )
 from .image_clips import FolderClips, ImageClips, group_into_clips, open_cifar10, scan_clip_folder, split_folder
 from .synthetic import SyntheticClips, make_synthetic_clip, synthetic_class_names, synthetic_steps
@@ -160,9 +160,7 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
                                   on_bad_video=spec.on_bad_video, **norm)
     ds = split_folder(Path(spec.data_dir), split, spec.seed, spec.val_fraction, frame_size=spec.frame_size,
                        max_frames=spec.frames, **norm)
-    if spec.num_clips is not None and spec.num_clips < len(ds):
-        rng = np.random.default_rng(spec.seed)
-        ds.samples = [ds.samples[i] for i in sorted(rng.permutation(len(ds))[: spec.num_clips])]
+    ds.samples = seeded_subset(ds.samples, spec.num_clips, spec.seed)
     if not len(ds):
         raise DataError(f"the {split} split of {spec.data_dir} has no clips")
     return ds

@@ -23,10 +23,11 @@ from .clips import (
     IMAGENET_STD,
     SPLITS,
     DataError,
+    check_both_splits,
     class_dirs,
-    holdout_indices,
     load_image,
     normalize_frames,
+    split_samples,
     visible_dirs,
 )
 
@@ -135,7 +136,7 @@ def open_cifar10(data_dir: str | os.PathLike, split: str, download: bool = False
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     root = Path(data_dir)
-    _check_both_splits(root, "an ImageFolder tree", "<class>/<images>")
+    check_both_splits(root, "an ImageFolder tree", "<class>/<images>")
     if (root / split).is_dir():
         _check_image_folder(root / split)
         return torchvision.datasets.ImageFolder(str(root / split))
@@ -157,16 +158,6 @@ def open_cifar10(data_dir: str | os.PathLike, split: str, download: bool = False
         f"no CIFAR-10 found at {root}: expected an ImageFolder tree ({root}/train/<class>/*, {root}/test/<class>/*) "
         f"or torchvision's {root}/cifar-10-batches-py; pass --download to fetch it there"
     )
-
-
-def _check_both_splits(root: Path, what: str, layout: str) -> None:
-    """A tree with one of train/ and test/ but not the other is refused: its other split would silently come from
-    somewhere else (a download, or the split folder read as a class)."""
-    have = [s for s in SPLITS if (root / s).is_dir()]
-    if len(have) == 1:
-        missing = next(s for s in SPLITS if s not in have)
-        raise DataError(f"{root} has {have[0]}/ but no {missing}/: {what} needs both {root}/train/{layout} and "
-                        f"{root}/test/{layout}")
 
 
 def _check_image_folder(root: Path) -> None:
@@ -255,10 +246,7 @@ class FolderClips(Dataset):
 
 
 def split_folder(root: Path, split: str, seed: int, val_fraction: float, **kwargs) -> FolderClips:
-    _check_both_splits(root, "a split clip folder", "<class>/<clip>/<frames> (or neither, and --val-fraction holds out "
-                       "a part of each class's clips)")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return FolderClips.from_root(root / split, **kwargs)
-    names, samples = scan_clip_folder(root)
-    chosen = holdout_indices([y for _, y in samples], split, seed, val_fraction)
-    return FolderClips([samples[i] for i in chosen], names, **kwargs)
+    names, samples = split_samples(root, split, seed, val_fraction, scan_clip_folder, "a split clip folder",
+                                   "<class>/<clip>/<frames> (or neither, and --val-fraction holds out a part of each "
+                                   "class's clips)")
+    return FolderClips(samples, names, **kwargs)

@@ -37,8 +37,9 @@ from .clips import (
     IMAGENET_STD,
     DataError,
     class_dirs,
-    holdout_indices,
     normalize_frames,
+    seeded_subset,
+    split_samples,
     visible_dirs,
 )
 
@@ -192,18 +193,10 @@ def split_video_folder(root: Path, split: str, seed: int, val_fraction: float, m
     """One split of a video folder: ``root/train`` and ``root/test`` when both exist, otherwise a seeded
     ``val_fraction`` of each class's videos held out (the frame-folder source's rule); ``max_clips`` keeps a seeded
     subset before the videos are opened."""
-    from .image_clips import _check_both_splits
-
-    _check_both_splits(root, "a split video folder", "<class>/<videos> (or neither, and --val-fraction holds out a "
-                       "part of each class's videos)")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        names, samples = scan_video_folder(root / split)
-    else:
-        names, samples = scan_video_folder(root)
-        samples = [samples[i] for i in holdout_indices([y for _, y in samples], split, seed, val_fraction)]
-    if max_clips is not None and max_clips < len(samples):
-        rng = np.random.default_rng(seed)
-        samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:max_clips])]
+    names, samples = split_samples(root, split, seed, val_fraction, scan_video_folder, "a split video folder",
+                                   "<class>/<videos> (or neither, and --val-fraction holds out a part of each "
+                                   "class's videos)")
+    samples = seeded_subset(samples, max_clips, seed)
     if not samples:
         raise DataError(f"the {split} split of {root} has no videos")
     return VideoClips(samples, names, random_segments=split == "train", seed=seed, **kwargs)
