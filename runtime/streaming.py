@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -55,11 +55,35 @@ class StreamResult:
     frames_seen: int
     window_frames: int
 
+    @classmethod
+    def from_logits(cls, frame_logits, clip_logits, class_names: Sequence[str], frames_seen: int,
+                    window_frames: int) -> "StreamResult":
+        """The result of one frame's (C,) and the window's (C,) logits: float32, with each one's best class."""
+        frame_logits = np.asarray(frame_logits, dtype=np.float32)
+        clip_logits = np.asarray(clip_logits, dtype=np.float32)
+        fi, fp = _softmax_top1(frame_logits)
+        ci, cp = _softmax_top1(clip_logits)
+        return cls(frame_logits, clip_logits, class_names[fi], fp, class_names[ci], cp, frames_seen, window_frames)
+
 
 def _softmax_top1(logits: np.ndarray) -> tuple:
     p = softmax(logits)
     i = int(p.argmax())
     return i, float(p[i])
+
+
+def raw_frame_input(frame, frame_size: tuple, mean: Sequence[float], std: Sequence[float], resize: bool,
+                    made_by: str = "the stream"):
+    """One raw uint8 (H, W, 3) frame -> normalised float32 (1, 1, 3, H, W), checked as a stream takes it: RGB of the
+    model's frame size, or any size with ``resize`` (which the refusal says to set when ``made_by`` is created)."""
+    shape = tuple(frame.shape)
+    h, w = frame_size
+    if len(shape) != 3 or shape[-1] != 3:
+        raise RuntimeInputError(f"a raw frame must be uint8 ({h}, {w}, 3) (H, W, RGB), got shape {shape}")
+    if shape[:2] != (h, w) and not resize:
+        raise RuntimeInputError(f"raw frames are {shape[0]}x{shape[1]} (H x W) but the model takes {h}x{w}; "
+                                f"resize them in your decoder or create {made_by} with resize=True")
+    return preprocess_frames(frame, mean, std, frame_size, resize=resize)
 
 
 def _find_pair(folder: Path, backend: str) -> tuple:
@@ -217,17 +241,8 @@ class StreamingClassifier:
         """One frame -> (1, 1, 3, H, W) float32 (numpy or torch, as given)."""
         dtype = str(getattr(frame, "dtype", "")).replace("torch.", "")
         if dtype == "uint8":
-            shape = tuple(frame.shape)
-            if len(shape) != 3 or shape[-1] != 3:
-                raise RuntimeInputError(f"a raw frame must be uint8 ({self.frame_size[0]}, {self.frame_size[1]}, 3) "
-                                        f"(H, W, RGB), got shape {shape}")
-            h, w = self.frame_size
-            if shape[:2] != (h, w) and not self.resize:
-                raise RuntimeInputError(f"raw frames are {shape[0]}x{shape[1]} (H x W) but the model takes {h}x{w}; "
-                                        "resize them in your decoder or create the StreamingClassifier with "
-                                        "resize=True")
             m = self.cnn.metadata
-            return preprocess_frames(frame, m.mean, m.std, self.frame_size, resize=self.resize)
+            return raw_frame_input(frame, self.frame_size, m.mean, m.std, self.resize, "the StreamingClassifier")
         if not (is_torch(frame) or isinstance(frame, np.ndarray)):
             raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
         if tuple(frame.shape) != (3,) + self.frame_size:
@@ -310,12 +325,7 @@ class StreamingClassifier:
 
             both = to_numpy(torch.stack([frame_logits, clip_logits]))
             frame_logits, clip_logits = both[0], both[1]
-        frame_logits = np.asarray(frame_logits, dtype=np.float32)
-        clip_logits = np.asarray(clip_logits, dtype=np.float32)
-        fi, fp = _softmax_top1(frame_logits)
-        ci, cp = _softmax_top1(clip_logits)
-        names = self.metadata.class_names
-        return StreamResult(frame_logits, clip_logits, names[fi], fp, names[ci], cp, self._count, k)
+        return StreamResult.from_logits(frame_logits, clip_logits, self.metadata.class_names, self._count, k)
 
     def feed(self, source: Any, stride: int = 1) -> Iterator[tuple[int, StreamResult]]:
         """Push every ``stride``-th frame of a video file or of any iterable of frames, yielding as it goes.

@@ -396,19 +396,12 @@ class RemoteStream(_Remote):
 
     def _frame(self, frame: Any) -> np.ndarray:
         """One frame -> (1, 3, H, W) float32, checked as :meth:`runtime.StreamingClassifier.push` checks it."""
-        from ..preprocess import preprocess_frames
+        from ..streaming import raw_frame_input
 
         h, w = self.frame_size
         dtype = str(getattr(frame, "dtype", "")).replace("torch.", "")
         if dtype == "uint8":
-            shape = tuple(frame.shape)
-            if len(shape) != 3 or shape[-1] != 3:
-                raise RuntimeInputError(f"a raw frame must be uint8 ({h}, {w}, 3) (H, W, RGB), got shape {shape}")
-            if shape[:2] != (h, w) and not self.resize:
-                raise RuntimeInputError(f"raw frames are {shape[0]}x{shape[1]} (H x W) but the model takes {h}x{w}; "
-                                        "resize them in your decoder or create the stream with resize=True")
-            return preprocess_frames(frame, self.metadata.mean, self.metadata.std, self.frame_size,
-                                     resize=self.resize)[0]
+            return raw_frame_input(frame, self.frame_size, self.metadata.mean, self.metadata.std, self.resize)[0]
         if not (is_torch(frame) or isinstance(frame, np.ndarray)):
             raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
         if tuple(frame.shape) != (3, h, w) or dtype != "float32":
@@ -446,17 +439,13 @@ class RemoteStream(_Remote):
             RuntimeInputError: a bad frame (nothing is sent), a frame the server refused, an expired session.
             RemoteServerError: the server cannot be reached, failed, or did not answer within the timeout.
         """
-        from ..streaming import StreamResult, _softmax_top1
+        from ..streaming import StreamResult
 
         out = self._send(self._frame(frame), end=False)
-        frame_logits = np.asarray(out[P.FRAME_LOGITS][0], np.float32)
-        clip_logits = np.asarray(out[P.CLIP_LOGITS][0], np.float32)
         self._count = int(np.asarray(out[P.FRAMES_SEEN]).reshape(-1)[0])
         window_frames = int(np.asarray(out[P.WINDOW_FRAMES]).reshape(-1)[0])
-        fi, fp = _softmax_top1(frame_logits)
-        ci, cp = _softmax_top1(clip_logits)
-        names = self.metadata.class_names
-        return StreamResult(frame_logits, clip_logits, names[fi], fp, names[ci], cp, self._count, window_frames)
+        return StreamResult.from_logits(out[P.FRAME_LOGITS][0], out[P.CLIP_LOGITS][0], self.metadata.class_names,
+                                        self._count, window_frames)
 
     def _end(self) -> None:
         """End the server's sequence (END rides on a zero frame: every request carries one), if one was started."""
