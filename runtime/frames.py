@@ -31,6 +31,14 @@ def natural_key(name: str) -> list:
     return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
+def files_with_suffixes(folder: Path, suffixes) -> list[Path]:
+    """The files directly in ``folder`` whose suffix (case-insensitive) is one of ``suffixes``, hidden ones left out,
+    in natural name order (``2.png`` before ``10.png``)."""
+    return sorted((p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes),
+                  key=lambda p: natural_key(p.name))
+
+
 def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     """The frame images of one clip folder in natural name order.
 
@@ -41,9 +49,7 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise RuntimeInputError(f"{folder} is not a folder of frame images"
                                 + ("" if folder.exists() else " (it does not exist)"))
-    files = sorted((p for p in folder.iterdir()
-                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: natural_key(p.name))
+    files = files_with_suffixes(folder, IMAGE_SUFFIXES)
     if not files:
         raise RuntimeInputError(f"{folder} holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
     return files

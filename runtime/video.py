@@ -49,7 +49,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import RuntimeInputError
-from .frames import check_frame_size, resize_frame
+from .frames import check_frame_size, files_with_suffixes, resize_frame
 from .inputs import check_count
 
 logger = logging.getLogger(__name__)
@@ -494,11 +494,7 @@ def iter_video_frames(path: str | os.PathLike, stride: int = 1, *,
 def list_videos(folder: str | os.PathLike) -> list[Path]:
     """The video files (``VIDEO_SUFFIXES``, case-insensitive, not hidden) directly in ``folder``, in natural name
     order (``2.mp4`` before ``10.mp4``)."""
-    from .frames import natural_key
-
-    return sorted((p for p in Path(folder).iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES),
-                  key=lambda p: natural_key(p.name))
+    return files_with_suffixes(Path(folder), VIDEO_SUFFIXES)
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float = 25, *,
