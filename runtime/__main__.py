@@ -18,6 +18,7 @@ uniform: the middle frame of each of T equal segments), or with ``--windows STEP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -31,14 +32,7 @@ from .errors import RemoteServerError
 from .frames import IMAGE_SUFFIXES, list_frame_files, read_frame_folder, resize_frames
 from .preprocess import preprocess_clips
 from .timeline import classify_windows, default_clip_frames, plot_timelines
-from .video import (
-    SAMPLINGS,
-    VIDEO_SUFFIXES,
-    iter_video_frames,
-    list_videos,
-    probe_video,
-    read_video_clip,
-)
+from .video import SAMPLINGS, VIDEO_SUFFIXES, VideoReader, list_videos
 
 
 def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -292,14 +286,18 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             return _stream(args)
         # Clips are read before the model loads, so a bad clip is reported at once; with --resize they are read at
         # the model's frame size, as training reads them (so a folder may mix image sizes there too). Videos are
-        # checked (opened, not decoded) now, and read once the model's frame size and time range are known.
-        if args.command == "classify":
-            for c in args.clips:
-                if is_video(c):
-                    probe_video(c)
-        clips = ({c: read_clip(c) for c in args.clips if not is_video(c)}
-                 if args.command == "classify" and not args.resize else {})
-        with load(args.model, device=args.device, **_load_options(args)) as runner:
+        # opened now (checked, not decoded) and read, through the same open readers, once the model's frame size
+        # and time range are known.
+        opened = contextlib.ExitStack()
+        try:
+            readers = {c: opened.enter_context(VideoReader(c)) for c in args.clips
+                       if args.command == "classify" and is_video(c)}
+            clips = ({c: read_clip(c) for c in args.clips if not is_video(c)}
+                     if args.command == "classify" and not args.resize else {})
+        except BaseException:
+            opened.close()
+            raise
+        with opened, load(args.model, device=args.device, **_load_options(args)) as runner:
             if args.command == "info":
                 print("\n".join(describe(runner)))
                 return 0
@@ -309,12 +307,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             want = tuple(runner.input_spec.frame_size)
             frames = args.frames or default_clip_frames(runner)
             if args.windows is not None:
-                timelines = [classify_windows(runner, c, frames, args.windows) for c in args.clips]
+                timelines = [classify_windows(runner, readers[c], frames, args.windows) for c in args.clips]
                 return _report_timelines(args, timelines, runner.metadata.class_names)
             if args.resize:
                 clips = {c: read_clip(c, want) for c in args.clips if not is_video(c)}
-            videos = {c: read_video_clip(c, frames, args.sampling, frame_size=want, stride=args.frame_stride)
-                      for c in args.clips if is_video(c)}
+            for reader in readers.values():
+                reader.frame_size = want
+            videos = {c: r.read_clip(frames, args.sampling, stride=args.frame_stride) for c, r in readers.items()}
             clips.update({c: v.frames for c, v in videos.items()})
             for path, clip in clips.items():
                 if want and clip.shape[1:3] != want and not args.resize:
@@ -386,12 +385,13 @@ def _stream(args) -> int:
 
     if args.stride < 1:
         raise RuntimeInputError(f"--stride must be >= 1, got {args.stride}")
-    info = probe_video(args.video)  # a bad video is reported before the model loads
-    period = 1.0 / info.fps if info.fps else 0.0  # for the approximate time printed (exact at a constant rate)
     model_ms, decode_ms = [], []
-    with StreamingClassifier(args.model, window=args.window, device=args.device, backend=args.backend,
-                             **_load_options(args)) as stream:
-        frames = iter_video_frames(args.video, args.stride, frame_size=stream.frame_size)
+    with VideoReader(args.video) as reader, \
+            StreamingClassifier(args.model, window=args.window, device=args.device, backend=args.backend,
+                                **_load_options(args)) as stream:  # a bad video is reported before the model loads
+        period = 1.0 / reader.info.fps if reader.info.fps else 0.0  # for the approximate time printed
+        reader.frame_size = stream.frame_size
+        frames = reader.iter_frames(args.stride)
         while True:
             t0 = time.perf_counter()
             item = next(frames, None)

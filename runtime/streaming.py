@@ -332,8 +332,9 @@ class StreamingClassifier:
 
         Args:
             source: a video file path (``str`` or ``os.PathLike``; decoded by :mod:`runtime.video` in one pass, its
-                frames resized to the model's frame size as training resizes them), or an iterable of frames that
-                :meth:`push` takes (uint8 (H, W, 3) or normalised float32 (3, H, W)).
+                frames resized to the model's frame size as training resizes them) or an open
+                :class:`runtime.video.VideoReader` (the same, left open), or an iterable of frames that :meth:`push`
+                takes (uint8 (H, W, 3) or normalised float32 (3, H, W)).
             stride (int): push frames ``0, stride, 2 stride, ...``; the others are skipped (for a video, decoded but
                 never converted or resized). The window then spans ``window x stride`` source frames. Defaults to 1.
 
@@ -344,11 +345,12 @@ class StreamingClassifier:
             RuntimeInputError: a bad stride, a bad video (see :mod:`runtime.video`), or a frame :meth:`push` refuses.
         """
         check_count(stride, "stride")
-        if isinstance(source, (str, os.PathLike)):
-            from .video import iter_video_frames
+        from .video import VideoReader, opened_video
 
-            for index, frame in iter_video_frames(source, stride, frame_size=self.frame_size):
-                yield index, self.push(frame)
+        if isinstance(source, (str, os.PathLike, VideoReader)):
+            with opened_video(source, self.frame_size) as reader:
+                for index, frame in reader.iter_frames(stride):
+                    yield index, self.push(frame)
             return
         for index, frame in enumerate(source):
             if index % stride == 0:

@@ -28,11 +28,15 @@ def default_clip_frames(runner) -> int:
     return DEFAULT_CLIP_FRAMES if hi is None else min(DEFAULT_CLIP_FRAMES, int(hi))
 
 
-def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *, batch_size: int = 16) -> dict:
+def classify_windows(runner, video, frames: int, step: int, *, batch_size: int = 16) -> dict:
     """Class probabilities of every window of ``frames`` frames, ``step`` frames apart, of one video.
 
     Windows are read in one sequential decoding pass (:meth:`runtime.video.VideoReader.iter_windows`) and run in
     batches of ``batch_size``.
+
+    Args:
+        video (str | os.PathLike | runtime.video.VideoReader): a video file, or one already open (read at the
+            runner's frame size, and left open).
 
     Returns:
         dict: ``clip`` (the path), ``video`` (:class:`runtime.video.VideoInfo` as a dict), ``frames_per_window``,
@@ -43,7 +47,7 @@ def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *,
     Raises:
         RuntimeInputError: a bad video (see :mod:`runtime.video`), bad counts, or a runner that is not a whole model.
     """
-    from .video import VideoReader
+    from .video import opened_video
 
     if runner.stage != "model":
         raise RuntimeInputError(f"classifying a video takes a whole model, not the {runner.stage} stage")
@@ -61,7 +65,7 @@ def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *,
                         "prob": round(float(p[best]), 6),
                         "probs": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}})
 
-    with VideoReader(path, runner.input_spec.frame_size) as reader:
+    with opened_video(video, runner.input_spec.frame_size) as reader:
         batch = []
         for window in reader.iter_windows(frames, step):
             batch.append(window)
@@ -70,7 +74,7 @@ def classify_windows(runner, path: str | os.PathLike, frames: int, step: int, *,
                 batch = []
         if batch:
             run(batch)
-        info = reader.info.to_dict()
+        info, path = reader.info.to_dict(), reader.path
     return {"clip": str(path), "video": info, "frames_per_window": int(frames), "step": int(step), "windows": out}
 
 

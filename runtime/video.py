@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -90,6 +91,38 @@ class VideoInfo:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, eq=False)
+class VideoIndex:
+    """What demuxing a video found: its :class:`VideoInfo` and every frame's timestamp and keyframe flag, in
+    presentation order (about 17 bytes a frame). A reader makes one when it opens a video (``VideoReader.index``);
+    a reader given it opens the same file without demuxing it again (training opens a video for every clip it reads).
+    It belongs to the file as it was: a reader given the index of a file that has changed since (size or
+    modification time) demuxes it again.
+
+    Attributes:
+        info (VideoInfo): the video.
+        pts (np.ndarray | None): int64 ``(N,)`` timestamps in the stream's time base, ascending (None: not seekable).
+        keyframes (np.ndarray | None): bool ``(N,)``, with ``pts``.
+        times_s (np.ndarray): float64 ``(N,)`` presentation time of each frame from the first, in seconds.
+        file_stamp (tuple[int, int]): the file's size in bytes and modification time in ns when it was demuxed.
+    """
+
+    info: VideoInfo
+    pts: Optional[np.ndarray]
+    keyframes: Optional[np.ndarray]
+    times_s: np.ndarray
+    file_stamp: tuple[int, int]
+
+    def describes(self, path: Path) -> bool:
+        """The index was made from ``path`` as it is now."""
+        return Path(self.info.path) == path and self.file_stamp == _file_stamp(path)
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 @dataclass
@@ -202,9 +235,10 @@ class VideoReader:
     Use as a context manager (or call :meth:`close`). One reader is not thread-safe: open one per thread or worker.
     """
 
-    def __init__(self, path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None, *, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None, *, threads: int = 0,
+                 index: Optional[VideoIndex] = None):
         self.path = Path(path)
-        self.frame_size = None if frame_size is None else check_frame_size(frame_size, "frame_size")
+        self.frame_size = frame_size
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise RuntimeInputError(f"{self.path}: {self.path.suffix or 'no suffix'} is not a video container this "
                                     f"reader opens; valid suffixes: {', '.join(VIDEO_SUFFIXES)}")
@@ -214,28 +248,38 @@ class VideoReader:
             import av
         except ImportError as e:
             raise ImportError("reading video files needs PyAV: pip install 'cnn-bilstm-deploy[video]' (or av)") from e
+        stamp = _file_stamp(self.path)  # before opening: a file changed while demuxed is demuxed again next time
         try:
             self._container = av.open(str(self.path))
         except _ffmpeg_error() as e:
             raise RuntimeInputError(f"{self.path} cannot be opened as a video (unknown container, damaged, or "
                                     f"truncated): FFmpeg says {_reason(e)}") from e
         try:
-            self._index(threads)
+            videos = list(self._container.streams.video)
+            if not videos:
+                kinds = ", ".join(sorted({s.type for s in self._container.streams})) or "none"
+                raise RuntimeInputError(f"{self.path} has no video stream (its streams: {kinds})")
+            self._stream = videos[0]
+            self._threads = int(threads)
+            _set_threads(self._stream, self._threads)
+            if index is not None and not index.describes(self.path):
+                logger.info("%s is not the file its index was made from (or has changed since); demuxing it again",
+                            self.path)
+                index = None
+            self.index = index if index is not None else self._demux(stamp)
         except BaseException:
             self._container.close()
             raise
+        self.info = self.index.info
+        self.seekable = self.info.seekable  # turned off for this reader when a seek proves unreliable
+        self._pts, self._key, self._times = self.index.pts, self.index.keyframes, self.index.times_s
         self._frames = None  # the decode iterator of the current position
         self._pos = -1  # index of the last frame it produced
+        self._closed = False
 
-    def _index(self, threads: int) -> None:
-        c = self._container
-        videos = list(c.streams.video)
-        if not videos:
-            kinds = ", ".join(sorted({s.type for s in c.streams})) or "none"
-            raise RuntimeInputError(f"{self.path} has no video stream (its streams: {kinds})")
-        s = self._stream = videos[0]
-        self._threads = int(threads)
-        _set_threads(s, self._threads)
+    def _demux(self, stamp: tuple[int, int]) -> VideoIndex:
+        """Read every packet of the video stream (no decoding): the index, and the checks for damage."""
+        c, s = self._container, self._stream
         pts, keys, end, corrupt = [], [], None, 0
         try:
             for p in c.demux(s):
@@ -259,33 +303,42 @@ class VideoReader:
         if s.frames and n < s.frames:
             raise RuntimeInputError(f"{self.path} is truncated or damaged: its header declares {s.frames} frames, "
                                     f"but only {n} can be read")
-        self.seekable = None not in pts and len(set(pts)) == n
+        seekable = None not in pts and len(set(pts)) == n
         tb = float(s.time_base) if s.time_base is not None else 0.0
-        if self.seekable:
+        if seekable:
             order = np.argsort(np.asarray(pts, np.int64), kind="stable")
-            self._pts = np.asarray(pts, np.int64)[order]
-            self._key = np.asarray(keys, bool)[order]
-            self._index_of = {int(p): i for i, p in enumerate(self._pts)}
-            first = int(self._pts[0])
-            self._times = (self._pts - first) * tb
+            sorted_pts, key = np.asarray(pts, np.int64)[order], np.asarray(keys, bool)[order]
+            first = int(sorted_pts[0])
+            times = (sorted_pts - first) * tb
             duration = (end - first) * tb if tb else 0.0
-            deltas = np.diff(self._pts)
+            deltas = np.diff(sorted_pts)
             vfr = bool(len(deltas) > 1 and deltas.max() - deltas.min() > max(1, 0.1 * float(np.median(deltas))))
         else:
-            self._pts, self._key, self._index_of = None, None, {}
+            sorted_pts, key = None, None
             rate = float(s.average_rate or 0)
-            self._times = np.arange(n) / rate if rate else np.zeros(n)
+            times = np.arange(n) / rate if rate else np.zeros(n)
             duration, vfr = (n / rate if rate else 0.0), False
         declared = _declared_duration(s, c)
         if declared and duration and duration < declared - max(0.05 * declared, 2 * duration / n):
             raise RuntimeInputError(f"{self.path} is truncated or damaged: its header declares {declared:.3f} s of "
                                     f"video, but its {n} readable frames end at {duration:.3f} s")
-        self.info = VideoInfo(
+        info = VideoInfo(
             path=str(self.path), container=c.format.name, codec=s.codec_context.name,
             width=int(s.codec_context.width), height=int(s.codec_context.height), num_frames=n,
             fps=round(n / duration, 6) if duration else float(s.average_rate or 0.0),
-            duration_s=round(float(duration), 6), variable_frame_rate=vfr, seekable=self.seekable,
+            duration_s=round(float(duration), 6), variable_frame_rate=vfr, seekable=seekable,
             keyframes=int(sum(keys)))
+        return VideoIndex(info, sorted_pts, key, np.asarray(times, np.float64), stamp)
+
+    @property
+    def frame_size(self) -> Optional[tuple[int, int]]:
+        """(H, W) the frames are resized to, or None for the decoded size. It may be set between reads: a video is
+        opened (and checked) before the model that fixes the size is loaded, and is not opened twice for it."""
+        return self._frame_size
+
+    @frame_size.setter
+    def frame_size(self, value: Optional[Sequence[int]]) -> None:
+        self._frame_size = None if value is None else check_frame_size(value, "frame_size")
 
     # --- decoding -------------------------------------------------------------------------------------------------
 
@@ -318,8 +371,8 @@ class VideoReader:
             raise RuntimeInputError(f"{self.path} is damaged: decoding failed after frame {self._pos}: "
                                     f"{_reason(e)}") from e
         if self.seekable:
-            index = self._index_of.get(frame.pts)
-            if index is None:  # a decoder that rewrites timestamps: count instead, from a known position
+            index = self._frame_index(frame.pts)
+            if index is None:
                 raise RuntimeInputError(f"{self.path}: a decoded frame has timestamp {frame.pts}, which no packet "
                                         "had; the file's timestamps are inconsistent (damaged)")
         else:
@@ -327,12 +380,21 @@ class VideoReader:
         self._pos = index
         return index, frame
 
+    def _frame_index(self, pts: Optional[int]) -> Optional[int]:
+        """The index of the frame with timestamp ``pts`` (None when no packet had it)."""
+        if pts is None:
+            return None
+        i = int(np.searchsorted(self._pts, pts))
+        return i if i < len(self._pts) and int(self._pts[i]) == pts else None
+
     def _rgb(self, frame) -> np.ndarray:
         rgb = frame.to_ndarray(format="rgb24")
         return rgb if self.frame_size is None else resize_frame(rgb, self.frame_size)
 
     def _goto(self, target: int) -> None:
         """Position the decoder so that the next frame it produces is at or before ``target``."""
+        if self._closed:  # PyAV would fail with a bare AssertionError
+            raise RuntimeInputError(f"{self.path}: this reader is closed; open the video again to read it")
         if self._frames is not None and self._pos < target:
             if not self.seekable:
                 return  # forward only
@@ -451,6 +513,7 @@ class VideoReader:
 
     def close(self) -> None:
         self._frames = None
+        self._closed = True
         self._container.close()
 
     def __enter__(self) -> "VideoReader":
@@ -468,6 +531,19 @@ def _set_threads(stream, threads: int) -> None:
 
 def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+
+
+@contextmanager
+def opened_video(video: "str | os.PathLike | VideoReader",
+                 frame_size: Optional[Sequence[int]] = None) -> Iterator[VideoReader]:
+    """``video`` as an open :class:`VideoReader` resizing to ``frame_size``: a path is opened here and closed after;
+    a reader already open is used as it is, with ``frame_size`` set, and left open for its owner to close."""
+    if isinstance(video, VideoReader):
+        video.frame_size = frame_size
+        yield video
+        return
+    with VideoReader(video, frame_size) as reader:
+        yield reader
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:

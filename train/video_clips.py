@@ -1,7 +1,9 @@
 """The ``video`` source (see :mod:`train.data`): a user's video files, ``root/<class>/*.mp4|avi|mkv|webm|...``, read by
 the runtime's video reader (:mod:`runtime.video`), so training and serving decode, sample and resize one way.
 
-- Every video is opened once when the data set is built (demuxing only: frame count, timestamps, damage checks). A
+- Every video is demuxed once, when the data set is built (packets only: frame count, timestamps, damage checks);
+  its index (:class:`runtime.video.VideoIndex`, about 17 bytes a frame) is kept, so reading a clip later seeks and
+  decodes without demuxing the file again (a file changed since is demuxed again). A
   bad video (unreadable, no video stream, no frames, truncated) stops the build with its path (``on_bad_video="fail"``,
   the default) or is left out with a warning naming it (``"skip"``). A video that passes this check but fails while a
   frame is decoded does the same at that moment: it raises (fail), or the next video of the data set takes its place
@@ -29,7 +31,7 @@ from torch.utils.data import Dataset
 
 from runtime._io import atomic_write, check_output_dir, remove_stale_temporaries, sha256_file
 from runtime.errors import RuntimeInputError
-from runtime.video import SAMPLINGS, VIDEO_SUFFIXES, VideoReader, list_videos, sample_indices
+from runtime.video import SAMPLINGS, VIDEO_SUFFIXES, VideoIndex, VideoReader, list_videos, sample_indices
 
 from ._checks import check_range
 from .clips import (
@@ -108,6 +110,7 @@ class VideoClips(Dataset):
             remove_stale_temporaries(self.cache_dir)  # entries half-written by killed workers
         self.cache_hits = self.cache_misses = 0  # this process's counts (each DataLoader worker keeps its own)
         self._digests: dict = {}
+        self._video_index: dict[Path, VideoIndex] = {}
         self.samples = self._probe(samples)  # (path, label, frame count)
         if not self.samples:
             raise DataError(f"none of the {len(samples)} videos is usable (every one was skipped as bad)")
@@ -124,6 +127,7 @@ class VideoClips(Dataset):
             try:
                 with VideoReader(path) as reader:
                     kept.append((Path(path), int(label), reader.info.num_frames))
+                    self._video_index[Path(path)] = reader.index
             except RuntimeInputError as e:
                 self._bad(path, e)
         return kept
@@ -162,7 +166,7 @@ class VideoClips(Dataset):
 
     def _read(self, path: Path, num_frames: int, indices: np.ndarray) -> np.ndarray:
         if self.cache_dir is None:
-            with VideoReader(path, self.frame_size) as reader:
+            with self._open(path) as reader:
                 return reader.read(indices)
         entry = self.cache_dir / f"{self._digest(path)}-{self.frame_size[0]}x{self.frame_size[1]}-v{CACHE_VERSION}.npy"
         frames = None
@@ -175,10 +179,13 @@ class VideoClips(Dataset):
             self.cache_hits += 1
             return np.ascontiguousarray(frames[indices])
         self.cache_misses += 1
-        with VideoReader(path, self.frame_size) as reader:
+        with self._open(path) as reader:
             frames = np.stack([f for _, f in reader.iter_frames()])
         atomic_write(entry, lambda f: np.save(f, frames, allow_pickle=False))
         return frames[indices]
+
+    def _open(self, path: Path) -> VideoReader:
+        return VideoReader(path, self.frame_size, index=self._video_index.get(path))
 
     def _digest(self, path: Path) -> str:
         st = path.stat()

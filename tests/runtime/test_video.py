@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from runtime.frames import resize_frames
 from runtime.video import (
     VideoReader,
     iter_video_frames,
+    opened_video,
     probe_video,
     read_video_clip,
     sample_indices,
@@ -91,6 +93,58 @@ def test_reading_by_index_equals_the_sequential_decode(synthetic_videos, name):
     assert np.array_equal(small.frames, resize_frames(full[small.indices], (16, 16)))
 
 
+def test_the_frame_size_can_be_set_on_an_open_reader(synthetic_videos):
+    path, _, _ = synthetic_videos["h264_mp4_25fps"]
+    with VideoReader(path) as r:
+        native = r.read([3, 30])
+        r.frame_size = (16, 16)  # the CLI opens a video before the model that fixes the size loads
+        assert np.array_equal(r.read([3, 30]), resize_frames(native, (16, 16)))
+        with pytest.raises(RuntimeInputError, match=r"frame_size must be \(height, width\).*got \(16, 0\)"):
+            r.frame_size = (16, 0)
+        assert r.frame_size == (16, 16)
+        # opened_video sets the size on an open reader and leaves it open for its owner.
+        with opened_video(r, (8, 8)) as same:
+            assert same is r and r.read([3]).shape == (1, 8, 8, 3)
+        assert r.read([30]).shape == (1, 8, 8, 3)
+    with opened_video(path, (8, 8)) as own:
+        assert own.read([3]).shape == (1, 8, 8, 3)
+    with pytest.raises(RuntimeInputError, match="this reader is closed; open the video again"):  # closed after
+        own.read([30])
+    with pytest.raises(RuntimeInputError, match="this reader is closed"):
+        next(own.iter_frames())
+
+
+def test_a_reader_given_an_index_does_not_demux_again_unless_the_file_changed(synthetic_videos, tmp_path,
+                                                                             monkeypatch):
+    path, _, _ = synthetic_videos["mpeg4_mkv_keyframes_25fps"]
+    with VideoReader(path) as first:
+        index, expected = first.index, first.read([0, 11, 22, 33])
+    demuxed = []
+    demux = VideoReader._demux
+
+    def counting_demux(self, stamp):
+        demuxed.append(self.path.name)
+        return demux(self, stamp)
+
+    monkeypatch.setattr(VideoReader, "_demux", counting_demux)
+    with VideoReader(path, index=index) as r:
+        assert r.index is index and r.info == index.info and r.seekable
+        assert np.array_equal(r.read([33, 0, 22, 11]), expected[[3, 0, 2, 1]])
+        assert np.array_equal(np.stack([f for _, f in r.iter_frames(11)]), expected)
+    assert demuxed == []
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    with VideoReader(copy, index=index) as r:  # another file's index
+        assert r.index is not index and r.info.path == str(copy)
+    assert demuxed == [copy.name]
+    with VideoReader(copy) as r:
+        stale = r.index
+    os.utime(copy, ns=(1, 1))  # the file changed since its index was made (here its modification time only)
+    with VideoReader(copy, index=stale) as r:
+        assert r.index is not stale and r.index.file_stamp != stale.file_stamp
+    assert demuxed == [copy.name, copy.name, copy.name]
+
+
 def test_a_few_frames_are_read_by_seeking_not_by_decoding_the_whole_file(synthetic_videos, monkeypatch):
     path, _, _ = synthetic_videos["mpeg4_mkv_keyframes_25fps"]  # a keyframe every 5 frames
     full = full_decode(path)
@@ -129,7 +183,7 @@ def test_a_seek_that_lands_after_its_target_falls_back_to_decoding_from_the_star
         real_restart = r._restart
 
         def landing_late(pts):  # as a container whose index is off: the seek ends on a later keyframe
-            real_restart(None if pts is None else int(r._pts[min(r._index_of[pts] + 7, VIDEO_FRAMES - 1)]))
+            real_restart(None if pts is None else int(r._pts[min(r._frame_index(pts) + 7, VIDEO_FRAMES - 1)]))
 
         monkeypatch.setattr(r, "_restart", landing_late)
         with caplog.at_level(logging.INFO, logger="runtime.video"):

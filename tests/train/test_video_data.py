@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -44,6 +45,33 @@ def small_folder(tmp_path_factory):
 
 def spec(root, **kw) -> DataSpec:
     return DataSpec(name="video", data_dir=str(root), frames=8, frame_size=(16, 16), **kw)
+
+
+def test_each_video_is_demuxed_once_when_the_set_is_built_and_never_per_item(small_folder, monkeypatch):
+    demuxed = []
+    demux = VideoReader._demux
+
+    def counting_demux(self, stamp):
+        demuxed.append(self.path)
+        return demux(self, stamp)
+
+    monkeypatch.setattr(VideoReader, "_demux", counting_demux)
+    ds = build_dataset(spec(small_folder), "train")
+    assert sorted(demuxed) == sorted(p for p, _, _ in ds.samples)
+    demuxed.clear()
+    items = [ds[i][0] for i in range(len(ds))]  # seek and decode through the kept index
+    assert demuxed == []
+    with VideoReader(ds.samples[0][0], (16, 16)) as reader:  # the same frames as a reader that demuxes itself
+        expected = reader.read(ds.indices(0, reader.info.num_frames))
+    np.testing.assert_array_equal(ds.raw_clip(0)[0], expected)
+    assert items[0].shape == (8, 3, 16, 16)
+    # A video changed since the set was built (here only its modification time) is demuxed again: an old index
+    # would seek to the wrong places of a new file.
+    path = ds.samples[1][0]
+    os.utime(path, ns=(1, 1))
+    demuxed.clear()
+    ds[1]
+    assert demuxed == [path]
 
 
 def test_layout_split_and_items(small_folder, tmp_path):
