@@ -299,6 +299,22 @@ def synthetic_videos(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def demuxed(monkeypatch) -> list[Path]:
+    """The path of every video a ``runtime.video.VideoReader`` demuxes (reads every packet of) during the test."""
+    from runtime.video import VideoReader
+
+    paths: list[Path] = []
+    demux = VideoReader._demux
+
+    def counting_demux(self, stamp):
+        paths.append(self.path)
+        return demux(self, stamp)
+
+    monkeypatch.setattr(VideoReader, "_demux", counting_demux)
+    return paths
+
+
 def deny_writing(monkeypatch, folder: Path) -> None:
     """Make ``os.access(folder, W_OK)`` say no, as a read-only folder would (root ignores real permissions)."""
     real_access = os.access

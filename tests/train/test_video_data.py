@@ -47,15 +47,7 @@ def spec(root, **kw) -> DataSpec:
     return DataSpec(name="video", data_dir=str(root), frames=8, frame_size=(16, 16), **kw)
 
 
-def test_each_video_is_demuxed_once_when_the_set_is_built_and_never_per_item(small_folder, monkeypatch):
-    demuxed = []
-    demux = VideoReader._demux
-
-    def counting_demux(self, stamp):
-        demuxed.append(self.path)
-        return demux(self, stamp)
-
-    monkeypatch.setattr(VideoReader, "_demux", counting_demux)
+def test_each_video_is_demuxed_once_when_the_set_is_built_and_never_per_item(small_folder, demuxed):
     ds = build_dataset(spec(small_folder), "train")
     assert sorted(demuxed) == sorted(p for p, _, _ in ds.samples)
     demuxed.clear()
