@@ -290,10 +290,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         # and time range are known.
         opened = contextlib.ExitStack()
         try:
-            readers = {c: opened.enter_context(VideoReader(c)) for c in args.clips
-                       if args.command == "classify" and is_video(c)}
-            clips = ({c: read_clip(c) for c in args.clips if not is_video(c)}
-                     if args.command == "classify" and not args.resize else {})
+            classify = args.command == "classify"  # `info` has no clips
+            readers = {c: opened.enter_context(VideoReader(c)) for c in args.clips if is_video(c)} if classify else {}
+            clips = {c: read_clip(c) for c in args.clips if not is_video(c)} if classify and not args.resize else {}
         except BaseException:
             opened.close()
             raise
