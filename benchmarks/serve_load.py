@@ -683,9 +683,9 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
                     max_queue_delay_us: Optional[int] = None, max_batch_size: int = 16,
                     max_time: int = 16, instances: int = 1) -> Iterator[tuple]:
     """The comparison's three targets: the embedded runner on ``export_dir/model.onnx`` and the same export served
-    by two bundled ``tritonserver`` processes (python kind, ``instances`` CPU instances, no stream model), with the dynamic
-    batcher and without it. The repositories are generated in ``work`` by :func:`export.triton_repo.write_repository`
-    and the servers' logs written there; both servers are stopped on exit.
+    by two bundled ``tritonserver`` processes (python kind, ``instances`` CPU instances, no stream model), with the
+    dynamic batcher and without it. The repositories are generated in ``work`` by
+    :func:`export.triton_repo.write_repository` and the servers' logs written there; both servers are stopped on exit.
 
     Yields:
         tuple: (targets, facts): the three :class:`Target` objects and a dict of what was set up (each repository's

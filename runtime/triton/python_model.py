@@ -102,7 +102,8 @@ class ClipModel:
             self.runner.activate()
         logger.info("%s: serving %s (%s) for clips of 1..%d frames, %s", args.get("model_name"), folder,
                     self.runner.provider, self.served.max_time,
-                    "split graphs (cnn over real frames only)" if self.split else "model.onnx per shape")
+                    "split graphs (cnn over real frames only)" if self.split
+                    else "model.onnx over the requests padded to the longest")
 
     @property
     def split(self) -> bool:

@@ -261,7 +261,8 @@ def test_one_tiny_served_round(tiny_export, server_python, tmp_path):
     assert rows[(EMBEDDED, 4)]["clips_per_execution"] is None
     # the server's CPU (its stub's included) is counted for the served targets only
     assert rows[(EMBEDDED, 4)]["server_cpu_ms_per_clip"] is None
-    assert all(rows[(t, c)]["server_cpu_ms_per_clip"] > 0 for t in (SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 4))
+    assert all(rows[(t, c)]["server_cpu_ms_per_clip"] > 0
+               for t in (SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 4))
     assert len(result["summary"]["ratios"]) == 4
 
 

@@ -108,4 +108,5 @@ def test_served_model_missing_parameter_or_keys():
 
 
 def test_importing_the_protocol_stays_cheap():
-    assert modules_loaded_by("import runtime.triton.protocol", ("torch", "onnxruntime", "tritonclient", "tensorrt")) == []
+    heavy = ("torch", "onnxruntime", "tritonclient", "tensorrt")
+    assert modules_loaded_by("import runtime.triton.protocol", heavy) == []

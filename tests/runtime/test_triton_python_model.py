@@ -271,7 +271,8 @@ def whole_only_repo(export_dir, tmp_path_factory):
     return out
 
 
-def test_clip_model_without_split_graphs_runs_model_onnx_once_over_padded_requests(whole_only_repo, export_dir, pb, monkeypatch):
+def test_clip_model_without_split_graphs_runs_model_onnx_once_over_padded_requests(whole_only_repo, export_dir, pb,
+                                                                                    monkeypatch):
     assert not (whole_only_repo / "cnn_bilstm" / "1" / "cnn.onnx").exists()
     model = ClipModel()
     model.initialize(_args(whole_only_repo, "cnn_bilstm"))
