@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
-from runtime.triton.local_server import free_port
+from benchmarks.triton_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -695,7 +695,7 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
         ServeLoadError: a repository that cannot be generated, or a server that does not start (with the reason).
     """
     from export.triton_repo import DEFAULT_MAX_QUEUE_DELAY_US, RepoOptions, write_repository
-    from runtime.triton.local_server import LocalTritonServer
+    from benchmarks.triton_server import LocalTritonServer
 
     delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
     servers, settings = {}, {}
@@ -753,7 +753,7 @@ def server_python_versions(python: Optional[str]) -> dict:
     onnxruntime, nvidia-pytriton; ``{}`` when the interpreter cannot be asked."""
     import subprocess
 
-    from runtime.triton.local_server import default_python
+    from benchmarks.triton_server import default_python
 
     code = ("import json, platform; from importlib.metadata import version as v; print(json.dumps({'python': "
             "platform.python_version(), **{p: v(p) for p in ('numpy', 'onnxruntime', 'nvidia-pytriton')}}))")
@@ -959,7 +959,7 @@ def _run_url(args, lengths: ClipLengths, options: dict) -> tuple:
 
 
 def _run_compare(args, lengths: ClipLengths, options: dict) -> tuple:
-    from runtime.triton.local_server import server_unavailable_reason
+    from benchmarks.triton_server import server_unavailable_reason
 
     python = args.server_python or os.environ.get("TRITON_SERVER_PYTHON")
     why = server_unavailable_reason(python)

@@ -17,7 +17,7 @@ import torch
 import runtime
 from runtime.checkpoint import save_checkpoint
 from runtime.model import ModelConfig, build_random_model
-from runtime.triton.local_server import SERVER_PYTHON_ENV, LocalTritonServer, server_unavailable_reason
+from benchmarks.triton_server import SERVER_PYTHON_ENV, LocalTritonServer, server_unavailable_reason
 
 # Small enough that a forward pass over a few clips takes milliseconds on 2 CPU cores, but the same architecture
 # family as the product (ResNet + 2-layer BiLSTM + two heads).

@@ -32,7 +32,7 @@ from benchmarks.serve_load import (
     summarize,
     write_outputs,
 )
-from runtime.triton.local_server import free_port
+from benchmarks.triton_server import free_port
 
 
 def test_clip_lengths_and_requests():

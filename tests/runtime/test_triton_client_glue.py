@@ -13,7 +13,7 @@ from conftest import modules_loaded_by
 import runtime
 from runtime.errors import RemoteServerError, RuntimeInputError
 from runtime.triton.client import ModelURL, _allows_ragged_frames, is_remote_url
-from runtime.triton.local_server import free_port
+from benchmarks.triton_server import free_port
 
 
 @pytest.mark.parametrize("url,parsed", [
@@ -61,7 +61,7 @@ def test_load_of_an_unreachable_url_fails_fast():
 
 
 def test_import_runtime_does_not_import_tritonclient():
-    statement = ("import runtime, runtime.triton.client, runtime.triton.local_server; runtime.load; "
+    statement = ("import runtime, runtime.triton.client, benchmarks.triton_server; runtime.load; "
                  "runtime.StreamingClassifier")
     assert modules_loaded_by(statement, ("tritonclient", "grpc", "gevent")) == []
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from runtime.triton.local_server import SHM_DIR, LocalTritonServer, ServerError, server_unavailable_reason
+from benchmarks.triton_server import SHM_DIR, LocalTritonServer, ServerError, server_unavailable_reason
 
 # A python model whose initialize never returns in time: the server stays "loading", as it does when the stub cannot
 # load its libraries.

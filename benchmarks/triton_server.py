@@ -3,7 +3,7 @@
 For tests, benchmarks and CPU nodes: the bundled server (Triton 2.51) has only the ``python`` backend, so it serves
 repositories of the ``python`` kind (``python -m export.to_triton SRC --out REPO --kind python``).
 
-    from runtime.triton.local_server import LocalTritonServer, server_unavailable_reason
+    from benchmarks.triton_server import LocalTritonServer, server_unavailable_reason
 
     if server_unavailable_reason() is None:
         with LocalTritonServer("repo") as server:
