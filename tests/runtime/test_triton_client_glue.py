@@ -11,9 +11,9 @@ import pytest
 from conftest import modules_loaded_by
 
 import runtime
+from benchmarks.triton_server import free_port
 from runtime.errors import RemoteServerError, RuntimeInputError
 from runtime.triton.client import ModelURL, _allows_ragged_frames, is_remote_url
-from benchmarks.triton_server import free_port
 
 
 @pytest.mark.parametrize("url,parsed", [
@@ -56,13 +56,19 @@ def test_load_of_an_unreachable_url_fails_fast():
         assert time.monotonic() - started < 5
     with pytest.raises(RuntimeInputError, match="timeout must be a number of seconds"):
         runtime.load(f"grpc://127.0.0.1:{port}/cnn_bilstm", timeout=0)
+    stream_url = f"grpc://127.0.0.1:{port}/cnn_bilstm_stream"
     with pytest.raises(RuntimeInputError, match="device and backend"):
-        runtime.StreamingClassifier(f"grpc://127.0.0.1:{port}/cnn_bilstm_stream", device="cpu")
+        runtime.open_stream(stream_url, device="cpu")
+    with pytest.raises(RuntimeInputError, match=r"unknown options \['providers'\] for a served stream; valid options: "
+                                                "timeout"):
+        runtime.open_stream(stream_url, providers=["CPUExecutionProvider"])
+    with pytest.raises(RemoteServerError, match="cannot reach the server"):
+        runtime.open_stream(stream_url, timeout=5)
 
 
 def test_import_runtime_does_not_import_tritonclient():
-    statement = ("import runtime, runtime.triton.client, benchmarks.triton_server; runtime.load; "
-                 "runtime.StreamingClassifier")
+    statement = ("import runtime, runtime.triton.client, runtime.triton.remote_stream, benchmarks.triton_server; "
+                 "runtime.load; runtime.open_stream; runtime.StreamingClassifier")
     assert modules_loaded_by(statement, ("tritonclient", "grpc", "gevent")) == []
 
 
