@@ -44,6 +44,7 @@ from . import protocol as P
 logger = logging.getLogger(__name__)
 
 SCHEMES = {"grpc": 8001, "http": 8000}  # scheme -> Triton's default port
+TLS_SCHEMES = ("grpcs", "https")  # recognised as URLs, to refuse them as such (not taken for file paths)
 DEFAULT_TIMEOUT = 30.0  # seconds, for every request
 # Statuses of a request the model (or Triton) refused as invalid: HTTP 400, gRPC INVALID_ARGUMENT.
 _INVALID = {"400", "StatusCode.INVALID_ARGUMENT"}
@@ -52,8 +53,10 @@ _NOT_FOUND_HINTS = ("unknown model", "is not found", "not found")
 
 def is_remote_url(value: Any) -> bool:
     """Whether ``value`` is a ``grpc://`` or ``http://`` model URL (what :func:`runtime.load` and
-    :func:`runtime.open_stream` hand to this module) rather than a file path."""
-    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and "://" in value
+    :func:`runtime.open_stream` hand to this module) rather than a file path; ``grpcs://`` and ``https://`` count too,
+    so that :meth:`ModelURL.parse` refuses them as TLS URLs instead of a file check saying they do not exist."""
+    return (isinstance(value, str) and "://" in value
+            and value.split("://", 1)[0].lower() in tuple(SCHEMES) + TLS_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class ModelURL:
             raise RuntimeInputError(f"a model URL must be a string {form}, got {type(url).__name__}")
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.lower()
+        if scheme in TLS_SCHEMES:
+            raise RuntimeInputError(f"{url!r}: TLS URLs ({scheme}://) are not supported; a served model's URL is "
+                                    f"{form}: reach the server over plain gRPC or HTTP (a trusted network, or a local "
+                                    "tunnel such as `ssh -L` or stunnel that carries the TLS)")
         if scheme not in SCHEMES:
             raise RuntimeInputError(f"{url!r}: unsupported scheme {parts.scheme!r}; a served model's URL is {form}")
         try:

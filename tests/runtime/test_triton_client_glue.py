@@ -29,7 +29,9 @@ def test_model_urls_parse(url, parsed):
 
 
 @pytest.mark.parametrize("url,message", [
-    ("https://host:8000/m", "unsupported scheme 'https'"),
+    ("https://host:8000/m", r"TLS URLs \(https://\) are not supported"),
+    ("grpcs://host:8001/m", r"TLS URLs \(grpcs://\) are not supported"),
+    ("ftp://host/m", "unsupported scheme 'ftp'"),
     ("grpc://host:8001", "is not a model URL"),
     ("grpc://host:8001/m/versions/1", "is not a model URL"),
     ("http://host:8000/m?x=1", "is not a model URL"),
@@ -39,6 +41,19 @@ def test_model_urls_parse(url, parsed):
 def test_bad_model_urls_are_refused(url, message):
     with pytest.raises(RuntimeInputError, match=message):
         ModelURL.parse(url)
+
+
+@pytest.mark.parametrize("url", ["grpcs://triton:8001/cnn_bilstm", "HTTPS://triton/cnn_bilstm_stream"])
+def test_tls_urls_are_refused_as_urls_not_taken_for_paths(url):
+    """No connection is tried: the URL is refused before tritonclient is imported."""
+    assert is_remote_url(url)
+    for open_ in (runtime.load, runtime.open_stream):
+        with pytest.raises(RuntimeInputError, match=r"TLS URLs \((grpcs|https)://\) are not supported; a served model's "
+                                                    r"URL is grpc://HOST:PORT/MODEL"):
+            open_(url)
+    done = subprocess.run([sys.executable, "-m", "runtime", "info", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert "TLS URLs" in done.stderr and "does not exist" not in done.stderr
 
 
 def test_paths_are_not_urls(tmp_path):
