@@ -125,6 +125,8 @@ def describe_engine_report(path: str | os.PathLike) -> list[str]:
         meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
         profiles = [Profile((int(p["axes"]["batch"][0]), int(p["axes"]["batch"][2])),
                             (int(p["axes"]["time"][0]), int(p["axes"]["time"][2]))) for p in report["profiles"]]
+    except RuntimeInputError:
+        raise  # the metadata's own check says what is wrong and what is valid
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise RuntimeInputError(f"{path}.json lacks the metadata or profiles python -m export.to_trt writes "
                                 f"({type(e).__name__}: {e}); rebuild the engine with it") from e
