@@ -121,12 +121,10 @@ def describe_engine_report(path: str | os.PathLike) -> list[str]:
         raise RuntimeInputError(f"{path} does not exist (or is not a file)")
     report = read_report(Path(path))
     check_engine_file(Path(path), report)  # before anything else is read from the report
+    meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")  # says what is wrong and what is valid
     try:
-        meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
         profiles = [Profile((int(p["axes"]["batch"][0]), int(p["axes"]["batch"][2])),
                             (int(p["axes"]["time"][0]), int(p["axes"]["time"][2]))) for p in report["profiles"]]
-    except RuntimeInputError:
-        raise  # the metadata's own check says what is wrong and what is valid
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise RuntimeInputError(f"{path}.json lacks the metadata or profiles python -m export.to_trt writes "
                                 f"({type(e).__name__}: {e}); rebuild the engine with it") from e
