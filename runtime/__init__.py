@@ -8,19 +8,22 @@ Importing this package is cheap: torch, onnxruntime and tensorrt are imported on
                                       runner.input_spec.frame_size)
         out = runner.infer(x)            # {"frame_logits": (B, T, C), "clip_logits": (B, C)}
         top = runner.classify(x, top_k=3)
+    with runtime.open_stream("artifacts", window=16) as stream:     # an export folder, a .pt, or a served stream URL
+        result = stream.push(frame)
 """
 
 from ._version import __version__
 from .errors import RuntimeInputError
 from .preprocess import preprocess_frames
 
-__all__ = ["__version__", "load", "StreamingClassifier", "StreamResult", "RuntimeInputError", "preprocess_frames",
+__all__ = ["__version__", "load", "open_stream", "StreamingClassifier", "StreamResult", "RuntimeInputError", "preprocess_frames",
            "InputSpec", "ModelMetadata", "BaseRunner"]
 
 _LAZY = {
     "load": ("runtime.backends", "load"),
+    "open_stream": ("runtime.streaming", "open_stream"),
     "StreamingClassifier": ("runtime.streaming", "StreamingClassifier"),
-    "StreamResult": ("runtime.streaming", "StreamResult"),
+    "StreamResult": ("runtime.stream_base", "StreamResult"),
     "InputSpec": ("runtime.spec", "InputSpec"),
     "ModelMetadata": ("runtime.spec", "ModelMetadata"),
     "BaseRunner": ("runtime.base", "BaseRunner"),

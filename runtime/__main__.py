@@ -121,8 +121,8 @@ def describe_engine_report(path: str | os.PathLike) -> list[str]:
         raise RuntimeInputError(f"{path} does not exist (or is not a file)")
     report = read_report(Path(path))
     check_engine_file(Path(path), report)  # before anything else is read from the report
+    meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")  # says what is wrong and what is valid
     try:
-        meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")
         profiles = [Profile((int(p["axes"]["batch"][0]), int(p["axes"]["batch"][2])),
                             (int(p["axes"]["time"][0]), int(p["axes"]["time"][2]))) for p in report["profiles"]]
     except (KeyError, IndexError, TypeError, ValueError) as e:
@@ -377,17 +377,17 @@ def _report_timelines(args, timelines: list[dict], class_names) -> int:
 
 
 def _stream(args) -> int:
-    """``stream``: push every --stride-th frame of a video into a StreamingClassifier, one line per frame."""
+    """``stream``: push every --stride-th frame of a video into a stream (runtime.open_stream), one line per frame."""
     import time
 
-    from .streaming import StreamingClassifier
+    from .streaming import open_stream
 
     if args.stride < 1:
         raise RuntimeInputError(f"--stride must be >= 1, got {args.stride}")
     model_ms, decode_ms = [], []
     with VideoReader(args.video) as reader, \
-            StreamingClassifier(args.model, window=args.window, device=args.device, backend=args.backend,
-                                **_load_options(args)) as stream:  # a bad video is reported before the model loads
+            open_stream(args.model, window=args.window, device=args.device, backend=args.backend,
+                        **_load_options(args)) as stream:  # a bad video is reported before the model loads
         period = 1.0 / reader.info.fps if reader.info.fps else 0.0  # for the approximate time printed
         reader.frame_size = stream.frame_size
         frames = reader.iter_frames(args.stride)

@@ -182,7 +182,18 @@ def _check_writable_parent(path: Path, what: str) -> None:
     if not base.is_dir():
         raise OutputPathError(f"{what} {path}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{what} {path}: cannot write in {base} (permission denied)")
+        raise OutputPathError(f"{what} {path}: cannot write in {base} ({_why_unwritable(base)})")
+
+
+def _why_unwritable(folder: Path) -> str:
+    """Why ``folder`` refuses new files, as the OS names it: a read-only file system (EROFS; root is refused there
+    too) or missing permission (EACCES)."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:  # cannot even stat it: the permission is what is missing
+        pass
+    return "permission denied"
 
 
 def check_output_file(path: str | os.PathLike, *, what: str, suffixes: Sequence[str], force: bool = False,
@@ -233,7 +244,7 @@ def check_output_dir(path: str | os.PathLike, *, what: str) -> Path:
         raise OutputPathError(f"{what} {path} is a file, not a folder")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
-            raise OutputPathError(f"{what} {path}: cannot write in it (permission denied)")
+            raise OutputPathError(f"{what} {path}: cannot write in it ({_why_unwritable(path)})")
     else:
         _check_writable_parent(path, what)
     return path

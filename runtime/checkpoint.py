@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 
 from ._io import atomic_torch_save
 from ._version import __version__
+from .errors import RuntimeInputError
+from .spec import check_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
 
     d = read_checkpoint_dict(path)
     try:
+        class_names = check_class_names(d["class_names"], str(path))  # names them, which the config cannot
+    except RuntimeInputError as e:
+        raise CheckpointError(str(e)) from e
+    try:
         config = ModelConfig.from_dict(d["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from e
@@ -201,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     return Checkpoint(
         model=model,
         config=config,
-        class_names=list(d["class_names"]),
+        class_names=class_names,
         mean=list(d["mean"]),
         std=list(d["std"]),
         package_version=str(d.get("package_version", "unknown")),

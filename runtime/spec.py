@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,6 +28,38 @@ BACKBONE_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 def backbone_feature_dim(backbone: str) -> int:
     """Width F of the per-frame feature of ``backbone``'s CNN (512 for a backbone this table does not know)."""
     return BACKBONE_FEATURE_DIMS.get(backbone, 512)
+
+
+def check_class_names(class_names: Any, source: str) -> list:
+    """The class names of a classifier, as strings: a list of at least 2 non-empty names.
+
+    Raises:
+        RuntimeInputError: not a list of non-empty names, or fewer than 2 (naming what was given).
+    """
+    if not isinstance(class_names, (list, tuple)) or not all(str(c) for c in class_names):
+        raise RuntimeInputError(f"{source}: class_names must be a list of non-empty names, got {class_names!r}")
+    names = [str(c) for c in class_names]
+    if len(names) < 2:
+        raise RuntimeInputError(f"{source}: a classifier needs at least 2 classes; got {len(names)} "
+                                f"(class_names: {names})")
+    return names
+
+
+def _check_metadata_values(d: dict, frame_size: Any, source: str) -> None:
+    """Refuse metadata no model could have: a frame size that is not two integers >= 1, a mean or std that is not
+    three finite numbers, a std that is not positive."""
+    if (not isinstance(frame_size, (list, tuple)) or len(frame_size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in frame_size)):
+        raise RuntimeInputError(f"{source}: metadata frame_size must be (H, W), two integers >= 1, got "
+                                f"{frame_size!r}")
+    for key in ("mean", "std"):
+        v = d[key]
+        if (not isinstance(v, (list, tuple)) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            raise RuntimeInputError(f"{source}: metadata {key} must be 3 finite numbers (R, G, B), got {v!r}")
+    if min(d["std"]) <= 0:
+        raise RuntimeInputError(f"{source}: metadata std must be > 0 for each channel (frames are divided by it), got "
+                                f"{d['std']!r}")
 
 
 def check_export_file(path) -> bool:
@@ -107,7 +140,8 @@ class ModelMetadata:
         """Build from the ``cnn_bilstm_deploy`` JSON dict written by the exporter.
 
         Raises:
-            RuntimeInputError: keys missing or of the wrong kind.
+            RuntimeInputError: keys missing or of the wrong kind; values no model has (fewer than 2 classes, a frame
+                size that is not two integers >= 1, a mean/std that is not 3 finite numbers, a std <= 0).
         """
         if not isinstance(d, dict):
             raise RuntimeInputError(f"{source}: the {METADATA_KEY!r} metadata must be a JSON object, got {type(d)}")
@@ -120,15 +154,15 @@ class ModelMetadata:
             raise RuntimeInputError(f"{source}: metadata graph {graph!r} is not one of {GRAPHS}")
         config = dict(d.get("model_config") or {})
         frame_size = d.get("frame_size") or config.get("frame_size")
-        if frame_size is None or len(frame_size) != 2:
-            raise RuntimeInputError(f"{source}: metadata has no usable frame_size (H, W), got {frame_size!r}")
+        _check_metadata_values(d, frame_size, source)
+        class_names = check_class_names(d["class_names"], source)
         backbone = config.get("backbone", "resnet34")
         feature_dim = int(d.get("feature_dim") or backbone_feature_dim(backbone))
         known = {"graph", "class_names", "mean", "std", "frame_size", "precision", "model_config", "package_version",
                  "feature_dim"}
         return cls(
             graph=graph,
-            class_names=[str(c) for c in d["class_names"]],
+            class_names=class_names,
             mean=[float(x) for x in d["mean"]],
             std=[float(x) for x in d["std"]],
             frame_size=(int(frame_size[0]), int(frame_size[1])),

@@ -7,83 +7,31 @@ result after N pushes equals the full model on the same last ``window`` frames.
 
 The ring buffer holds each feature twice (at ``i`` and ``i + window``), so the last k features are always one
 contiguous slice: no copy or roll per frame.
+
+:func:`open_stream` is the factory for streams: a checkpoint, an export folder or a runner pair gives a
+:class:`StreamingClassifier`; the URL of a stream model served by Triton gives a
+:class:`runtime.triton.remote_stream.RemoteStream`. Both push, feed, reset and close alike (:mod:`runtime.stream_base`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from .base import BaseRunner, softmax
+from .base import BaseRunner
 from .errors import RuntimeInputError
-from .inputs import _non_finite_steps, check_count, check_flag, is_torch, to_numpy
-from .preprocess import preprocess_frames
+from .inputs import check_count, check_flag, is_torch, to_numpy
+from .stream_base import BaseStream, StreamResult
 
 logger = logging.getLogger(__name__)
 
 # Every push reruns the BiLSTM over the whole window and the ring buffer holds 2 x window features, so the window is
 # bounded: 4096 frames is minutes of video at 30 fps, far beyond what a BiLSTM step per frame can keep up with.
 MAX_WINDOW = 4096
-
-
-@dataclass
-class StreamResult:
-    """The prediction after one :meth:`StreamingClassifier.push`.
-
-    Attributes:
-        frame_logits (np.ndarray): (C,) scores of the newest frame (BiLSTM over the window, last step).
-        clip_logits (np.ndarray): (C,) scores of the window as a clip.
-        frame_label (str): best class of the newest frame.
-        frame_prob (float): its softmax probability.
-        clip_label (str): best class of the window.
-        clip_prob (float): its softmax probability.
-        frames_seen (int): frames pushed since the start or the last :meth:`StreamingClassifier.reset`.
-        window_frames (int): frames the window held for this result, ``min(frames_seen, window)``.
-    """
-
-    frame_logits: np.ndarray
-    clip_logits: np.ndarray
-    frame_label: str
-    frame_prob: float
-    clip_label: str
-    clip_prob: float
-    frames_seen: int
-    window_frames: int
-
-    @classmethod
-    def from_logits(cls, frame_logits, clip_logits, class_names: Sequence[str], frames_seen: int,
-                    window_frames: int) -> "StreamResult":
-        """The result of one frame's (C,) and the window's (C,) logits: float32, with each one's best class."""
-        frame_logits = np.asarray(frame_logits, dtype=np.float32)
-        clip_logits = np.asarray(clip_logits, dtype=np.float32)
-        fi, fp = _softmax_top1(frame_logits)
-        ci, cp = _softmax_top1(clip_logits)
-        return cls(frame_logits, clip_logits, class_names[fi], fp, class_names[ci], cp, frames_seen, window_frames)
-
-
-def _softmax_top1(logits: np.ndarray) -> tuple:
-    p = softmax(logits)
-    i = int(p.argmax())
-    return i, float(p[i])
-
-
-def raw_frame_input(frame, frame_size: tuple, mean: Sequence[float], std: Sequence[float], resize: bool,
-                    made_by: str = "the stream"):
-    """One raw uint8 (H, W, 3) frame -> normalised float32 (1, 1, 3, H, W), checked as a stream takes it: RGB of the
-    model's frame size, or any size with ``resize`` (which the refusal says to set when ``made_by`` is created)."""
-    shape = tuple(frame.shape)
-    h, w = frame_size
-    if len(shape) != 3 or shape[-1] != 3:
-        raise RuntimeInputError(f"a raw frame must be uint8 ({h}, {w}, 3) (H, W, RGB), got shape {shape}")
-    if shape[:2] != (h, w) and not resize:
-        raise RuntimeInputError(f"raw frames are {shape[0]}x{shape[1]} (H x W) but the model takes {h}x{w}; "
-                                f"resize them in your decoder or create {made_by} with resize=True")
-    return preprocess_frames(frame, mean, std, frame_size, resize=resize)
 
 
 def _find_pair(folder: Path, backend: str) -> tuple:
@@ -161,15 +109,14 @@ def _open_stages(runner_or_path: Any, device, backend: str, options: dict) -> tu
     return cnn, bilstm, owns
 
 
-class StreamingClassifier:
+class StreamingClassifier(BaseStream):
     """Classify a live stream frame by frame with the separate cnn and bilstm stages.
 
     Args:
         runner_or_path: a ``.pt`` checkpoint (PyTorch stages), an export directory holding ``cnn.onnx`` +
             ``bilstm.onnx`` (or ``cnn.engine`` + ``bilstm.engine``; engines win under ``backend="auto"``), or a
-            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them); or
-            the ``grpc://HOST:PORT/NAME_stream`` (``http://``) URL of a stream model served by Triton, which gives a
-            :class:`runtime.triton.client.RemoteStream` (``window`` then only checked against the served one).
+            tuple ``(cnn_runner, bilstm_runner)`` of runners you made (they are activated here, but you close them).
+            A stream model served by Triton is opened with :func:`open_stream`.
         window (int): frames the BiLSTM looks back over, 1..:data:`MAX_WINDOW` (4096) and within the bilstm
             runner's profiles (an engine's time range). Defaults to 16.
         device (str | None): passed to :func:`runtime.load` for paths. Defaults to None.
@@ -184,25 +131,23 @@ class StreamingClassifier:
 
     Frames may come as numpy arrays or torch tensors, mixed: the ring buffer keeps the kind (and device) of the
     first frame after the start or a :meth:`reset`, and later features are moved to it. One classifier is one
-    stream: it is not thread-safe (use one per stream and thread).
+    stream: it is not thread-safe (use one per stream and thread). After :meth:`close`, ``push`` and ``feed`` are
+    refused, as for a served stream.
 
     Raises:
-        RuntimeInputError: a bad window (not an integer, beyond :data:`MAX_WINDOW`), a resize or check_finite that
-            is not a bool, runners of the wrong stages or of different models, a window outside what the bilstm
-            runner accepts, or anything :func:`runtime.load` rejects.
+        RuntimeInputError: a URL (served streams open with :func:`open_stream`), a bad window (not an integer,
+            beyond :data:`MAX_WINDOW`), a resize or check_finite that is not a bool, runners of the wrong stages or of
+            different models, a window outside what the bilstm runner accepts, or anything :func:`runtime.load`
+            rejects.
     """
-
-    def __new__(cls, runner_or_path: Any = None, *args, **kwargs):
-        """A ``grpc://`` or ``http://`` URL streams through a session on a Triton server instead (same ``push``,
-        ``reset``, ``close`` and results): see :class:`runtime.triton.client.RemoteStream`."""
-        from .triton.client import RemoteStream, is_remote_url
-
-        if is_remote_url(runner_or_path):
-            return RemoteStream.from_streaming_args(runner_or_path, *args, **kwargs)
-        return super().__new__(cls)
 
     def __init__(self, runner_or_path: Any, window: int = 16, device=None, backend: str = "auto", *,
                  resize: bool = False, check_finite: bool = True, **options) -> None:
+        from .triton.client import is_remote_url
+
+        if is_remote_url(runner_or_path):
+            raise RuntimeInputError(f"{runner_or_path} is served by Triton; StreamingClassifier runs a model in this "
+                                    f"process: open the served stream with runtime.open_stream({runner_or_path!r})")
         check_count(window, "window")
         if window > MAX_WINDOW:  # before the 2 x window feature buffer exists (10**9 frames would ask for TiBs)
             raise RuntimeInputError(f"window must be an integer in 1..{MAX_WINDOW} (every push reruns the BiLSTM over "
@@ -227,39 +172,10 @@ class StreamingClassifier:
         cnn.activate()
         bilstm.activate()
 
-    @property
-    def frames_seen(self) -> int:
-        """Frames pushed since the start or the last :meth:`reset`."""
-        return self._count
-
     def reset(self) -> None:
         """Forget every frame (a new stream starts; it may bring frames of another kind or device)."""
         self._count = 0
         self._buf = None
-
-    def _to_input(self, frame: Any):
-        """One frame -> (1, 1, 3, H, W) float32 (numpy or torch, as given)."""
-        dtype = str(getattr(frame, "dtype", "")).replace("torch.", "")
-        if dtype == "uint8":
-            m = self.cnn.metadata
-            return raw_frame_input(frame, self.frame_size, m.mean, m.std, self.resize, "the StreamingClassifier")
-        if not (is_torch(frame) or isinstance(frame, np.ndarray)):
-            raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
-        if tuple(frame.shape) != (3,) + self.frame_size:
-            raise RuntimeInputError(f"a frame must be normalised float32 (3, {self.frame_size[0]}, "
-                                    f"{self.frame_size[1]}) or raw uint8 ({self.frame_size[0]}, {self.frame_size[1]}, "
-                                    f"3), got shape {tuple(frame.shape)} dtype {dtype}")
-        return frame[None, None]
-
-    def _check_finite(self, x: Any) -> None:
-        """Refuse a float32 frame holding NaN/Inf, with the runners' own one-pass scan (other dtypes are refused by the
-        cnn runner's dtype check)."""
-        if str(x.dtype).replace("torch.", "") != "float32":
-            return
-        if _non_finite_steps(x, None, is_torch(x)) is not None:
-            raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
-                                    "frames must be finite. Nothing was added to the window; check_finite=False skips "
-                                    "this check for callers that guarantee finite frames")
 
     def push(self, frame: Any) -> StreamResult:
         """Add one frame and classify the newest frame and the window.
@@ -276,28 +192,18 @@ class StreamingClassifier:
             RuntimeInputError: a frame of the wrong shape, size or dtype, or one holding NaN/Inf (unless the
                 classifier was made with ``check_finite=False``); a refused frame leaves the window as it was.
         """
+        self._check_open()
         x = self.frame_input(frame)
         # Checked here once, for the frame the caller gave: the runners need not check it (or its feature) again.
         return self.push_feature(self.cnn.infer(x, check_finite=False)["features"][0, 0])
 
-    def frame_input(self, frame: Any):
-        """Check one frame as :meth:`push` does and return the cnn stage's input for it, (1, 1, 3, H, W) float32.
-
-        A caller that runs the cnn stage itself (the Triton stream model batches it over many streams' frames) then
-        hands the feature to :meth:`push_feature`.
-
-        Raises:
-            RuntimeInputError: as :meth:`push`; nothing changes in the window.
-        """
-        raw = str(getattr(frame, "dtype", "")).endswith("uint8")  # normalised from uint8 here: finite by construction
-        x = self._to_input(frame)
-        if self.check_finite and not raw:
-            self._check_finite(x)
-        return x
-
     def push_feature(self, feat: Any) -> StreamResult:
         """Add one frame's CNN feature (F,) (the cnn stage's output for :meth:`frame_input`'s result) to the window,
-        run the BiLSTM over the window and classify, as :meth:`push` does."""
+        run the BiLSTM over the window and classify, as :meth:`push` does.
+
+        A caller that runs the cnn stage itself (the Triton stream model batches it over many streams' frames) checks
+        each frame with :meth:`frame_input` and hands its feature here."""
+        self._check_open()
         w = self.window
         if self._buf is None or self._count == 0:  # the first frame of a stream sets the buffer's kind and device
             if is_torch(feat):
@@ -327,43 +233,50 @@ class StreamingClassifier:
             frame_logits, clip_logits = both[0], both[1]
         return StreamResult.from_logits(frame_logits, clip_logits, self.metadata.class_names, self._count, k)
 
-    def feed(self, source: Any, stride: int = 1) -> Iterator[tuple[int, StreamResult]]:
-        """Push every ``stride``-th frame of a video file or of any iterable of frames, yielding as it goes.
 
-        Args:
-            source: a video file path (``str`` or ``os.PathLike``; decoded by :mod:`runtime.video` in one pass, its
-                frames resized to the model's frame size as training resizes them) or an open
-                :class:`runtime.video.VideoReader` (the same, left open), or an iterable of frames that :meth:`push`
-                takes (uint8 (H, W, 3) or normalised float32 (3, H, W)).
-            stride (int): push frames ``0, stride, 2 stride, ...``; the others are skipped (for a video, decoded but
-                never converted or resized). The window then spans ``window x stride`` source frames. Defaults to 1.
-
-        Yields:
-            tuple[int, StreamResult]: the source frame's index and the result after pushing it.
-
-        Raises:
-            RuntimeInputError: a bad stride, a bad video (see :mod:`runtime.video`), or a frame :meth:`push` refuses.
-        """
-        check_count(stride, "stride")
-        from .video import VideoReader, opened_video
-
-        if isinstance(source, (str, os.PathLike, VideoReader)):
-            with opened_video(source, self.frame_size) as reader:
-                for index, frame in reader.iter_frames(stride):
-                    yield index, self.push(frame)
-            return
-        for index, frame in enumerate(source):
-            if index % stride == 0:
-                yield index, self.push(frame)
-
-    def close(self) -> None:
+    def _close(self) -> None:
         """Deactivate the runners this classifier created (runners passed in are left to their owner)."""
         if self._owns:
             self.cnn.deactivate()
             self.bilstm.deactivate()
 
-    def __enter__(self) -> "StreamingClassifier":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+def open_stream(source: Any, window: Optional[int] = None, device=None, backend: str = "auto", *,
+                resize: bool = False, check_finite: bool = True, **options) -> BaseStream:
+    """Open a stream over a model: in this process, or a session on a stream model served by Triton.
+
+    Args:
+        source: a ``.pt`` checkpoint, an export folder or a ``(cnn_runner, bilstm_runner)`` pair (see
+            :class:`StreamingClassifier`); or ``grpc://HOST:PORT/NAME_stream`` / ``http://...``, a stream model of a
+            repository written by ``python -m export.to_triton --kind python``.
+        window (int | None): frames the BiLSTM looks back over. None: 16 in process, the served model's window for a
+            URL (fixed by its repository; a window given for a URL must equal it). Defaults to None.
+        device (str | None): passed to :func:`runtime.load`; for a URL it must be left out. Defaults to None.
+        backend (str): passed to :func:`runtime.load`; for a URL it must be left "auto". Defaults to "auto".
+        resize (bool): resize raw uint8 frames of another size to the model's. Defaults to False.
+        check_finite (bool): refuse a float frame holding NaN/Inf before it runs or is sent. Defaults to True.
+        **options: :func:`runtime.load` options for both stages; for a URL only ``timeout`` (seconds per request).
+
+    Returns:
+        BaseStream: a :class:`StreamingClassifier`, or for a URL a
+        :class:`runtime.triton.remote_stream.RemoteStream`; both ``push``, ``feed``, ``reset`` and ``close``.
+
+    Raises:
+        RuntimeInputError: what :class:`StreamingClassifier` or ``RemoteStream`` refuses; for a URL a device, a
+            backend or an option other than ``timeout``.
+        runtime.errors.RemoteServerError: a URL whose server cannot be reached or does not answer in time.
+    """
+    from .triton.client import is_remote_url
+
+    if not is_remote_url(source):
+        return StreamingClassifier(source, 16 if window is None else window, device, backend, resize=resize,
+                                   check_finite=check_finite, **options)
+    if device is not None or backend != "auto":
+        raise RuntimeInputError(f"{source} is served by Triton: device and backend are the server's choice; leave "
+                                f"them out (got device={device!r}, backend={backend!r})")
+    unknown = sorted(set(options) - {"timeout"})
+    if unknown:
+        raise RuntimeInputError(f"unknown options {unknown} for a served stream; valid options: timeout")
+    from .triton.remote_stream import RemoteStream
+
+    return RemoteStream(source, window=window, resize=resize, check_finite=check_finite, **options)

@@ -8,7 +8,9 @@ The collector reads the source (AST), so a use added tomorrow is found without a
   (a version probe may be absent);
 * attributes of TensorRT objects: the type of ``trt.Runtime(...)`` is ``Runtime``, and the type a method returns is
   read from the real module's own signature (``deserialize_cuda_engine(...) -> ...ICudaEngine``), through local
-  variables, ``self.<attr>`` and the return values of the module's own functions and methods;
+  variables, ``self.<attr>`` and the return values of the module's own functions and methods; an annotation that
+  names a TensorRT class (``engine: ICudaEngine`` on a parameter or an assignment) types what it annotates, so an
+  object handed from one module to another (a loaded engine to its runner) keeps its type;
 * per flavour: a statement under ``if tm.is_rtx`` (``not``, ``and``, ``or``, ``tm.is_lean``, ``tm.flavour == "..."``
   and early returns included) runs only on the flavours the condition allows, and an object made there carries
   those flavours to every later use.
@@ -130,7 +132,7 @@ class Collector:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             inner = dict(env)  # closures see the enclosing names (make_logger's class sees ``trt``)
             for arg in stmt.args.args + stmt.args.kwonlyargs:
-                inner[arg.arg] = _T(chain=()) if arg.arg == "trt" else None
+                inner[arg.arg] = _T(chain=()) if arg.arg == "trt" else self._annotated(arg.annotation, fl)
             self._block(stmt.body, fl, inner, stmt.name)
             return fl
         if isinstance(stmt, ast.ClassDef):
@@ -151,6 +153,8 @@ class Collector:
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             value = stmt.value
             t = self._expr(value, fl, env) if value is not None else None
+            if isinstance(stmt, ast.AnnAssign) and not isinstance(t, _T):
+                t = self._annotated(stmt.annotation, fl)
             for target in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]):
                 self._bind(target, value, t, fl, env)
             return fl
@@ -172,6 +176,18 @@ class Collector:
             elif isinstance(value, ast.AST):
                 self._expr(value, fl, env)
         return fl
+
+    def _annotated(self, annotation, fl):
+        """The type an annotation names when it is a TensorRT class (``ICudaEngine``, ``trt.ICudaEngine`` or the
+        same as a string), else None."""
+        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+            name = annotation.value
+        elif isinstance(annotation, (ast.Name, ast.Attribute)):
+            name = ast.unparse(annotation)
+        else:
+            return None
+        cls = name.split(".")[-1]
+        return _T(cls=cls, flavours=fl) if self._is_class(cls) else None
 
     def _bind(self, target, value, t, fl, env) -> None:
         if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):

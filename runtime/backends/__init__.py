@@ -16,24 +16,31 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Optional
 
 from ..errors import RuntimeInputError
+from .ort_providers import names_openvino
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
 SUFFIXES = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch"}
 _RUNNERS = {
     "tensorrt": ("runtime.backends.tensorrt", "TrtRunner"),
     "onnxruntime": ("runtime.backends.onnxrt", "OnnxRuntimeRunner"),
+    "openvino": ("runtime.backends.openvino", "OpenVinoRunner"),  # .onnx with providers=["OpenVINOExecutionProvider"]
     "torch": ("runtime.backends.torch_backend", "TorchRunner"),
     "triton": ("runtime.triton.client", "TritonRunner"),  # for URLs only
 }
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def runner_class(backend: str):
-    """The runner class of ``backend`` ("tensorrt" | "onnxruntime" | "torch"), importing its module."""
-    if backend not in _RUNNERS:
+def runner_class(backend: str, options: Optional[dict] = None):
+    """The runner class of ``backend`` ("tensorrt" | "onnxruntime" | "torch" | "triton") for ``options``, importing
+    its module: ONNX Runtime with ``providers`` naming OpenVINO runs in
+    :class:`~runtime.backends.openvino.OpenVinoRunner`."""
+    if backend not in BACKENDS + ("triton",):
         raise RuntimeInputError(f"unknown backend {backend!r}; valid choices: auto, {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and names_openvino((options or {}).get("providers")):
+        backend = "openvino"
     module, name = _RUNNERS[backend]
     return getattr(importlib.import_module(module), name)
 
@@ -87,7 +94,8 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
             ``check_finite`` (all; on by default: NaN/Inf at a clip's real steps is refused).
 
     Returns:
-        BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner`, :class:`TorchRunner` or, for a URL,
+        BaseRunner: a :class:`TrtRunner`, :class:`OnnxRuntimeRunner` (:class:`OpenVinoRunner` when ``providers``
+        names ``"OpenVINOExecutionProvider"``), :class:`TorchRunner` or, for a URL,
         :class:`runtime.triton.client.TritonRunner`.
 
     Raises:
@@ -135,7 +143,7 @@ def check_options(backend: str, options: dict):
     Raises:
         RuntimeInputError: unknown options, naming the valid ones.
     """
-    cls = runner_class(backend)
+    cls = runner_class(backend, options)
     valid = _option_names(cls)
     unknown = sorted(set(options) - valid)
     if unknown:

@@ -27,7 +27,6 @@ from .ort_providers import (
     choose_providers,
     gpu_device_id,
     import_ort,
-    names_openvino,
     split_provider,
 )
 from .ort_session import session_options
@@ -78,9 +77,9 @@ class OnnxRuntimeRunner(BaseRunner):
         path (str | PathLike): an ONNX file written by ``python -m export.to_onnx``.
         device (str | None): "cpu", "cuda", "cuda:N" or None (best available provider). Defaults to None.
         providers (Sequence | None): explicit ONNX Runtime providers (names or (name, options) pairs); None picks
-            TensorRT EP > CUDA EP > CPU. ``"OpenVINOExecutionProvider"`` is opt-in and makes an
-            :class:`~runtime.backends.openvino.OpenVinoRunner`.
-            Defaults to None.
+            TensorRT EP > CUDA EP > CPU. ``"OpenVINOExecutionProvider"`` is opt-in and runs in an
+            :class:`~runtime.backends.openvino.OpenVinoRunner` (which ``runtime.load`` picks for it; this class refuses
+            it). Defaults to None.
         intra_op_threads (int | None): threads per operator; None lets ONNX Runtime decide (all cores).
             Defaults to None.
         check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
@@ -99,14 +98,7 @@ class OnnxRuntimeRunner(BaseRunner):
     """
 
     backend_name = "onnxruntime"
-
-    def __new__(cls, path=None, device=None, *, providers: Optional[Sequence] = None, **options):
-        # OpenVINO runs a graph as two sessions on two providers: its own runner, whichever of the two is named.
-        if cls is OnnxRuntimeRunner and names_openvino(providers):
-            from .openvino import OpenVinoRunner
-
-            cls = OpenVinoRunner
-        return super().__new__(cls)
+    runs_openvino = False  # OpenVINO runs a graph as two sessions on two providers: OpenVinoRunner does that
 
     def __init__(self, path, device=None, *, providers: Optional[Sequence] = None,
                  intra_op_threads: Optional[int] = None, check_finite: bool = True,
@@ -118,9 +110,17 @@ class OnnxRuntimeRunner(BaseRunner):
         check_count(intra_op_threads, "intra_op_threads", allow_none=True)
         check_flag(allow_spinning, "allow_spinning")
         check_flag(check_finite, "check_finite")
+        if providers is None and self.runs_openvino:
+            providers = [OPENVINO]
         self._providers = choose_providers(ort.get_available_providers(), device, providers)
         names = [split_provider(p)[0] for p in self._providers]
         openvino = OPENVINO in names
+        if openvino != self.runs_openvino:
+            raise RuntimeInputError(
+                f"{OPENVINO} runs in OpenVinoRunner (its CNN on OpenVINO, its BiLSTM on the CPU EP): open "
+                f"{self.path} with runtime.load(path, providers=[{OPENVINO!r}])" if openvino else
+                f"OpenVinoRunner runs on {OPENVINO}, but providers are {names}; for other providers use "
+                "runtime.load(path, providers=...)")
         if openvino_precision is not None and not openvino:
             raise RuntimeInputError(f"openvino_precision applies to {OPENVINO} only; add it to providers= (providers "
                                     f"now: {names})")

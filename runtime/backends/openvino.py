@@ -216,10 +216,12 @@ class OpenVinoRunner(OnnxRuntimeRunner):
     """An :class:`~runtime.backends.onnxrt.OnnxRuntimeRunner` whose CNN runs on OpenVINO and whose BiLSTM runs on the
     CPU EP (see the module docstring); ``runtime.load(..., providers=["OpenVINOExecutionProvider"])`` makes one.
 
-    Takes the arguments of :class:`~runtime.backends.onnxrt.OnnxRuntimeRunner`; ``openvino_precision`` is "f32",
+    Takes the arguments of :class:`~runtime.backends.onnxrt.OnnxRuntimeRunner`; ``providers`` must name
+    ``"OpenVINOExecutionProvider"`` (None means ``["OpenVINOExecutionProvider"]``), ``openvino_precision`` is "f32",
     "bf16" or "f16" (None means "f32").
     """
 
+    runs_openvino = True
     _cnn_session = None  # set when a model graph runs as cnn.onnx (OpenVINO) + bilstm.onnx (CPU EP)
 
     def _open(self, ort) -> OrtGraph:

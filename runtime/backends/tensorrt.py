@@ -1,13 +1,9 @@
 """TensorRT backend (full ``tensorrt`` 10.x/11.x, ``tensorrt_rtx`` or the lean runtime ``tensorrt_lean_bindings``,
 through :mod:`runtime.trt_compat`).
 
-Before the engine is deserialized, its JSON report (``ENGINE + ".json"``, written by ``python -m export.to_trt``) is
-checked against this machine by :mod:`.engine_report`: the engine file's size and sha256, a TensorRT flavour and
-version that can load it (the lean runtime loads only version-compatible plans of full TensorRT), then, through
-cuda-python, that there is a CUDA device at all (before TensorRT starts: without a GPU it logs CUDA errors and may
-crash), and its compute capability. A mismatch is a :class:`~runtime.errors.RuntimeInputError` that says what to
-rebuild, instead of TensorRT's opaque deserialization failure; no GPU is one
-:class:`~runtime.cuda_mem.NoCudaDeviceError` line.
+Loading is apart from running (Polygraphy's loader/runner split): :func:`.trt_engine.load_engine` vets the engine
+file against its report and this machine and deserializes it; :class:`TrtRunner` runs the
+:class:`.trt_engine.LoadedEngine` it returns (given a path, it calls the loader first, as ``runtime.load`` does).
 
 Execution: device memory, pinned host memory and a non-blocking stream through cuda-python
 (:mod:`runtime.cuda_mem`, no PyTorch needed); buffers are reused and grown on demand; the optimization profile is
@@ -38,89 +34,65 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from ..base import BaseRunner
 from ..errors import RuntimeInputError
-from ..inputs import Feed, check_device, check_flag
-from ..spec import InputSpec, ModelMetadata, Profile
-from .engine_report import (
-    check_engine_file,
-    check_engine_gpu,
-    check_engine_runtime,
-    plan_holds_host_code,
-    read_report,
-    report_path_for,
-    runtime_flavours,
-)
+from ..inputs import Feed, check_flag
+from .trt_engine import LoadedEngine, load_engine
+
+if TYPE_CHECKING:  # the flavour is imported at run time (runtime.trt_compat); its classes bear these names
+    from tensorrt import ICudaEngine
 
 logger = logging.getLogger(__name__)
 
 
 class TrtRunner(BaseRunner):
-    """Runs a serialized TensorRT engine built by ``python -m export.to_trt``.
+    """Runs a TensorRT engine built by ``python -m export.to_trt``.
 
     Args:
-        path (str | PathLike): ``.engine``/``.plan`` with its report at ``path + ".json"``.
-        device (str | int | None): "cuda", "cuda:N" or N; None means GPU 0. Defaults to None.
+        engine (LoadedEngine | str | PathLike): what :func:`.trt_engine.load_engine` returned, or the ``.engine`` /
+            ``.plan`` path to load with it (its report at ``path + ".json"``).
+        device, trt_backend, trt_module, cuda_api: for a path, passed to :func:`.trt_engine.load_engine` (``device``
+            "cuda", "cuda:N" or N, None meaning GPU 0; ``trt_backend`` "auto" or a flavour; an imported flavour and
+            the CUDA calls, for embedding and tests). A loaded engine has them already: leave them out.
         cuda_graphs (bool): capture one CUDA graph per (profile, shape) on the numpy path, falling back to plain
             enqueue when capture fails; on TensorRT for RTX, its built-in CUDA graphs (every path). Defaults to False.
         runtime_cache (str | PathLike | None): TensorRT for RTX only: a file for its JIT-compiled kernels, read at
             activation (ignored with a warning when written elsewhere) and written at deactivation. Defaults to None.
-        trt_backend (str): "auto" (the first importable flavour that can load this engine:
-            :func:`.engine_report.runtime_flavours`), "tensorrt", "tensorrt_rtx" or "tensorrt_lean_bindings" (see
-            :func:`runtime.trt_compat.import_trt`). Defaults to "auto".
         check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
             see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
-        trt_module (runtime.trt_compat.TrtModule | None): an imported flavour to use instead of importing one
-            (embedding, tests). Defaults to None.
-        cuda_api (runtime.cuda_mem.CudaApi | None): the CUDA calls to use (tests pass a fake). Defaults to None.
 
     Raises:
-        RuntimeInputError: missing/foreign report, an engine of another TensorRT version or GPU, a damaged engine,
-            an engine that is not version-compatible on the lean runtime, a device that is not CUDA,
+        RuntimeInputError: what :func:`.trt_engine.load_engine` refuses; loader options beside a loaded engine;
             ``runtime_cache`` with full TensorRT or naming a directory.
-        runtime.trt_compat.TrtNotAvailableError: no TensorRT flavour installed.
-        runtime.cuda_mem.NoCudaDeviceError: no CUDA device here (checked before TensorRT starts).
-        ImportError: cuda-python missing.
+        runtime.trt_compat.TrtNotAvailableError, runtime.cuda_mem.NoCudaDeviceError, ImportError: see
+            :func:`.trt_engine.load_engine`.
     """
 
     backend_name = "tensorrt"
 
-    def __init__(self, path, device=None, *, cuda_graphs: bool = False, trt_backend: str = "auto",
+    def __init__(self, engine, device=None, *, cuda_graphs: bool = False, trt_backend: str = "auto",
                  runtime_cache: Any = None, check_finite: bool = True, trt_module: Any = None,
                  cuda_api: Any = None) -> None:
-        check_device(device)
         check_flag(cuda_graphs, "cuda_graphs")
         check_flag(check_finite, "check_finite")
-        self.path = Path(path)
-        self.device_index = _device_index(device)
-        report = read_report(self.path)
-        check_engine_file(self.path, report)  # first: a damaged engine is reported as damaged, GPU or not
-        metadata = ModelMetadata.from_dict(report["metadata"], str(report_path_for(self.path)))
-        if trt_module is None:
-            from ..trt_compat import import_trt
-
-            # Importing starts nothing on the GPU; "auto" tries only the flavours that can load this engine.
-            trt_module = import_trt(trt_backend, order=runtime_flavours(report))
-        check_engine_runtime(report, trt_module.flavour, trt_module.version_string)
-        self.tm, self.report = trt_module, report
-        self.runtime_cache_path = _check_runtime_cache(runtime_cache, trt_module)
-        if cuda_api is None:
-            from ..cuda_mem import CudaApi
-
-            cuda_api = CudaApi()
-        self.cuda = cuda_api
-        self.cuda.require_device(("the " if trt_module.is_lean else "") + trt_module.product)
-        self.cuda.set_device(self.device_index)
-        self.device_info = self.cuda.device_info(self.device_index)
-        check_engine_gpu(report, self.device_info)
-        self.engine = self._deserialize()
-        self._io_names(metadata)
-        profiles = self._profiles()
-        super().__init__(metadata, InputSpec.for_graph(metadata.graph, metadata, profiles), check_finite=check_finite)
+        if not isinstance(engine, LoadedEngine):
+            engine = load_engine(engine, device, trt_backend=trt_backend, trt_module=trt_module, cuda_api=cuda_api)
+        elif (device, trt_backend, trt_module, cuda_api) != (None, "auto", None, None):
+            raise RuntimeInputError(f"{engine.path} is loaded already (on cuda:{engine.device_index}, by "
+                                    f"{engine.tm.describe()}): device, trt_backend, trt_module and cuda_api are "
+                                    "load_engine's options; leave them out here")
+        self.loaded = engine
+        self.path, self.tm, self.cuda, self.report = engine.path, engine.tm, engine.cuda, engine.report
+        self.device_index, self.device_info = engine.device_index, engine.device_info
+        self.engine: ICudaEngine = engine.engine
+        self.inputs, self.outputs = list(engine.inputs), list(engine.outputs)
+        self.input_name, self._dtypes = engine.input_name, engine.dtypes
+        self.runtime_cache_path = _check_runtime_cache(runtime_cache, engine.tm)
+        super().__init__(engine.metadata, engine.input_spec, check_finite=check_finite)
         self.cuda_graphs = bool(cuda_graphs)
         self._serialize = True  # one execution context: one call at a time
         self.context = None
@@ -132,61 +104,6 @@ class TrtRunner(BaseRunner):
         self._torch_stream = None  # made on first use, for callers on the legacy default stream
         self._runtime_config = None  # TensorRT for RTX: the context's runtime config and kernel cache
         self._runtime_cache = None
-
-    # --- loading -----------------------------------------------------------------------------------------------------
-    def _deserialize(self):
-        from ..trt_compat import make_logger
-
-        trt = self.tm.trt
-        # A collecting logger keeps TensorRT's own reason (e.g. "does not support this compute capability") for the
-        # error message; modules without ILogger (stripped builds, test fakes) get the plain logger.
-        collect = hasattr(trt, "ILogger")
-        self._logger = make_logger(self.tm, "warning", collect=collect)
-        self._runtime = trt.Runtime(self._logger)
-        if plan_holds_host_code(self.report):
-            # A version-compatible plan carries its own lean runtime, which TensorRT runs only when allowed to.
-            self._runtime.engine_host_code_allowed = True
-        try:
-            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-            why = "damaged, or not a TensorRT plan although the report matched"
-        except Exception as e:  # some versions raise instead of returning None
-            engine, why = None, f"{type(e).__name__}: {e}"
-        if engine is None:
-            said = "; ".join(self._logger.errors())[:500] if collect else ""
-            if "compute capability" in said.lower():
-                raise RuntimeInputError(f"{self.tm.describe()} does not support this GPU: {said}. TensorRT for RTX "
-                                        "runs on RTX-class GPUs (compute capability 8.6/8.9/12.0), not on H100/H200; "
-                                        "use full TensorRT (pip install '.[trt]') there")
-            raise RuntimeInputError(f"{self.tm.describe()} could not deserialize {self.path} ({why}"
-                                    f"{'; TensorRT said: ' + said if said else ''}); rebuild it with "
-                                    "`python -m export.to_trt`")
-        return engine
-
-    def _io_names(self, metadata: ModelMetadata) -> None:
-        trt, e = self.tm.trt, self.engine
-        names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
-        self.inputs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if e.get_tensor_mode(n) != trt.TensorIOMode.INPUT]
-        spec = InputSpec.for_graph(metadata.graph, metadata)
-        spec.check_io_names(self.inputs, self.outputs, str(self.path), kind="engine")
-        self.input_name = spec.input_name
-        self._dtypes = {n: _np_dtype(trt, e.get_tensor_dtype(n)) for n in names}
-        # The runner feeds float32 frames/features and reads float32 logits (export.to_onnx's I/O contract);
-        # a HALF input would be handed float32 bytes.
-        wrong = {n: np.dtype(d).name for n, d in self._dtypes.items()
-                 if (d not in (np.int32, np.int64) if n == "lengths" else d is not np.float32)}
-        if wrong:
-            raise RuntimeInputError(f"{self.path}: engine I/O dtypes {wrong} are not what the runtime feeds and reads "
-                                    "(float32 frames/features and outputs, int32/int64 lengths); build the engine "
-                                    "from a graph of `python -m export.to_onnx`")
-
-    def _profiles(self) -> list:
-        e = self.engine
-        out = []
-        for p in range(e.num_optimization_profiles):
-            lo, _opt, hi = (tuple(s) for s in e.get_tensor_profile_shape(self.input_name, p))
-            out.append(Profile((int(lo[0]), int(hi[0])), (int(lo[1]), int(hi[1]))))
-        return out
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -377,28 +294,3 @@ def _check_runtime_cache(runtime_cache, tm) -> Optional[Path]:
     if path.is_dir():
         raise RuntimeInputError(f"runtime_cache {path} is a directory; pass a file path (e.g. model.engine.rtcache)")
     return path
-
-
-def _device_index(device) -> int:
-    if device is None:
-        return 0
-    if isinstance(device, int):
-        return device
-    text = str(device)
-    if text == "cuda":
-        return 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return int(text[5:])
-    raise RuntimeInputError(f"TensorRT engines run on CUDA devices: device must be 'cuda', 'cuda:N' or N, got "
-                            f"{device!r}")
-
-
-def _np_dtype(trt, dtype) -> type:
-    dt = trt.DataType
-    table = {dt.FLOAT: np.float32, dt.HALF: np.float16, dt.INT32: np.int32, dt.INT64: np.int64, dt.BOOL: np.bool_,
-             dt.INT8: np.int8, dt.UINT8: np.uint8}
-    if dtype not in table:
-        from ..trt_compat import dtype_name
-
-        raise RuntimeInputError(f"engine tensor dtype {dtype_name(dtype)} is not supported by the runtime")
-    return table[dtype]

@@ -1,9 +1,10 @@
-"""The remote runner and the remote streaming session: the same API as local ones, served by Triton.
+"""The remote runner (the remote streaming session is :mod:`runtime.triton.remote_stream`): the same API as a local
+runner, served by Triton.
 
     import runtime
     with runtime.load("grpc://triton-host:8001/cnn_bilstm") as runner:       # or http://triton-host:8000/...
         out = runner.infer(frames, lengths)                                   # as a local runner
-    with runtime.StreamingClassifier("grpc://triton-host:8001/cnn_bilstm_stream") as stream:
+    with runtime.open_stream("grpc://triton-host:8001/cnn_bilstm_stream") as stream:
         result = stream.push(frame)                                           # a runtime.StreamResult
 
 Both read the served model's config and the metadata the repository carries in it (``python -m export.to_triton``
@@ -36,13 +37,14 @@ import numpy as np
 
 from ..base import BaseRunner
 from ..errors import RemoteServerError, RuntimeInputError
-from ..inputs import check_flag, is_torch, pad_time, to_numpy
+from ..inputs import check_flag, pad_time, to_numpy
 from ..spec import InputSpec, Profile
 from . import protocol as P
 
 logger = logging.getLogger(__name__)
 
 SCHEMES = {"grpc": 8001, "http": 8000}  # scheme -> Triton's default port
+TLS_SCHEMES = ("grpcs", "https")  # recognised as URLs, to refuse them as such (not taken for file paths)
 DEFAULT_TIMEOUT = 30.0  # seconds, for every request
 # Statuses of a request the model (or Triton) refused as invalid: HTTP 400, gRPC INVALID_ARGUMENT.
 _INVALID = {"400", "StatusCode.INVALID_ARGUMENT"}
@@ -51,8 +53,10 @@ _NOT_FOUND_HINTS = ("unknown model", "is not found", "not found")
 
 def is_remote_url(value: Any) -> bool:
     """Whether ``value`` is a ``grpc://`` or ``http://`` model URL (what :func:`runtime.load` and
-    :class:`runtime.StreamingClassifier` hand to this module) rather than a file path."""
-    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and "://" in value
+    :func:`runtime.open_stream` hand to this module) rather than a file path; ``grpcs://`` and ``https://`` count too,
+    so that :meth:`ModelURL.parse` refuses them as TLS URLs instead of a file check saying they do not exist."""
+    return (isinstance(value, str) and "://" in value
+            and value.split("://", 1)[0].lower() in tuple(SCHEMES) + TLS_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ class ModelURL:
             raise RuntimeInputError(f"a model URL must be a string {form}, got {type(url).__name__}")
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.lower()
+        if scheme in TLS_SCHEMES:
+            raise RuntimeInputError(f"{url!r}: TLS URLs ({scheme}://) are not supported; a served model's URL is "
+                                    f"{form}: reach the server over plain gRPC or HTTP (a trusted network, or a local "
+                                    "tunnel such as `ssh -L` or stunnel that carries the TLS)")
         if scheme not in SCHEMES:
             raise RuntimeInputError(f"{url!r}: unsupported scheme {parts.scheme!r}; a served model's URL is {form}")
         try:
@@ -184,8 +192,9 @@ def translate_error(e: BaseException, url: ModelURL, what: str, timeout: float) 
     return RemoteServerError(f"{url}: the server failed to {what}: {f'{status}: ' if status else ''}{msg}")
 
 
-class _Remote:
-    """What the runner and the session share: the URL, the timeout, the served model's config and errors."""
+class RemoteModel:
+    """What the runner and the stream session (:mod:`runtime.triton.remote_stream`) share: the URL, the timeout, the
+    served model's config and errors."""
 
     def _connect(self, url: Any, timeout: Any, role: Optional[str]) -> tuple:
         """Parse, read the config and check the role (None: either). Returns (config dict, ServedModel)."""
@@ -198,7 +207,7 @@ class _Remote:
             if role is not None and served.role != role:
                 if served.role == P.ROLE_STREAM:
                     raise RuntimeInputError(f"{self.url} is a streaming model (one frame per request); stream through "
-                                            f"it with runtime.StreamingClassifier({str(self.url)!r})")
+                                            f"it with runtime.open_stream({str(self.url)!r})")
                 raise RuntimeInputError(f"{self.url} is a whole-clip model; run it with runtime.load("
                                         f"{str(self.url)!r}), or stream through its streaming model "
                                         f"({self.url.model}{P.STREAM_SUFFIX})")
@@ -264,7 +273,7 @@ def _allows_ragged_frames(config: dict) -> bool:
     return False
 
 
-class TritonRunner(_Remote, BaseRunner):
+class TritonRunner(RemoteModel, BaseRunner):
     """A runner whose model runs on a Triton server: ``runtime.load("grpc://HOST:PORT/NAME")`` or ``http://``.
 
     Args:
@@ -336,149 +345,7 @@ class TritonRunner(_Remote, BaseRunner):
         self._close_wires()
 
 
-class RemoteStream(_Remote):
-    """A streaming session on a Triton server's stream model: what
-    ``StreamingClassifier("grpc://HOST:PORT/NAME_stream")`` returns, with the same ``push``/``reset``/``close`` and
-    :class:`runtime.StreamResult`.
-
-    The session is a Triton sequence: a random non-zero 63-bit correlation ID, ``START`` on the first frame, ``END``
-    when it is reset or closed. The window (its length is the served model's: ``window``) lives on the server, so every
-    frame of a session must reach the same server (route by correlation ID behind a load balancer). A session idle for
-    longer than the model's ``idle_seconds`` is dropped by the server; its next frame raises a RuntimeInputError that
-    says so, and :meth:`reset` starts a new one. One session is one stream: not thread-safe.
-
-    Args:
-        url (str): ``grpc://HOST[:PORT]/NAME_stream`` or ``http://...``.
-        window (int | None): must equal the served model's window when given (it is fixed by the repository).
-        resize, check_finite (bool): as for :class:`runtime.StreamingClassifier` (checked here, before sending).
-        timeout (float): seconds each request may take. Defaults to 30.
-
-    Raises:
-        RuntimeInputError: a malformed URL, a model the server does not serve, a whole-clip model, another window.
-        RemoteServerError: the server cannot be reached, or did not answer within ``timeout``.
-    """
-
-    def __init__(self, url: str, *, window: Optional[int] = None, resize: bool = False, check_finite: bool = True,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        check_flag(resize, "resize")
-        check_flag(check_finite, "check_finite")
-        self.resize, self.check_finite = bool(resize), bool(check_finite)
-        self._started = False
-        _config, self.served = self._connect(url, timeout, P.ROLE_STREAM)
-        self.window = int(self.served.window)
-        if window is not None and window != self.window:
-            raise RuntimeInputError(f"{self.url} streams over a window of {self.window} frames (set when its "
-                                    f"repository was generated), not {window!r}; leave window out or pass "
-                                    f"{self.window}")
-        self.idle_seconds = self.served.idle_seconds
-        self.metadata = self.served.model_metadata(str(self.url)).with_graph("bilstm")
-        self.frame_size = tuple(self.metadata.frame_size)
-        self.correlation_id = _new_correlation_id()
-        self._count = 0
-
-    @classmethod
-    def from_streaming_args(cls, url: str, window: Optional[int] = None, device=None, backend: str = "auto", *,
-                            resize: bool = False, check_finite: bool = True, **options) -> "RemoteStream":
-        """Take :class:`runtime.StreamingClassifier`'s arguments (``window`` only when given; ``device`` and
-        ``backend`` have no meaning for a served model; ``timeout`` is the one option)."""
-        if device is not None or backend != "auto":
-            raise RuntimeInputError(f"{url} is served by Triton: device and backend are the server's choice; leave "
-                                    f"them out (got device={device!r}, backend={backend!r})")
-        unknown = sorted(set(options) - {"timeout"})
-        if unknown:
-            raise RuntimeInputError(f"unknown options {unknown} for a served stream; valid options: timeout")
-        return cls(url, window=window, resize=resize, check_finite=check_finite, **options)
-
-    @property
-    def frames_seen(self) -> int:
-        """Frames pushed since the start or the last :meth:`reset` (as the server counted them)."""
-        return self._count
-
-    def _frame(self, frame: Any) -> np.ndarray:
-        """One frame -> (1, 3, H, W) float32, checked as :meth:`runtime.StreamingClassifier.push` checks it."""
-        from ..streaming import raw_frame_input
-
-        h, w = self.frame_size
-        dtype = str(getattr(frame, "dtype", "")).replace("torch.", "")
-        if dtype == "uint8":
-            return raw_frame_input(frame, self.frame_size, self.metadata.mean, self.metadata.std, self.resize)[0]
-        if not (is_torch(frame) or isinstance(frame, np.ndarray)):
-            raise RuntimeInputError(f"a frame must be a numpy array or torch tensor, got {type(frame).__name__}")
-        if tuple(frame.shape) != (3, h, w) or dtype != "float32":
-            raise RuntimeInputError(f"a frame must be normalised float32 (3, {h}, {w}) or raw uint8 ({h}, {w}, 3), "
-                                    f"got shape {tuple(frame.shape)} dtype {dtype}")
-        x = np.ascontiguousarray(to_numpy(frame))[None]
-        if self.check_finite and not np.isfinite(x).all():
-            raise RuntimeInputError(f"the pushed frame (frame {self._count + 1} of the stream) holds NaN or Inf; "
-                                    "frames must be finite. Nothing was sent; check_finite=False skips this check")
-        return x
-
-    def _send(self, x: np.ndarray, *, end: bool) -> dict:
-        outputs = (P.FRAME_LOGITS, P.CLIP_LOGITS, P.FRAMES_SEEN, P.WINDOW_FRAMES)
-        start = not self._started
-        # Refused without START: Triton or the model no longer knows the sequence (idle timeout, or a restart).
-        expired = None if start else (
-            f"{self.url}: stream session {self.correlation_id} expired (idle for more than {self.idle_seconds:g} s) "
-            "or the server lost it, so its window is gone; call reset() to start a new stream")
-        out = self._call(lambda w: w.infer({P.FRAME: x}, outputs, sequence_id=self.correlation_id,
-                                           sequence_start=start, sequence_end=end), "run the stream model",
-                         refused=expired)
-        self._started = not end
-        return out
-
-    def push(self, frame: Any):
-        """Send one frame and return the newest frame's and the window's prediction.
-
-        Args:
-            frame (np.ndarray | torch.Tensor): normalised float32 (3, H, W), or raw uint8 (H, W, 3).
-
-        Returns:
-            StreamResult: as :meth:`runtime.StreamingClassifier.push` returns it.
-
-        Raises:
-            RuntimeInputError: a bad frame (nothing is sent), a frame the server refused, an expired session.
-            RemoteServerError: the server cannot be reached, failed, or did not answer within the timeout.
-        """
-        from ..streaming import StreamResult
-
-        out = self._send(self._frame(frame), end=False)
-        self._count = int(np.asarray(out[P.FRAMES_SEEN]).reshape(-1)[0])
-        window_frames = int(np.asarray(out[P.WINDOW_FRAMES]).reshape(-1)[0])
-        return StreamResult.from_logits(out[P.FRAME_LOGITS][0], out[P.CLIP_LOGITS][0], self.metadata.class_names,
-                                        self._count, window_frames)
-
-    def _end(self) -> None:
-        """End the server's sequence (END rides on a zero frame: every request carries one), if one was started."""
-        if not self._started:
-            return
-        try:
-            self._send(np.zeros((1, 3) + self.frame_size, np.float32), end=True)
-        except (RuntimeInputError, RemoteServerError) as e:  # expired already, or the server is gone: nothing to end
-            logger.debug("ending stream %d: %s", self.correlation_id, e)
-        self._started = False
-
-    def reset(self) -> None:
-        """End this session on the server and start a new one (new correlation ID) with the next frame."""
-        self._end()
-        self.correlation_id = _new_correlation_id()
-        self._count = 0
-
-    def close(self) -> None:
-        """End the session on the server and close the connection."""
-        self._end()
-        self._close_wires()
-
-    def __enter__(self) -> "RemoteStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RemoteStream({str(self.url)!r}, correlation_id={self.correlation_id}, frames_seen={self._count})"
-
-
-def _new_correlation_id() -> int:
+def new_correlation_id() -> int:
     """A random non-zero 63-bit correlation ID (0 means "no sequence" to Triton)."""
     return secrets.randbits(63) or 1
 
@@ -497,7 +364,7 @@ def ping(url: str, timeout: float = 10.0) -> str:
         RuntimeInputError | RemoteServerError: what went wrong, in one line, within about ``timeout``.
     """
     started = time.perf_counter()
-    probe = _Remote()
+    probe = RemoteModel()
     try:
         _config, served = probe._connect(url, timeout, None)
         h, w = served.model_metadata(str(probe.url)).frame_size
@@ -508,7 +375,7 @@ def ping(url: str, timeout: float = 10.0) -> str:
             what = f"a zero clip of {t} frame{'s' if t > 1 else ''}"
         else:
             frame = {P.FRAME: np.zeros((1, 3, h, w), np.float32)}
-            probe._call(lambda wire: wire.infer(frame, (P.CLIP_LOGITS,), sequence_id=_new_correlation_id(),
+            probe._call(lambda wire: wire.infer(frame, (P.CLIP_LOGITS,), sequence_id=new_correlation_id(),
                                                 sequence_start=True, sequence_end=True), "run the stream model")
             what = "one zero frame in a fresh sequence"
     finally:

@@ -1,7 +1,10 @@
 """runtime._io: atomic writes keep the old file on failure and give new files the usual permissions."""
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 from conftest import dead_pid
@@ -78,6 +81,38 @@ def test_output_file_guard(tmp_path):
         ro.mkdir(mode=0o555)
         with pytest.raises(OutputPathError, match="permission denied"):
             check_output_file(ro / "a.json", what="--json", suffixes=(".json",))
+
+
+_READ_ONLY_CHECK = """
+import sys
+from runtime._io import OutputPathError, check_output_dir, check_output_file
+ro = sys.argv[1]
+for check in (lambda: check_output_file(ro + "/a.json", what="--json", suffixes=(".json",)),
+              lambda: check_output_dir(ro, what="--out"), lambda: check_output_dir(ro + "/run", what="--out")):
+    try:
+        check()
+    except OutputPathError as e:
+        print(e)
+"""
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path):
+    """A real read-only mount (tmpfs, ro) in a private user and mount namespace: the output guards say "read-only file
+    system" (EROFS), not "permission denied", which even root gets there."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs util-linux's unshare to mount a read-only file system without touching the machine's")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = 'mount -t tmpfs -o ro,size=64k tmpfs "$1" || exit 77; exec "$2" -c "$3" "$1"'
+    done = subprocess.run([unshare, "--map-root-user", "--mount", "sh", "-c", script, "sh", str(ro), sys.executable,
+                           _READ_ONLY_CHECK], capture_output=True, text=True, timeout=120)
+    if done.returncode == 77 or (done.returncode != 0 and "unshare" in done.stderr):
+        pytest.skip(f"cannot mount a read-only file system here: {' '.join(done.stderr.split())[:200]}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"--json {ro}/a.json: cannot write in {ro} (read-only file system)",
+                                        f"--out {ro}: cannot write in it (read-only file system)",
+                                        f"--out {ro}/run: cannot write in {ro} (read-only file system)"]
 
 
 def test_staged_dir_appears_whole_or_not_at_all(tmp_path):

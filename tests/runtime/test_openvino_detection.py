@@ -123,14 +123,34 @@ def test_probe_graph_is_the_documented_one_node_relu():
 
 
 def test_openvino_providers_select_the_openvino_runner(onnx_paths):
-    """providers=["OpenVINOExecutionProvider"] makes an OpenVinoRunner (an OnnxRuntimeRunner), other lists do not."""
+    """runtime.load picks OpenVinoRunner (an OnnxRuntimeRunner) for providers naming OpenVINO, and only for those;
+    each constructor builds its own class and refuses the other's providers in one line."""
+    from runtime.backends import runner_class
     from runtime.backends.onnxrt import OnnxRuntimeRunner
 
-    made = OnnxRuntimeRunner.__new__(OnnxRuntimeRunner, onnx_paths["model"], providers=[(OPENVINO, {})])
-    assert type(made) is openvino.OpenVinoRunner and isinstance(made, OnnxRuntimeRunner)
+    assert runner_class("onnxruntime", {"providers": [(OPENVINO, {})]}) is openvino.OpenVinoRunner
+    assert issubclass(openvino.OpenVinoRunner, OnnxRuntimeRunner)
     for providers in (None, ["CPUExecutionProvider"], "OpenVINOExecutionProvider"):
-        assert type(OnnxRuntimeRunner.__new__(OnnxRuntimeRunner, onnx_paths["model"], providers=providers)) is \
-            OnnxRuntimeRunner
-    with runtime.load(onnx_paths["model"], device="cpu") as r:
+        assert runner_class("onnxruntime", {"providers": providers}) is OnnxRuntimeRunner
+    model = onnx_paths["model"]
+    with pytest.raises(RuntimeInputError, match=r"OpenVINOExecutionProvider runs in OpenVinoRunner .*: open .*model\.onnx "
+                                                r"with runtime\.load\(path, providers=\['OpenVINOExecutionProvider'\]\)"):
+        OnnxRuntimeRunner(model, providers=[OPENVINO])
+    with pytest.raises(RuntimeInputError, match=r"OpenVinoRunner runs on OpenVINOExecutionProvider, but providers are "
+                                                r"\['CPUExecutionProvider'\]"):
+        openvino.OpenVinoRunner(model, providers=["CPUExecutionProvider"])
+    with runtime.load(model, device="cpu") as r:
         assert type(r) is OnnxRuntimeRunner and r.stage_providers == {"cnn": "CPUExecutionProvider",
                                                                        "bilstm": "CPUExecutionProvider"}
+
+
+def test_the_openvino_runner_defaults_to_the_openvino_provider(onnx_paths):
+    """OpenVinoRunner(path) asks for OpenVINO without a providers list (here it then says why it cannot run)."""
+    reason = openvino.openvino_unavailable_reason()
+    if reason is None:
+        with openvino.OpenVinoRunner(onnx_paths["model"]) as r:
+            assert r.stage_providers["cnn"] == OPENVINO
+        return
+    # The plugin's own refusal (missing, or no device on this CPU): the runner did ask for OpenVINO.
+    with pytest.raises(RuntimeInputError, match="needs its plugin package|offers no CPU device|OpenVINO plugin"):
+        openvino.OpenVinoRunner(onnx_paths["model"])

@@ -520,7 +520,7 @@ with runtime.load(folder + "/model.onnx", device="cpu") as r:
         r.infer(x[0])
     except runtime.RuntimeInputError as e:
         print("bad input refused:", str(e)[:40])
-with runtime.StreamingClassifier(folder, window=4) as stream:
+with runtime.open_stream(folder, window=4) as stream:
     for frame in raw:
         res = stream.push(frame)
 print(out["clip_logits"].shape, res.window_frames, sorted(m for m in sys.modules if m.split(".")[0] in

@@ -128,7 +128,10 @@ def test_engine_report_without_metadata_or_profiles_is_a_clear_error(tmp_path, c
     metadata = {"graph": "model", "class_names": TINY_CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3,
                 "frame_size": [H, W]}
     digest = _digest(engine.read_bytes())  # the engine matches its report: what is missing is the rest
-    for report, missing in (({"metadata": {"graph": "model"}}, "lacks keys"), ({"metadata": metadata}, "'profiles'"),
+    (tmp_path / "m.engine.json").write_text(json.dumps({"metadata": {"graph": "model"}, **digest}))
+    assert main(["info", str(engine)]) == 2
+    assert "metadata lacks keys ['class_names', 'mean', 'std']" in capsys.readouterr().err
+    for report, missing in (({"metadata": metadata}, "'profiles'"),
                             ({"metadata": metadata, "profiles": [{"axes": {"batch": [1, 2]}}]}, "")):
         (tmp_path / "m.engine.json").write_text(json.dumps({**report, **digest}))
         assert main(["info", str(engine)]) == 2
@@ -167,6 +170,62 @@ def test_info_checks_the_engine_against_its_report_before_describing_it(tmp_path
     engine.unlink()
     assert main(["info", str(engine)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"frame_size": [-5, 0]}, "metadata frame_size must be (H, W), two integers >= 1, got [-5, 0]"),
+    ({"class_names": []}, "a classifier needs at least 2 classes; got 0 (class_names: [])"),
+    ({"class_names": ["x"]}, "a classifier needs at least 2 classes; got 1 (class_names: ['x'])"),
+    ({"std": [0.25, 0.0, 0.25]}, "metadata std must be > 0 for each channel (frames are divided by it), got "
+                                 "[0.25, 0.0, 0.25]"),
+    ({"mean": [0.5, 0.5]}, "metadata mean must be 3 finite numbers (R, G, B), got [0.5, 0.5]"),
+])
+def test_info_refuses_metadata_no_model_has(tmp_path, change, message):
+    """As a user runs it: an engine report whose metadata no model could have is one error line (exit 2), not a
+    description of a -5x0 model or of one with no classes."""
+    import subprocess
+    import sys
+
+    engine = _copied_report(tmp_path)
+    engine.write_bytes(bytes(range(64)))
+    report = json.loads((tmp_path / "m.engine.json").read_text())
+    report["metadata"].update(change)
+    (tmp_path / "m.engine.json").write_text(json.dumps(report))
+    done = subprocess.run([sys.executable, "-m", "runtime", "info", str(engine)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"error: {tmp_path / 'm.engine.json'}: {message}\n"
+
+
+def test_metadata_checks_name_what_was_given_and_what_is_valid():
+    from runtime.spec import ModelMetadata
+
+    good = {"graph": "model", "class_names": TINY_CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "frame_size": [H, W]}
+    assert ModelMetadata.from_dict(good).frame_size == (H, W)
+    for change, message in [({"frame_size": [H, 1.5]}, r"two integers >= 1, got \[16, 1\.5\]"),
+                            ({"frame_size": None}, "two integers >= 1, got None"),
+                            ({"class_names": "ab"}, "class_names must be a list of non-empty names, got 'ab'"),
+                            ({"class_names": ["a", ""]}, "class_names must be a list of non-empty names"),
+                            ({"mean": [0.5, float("nan"), 0.5]}, "mean must be 3 finite numbers")]:
+        with pytest.raises(runtime.RuntimeInputError, match=message):
+            ModelMetadata.from_dict({**good, **change}, "m.onnx")
+
+
+def test_one_class_is_named_as_such_in_a_config_and_a_checkpoint(tmp_path, tiny_checkpoint):
+    import torch
+
+    from runtime.checkpoint import CheckpointError, load_checkpoint
+    from runtime.model import ModelConfig
+
+    with pytest.raises(ValueError, match="a classifier needs at least 2 classes: num_classes must be >= 2, got 1"):
+        ModelConfig(num_classes=1)
+    d = torch.load(tiny_checkpoint, weights_only=False)
+    d["class_names"] = ["x"]
+    d["config"] = {**d["config"], "num_classes": 1}
+    torch.save(d, tmp_path / "one.pt")
+    with pytest.raises(CheckpointError, match=r"one\.pt: a classifier needs at least 2 classes; got 1 "
+                                              r"\(class_names: \['x'\]\)"):
+        load_checkpoint(tmp_path / "one.pt")
 
 
 def test_a_damaged_engine_without_a_gpu_is_reported_as_damaged(tmp_path, capsys, monkeypatch):

@@ -106,6 +106,49 @@ def test_shape_rejected_by_the_context_is_an_error_not_garbage(engine, fakes):
 
 
 # ======================================================================================================================
+# loading apart from running
+# ======================================================================================================================
+
+
+def test_the_loader_returns_what_runners_run_and_one_engine_feeds_several(engine, fakes):
+    from runtime.backends.tensorrt import TrtRunner
+    from runtime.backends.trt_engine import LoadedEngine, load_engine
+
+    loaded = load_engine(engine, trt_module=fakes.tm, cuda_api=fakes.cuda)
+    assert isinstance(loaded, LoadedEngine) and loaded.path == engine and loaded.device_index == 0
+    assert loaded.metadata.class_names == CLASSES and loaded.report["precision"] == "fp16"
+    assert loaded.inputs == ("frames", "lengths") and loaded.outputs == ("frame_logits", "clip_logits")
+    assert [(p.batch, p.time) for p in loaded.input_spec.profiles] == [((1, 8), (1, 128)), ((8, 64), (1, 32))]
+    fake_engine = fakes.trt.engines[0]
+    assert fakes.trt.calls["deserialize_cuda_engine"] == 1 and fake_engine.contexts == []  # loaded, nothing runs
+    # Two runners (one per thread, say) share the one deserialized engine, each with its own context.
+    with TrtRunner(loaded) as a, TrtRunner(loaded, cuda_graphs=True) as b:
+        x = frames(2, 5)
+        assert_outputs(a.infer(x), x)
+        assert_outputs(b.infer(x), x)
+        assert a.engine is b.engine and len(fake_engine.contexts) == 2
+    assert fakes.trt.calls["deserialize_cuda_engine"] == 1
+    with pytest.raises(RuntimeInputError, match=r"model\.engine is loaded already \(on cuda:0, by TensorRT "
+                                                r"10\.13\.0\.35\): device, trt_backend, trt_module and cuda_api are "
+                                                "load_engine's options"):
+        TrtRunner(loaded, device="cuda:1")
+    r = load(engine, fakes)  # runtime.load: the loader, then the runner
+    assert isinstance(r, TrtRunner) and isinstance(r.loaded, LoadedEngine) and r.loaded.path == engine
+
+
+def test_the_loader_vets_before_anything_deserializes(tmp_path, fakes):
+    from runtime.backends.trt_engine import load_engine
+
+    path = write_engine(tmp_path, fakes)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(RuntimeInputError, match="bytes but its report says"):
+        load_engine(path, trt_module=fakes.tm, cuda_api=fakes.cuda)
+    with pytest.raises(RuntimeInputError, match="device must be 'cuda', 'cuda:N' or N"):
+        load_engine(write_engine(tmp_path, fakes, "ok.engine"), "cpu", trt_module=fakes.tm, cuda_api=fakes.cuda)
+    assert fakes.trt.calls["deserialize_cuda_engine"] == 0 and fakes.cuda.rt.device_set is None
+
+
+# ======================================================================================================================
 # report, version and GPU checks before deserialization
 # ======================================================================================================================
 

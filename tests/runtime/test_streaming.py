@@ -106,7 +106,7 @@ def test_stream_errors(tiny_checkpoint, tmp_path):
     with StreamingClassifier(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
         with pytest.raises(RuntimeInputError, match=rf"\(3, {H}, {W}\).*\({H}, {W}, 3\)"):
             stream.push(np.zeros((3, H + 1, W), np.float32))
-        with pytest.raises(RuntimeInputError, match=f"takes {H}x{W}.*StreamingClassifier with resize=True"):
+        with pytest.raises(RuntimeInputError, match=f"takes {H}x{W}.*open the stream with resize=True"):
             stream.push(np.zeros((H * 2, W * 2, 3), np.uint8))
         with pytest.raises(RuntimeInputError, match=rf"uint8 \({H}, {W}, 3\)"):
             stream.push(np.zeros((H, W, 4), np.uint8))
@@ -159,3 +159,41 @@ def test_runner_pair_from_different_checkpoints_is_refused(tiny_checkpoint, tmp_
     with runtime.load(ours["cnn"]) as cnn, runtime.load(renamed, stage="bilstm", device="cpu") as bilstm:
         with pytest.raises(RuntimeInputError, match="come from different models"):
             StreamingClassifier((cnn, bilstm), window=WINDOW)
+
+
+def test_open_stream_makes_a_local_stream_and_the_constructor_refuses_urls(tiny_checkpoint, tiny_model):
+    with runtime.open_stream(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
+        assert type(stream) is StreamingClassifier and stream.window == WINDOW
+        _check_stream(stream, tiny_model, n_frames=5)
+    with runtime.open_stream(tiny_checkpoint, device="cpu") as stream:
+        assert stream.window == 16  # the in-process default
+    url = "grpc://127.0.0.1:1/cnn_bilstm_stream"  # refused before anything connects
+    with pytest.raises(RuntimeInputError, match=r"served by Triton.*runtime\.open_stream\('grpc://127\.0\.0\.1:1/"):
+        StreamingClassifier(url, window=WINDOW)
+
+
+def test_push_and_feed_after_close_are_refused(tiny_checkpoint):
+    frame = np.zeros((3, H, W), np.float32)
+    refused = r"this stream is closed: push and feed are refused after close\(\); open a new stream"
+    stream = runtime.open_stream(tiny_checkpoint, window=WINDOW, device="cpu")
+    stream.push(frame)
+    stream.close()
+    assert stream.closed and not stream.cnn.is_active  # what it opened is released
+    for call in (lambda: stream.push(frame), lambda: stream.feed([frame]), lambda: stream.push_feature(np.zeros(8))):
+        with pytest.raises(RuntimeInputError, match=refused):
+            call()
+    assert not stream.cnn.is_active and not stream.bilstm.is_active  # nothing was opened again
+    stream.close()  # closing again does nothing
+    with runtime.load(tiny_checkpoint, stage="cnn", device="cpu") as cnn, \
+            runtime.load(tiny_checkpoint, stage="bilstm", device="cpu") as bilstm:
+        with StreamingClassifier((cnn, bilstm), window=WINDOW) as stream:
+            stream.push(frame)
+        with pytest.raises(RuntimeInputError, match=refused):
+            stream.push(frame)
+        assert cnn.is_active  # runners passed in stay the caller's
+
+
+def test_feed_checks_its_arguments_when_called(tiny_checkpoint):
+    with runtime.open_stream(tiny_checkpoint, window=WINDOW, device="cpu") as stream:
+        with pytest.raises(RuntimeInputError, match="stride must be an integer >= 1"):
+            stream.feed([], stride=0)  # at the call, not at the first next()

@@ -11,9 +11,9 @@ import pytest
 from conftest import modules_loaded_by
 
 import runtime
+from benchmarks.triton_server import free_port
 from runtime.errors import RemoteServerError, RuntimeInputError
 from runtime.triton.client import ModelURL, _allows_ragged_frames, is_remote_url
-from benchmarks.triton_server import free_port
 
 
 @pytest.mark.parametrize("url,parsed", [
@@ -29,7 +29,9 @@ def test_model_urls_parse(url, parsed):
 
 
 @pytest.mark.parametrize("url,message", [
-    ("https://host:8000/m", "unsupported scheme 'https'"),
+    ("https://host:8000/m", r"TLS URLs \(https://\) are not supported"),
+    ("grpcs://host:8001/m", r"TLS URLs \(grpcs://\) are not supported"),
+    ("ftp://host/m", "unsupported scheme 'ftp'"),
     ("grpc://host:8001", "is not a model URL"),
     ("grpc://host:8001/m/versions/1", "is not a model URL"),
     ("http://host:8000/m?x=1", "is not a model URL"),
@@ -39,6 +41,19 @@ def test_model_urls_parse(url, parsed):
 def test_bad_model_urls_are_refused(url, message):
     with pytest.raises(RuntimeInputError, match=message):
         ModelURL.parse(url)
+
+
+@pytest.mark.parametrize("url", ["grpcs://triton:8001/cnn_bilstm", "HTTPS://triton/cnn_bilstm_stream"])
+def test_tls_urls_are_refused_as_urls_not_taken_for_paths(url):
+    """No connection is tried: the URL is refused before tritonclient is imported."""
+    assert is_remote_url(url)
+    for open_ in (runtime.load, runtime.open_stream):
+        with pytest.raises(RuntimeInputError, match=r"TLS URLs \((grpcs|https)://\) are not supported; a served model's "
+                                                    r"URL is grpc://HOST:PORT/MODEL"):
+            open_(url)
+    done = subprocess.run([sys.executable, "-m", "runtime", "info", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert "TLS URLs" in done.stderr and "does not exist" not in done.stderr
 
 
 def test_paths_are_not_urls(tmp_path):
@@ -56,13 +71,19 @@ def test_load_of_an_unreachable_url_fails_fast():
         assert time.monotonic() - started < 5
     with pytest.raises(RuntimeInputError, match="timeout must be a number of seconds"):
         runtime.load(f"grpc://127.0.0.1:{port}/cnn_bilstm", timeout=0)
+    stream_url = f"grpc://127.0.0.1:{port}/cnn_bilstm_stream"
     with pytest.raises(RuntimeInputError, match="device and backend"):
-        runtime.StreamingClassifier(f"grpc://127.0.0.1:{port}/cnn_bilstm_stream", device="cpu")
+        runtime.open_stream(stream_url, device="cpu")
+    with pytest.raises(RuntimeInputError, match=r"unknown options \['providers'\] for a served stream; valid options: "
+                                                "timeout"):
+        runtime.open_stream(stream_url, providers=["CPUExecutionProvider"])
+    with pytest.raises(RemoteServerError, match="cannot reach the server"):
+        runtime.open_stream(stream_url, timeout=5)
 
 
 def test_import_runtime_does_not_import_tritonclient():
-    statement = ("import runtime, runtime.triton.client, benchmarks.triton_server; runtime.load; "
-                 "runtime.StreamingClassifier")
+    statement = ("import runtime, runtime.triton.client, runtime.triton.remote_stream, benchmarks.triton_server; "
+                 "runtime.load; runtime.open_stream; runtime.StreamingClassifier")
     assert modules_loaded_by(statement, ("tritonclient", "grpc", "gevent")) == []
 
 

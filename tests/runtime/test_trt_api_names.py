@@ -76,6 +76,28 @@ def test_the_checker_catches_a_name_tensorrt_11_removed_and_scopes_flavours():
     assert not any(name.startswith(("CudaGraphStrategy", "BuilderFlag")) for name, _f, _w in missing(got, MODULES))
 
 
+@needs_both
+def test_an_annotation_naming_a_tensorrt_class_types_what_it_annotates():
+    # A loader in one module hands the engine to a runner in another: the annotations carry its type across.
+    source = textwrap.dedent("""
+        def load(engine: ICudaEngine, name: str):
+            return engine.num_bindings, engine.get_tensor_name(0), name.upper()
+
+        class Runner:
+            def __init__(self, loaded):
+                self.engine: "trt.ICudaEngine" = loaded.engine
+
+            def run(self):
+                context = self.engine.create_execution_context()
+                context.execute_async_v2([], 0)
+        """)
+    got = Collector(MODULES).collect(source, "split_runner.py")
+    gone = {(name, flavour) for name, flavour, _where in missing(got, MODULES)}
+    assert {("ICudaEngine.num_bindings", LEAN), ("IExecutionContext.execute_async_v2", LEAN)} <= gone
+    assert {"ICudaEngine.get_tensor_name", "ICudaEngine.create_execution_context"} <= set(by_name(got))
+    assert not any(name.startswith("str") for name in by_name(got))  # other annotations type nothing
+
+
 def _fake_surface() -> dict:
     """{dotted real name: where it is faked} for every public name the labelled fake TensorRT classes define."""
     out = {}

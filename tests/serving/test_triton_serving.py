@@ -23,7 +23,8 @@ from conftest import (
 import runtime
 from runtime.__main__ import main as runtime_main
 from runtime.errors import RuntimeInputError
-from runtime.triton.client import RemoteStream, TritonRunner
+from runtime.triton.client import TritonRunner
+from runtime.triton.remote_stream import RemoteStream
 
 MODEL, STREAM = "cnn_bilstm", "cnn_bilstm_stream"
 
@@ -125,9 +126,9 @@ def test_two_interleaved_streams_equal_two_local_classifiers(triton_server, prot
     frames_a = rng.standard_normal((12, 3, 16, 16)).astype(np.float32)
     frames_b = rng.integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)  # raw frames, normalised on the client
     url = f"{base_url(triton_server, protocol)}/{STREAM}"
-    with runtime.StreamingClassifier(url) as remote_a, runtime.StreamingClassifier(url, STREAM_WINDOW) as remote_b, \
-            runtime.StreamingClassifier(tiny_export, window=STREAM_WINDOW) as local_a, \
-            runtime.StreamingClassifier(tiny_export, window=STREAM_WINDOW) as local_b:
+    with runtime.open_stream(url) as remote_a, runtime.open_stream(url, STREAM_WINDOW) as remote_b, \
+            runtime.open_stream(tiny_export, window=STREAM_WINDOW) as local_a, \
+            runtime.open_stream(tiny_export, window=STREAM_WINDOW) as local_b:
         assert isinstance(remote_a, RemoteStream) and remote_a.window == STREAM_WINDOW
         assert remote_a.correlation_id != remote_b.correlation_id and remote_a.correlation_id > 0
         for i in range(12):
@@ -146,11 +147,50 @@ def test_two_interleaved_streams_equal_two_local_classifiers(triton_server, prot
         np.testing.assert_allclose(got.clip_logits, want.clip_logits, rtol=0, atol=1e-5)
 
 
+def test_remote_feed_equals_the_local_feed(triton_server, protocol, tiny_export, tmp_path):
+    """feed, shared with the local stream: a video file (decoded and resized on the client) and an iterable of frames
+    give the local stream's indices and results."""
+    from conftest import motion_frames
+
+    from runtime.video import write_video
+
+    video = write_video(tmp_path / "feed.mp4", motion_frames(2, 11, (24, 32)), 25)
+    raw = np.random.default_rng(5).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    url = f"{base_url(triton_server, protocol)}/{STREAM}"
+    with runtime.open_stream(url) as remote, runtime.open_stream(tiny_export, window=STREAM_WINDOW) as local:
+        for source, stride in ((video, 2), (raw, 3)):
+            remote.reset()
+            local.reset()
+            got, want = list(remote.feed(source, stride=stride)), list(local.feed(source, stride=stride))
+            assert [i for i, _ in got] == [i for i, _ in want] == list(range(0, len(raw) if source is raw else 11,
+                                                                              stride))
+            for (_, a), (_, b) in zip(got, want, strict=True):
+                np.testing.assert_allclose(a.clip_logits, b.clip_logits, rtol=0, atol=1e-5)
+                assert (a.frames_seen, a.window_frames, a.clip_label) == (b.frames_seen, b.window_frames, b.clip_label)
+
+
+def test_push_after_close_is_refused_and_sends_nothing(triton_server, protocol):
+    """A closed session refuses push and feed, as a local stream does: a push would open a server-side sequence
+    that nothing ends (it would hold one of the model's max_streams until the idle timeout)."""
+    frame = np.zeros((3, 16, 16), np.float32)
+    stream = runtime.open_stream(f"{base_url(triton_server, protocol)}/{STREAM}")
+    assert stream.push(frame).frames_seen == 1
+    stream.close()  # sends END
+    before = _stats(triton_server, STREAM)["requests"]
+    refused = r"this stream is closed: push and feed are refused after close\(\); open a new stream"
+    with pytest.raises(RuntimeInputError, match=refused):
+        stream.push(frame)
+    with pytest.raises(RuntimeInputError, match=refused):
+        stream.feed([frame])
+    stream.close()  # closing again sends nothing either
+    assert _stats(triton_server, STREAM)["requests"] == before
+
+
 def test_expired_session_errors_clearly(triton_server):
     """Idle longer than the repository's timeout: the next frame says the session expired; reset() starts anew.
     Both protocols in one wait."""
     frame = np.zeros((3, 16, 16), np.float32)
-    streams = [runtime.StreamingClassifier(f"{base_url(triton_server, p)}/{STREAM}") for p in PROTOCOLS]
+    streams = [runtime.open_stream(f"{base_url(triton_server, p)}/{STREAM}") for p in PROTOCOLS]
     try:
         for s in streams:
             s.push(frame)
@@ -179,12 +219,12 @@ def test_bad_input_is_a_runtime_input_error(served, triton_server, protocol):
     with pytest.raises(RuntimeInputError, match="float32, got float64"):
         served.infer(x.astype(np.float64))
     stream_url = f"{base_url(triton_server, protocol)}/{STREAM}"
-    with runtime.StreamingClassifier(stream_url) as stream:
+    with runtime.open_stream(stream_url) as stream:
         with pytest.raises(RuntimeInputError, match="NaN or Inf"):
             stream.push(np.full((3, 16, 16), np.nan, np.float32))
         with pytest.raises(RuntimeInputError, match=r"\(3, 16, 16\)"):
             stream.push(np.zeros((3, 8, 8), np.float32))
-    with runtime.StreamingClassifier(stream_url, check_finite=False) as stream:
+    with runtime.open_stream(stream_url, check_finite=False) as stream:
         with pytest.raises(RuntimeInputError, match="the server refused the request: .*NaN or Inf"):
             stream.push(np.full((3, 16, 16), np.nan, np.float32))
         assert stream.push(np.zeros((3, 16, 16), np.float32)).frames_seen == 1  # the refused frame started nothing
@@ -194,12 +234,12 @@ def test_wrong_model_or_role_or_options(triton_server, protocol):
     base = base_url(triton_server, protocol)
     with pytest.raises(RuntimeInputError, match=f"does not serve a model 'nope' \\(it has: {MODEL}, {STREAM}\\)"):
         runtime.load(f"{base}/nope")
-    with pytest.raises(RuntimeInputError, match="is a streaming model.*StreamingClassifier"):
+    with pytest.raises(RuntimeInputError, match=r"is a streaming model.*runtime\.open_stream"):
         runtime.load(f"{base}/{STREAM}")
     with pytest.raises(RuntimeInputError, match="is a whole-clip model"):
-        runtime.StreamingClassifier(f"{base}/{MODEL}")
+        runtime.open_stream(f"{base}/{MODEL}")
     with pytest.raises(RuntimeInputError, match=f"window of {STREAM_WINDOW} frames"):
-        runtime.StreamingClassifier(f"{base}/{STREAM}", window=4)
+        runtime.open_stream(f"{base}/{STREAM}", window=4)
     with pytest.raises(RuntimeInputError, match="unknown options \\['providers'\\]"):
         runtime.load(f"{base}/{MODEL}", providers=["CPUExecutionProvider"])
     with pytest.raises(RuntimeInputError, match="device and backend"):
