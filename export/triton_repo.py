@@ -16,8 +16,8 @@ bounds the buckets. The python kind's whole-clip model sets ``allow_ragged_batch
 tensorrt and onnxruntime backends would need ragged inputs concatenated 1-D, so they batch equal shapes only).
 Each config is a ``ModelConfig`` message of Triton's schema, written with protobuf's ``text_format``
 (:mod:`export.triton_config`) and checked by :func:`export.triton_check.check_model_config` against the files it will
-be written with, before anything is written; the repository is then written whole into a hidden sibling and renamed into place
-(:func:`runtime._io.staged_dir`). An existing repository is replaced only with ``force``.
+be written with, before anything is written; the repository is then written whole into a hidden sibling and renamed
+into place (:func:`runtime._io.staged_dir`). An existing repository is replaced only with ``force``.
 """
 
 from __future__ import annotations
