@@ -120,7 +120,7 @@ def startup_cause(log_text: str, lines: int = 20) -> str:
         str: ``"its log says:"`` or ``"its log ends:"``, then the lines.
     """
     messages = [_LOG_PREFIX.sub("", line).rstrip('"') for line in log_text.splitlines()]
-    causes = [_cause(m) for m in messages if m.startswith("failed to load '")]
+    causes = [_cause(m) for m in messages if re.match(r"failed to load '[^']+' version ", m)]
     causes = causes or [_cause(m) for m in messages if _STUB_FAILURE.search(m)]
     if causes:
         return "its log says:\n  " + "\n  ".join(dict.fromkeys(causes))

@@ -153,3 +153,16 @@ def test_cli_refuses_a_repository_that_is_not_a_folder(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == f"error: model repository {tmp_path / 'nothing'} is not a folder\n"
+
+
+def test_a_replaced_graph_stops_the_start_with_the_fix(server_python, tiny_export, tmp_path):
+    from tests.runtime.test_triton_python_model import _replace_a_weight
+
+    repo = write_python_repository(tiny_export, tmp_path / "repo", stream=False)
+    _replace_a_weight(repo / "cnn_bilstm" / "1" / "model.onnx")
+    server = LocalTritonServer(repo, python=server_python, startup_timeout=120, stop_timeout=5)
+    with pytest.raises(ServerError) as info:
+        server.start()
+    assert re.search(r"failed to load 'cnn_bilstm' version 1: Internal: RuntimeInputError: \S+/cnn_bilstm/1/model\.onnx "
+                     r"is not the graph export_report\.json beside it records .*`python -m export\.to_triton --check "
+                     r"\S+` prints the command", str(info.value)), str(info.value)
