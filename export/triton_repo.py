@@ -266,13 +266,13 @@ def _check_applicable(kind: str, opts: RepoOptions) -> None:
     given = [flag for field, flag in STREAM_OPTIONS.items() if getattr(opts, field) is not None]
     if not given:
         return
+    named, verb, it = ", ".join(given), "set" if len(given) > 1 else "sets", "them" if len(given) > 1 else "it"
     if kind != P.KIND_PYTHON:
-        raise ExportError(f"{', '.join(given)} set the python kind's stream model; the {kind} kind has none (an ONNX "
-                          "export folder is served by the onnxruntime kind unless --kind python): drop "
-                          f"{'them' if len(given) > 1 else 'it'}, or pass --kind python")
+        raise ExportError(f"{named} {verb} the python kind's stream model; the {kind} kind has none (an ONNX export "
+                          f"folder is served by the onnxruntime kind unless --kind python): drop {it}, or pass --kind "
+                          "python")
     if not opts.stream:
-        raise ExportError(f"{', '.join(given)} set the stream model, which --no-stream leaves out: drop "
-                          f"{'them' if len(given) > 1 else 'it'} or --no-stream")
+        raise ExportError(f"{named} {verb} the stream model, which --no-stream leaves out: drop {it} or --no-stream")
 
 
 # --- the repository --------------------------------------------------------------------------------------------------

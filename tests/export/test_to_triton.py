@@ -351,7 +351,7 @@ def test_check_refuses_a_replaced_graph_and_its_fix_regenerates_the_repository(p
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--stream-window", "8"], "--stream-window set the python kind's stream model; the onnxruntime kind has none"),
+    (["--stream-window", "8"], "--stream-window sets the python kind's stream model; the onnxruntime kind has none"),
     (["--kind", "onnxruntime", "--max-streams", "4", "--stream-idle-seconds", "5"],
      "--stream-idle-seconds, --max-streams set the python kind's stream model"),
     (["--kind", "python", "--no-stream", "--stream-max-batch-size", "4"], "which --no-stream leaves out"),
