@@ -1,7 +1,8 @@
-"""Start the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel bundles, on free localhost ports.
+"""Start the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel bundles, on localhost ports.
 
 For tests, benchmarks and CPU nodes: the bundled server (Triton 2.51) has only the ``python`` backend, so it serves
-repositories of the ``python`` kind (``python -m export.to_triton SRC --out REPO --kind python``).
+repositories of the ``python`` kind (``python -m export.to_triton SRC --out REPO --kind python``). What it needs
+from its Python environment is in :mod:`benchmarks.triton_env`.
 
     from benchmarks.triton_server import LocalTritonServer, server_unavailable_reason
 
@@ -9,14 +10,9 @@ repositories of the ``python`` kind (``python -m export.to_triton SRC --out REPO
         with LocalTritonServer("repo") as server:
             runner = runtime.load(f"{server.grpc_url}/cnn_bilstm")    # or f"{server.http_url}/cnn_bilstm"
 
-What the bundled binary needs, and why each setting is here:
-- the Python backend's files and the stub of the server Python's version in one backend directory (the wheel keeps
-  the stubs apart, and without one every python model fails to load);
-- the server Python's ``bin/`` first on ``PATH`` (the stub finds its site-packages through ``python3``);
-- that Python's ``LIBDIR`` first, then the wheel's ``nvidia_pytriton.libs``, on ``LD_LIBRARY_PATH``: without the libs
-  the stub cannot load ``libcudart`` even on a CPU machine and the server hangs in "loading" instead of exiting, so
-  readiness is awaited with a deadline; without ``LIBDIR`` first the stub may mix two CPython builds;
-- ``PYTHONDONTWRITEBYTECODE=1``, so serving a package from its source tree leaves no ``__pycache__`` in it.
+CLI (in the foreground until Ctrl-C or SIGTERM; free ports unless given)::
+
+    python -m benchmarks.triton_server triton_repo --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 Models are loaded in explicit model-control mode (every model at start-up), so ``unload`` + ``load`` works: Triton
 does not restart a python model's stub process that died, and that is the recovery (see docs/runtime.md).
@@ -24,9 +20,10 @@ does not restart a python model's stub process that died, and that is the recove
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,51 +34,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from benchmarks.triton_env import (
+    SERVER_PYTHON_ENV,
+    ServerEnvironment,
+    ServerError,
+    find_server_environment,
+    startup_cause,
+)
+
 logger = logging.getLogger(__name__)
 
-SERVER_PYTHON_ENV = "TRITON_SERVER_PYTHON"  # the interpreter of the server's environment (`make triton-env`)
 SHM_DIR = Path("/dev/shm")
 # Python-backend shared-memory segments are named PREFIX + instance suffix; each server gets a prefix of its own
 # (still under the default's name), so the segments a killed stub leaves behind are told apart from other servers'.
 SHM_PREFIX = "triton_python_backend_shm_region_"
-_PROBE = r"""
-import importlib.util, json, os, sys, sysconfig
-spec = importlib.util.find_spec("pytriton")
-found = {m: importlib.util.find_spec(m) is not None for m in ("numpy", "onnxruntime", "runtime")}
-print(json.dumps({"pytriton": list(spec.submodule_search_locations)[0] if spec else None, "modules": found,
-                  "version": "%d.%d" % sys.version_info[:2], "libdir": sysconfig.get_config_var("LIBDIR"),
-                  "bindir": os.path.dirname(sys.executable)}))
-"""
-
-
-class ServerError(RuntimeError):
-    """The bundled server cannot start here, or did not become ready (the message holds its log's last lines)."""
-
-
-@dataclass(frozen=True)
-class ServerEnvironment:
-    """Where the bundled server's pieces are, for one Python interpreter (see :func:`find_server_environment`)."""
-
-    python: str
-    tritonserver: Path
-    backend_files: Path  # backends/python: libtriton_python.so, triton_python_backend_utils.py
-    stub: Path  # the python_backend_stub of this interpreter's version
-    libs: Path  # nvidia_pytriton.libs
-    libdir: str  # the interpreter's own LIBDIR
-    bindir: str  # its environment's bin/
-
-    def env(self, base: Optional[dict] = None) -> dict:
-        """The process environment the server and its stubs need (see the module docstring)."""
-        env = dict(os.environ if base is None else base)
-        env["PATH"] = os.pathsep.join(p for p in (self.bindir, env.get("PATH", "")) if p)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (self.libdir, str(self.libs),
-                                                             env.get("LD_LIBRARY_PATH", "")) if p)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        return env
 
 
 def default_python() -> str:
@@ -89,54 +58,10 @@ def default_python() -> str:
     return os.environ.get(SERVER_PYTHON_ENV) or sys.executable
 
 
-def find_server_environment(python: Optional[str] = None) -> ServerEnvironment:
-    """Locate the bundled server for ``python`` (default :func:`default_python`), without starting it.
-
-    Raises:
-        ServerError: not Linux x86-64, no such interpreter, no ``nvidia-pytriton`` in it, a piece of the wheel
-            missing, no stub for its Python version, or numpy / onnxruntime / this package missing from it (the
-            stub and this package's python models need them). The message is one line.
-    """
-    python = str(python or default_python())
-    if not sys.platform.startswith("linux") or os.uname().machine != "x86_64":
-        raise ServerError(f"the bundled tritonserver runs on Linux x86-64 only, not {sys.platform} "
-                          f"{os.uname().machine}")
-    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-        raise ServerError(f"server Python {python} does not exist (create it with `make triton-env`, then set "
-                          f"{SERVER_PYTHON_ENV}=.venv-triton/bin/python)")
-    try:
-        out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True).stdout
-        probe = json.loads(out.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as e:
-        raise ServerError(f"cannot ask {python} about its packages: {type(e).__name__}: {e}") from e
-    if not probe["pytriton"]:
-        raise ServerError(f"nvidia-pytriton is not installed in {python} (`make triton-env` creates .venv-triton with "
-                          "it; it pins numpy<2, so keep it out of your main environment)")
-    missing = [m for m, ok in probe["modules"].items() if not ok]
-    if missing:
-        raise ServerError(f"{python} lacks {', '.join(missing)}, which the server's python models need "
-                          "(`pip install -e \".[onnx]\"` into it, or `make triton-env`)")
-    root = Path(probe["pytriton"]) / "tritonserver"
-    env = ServerEnvironment(
-        python=python, tritonserver=root / "bin" / "tritonserver", backend_files=root / "backends" / "python",
-        stub=root / "python_backend_stubs" / probe["version"] / "triton_python_backend_stub",
-        libs=Path(probe["pytriton"]).parent / "nvidia_pytriton.libs", libdir=probe["libdir"] or "",
-        bindir=probe["bindir"])
-    for what, path in (("tritonserver binary", env.tritonserver), ("nvidia_pytriton.libs folder", env.libs),
-                       ("python backend", env.backend_files / "libtriton_python.so")):
-        if not path.exists():
-            raise ServerError(f"the nvidia-pytriton wheel in {python} has no {what} at {path}; reinstall it")
-    if not env.stub.is_file():
-        versions = sorted(p.name for p in env.stub.parent.parent.iterdir())
-        raise ServerError(f"the nvidia-pytriton wheel in {python} has no python backend stub for Python "
-                          f"{probe['version']} (it has {', '.join(versions)})")
-    return env
-
-
 def server_unavailable_reason(python: Optional[str] = None) -> Optional[str]:
     """None when the bundled server can run here with ``python``'s environment, else one line saying why."""
     try:
-        find_server_environment(python)
+        find_server_environment(python or default_python())
     except ServerError as e:
         return str(e)
     return None
@@ -150,7 +75,7 @@ def free_port() -> int:
 
 
 class LocalTritonServer:
-    """The bundled ``tritonserver`` serving ``repository`` on free localhost ports, as a context manager.
+    """The bundled ``tritonserver`` serving ``repository`` on localhost ports, as a context manager.
 
     Args:
         repository (str | PathLike): a Triton model repository (every model in it is loaded at start).
@@ -160,16 +85,19 @@ class LocalTritonServer:
         log_file (str | PathLike | None): where the server writes its log; None keeps it in a temporary folder
             removed at :meth:`stop`. Defaults to None.
         stop_timeout (float): seconds :meth:`stop` waits after SIGTERM before it kills. Defaults to 15.
+        http_port, grpc_port, metrics_port (int | None): the ports to bind; None: a free one. Defaults to None.
 
     Attributes:
         http_url (str): ``"http://127.0.0.1:PORT"``; ``grpc_url`` ``"grpc://127.0.0.1:PORT"`` (both as
             ``runtime.load`` takes them, with ``/MODEL`` appended); ``grpc_address`` ``"127.0.0.1:PORT"`` (as
             ``tritonclient.grpc`` takes it); ``metrics_url`` ``"http://127.0.0.1:PORT/metrics"``; ``pid`` the
-            server's process id. All are None until :meth:`start`.
+            server's process id; ``served_repository`` the path Triton is given (``repository``, or a link to it
+            where its path would break the python backend). All are None until :meth:`start`.
     """
 
     def __init__(self, repository, *, python: Optional[str] = None, startup_timeout: float = 60.0,
-                 log_file=None, stop_timeout: float = 15.0) -> None:
+                 log_file=None, stop_timeout: float = 15.0, http_port: Optional[int] = None,
+                 grpc_port: Optional[int] = None, metrics_port: Optional[int] = None) -> None:
         self.repository = Path(repository).resolve()
         if not (self.repository.is_dir()):
             raise ServerError(f"model repository {self.repository} is not a folder")
@@ -178,8 +106,9 @@ class LocalTritonServer:
         self.stop_timeout = float(stop_timeout)
         self.log_file = Path(log_file) if log_file is not None else None
         self.http_url = self.grpc_url = self.grpc_address = self.metrics_url = None
+        self.ports = (http_port, grpc_port, metrics_port)
         self.http_port = self.grpc_port = self.metrics_port = None
-        self.pid = None
+        self.served_repository = self.pid = None
         self.shm_prefix = None
         self._proc = None
         self._tmp = None
@@ -191,21 +120,17 @@ class LocalTritonServer:
 
         Raises:
             ServerError: the bundled server cannot run here, it exited, or it was not ready within
-                ``startup_timeout`` (it is stopped then; the message ends with its log's last lines).
+                ``startup_timeout`` (it is stopped then; the message says why, from its log).
         """
         if self._proc is not None:
             return self
-        env = find_server_environment(self.python)
+        env = find_server_environment(self.python or default_python())
         self._tmp = Path(tempfile.mkdtemp(prefix="triton-server-"))
         try:
-            backends = self._tmp / "backends"
-            (backends / "python").mkdir(parents=True)
-            for f in env.backend_files.iterdir():
-                if f.is_file():
-                    shutil.copy2(f, backends / "python" / f.name)
-            shutil.copy2(env.stub, backends / "python" / env.stub.name)
+            backends = self._stage(env)
             self._log_path = self.log_file or self._tmp / "server.log"
-            for attempt in range(3):  # a port taken between free_port() and the server's bind: pick others
+            attempts = 3 if None in self.ports else 1  # a free port taken before the server bound it: pick others
+            for attempt in range(attempts):
                 self._launch(env, backends)
                 try:
                     self._wait_ready()
@@ -213,7 +138,7 @@ class LocalTritonServer:
                 except ServerError as e:
                     in_use = "already in use" in self.log_tail(40).lower()
                     self._terminate()
-                    if not in_use or attempt == 2:
+                    if not in_use or attempt == attempts - 1:
                         raise e from None
                     logger.info("a port was taken before tritonserver bound it; retrying on other ports")
         except BaseException:
@@ -221,10 +146,36 @@ class LocalTritonServer:
             raise
         return self
 
+    def _stage(self, env: ServerEnvironment) -> Path:
+        """The backend directory, in this server's temporary folder; and the repository path Triton is given.
+
+        The python backend starts each model's stub with a command line it splits at spaces, so a space in the
+        repository's path ends in the stub's ``stol`` failure (and a server that waits until its start-up timeout);
+        and the stub's Python reads paths as ASCII (``'ascii' codec can't encode``). Such a repository is served
+        through a symlink in the temporary folder, whose own path must then be plain.
+        """
+        if not _plain(str(self._tmp)):
+            raise ServerError(f"the bundled server's temporary folder {self._tmp} has a space or a non-ASCII "
+                              "character in its path, which its python backend cannot start models from; set TMPDIR "
+                              "to a folder whose path is plain ASCII without spaces")
+        backends = self._tmp / "backends"
+        (backends / "python").mkdir(parents=True)
+        for f in env.backend_files.iterdir():
+            if f.is_file():
+                shutil.copy2(f, backends / "python" / f.name)
+        shutil.copy2(env.stub, backends / "python" / env.stub.name)
+        self.served_repository = self.repository
+        if not _plain(str(self.repository)):
+            self.served_repository = self._tmp / "repository"
+            self.served_repository.symlink_to(self.repository, target_is_directory=True)
+            logger.info("serving %s through %s (its path would break the python backend)", self.repository,
+                        self.served_repository)
+        return backends
+
     def _launch(self, env: ServerEnvironment, backends: Path) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in self.ports)
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
-        cmd = [str(env.tritonserver), f"--model-repository={self.repository}", f"--backend-directory={backends}",
+        cmd = [str(env.tritonserver), f"--model-repository={self.served_repository}", f"--backend-directory={backends}",
                "--model-control-mode=explicit", "--load-model=*",
                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
@@ -249,14 +200,13 @@ class LocalTritonServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                raise ServerError(f"tritonserver exited with status {code} before it was ready; its log ends:\n"
-                                  f"{self.log_tail()}")
+                raise ServerError(f"tritonserver exited with status {code} before it was ready; {self.why()}")
             if self.is_ready():
                 logger.info("tritonserver ready: http %s, grpc %s", self.http_url, self.grpc_url)
                 return
             if time.monotonic() > deadline:
                 raise ServerError(f"tritonserver was not ready within {self.startup_timeout:g} s (a model still "
-                                  f"loading, or a stub that cannot start); its log ends:\n{self.log_tail()}")
+                                  f"loading, or a stub that cannot start); {self.why()}")
             time.sleep(0.1)
 
     def is_ready(self, timeout: float = 1.0) -> bool:
@@ -267,6 +217,17 @@ class LocalTritonServer:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Wait for the server to exit (at most ``timeout`` seconds; None: for good); its exit status, or None when it
+        still runs or was not started."""
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout``; then end any process left in its session, remove its own
@@ -304,11 +265,18 @@ class LocalTritonServer:
     # --- inspection ----------------------------------------------------------------------------------------------
     def log_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines of the server's log."""
+        return "\n".join(self._log_text().splitlines()[-lines:])
+
+    def why(self) -> str:
+        """Why the server is not (or no longer) serving, from its log: see :func:`startup_cause`."""
+        where = f" (whole log: {self.log_file})" if self.log_file is not None else ""
+        return startup_cause(self._log_text()) + where
+
+    def _log_text(self) -> str:
         try:
-            text = Path(self._log_path).read_text(encoding="utf-8", errors="replace")
+            return Path(self._log_path).read_text(encoding="utf-8", errors="replace")
         except (OSError, TypeError):
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     def stub_pids(self, model: Optional[str] = None) -> list:
         """Process ids of the python-backend stubs of this server (those serving ``model`` when given)."""
@@ -325,13 +293,18 @@ class LocalTritonServer:
             except OSError:
                 continue
             if argv and argv[0].endswith(b"triton_python_backend_stub") and (
-                    model is None or any(a.startswith(f"{self.repository}/{model}/".encode()) for a in argv)):
+                    model is None or any(a.startswith(f"{self.served_repository}/{model}/".encode()) for a in argv)):
                 pids.append(int(proc.name))
         return sorted(pids)
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}, http {self.http_url}, grpc {self.grpc_url}" if self._proc else "stopped"
         return f"LocalTritonServer({str(self.repository)!r}, {state})"
+
+
+def _plain(path: str) -> bool:
+    """Whether the python backend can start models from ``path``: ASCII, no spaces or shell-special characters."""
+    return re.fullmatch(r"[\w./+@:=,~-]+", path, re.ASCII) is not None
 
 
 def _kill_session(pgid: int) -> None:
@@ -347,3 +320,68 @@ def _kill_session(pgid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Serve a model repository with the tritonserver that the nvidia-pytriton wheel bundles (python "
+                    "backend only: repositories of `python -m export.to_triton SRC --out REPO --kind python`) on "
+                    "127.0.0.1, in the foreground until Ctrl-C or SIGTERM.", add_help=add_help)
+    parser.add_argument("repository", help="the model repository (every model in it is loaded at start)")
+    for name in ("http", "grpc", "metrics"):
+        parser.add_argument(f"--{name}-port", type=int, default=None, help=f"{name} port (default: a free one)")
+    parser.add_argument("--python", default=None,
+                        help=f"the server environment's interpreter, with nvidia-pytriton, onnxruntime and this "
+                             f"package (default: ${SERVER_PYTHON_ENV}, else this one)")
+    parser.add_argument("--startup-timeout", type=float, default=120.0,
+                        help="seconds to wait for every model to load (default: %(default)s)")
+    parser.add_argument("--log-file", default=None,
+                        help="write the server's log there (default: a temporary file, removed at exit)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the starter does")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        port = getattr(args, name)
+        if port is not None and not 1 <= port <= 65535:
+            parser.error(f"--{name.replace('_', '-')} {port} is not a TCP port (1..65535)")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the server as Ctrl-C does
+    try:
+        server = LocalTritonServer(args.repository, python=args.python, startup_timeout=args.startup_timeout,
+                                   log_file=args.log_file, http_port=args.http_port, grpc_port=args.grpc_port,
+                                   metrics_port=args.metrics_port)
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        server.start()
+        models = sorted(p.name for p in server.repository.iterdir() if (p / "config.pbtxt").is_file())
+        print(f"tritonserver (pid {server.pid}) serving {server.repository}: {', '.join(models)}\n"
+              f"  http     {server.http_url}\n  grpc     {server.grpc_url}\n  metrics  {server.metrics_url}\n"
+              + (f"  try      python -m runtime ping {server.grpc_url}/{models[0]}\n" if models else "")
+              + "Ctrl-C or SIGTERM stops it.", flush=True)
+        code = server.wait()
+        print(f"error: tritonserver exited with status {code}; {server.why()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping tritonserver", file=sys.stderr, flush=True)
+        return 0
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

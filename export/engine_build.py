@@ -24,7 +24,7 @@ from export.trt_inspect import (
     summarize_layers,
     try_engine_inspection,
 )
-from export.trt_profiles import onnx_inputs, parse_profile, resolve_profile
+from export.trt_profiles import check_network_volumes, onnx_inputs, parse_profile, refuse_inconsistent, resolve_profile
 from runtime._io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from runtime._version import __version__
 from runtime.trt_compat import TrtModule
@@ -367,12 +367,15 @@ def prepare_request(onnx_path, out_path, profiles, backend, options: BuildOption
 def build_and_write(req: Request) -> BuildResult:
     """Parse, configure, build, check the precision, inspect, then write the report and the engine."""
     builder, network, trt_logger = _parse_network(req)
+    if req.tm.is_rtx:  # the tensor volume limit measured with TensorRT-RTX (see export.trt_profiles)
+        check_network_volumes(req.parsed, req.resolved, onnx_inputs(req.graph.proto), network)
     config = _builder_config(req, builder)
     tf32_flag = _apply_tf32(req.tm, config, req.options.tf32)
     _add_profiles(builder, config, req.resolved)
     cache, cache_info = _attach_timing_cache(req.tm, config, req.options.timing_cache)
     network_info = inspect_network(req.tm, network)
     blob, build_s = _build_plan(req, builder, network, config, trt_logger)
+    refuse_inconsistent(req.tm.describe(), [text for _, text in trt_logger.messages], req.parsed)
     precision_check = check_network_precision(network_info, req.graph.half_usage, req.graph.precision)
     _save_timing_cache(cache, req.options.timing_cache, cache_info)
     o = req.options

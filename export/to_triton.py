@@ -19,10 +19,11 @@ import sys
 from export.triton_repo import (
     DEFAULT_MAX_QUEUE_DELAY_US,
     DEFAULT_MAX_TIME,
-    KIND_CHOICES,
+    DEFAULT_STREAM_MAX_BATCH_SIZE,
     RepoOptions,
     write_repository,
 )
+from export.triton_source import KIND_CHOICES
 from runtime.triton import protocol as P
 
 
@@ -46,8 +47,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                "an engine (.engine/.plan) with its ENGINE.json report")
     parser.add_argument("--out", help="the repository folder to write (replaced whole; an existing non-empty folder "
                                       "only with --force)")
-    parser.add_argument("--check", metavar="REPO", help="validate an existing repository instead (schema and model "
-                                                        "contract); exit 0 when valid, 1 listing every error")
+    parser.add_argument("--check", metavar="REPO", help="validate an existing repository instead (Triton's config "
+                                                        "schema, the model contract, the files' digests); exit 0 "
+                                                        "when valid, 1 listing every error")
     parser.add_argument("--kind", default="auto", choices=KIND_CHOICES,
                         help="backend: tensorrt (platform tensorrt_plan), onnxruntime, or python (our runtime on "
                              "ONNX Runtime CPU, plus the NAME_stream model); auto: tensorrt for an engine, "
@@ -71,15 +73,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--ort-tensorrt-fp16", action="store_true",
                         help="onnxruntime kind: run through ONNX Runtime's TensorRT execution provider at FP16")
     parser.add_argument("--no-stream", action="store_true", help="python kind: no NAME_stream model")
-    parser.add_argument("--stream-window", type=int, default=P.DEFAULT_WINDOW,
-                        help="stream model: frames the BiLSTM looks back over (default: %(default)s)")
-    parser.add_argument("--stream-idle-seconds", type=float, default=P.DEFAULT_IDLE_SECONDS,
-                        help="stream model: a stream idle longer than this is dropped (default: %(default)s)")
-    parser.add_argument("--max-streams", type=int, default=P.DEFAULT_MAX_STREAMS,
-                        help="stream model: live streams kept at most; more START frames are refused "
-                             "(default: %(default)s)")
-    parser.add_argument("--stream-max-batch-size", type=int, default=8,
-                        help="stream model: frames of different streams per execution (default: %(default)s)")
+    # The stream model's options default to None, so that one given where no stream model is made is refused.
+    stream = parser.add_argument_group("the python kind's stream model (refused for other kinds and with --no-stream)")
+    stream.add_argument("--stream-window", type=int, default=None,
+                        help=f"frames the BiLSTM looks back over (default: {P.DEFAULT_WINDOW})")
+    stream.add_argument("--stream-idle-seconds", type=float, default=None,
+                        help=f"a stream idle longer than this is dropped (default: {P.DEFAULT_IDLE_SECONDS:g})")
+    stream.add_argument("--max-streams", type=int, default=None,
+                        help=f"live streams kept at most; more START frames are refused (default: "
+                             f"{P.DEFAULT_MAX_STREAMS})")
+    stream.add_argument("--stream-max-batch-size", type=int, default=None,
+                        help=f"frames of different streams per execution (default: {DEFAULT_STREAM_MAX_BATCH_SIZE})")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

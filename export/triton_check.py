@@ -20,24 +20,25 @@ the configs it is about to write, before anything is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from export.errors import ExportError
-from runtime.spec import Profile
+from export.triton_config import CONFIG_NAME, parse_config, regenerate_command
+from export.triton_source import (
+    Artifact,
+    describe_coverage,
+    engine_artifact,
+    onnx_artifact,
+    replaced_files,
+    uncovered,
+)
 from runtime.triton import protocol as P
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.pbtxt"
-# ONNX TensorProto element types and TensorRT dtype names -> Triton data types.
-ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 13: "TYPE_UINT64", 9: "TYPE_BOOL"}
-TRT_TO_TRITON = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
-                 "BOOL": "TYPE_BOOL"}
 BACKENDS = {P.KIND_PYTHON: ("python", ""), P.KIND_ONNXRUNTIME: ("onnxruntime", "onnxruntime_onnx"),
             P.KIND_TENSORRT: ("tensorrt", "tensorrt_plan")}
 DEFAULT_FILES = {P.KIND_PYTHON: "model.py", P.KIND_ONNXRUNTIME: "model.onnx", P.KIND_TENSORRT: "model.plan"}
@@ -53,173 +54,6 @@ class RepositoryError(ExportError):
     def __init__(self, errors: list, what: str = "the repository") -> None:
         self.errors = list(errors)
         super().__init__(f"{what} has {len(self.errors)} error(s):\n  " + "\n  ".join(self.errors))
-
-
-def model_config_class():
-    """``tritonclient.grpc.model_config_pb2.ModelConfig`` (the ``serve`` extra), with a clear error without it."""
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise ExportError("checking Triton model configs needs tritonclient (with its grpc part): pip install "
-                          "'cnn-bilstm-deploy[serve]' (tritonclient[http,grpc])") from e
-    return model_config_pb2.ModelConfig
-
-
-def parse_config(text: str, label: str):
-    """Parse ``config.pbtxt`` text with Triton's schema.
-
-    Returns:
-        tuple: (``ModelConfig`` or None, list of errors as ``LABEL:LINE:COL: message; valid ...``).
-    """
-    from google.protobuf import text_format
-
-    cls = model_config_class()
-    try:
-        return text_format.Parse(text, cls()), []
-    except text_format.ParseError as e:
-        line, col = e.GetLine(), e.GetColumn()
-        msg = re.sub(r"^\d+:\d+ : ", "", str(e)).rstrip(".")
-        return None, [f"{label}:{line or 1}:{col or 1}: {msg}; {_valid_hint(msg, cls)}"]
-
-
-def _valid_hint(msg: str, cls) -> str:
-    """What is valid where the parser stopped: the fields of the message it was in, or the enum's names."""
-    m = re.search(r'Message type "([\w.]+)" has no field named "(\w+)"', msg)
-    if m:
-        desc = _descriptor(cls.DESCRIPTOR, m.group(1))
-        if desc is not None:
-            import difflib
-
-            names = [f.name for f in desc.fields]
-            close = difflib.get_close_matches(m.group(2), names, n=1)
-            return (f"did you mean {close[0]!r}? " if close else "") + f"valid fields: {', '.join(names)}"
-    m = re.search(r'Enum type "([\w.]+)" has no value named (\w+)', msg)
-    if m:
-        for enum in _all_enums(cls.DESCRIPTOR):
-            if enum.full_name == m.group(1):
-                return f"valid values: {', '.join(v.name for v in enum.values)}"
-    return "valid syntax is protobuf text format (https://github.com/triton-inference-server/server docs: model_configuration)"
-
-
-def _descriptor(desc, full_name: str, seen=None):
-    """The message descriptor named ``full_name`` reachable from ``desc`` (None when none is)."""
-    seen = set() if seen is None else seen
-    if desc.full_name == full_name:
-        return desc
-    if desc.full_name in seen:
-        return None
-    seen.add(desc.full_name)
-    for field in desc.fields:
-        if field.message_type is not None:
-            found = _descriptor(field.message_type, full_name, seen)
-            if found is not None:
-                return found
-    return None
-
-
-def _all_enums(desc, seen=None):
-    seen = set() if seen is None else seen
-    if desc.full_name in seen:
-        return
-    seen.add(desc.full_name)
-    yield from desc.enum_types
-    for field in desc.fields:
-        if field.enum_type is not None:
-            yield field.enum_type
-        if field.message_type is not None:
-            yield from _all_enums(field.message_type, seen)
-
-
-# --- what the artifact says ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Artifact:
-    """What a version folder's model file declares: its metadata, its I/O (name -> (Triton dtype, dims without the
-    batch dimension, -1 dynamic)) and its (batch, time) profiles (None: unbounded, as an ONNX graph)."""
-
-    metadata: dict
-    inputs: dict
-    outputs: dict
-    profiles: Optional[list]
-    source: str
-
-
-def _onnx_artifact(path: Path) -> Artifact:
-    import onnx
-
-    from export.onnx_graph import read_metadata
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ExportError(f"{path} is not a readable ONNX file: {type(e).__name__}: {e}") from e
-    meta = read_metadata(proto)
-    if meta is None:
-        raise ExportError(f"{path} lacks the {P.METADATA_PARAMETER!r} metadata; export it with "
-                          "`python -m export.to_onnx CHECKPOINT --out DIR`")
-    inits = {i.name for i in proto.graph.initializer}
-
-    def io(values):
-        out = {}
-        for vi in values:
-            if vi.name in inits:
-                continue
-            t = vi.type.tensor_type
-            dims = [int(d.dim_value) if d.HasField("dim_value") else -1 for d in t.shape.dim]
-            out[vi.name] = (ONNX_TO_TRITON.get(t.elem_type, f"ONNX type {t.elem_type}"), tuple(dims[1:]))
-        return out
-
-    return Artifact(meta, io(proto.graph.input), io(proto.graph.output), None, str(path))
-
-
-def _engine_artifact(report_path: Path) -> Artifact:
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{report_path} is not a readable engine report: {e}") from e
-    if not isinstance(report, dict) or not isinstance(report.get("metadata"), dict):
-        raise ExportError(f"{report_path} is not an engine report of `python -m export.to_trt` (no 'metadata')")
-    ins, outs = {}, {}
-    for t in report.get("io_tensors") or []:
-        entry = (TRT_TO_TRITON.get(t["dtype"], t["dtype"]), tuple(int(d) for d in t["shape"][1:]))
-        (ins if t["mode"] == "INPUT" else outs)[t["name"]] = entry
-    return Artifact(report["metadata"], ins, outs, engine_profiles(report), str(report_path))
-
-
-def engine_profiles(report: dict) -> list:
-    """The (batch, time) boxes of an engine report's optimization profiles."""
-    out = []
-    for p in report.get("profiles") or []:
-        axes = p.get("axes") or {}
-        b, t = axes.get("batch"), axes.get("time")
-        if b and t:
-            out.append(Profile((int(b[0]), int(b[-1])), (int(t[0]), int(t[-1]))))
-    return out
-
-
-def uncovered(profiles: list, max_batch_size: int, buckets) -> list:
-    """The (batch, time) pairs with batch in 1..max_batch_size and time in ``buckets`` that no profile holds."""
-    return [(b, t) for t in buckets for b in range(1, max_batch_size + 1)
-            if not any(p.contains(b, t) for p in profiles)]
-
-
-def largest_batch(profiles: list, buckets) -> int:
-    """The largest max_batch_size (up to 4096) whose every batch the profiles hold at every time bucket; 0: none."""
-    best = 0
-    while best < 4096 and not uncovered(profiles, best + 1, buckets):
-        best += 1
-    return best
-
-
-def describe_coverage(profiles: list, max_batch_size: int, buckets) -> str:
-    """What would fit: the largest max_batch_size at these buckets, the longest bucket at this max_batch_size."""
-    best_b = largest_batch(profiles, buckets)
-    fitting = [t for t in buckets if not uncovered(profiles, max_batch_size, [t])]
-    profs = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(profiles))
-    longest = f"time up to {max(fitting)}" if fitting else "no time bucket at all"
-    return (f"the engine's profiles ({profs}) hold every batch up to {best_b} at these time buckets, and at "
-            f"max_batch_size {max_batch_size} {longest}")
 
 
 # --- checking one model ---------------------------------------------------------------------------------------------
@@ -241,7 +75,8 @@ class _Errors(list):
         self.append(f"{self.label}:{line}: {message}")
 
 
-def check_model_config(text: str, label: str, files: dict, folder_name: Optional[str] = None) -> list:
+def check_model_config(text: str, label: str, files: dict, folder_name: Optional[str] = None,
+                       fix: str = "`python -m export.to_triton SRC --out REPO --kind KIND --force`") -> list:
     """Check one model's ``config.pbtxt`` text against Triton's schema and the model's contract.
 
     Args:
@@ -250,6 +85,7 @@ def check_model_config(text: str, label: str, files: dict, folder_name: Optional
         files (dict): the version folder's file names -> their paths (for a config about to be written: the
             sources they will be copied from). A missing dict entry is a missing file.
         folder_name (str | None): the model folder's name, which Triton requires to equal ``name``.
+        fix (str): the command that regenerates the repository, for errors that it mends.
 
     Returns:
         list[str]: every error found (empty when the config is valid).
@@ -272,7 +108,7 @@ def check_model_config(text: str, label: str, files: dict, folder_name: Optional
         err.add(str(e), re.escape(P.METADATA_PARAMETER))
         return err
     _check_backend(config, served, err)
-    artifact = _check_files(config, served, files, err)
+    artifact = _check_files(config, served, files, err, fix)
     if served.role == P.ROLE_CLIP:
         expected_in, expected_out = P.clip_inputs(meta.frame_size), P.clip_outputs(meta.num_classes)
         if config.HasField("sequence_batching"):
@@ -304,7 +140,7 @@ def _check_backend(config, served, err: _Errors) -> None:
         err.add("the stream model runs on the python backend only (kind python)", re.escape(P.METADATA_PARAMETER))
 
 
-def _check_files(config, served, files: dict, err: _Errors) -> Optional[Artifact]:
+def _check_files(config, served, files: dict, err: _Errors, fix: str) -> Optional[Artifact]:
     """The version folder holds what the backend loads and what the model contract is read from."""
     main = config.default_model_filename or DEFAULT_FILES[served.kind]
     need = [main]
@@ -317,21 +153,21 @@ def _check_files(config, served, files: dict, err: _Errors) -> Optional[Artifact
     missing = [n for n in need if n not in files]
     if missing:
         err.add(f"the version folder lacks {missing} (it holds {sorted(files) or 'nothing'}); regenerate the "
-                "repository with `python -m export.to_triton SRC --out REPO --force`", r"^name:")
+                f"repository: {fix}", r"^name:")
     contract = need[1:] if served.kind != P.KIND_ONNXRUNTIME else need  # the files the model's contract is read from
     if any(n in missing for n in contract):
         return None
     try:
         if served.kind == P.KIND_TENSORRT:
-            return _engine_artifact(Path(files[main + ".json"]))
+            return engine_artifact(Path(files[main + ".json"]))
         if served.role == P.ROLE_STREAM:
-            cnn, bilstm = _onnx_artifact(Path(files["cnn.onnx"])), _onnx_artifact(Path(files["bilstm.onnx"]))
+            cnn, bilstm = onnx_artifact(Path(files["cnn.onnx"])), onnx_artifact(Path(files["bilstm.onnx"]))
             _check_same_model(bilstm.metadata, cnn.metadata, f"{files['bilstm.onnx']} and {files['cnn.onnx']}", err)
             return Artifact(bilstm.metadata, {}, {}, None, bilstm.source)
-        artifact = _onnx_artifact(Path(files["model.onnx" if served.kind == P.KIND_PYTHON else main]))
+        artifact = onnx_artifact(Path(files["model.onnx" if served.kind == P.KIND_PYTHON else main]))
         if served.kind == P.KIND_PYTHON and "cnn.onnx" in files and "bilstm.onnx" in files:
             for n in ("cnn.onnx", "bilstm.onnx"):  # ClipModel runs them instead of model.onnx
-                split = _onnx_artifact(Path(files[n]))
+                split = onnx_artifact(Path(files[n]))
                 _check_same_model(split.metadata, artifact.metadata, f"{files[n]} and {files['model.onnx']}", err)
         return artifact
     except ExportError as e:
@@ -525,7 +361,8 @@ def check_repository(repo) -> list:
 
 
 def check_model_dir(model: Path) -> list:
-    """Check one model folder: its ``config.pbtxt`` and each numeric version folder."""
+    """Check one model folder: its ``config.pbtxt`` and each numeric version folder, whose model files must also be
+    the ones their reports record (a replaced graph passes every other check, but the python model refuses it)."""
     config = model / CONFIG_NAME
     if not config.is_file():
         return [f"{config}:1: missing; every model folder needs a config.pbtxt"]
@@ -533,12 +370,16 @@ def check_model_dir(model: Path) -> list:
     versions = sorted(p for p in model.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return [f"{model}:1: no version folder (e.g. {model.name}/1/ with the model file); Triton would load nothing"]
+    fix = regenerate_command(model.parent)
+    parsed, _ = parse_config(text, str(config))
+    engine = (parsed.default_model_filename or DEFAULT_FILES[P.KIND_TENSORRT]) if parsed is not None else None
     errors = []
     for version in versions:
         files = {p.name: p for p in version.iterdir() if p.is_file()}
-        found = check_model_config(text, str(config), files, folder_name=model.name)
-        errors += [e if len(versions) == 1 else f"{e} (version {version.name})" for e in found]
-        if found and any("version folder" not in e for e in found):
+        found = check_model_config(text, str(config), files, folder_name=model.name, fix=fix)
+        replaced = [f"{config}:1: {problem}; regenerate the repository: {fix}"
+                    for problem in replaced_files(files, engine)]
+        errors += [e if len(versions) == 1 else f"{e} (version {version.name})" for e in found + replaced]
+        if any("version folder" not in e for e in found):
             break  # config errors repeat for every version: report them once
     return errors
-

@@ -14,10 +14,10 @@ dynamic batcher's preferred sizes are checked against the engine's optimization 
 bounds the buckets. The python kind's whole-clip model sets ``allow_ragged_batch`` on ``frames``: its
 ``ClipModel`` takes each request's own tensor, so Triton batches requests of different T together (the
 tensorrt and onnxruntime backends would need ragged inputs concatenated 1-D, so they batch equal shapes only).
-Each config is rendered from a dict, parsed back with Triton's schema and checked by
-:func:`export.triton_check.check_model_config` against the files it will be written with, before anything is
-written; the repository is then written whole into a hidden sibling and renamed into place
-(:func:`runtime._io.staged_dir`). An existing repository is replaced only with ``force``.
+Each config is a ``ModelConfig`` message of Triton's schema, written with protobuf's ``text_format``
+(:mod:`export.triton_config`) and checked by :func:`export.triton_check.check_model_config` against the files it will
+be written with, before anything is written; the repository is then written whole into a hidden sibling and renamed
+into place (:func:`runtime._io.staged_dir`). An existing repository is replaced only with ``force``.
 """
 
 from __future__ import annotations
@@ -29,27 +29,19 @@ from pathlib import Path
 from typing import Optional
 
 from export.errors import ExportError
-from export.triton_check import (
-    CONFIG_NAME,
-    RepositoryError,
-    check_model_config,
-    describe_coverage,
-    engine_profiles,
-    largest_batch,
-    model_config_class,
-    uncovered,
-)
+from export.triton_check import RepositoryError, check_model_config
+from export.triton_config import CONFIG_NAME, config_text, model_config_class, parse_config
+from export.triton_source import Source, describe_coverage, largest_batch, resolve_source, uncovered
 from runtime._io import OutputPathError, atomic_write_text, check_output_dir, staged_dir
 from runtime.errors import RuntimeInputError
-from runtime.spec import EXPORT_REPORT_NAME, check_export_file
 from runtime.triton import protocol as P
 
 logger = logging.getLogger(__name__)
 
-KIND_CHOICES = ("auto",) + P.KINDS
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_TIME = 128  # for ONNX graphs (no profile bounds them): the longest T of the default engine profiles
 DEFAULT_MAX_QUEUE_DELAY_US = 500
+DEFAULT_STREAM_MAX_BATCH_SIZE = 8
 VERSION = "1"
 # Triton's sequence batcher keeps sequences beyond its max_candidate_sequences in a backlog where they wait (until a
 # candidate ends or idles out): a client would hang there. So Triton takes 4x the model's max_streams and the model
@@ -80,12 +72,16 @@ class RepoOptions:
         dynamic_batching (bool): batch requests across clients (the whole-clip model). Defaults to True.
         ort_tensorrt_fp16 (bool): onnxruntime kind: run through ONNX Runtime's TensorRT execution provider at FP16.
         stream (bool): python kind: also generate ``NAME_stream``. Defaults to True.
-        stream_window (int): the stream model's window (frames). Defaults to 16.
-        stream_idle_seconds (float): a stream idle longer than this is dropped (by Triton and by the model).
-        max_streams (int): live streams the stream model keeps at most; a START beyond them is refused at once
-            (Triton's ``max_candidate_sequences`` is 4x this, so that such a START reaches the model rather than
-            waiting in Triton's backlog).
-        stream_max_batch_size (int): frames of different streams per execution. Defaults to 8.
+        stream_window (int | None): the stream model's window (frames); None: 16.
+        stream_idle_seconds (float | None): a stream idle longer than this is dropped (by Triton and by the model);
+            None: 60.
+        max_streams (int | None): live streams the stream model keeps at most; a START beyond them is refused at
+            once (Triton's ``max_candidate_sequences`` is 4x this, so that such a START reaches the model rather than
+            waiting in Triton's backlog); None: 1024.
+        stream_max_batch_size (int | None): frames of different streams per execution; None: 8.
+
+    The stream options (and ``preferred_batch_sizes``) are refused where they would be ignored: for a kind without a
+    stream model, with ``stream=False`` (and without ``dynamic_batching``).
     """
 
     name: str = P.DEFAULT_MODEL_NAME
@@ -99,24 +95,14 @@ class RepoOptions:
     dynamic_batching: bool = True
     ort_tensorrt_fp16: bool = False
     stream: bool = True
-    stream_window: int = P.DEFAULT_WINDOW
-    stream_idle_seconds: float = P.DEFAULT_IDLE_SECONDS
-    max_streams: int = P.DEFAULT_MAX_STREAMS
-    stream_max_batch_size: int = 8
+    stream_window: Optional[int] = None
+    stream_idle_seconds: Optional[float] = None
+    max_streams: Optional[int] = None
+    stream_max_batch_size: Optional[int] = None
 
 
-@dataclass
-class Source:
-    """A resolved SRC: its kind, the model's metadata, the files each model's version folder gets (name -> source
-    path) and the engine's profiles (None for ONNX)."""
-
-    path: Path
-    kind: str
-    metadata: dict
-    clip_files: dict
-    stream_files: dict = field(default_factory=dict)
-    profiles: Optional[list] = None
-    notes: list = field(default_factory=list)  # what the user must know to serve it (engine flavour, version)
+STREAM_OPTIONS = {"stream_window": "--stream-window", "stream_idle_seconds": "--stream-idle-seconds",
+                  "max_streams": "--max-streams", "stream_max_batch_size": "--stream-max-batch-size"}
 
 
 @dataclass
@@ -133,110 +119,6 @@ def _positive(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ExportError(f"{what} must be an integer >= 1, got {value!r}")
     return value
-
-
-# --- the source ----------------------------------------------------------------------------------------------------
-
-
-def resolve_source(src, kind: str = "auto", stream: bool = True) -> Source:
-    """Read SRC: an engine with its report, or an ONNX export folder (or its ``model.onnx``).
-
-    Raises:
-        ExportError: a missing or unrecognised SRC, a kind it cannot serve, a damaged or mismatched file.
-    """
-    if kind not in KIND_CHOICES:
-        raise ExportError(f"--kind {kind!r} is not one of {', '.join(KIND_CHOICES)}")
-    src = Path(src)
-    if not src.exists():
-        raise ExportError(f"SRC {src} does not exist; give an ONNX export folder (onnx/fp32, onnx/fp16, onnx/int8) "
-                          "or an engine with its ENGINE.json report")
-    engine = None
-    if src.is_file() and src.suffix.lower() in (".engine", ".plan"):
-        engine = src
-    elif src.is_file() and src.suffix.lower() == ".onnx":
-        if src.name != "model.onnx":
-            raise ExportError(f"{src} is the {src.stem} graph; a repository serves model.onnx (whole clips), and the "
-                              f"python kind's stream model runs the folder's cnn.onnx and bilstm.onnx: pass the export "
-                              f"folder {src.parent}")
-        src = src.parent
-    elif src.is_dir() and not (src / "model.onnx").is_file():
-        found = [src / n for n in ("model.engine", "model.plan") if (src / n).is_file()]
-        if not found:
-            raise ExportError(f"{src} holds neither model.onnx (an export of `python -m export.to_onnx`) nor "
-                              "model.engine/model.plan; give an ONNX export folder or an engine with its report")
-        engine = found[0]
-    elif not src.is_dir():
-        raise ExportError(f"SRC {src} is neither an ONNX export folder nor an .engine/.plan file")
-    if engine is not None:
-        if kind not in ("auto", P.KIND_TENSORRT):
-            raise ExportError(f"--kind {kind} serves an ONNX export folder, but {engine} is a TensorRT engine; pass "
-                              "the export folder the engine was built from, or --kind tensorrt")
-        return _engine_source(engine)
-    if kind == P.KIND_TENSORRT:
-        raise ExportError(f"--kind tensorrt serves an engine, but {src} is an ONNX export folder; build one with "
-                          f"`python -m export.to_trt {src / 'model.onnx'} --out model.engine` and pass it")
-    return _onnx_source(src, P.KIND_ONNXRUNTIME if kind == "auto" else kind, stream)
-
-
-def _engine_source(engine: Path) -> Source:
-    from runtime.backends.engine_report import check_engine_file, read_report, report_path_for
-
-    try:
-        report = read_report(engine)
-        check_engine_file(engine, report)
-    except RuntimeInputError as e:
-        raise ExportError(str(e)) from e
-    graph = report["metadata"].get("graph")
-    if graph != "model":
-        raise ExportError(f"{engine} was built from the {graph} graph; a repository serves whole clips: build the "
-                          "engine from model.onnx (`python -m export.to_trt DIR/model.onnx --out model.engine`)")
-    profiles = engine_profiles(report)
-    if not profiles:
-        raise ExportError(f"{report_path_for(engine)} records no batch/time optimization profiles")
-    return Source(engine, P.KIND_TENSORRT, report["metadata"],
-                  {"model.plan": engine, "model.plan.json": report_path_for(engine)}, profiles=profiles,
-                  notes=[engine_serving_note(engine, report.get("trt") or {})])
-
-
-def engine_serving_note(engine: Path, trt: dict) -> str:
-    """What serving ``engine`` needs, from its report's ``trt`` record: Triton's tensorrt backend deserializes a plan
-    with the full TensorRT of its own release, so the versions must match, and a TensorRT-RTX plan does not load."""
-    flavour, version = trt.get("flavour", "tensorrt"), trt.get("version", "unknown")
-    if flavour != "tensorrt":
-        return (f"{engine.name} was built by {flavour} {version}; Triton's tensorrt backend runs plans of full "
-                f"TensorRT only, so this repository is for checking, not serving: rebuild the engine with full "
-                f"TensorRT of the Triton release that will serve it (`python -m export.to_trt model.onnx --out "
-                f"model.engine` where `tensorrt` is installed, e.g. in that release's container), then regenerate")
-    return (f"{engine.name} was built with TensorRT {version}: serve it with the Triton release whose container ships "
-            f"TensorRT {version} (Triton's release notes list it); another TensorRT version refuses the plan")
-
-
-def _onnx_source(folder: Path, kind: str, stream: bool) -> Source:
-    from export.onnx_graph import read_metadata
-
-    split = ["cnn.onnx", "bilstm.onnx"]
-    # The python kind's clip model runs the split graphs when the export has them (the CNN over real frames only),
-    # model.onnx otherwise; its stream model needs them.
-    with_split = kind == P.KIND_PYTHON and (stream or all((folder / n).is_file() for n in split))
-    names = ["model.onnx"] + (split if with_split else [])
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        hint = " (or pass --no-stream to serve whole clips only)" if kind == P.KIND_PYTHON else ""
-        raise ExportError(f"{folder} lacks {missing}; export the folder with `python -m export.to_onnx CHECKPOINT "
-                          f"--out DIR`{hint}")
-    try:
-        for n in names:
-            check_export_file(folder / n)  # a damaged graph still parses: compare it with the export's digest
-    except RuntimeInputError as e:
-        raise ExportError(str(e)) from e
-    metadata = read_metadata(folder / "model.onnx")
-    if metadata is None:
-        raise ExportError(f"{folder / 'model.onnx'} lacks the {P.METADATA_PARAMETER!r} metadata; export it with "
-                          "`python -m export.to_onnx CHECKPOINT --out DIR`")
-    report = [EXPORT_REPORT_NAME] if (folder / EXPORT_REPORT_NAME).is_file() else []
-    files = {n: folder / n for n in names + report}
-    stream_files = {n: folder / n for n in split + report} if with_split and stream else {}
-    return Source(folder, kind, metadata, files, stream_files)
 
 
 # --- configs ---------------------------------------------------------------------------------------------------------
@@ -298,37 +180,35 @@ def _instance_group(opts: RepoOptions, kind: str) -> list:
     return [{"count": _positive(opts.instances, "--instances"), "kind": f"KIND_{inst.upper()}"}]
 
 
-def clip_config(source: Source, opts: RepoOptions) -> dict:
-    """The whole-clip model's config as a dict (field names of Triton's ModelConfig)."""
+def clip_config(source: Source, opts: RepoOptions):
+    """The whole-clip model's config, a ``ModelConfig`` message of Triton's schema."""
     kind = source.kind
     if opts.ort_tensorrt_fp16 and kind != P.KIND_ONNXRUNTIME:
         raise ExportError(f"--ort-tensorrt-fp16 is an option of the onnxruntime kind, not {kind}")
     mbs, t_lo, t_hi, buckets = _limits(source, opts)
     served = P.ServedModel(source.metadata, kind, P.ROLE_CLIP, tuple(buckets), t_lo, t_hi)
     meta = served.model_metadata(str(source.path))
-    config = {"name": opts.name}
-    if kind == P.KIND_TENSORRT:
-        config["platform"] = "tensorrt_plan"
-    else:
-        config["backend"] = "python" if kind == P.KIND_PYTHON else "onnxruntime"
     inputs = [_tensor(t) for t in P.clip_inputs(meta.frame_size)]
     if kind == P.KIND_PYTHON:  # ClipModel takes each request's own tensor: requests of any T share a batch
         for t in inputs:
             if t["name"] == P.FRAMES:
                 t["allow_ragged_batch"] = True
-    config.update(max_batch_size=mbs,
-                  input=inputs,
-                  output=[_tensor(t) for t in P.clip_outputs(meta.num_classes)],
-                  instance_group=_instance_group(opts, kind))
+    config = model_config_class()(
+        name=opts.name, max_batch_size=mbs, input=inputs, output=[_tensor(t) for t in P.clip_outputs(meta.num_classes)],
+        instance_group=_instance_group(opts, kind), parameters=_metadata_param(served))
+    if kind == P.KIND_TENSORRT:
+        config.platform = "tensorrt_plan"
+    else:
+        config.backend = "python" if kind == P.KIND_PYTHON else "onnxruntime"
     if opts.dynamic_batching:
-        batching = {"max_queue_delay_microseconds": _queue_delay(opts)}
-        if opts.preferred_batch_sizes:
-            batching["preferred_batch_size"] = [int(b) for b in opts.preferred_batch_sizes]
-        config["dynamic_batching"] = batching
+        config.dynamic_batching.max_queue_delay_microseconds = _queue_delay(opts)
+        config.dynamic_batching.preferred_batch_size.extend(int(b) for b in opts.preferred_batch_sizes)
+    elif opts.preferred_batch_sizes:
+        raise ExportError("--preferred-batch-sizes are the dynamic batcher's, which --no-dynamic-batching turns off; "
+                          "drop one of them")
     if opts.ort_tensorrt_fp16:
-        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
-            {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}]}}
-    config["parameters"] = _metadata_param(served)
+        config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt", parameters={"precision_mode": "FP16"})
     return config
 
 
@@ -339,17 +219,22 @@ def _queue_delay(opts: RepoOptions) -> int:
     return d
 
 
-def stream_config(source: Source, opts: RepoOptions) -> dict:
-    """The stream model's config as a dict (python kind, sequence batcher)."""
+def _option(opts: RepoOptions, field: str, default):
+    value = getattr(opts, field)
+    return default if value is None else value
+
+
+def stream_config(source: Source, opts: RepoOptions):
+    """The stream model's config (python kind, sequence batcher), a ``ModelConfig`` message of Triton's schema."""
     from runtime.streaming import MAX_WINDOW
 
-    window = _positive(opts.stream_window, "--stream-window")
+    window = _positive(_option(opts, "stream_window", P.DEFAULT_WINDOW), "--stream-window")
     if window > MAX_WINDOW:
         raise ExportError(f"--stream-window {window} is beyond {MAX_WINDOW} (every frame reruns the BiLSTM over it)")
-    idle = opts.stream_idle_seconds
+    idle = _option(opts, "stream_idle_seconds", P.DEFAULT_IDLE_SECONDS)
     if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle > 0:
         raise ExportError(f"--stream-idle-seconds must be a number > 0, got {idle!r}")
-    max_streams = _positive(opts.max_streams, "--max-streams")
+    max_streams = _positive(_option(opts, "max_streams", P.DEFAULT_MAX_STREAMS), "--max-streams")
     served = P.ServedModel(source.metadata, P.KIND_PYTHON, P.ROLE_STREAM, (window,), 1, window, window=window,
                            idle_seconds=float(idle))
     meta = served.model_metadata(str(source.path))
@@ -361,86 +246,33 @@ def stream_config(source: Source, opts: RepoOptions) -> dict:
         else:
             control["data_type"] = dtype
         controls.append({"name": name, "control": [control]})
-    return {
-        "name": P.stream_model_name(opts.name),
-        "backend": "python",
-        "max_batch_size": _positive(opts.stream_max_batch_size, "--stream-max-batch-size"),
-        "sequence_batching": {
+    mbs = _positive(_option(opts, "stream_max_batch_size", DEFAULT_STREAM_MAX_BATCH_SIZE), "--stream-max-batch-size")
+    return model_config_class()(
+        name=P.stream_model_name(opts.name), backend="python", max_batch_size=mbs,
+        sequence_batching={
             "max_sequence_idle_microseconds": int(round(float(idle) * 1e6)),
             "control_input": controls,
             "oldest": {"max_candidate_sequences": CANDIDATES_PER_STREAM * max_streams,
                        "max_queue_delay_microseconds": _queue_delay(opts)},
         },
-        "input": [_tensor(t) for t in P.stream_inputs(meta.frame_size)],
-        "output": [_tensor(t) for t in P.stream_outputs(meta.num_classes)],
-        "instance_group": _instance_group(opts, P.KIND_PYTHON),
-        "parameters": {**_metadata_param(served), P.MAX_STREAMS_PARAMETER: {"string_value": str(max_streams)}},
-    }
+        input=[_tensor(t) for t in P.stream_inputs(meta.frame_size)],
+        output=[_tensor(t) for t in P.stream_outputs(meta.num_classes)],
+        instance_group=_instance_group(opts, P.KIND_PYTHON),
+        parameters={**_metadata_param(served), P.MAX_STREAMS_PARAMETER: {"string_value": str(max_streams)}})
 
 
-def render_config(config: dict) -> str:
-    """``config.pbtxt`` text of a config dict, in Triton's usual layout (``dims: [ -1, 3, 16, 16 ]``, bare enum
-    names), checked to parse back to the same message."""
-    from google.protobuf import json_format, text_format
-
-    cls = model_config_class()
-    lines: list = []
-    _render(config, cls.DESCRIPTOR, 0, lines)
-    text = "\n".join(lines) + "\n"
-    if text_format.Parse(text, cls()) != json_format.ParseDict(config, cls()):
-        raise ExportError("internal error: the rendered config.pbtxt does not parse back to the config it renders")
-    return text
-
-
-def _render(d: dict, desc, depth: int, lines: list) -> None:
-    pad = "  " * depth
-    for key, value in d.items():
-        f = desc.fields_by_name[key]
-        sub = f.message_type
-        if sub is not None and sub.GetOptions().map_entry:
-            value_field = sub.fields_by_name["value"]
-            for k, v in value.items():
-                lines.append(f"{pad}{key} {{")
-                lines.append(f"{pad}  key: {_scalar(k, sub.fields_by_name['key'])}")
-                if value_field.message_type is not None:
-                    lines.append(f"{pad}  value {{")
-                    _render(v, value_field.message_type, depth + 2, lines)
-                    lines.append(f"{pad}  }}")
-                else:
-                    lines.append(f"{pad}  value: {_scalar(v, value_field)}")
-                lines.append(f"{pad}}}")
-        elif _repeated(f) and sub is not None:
-            lines.append(f"{pad}{key} [")
-            for i, item in enumerate(value):
-                lines.append(f"{pad}  {{")
-                _render(item, sub, depth + 2, lines)
-                lines.append(f"{pad}  }}" + ("," if i < len(value) - 1 else ""))
-            lines.append(f"{pad}]")
-        elif _repeated(f):
-            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v, f) for v in value)}{' ' if value else ''}]")
-        elif sub is not None:
-            lines.append(f"{pad}{key} {{")
-            _render(value, sub, depth + 1, lines)
-            lines.append(f"{pad}}}")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value, f)}")
-
-
-def _repeated(f) -> bool:
-    is_repeated = getattr(f, "is_repeated", None)  # protobuf >= 6 (label is deprecated there)
-    return is_repeated if isinstance(is_repeated, bool) else f.label == f.LABEL_REPEATED
-
-
-def _scalar(value, f) -> str:
-    from google.protobuf import text_encoding
-
-    if f.enum_type is not None:
-        return str(value)
-    if f.type == f.TYPE_STRING:
-        return '"' + text_encoding.CEscape(str(value), as_utf8=True) + '"'
-    if f.type == f.TYPE_BOOL:
-        return "true" if value else "false"
-    return str(value)
+def _check_applicable(kind: str, opts: RepoOptions) -> None:
+    """Refuse stream options where no stream model is generated: they would be ignored."""
+    given = [flag for field, flag in STREAM_OPTIONS.items() if getattr(opts, field) is not None]
+    if not given:
+        return
+    named, verb, it = ", ".join(given), "set" if len(given) > 1 else "sets", "them" if len(given) > 1 else "it"
+    if kind != P.KIND_PYTHON:
+        raise ExportError(f"{named} {verb} the python kind's stream model; the {kind} kind has none (an ONNX export "
+                          f"folder is served by the onnxruntime kind unless --kind python): drop {it}, or pass --kind "
+                          "python")
+    if not opts.stream:
+        raise ExportError(f"{named} {verb} the stream model, which --no-stream leaves out: drop {it} or --no-stream")
 
 
 # --- the repository --------------------------------------------------------------------------------------------------
@@ -453,37 +285,30 @@ def plan_repository(src, opts: RepoOptions = RepoOptions()) -> list:
         list[PlannedModel]: the whole-clip model, then (python kind) the stream model.
 
     Raises:
-        ExportError: a bad SRC or option, or a request the engine could not run (batch/time beyond its profiles).
+        ExportError: a bad SRC or option (one that does not apply to the kind included), or a request the engine
+            could not run (batch/time beyond its profiles).
         RepositoryError: a generated config fails the checks (every error listed).
     """
     return _plan(src, opts)[0]
 
 
 def _plan(src, opts: RepoOptions) -> tuple:
-    """See :func:`plan_repository`.
-
-    Returns:
-        list[PlannedModel]: the whole-clip model, then (python kind) the stream model.
-
-    Raises:
-        ExportError: a bad SRC or option, or a request the engine could not run (batch/time beyond its profiles).
-        RepositoryError: a generated config fails the checks (every error listed).
-    """
+    """:func:`plan_repository`'s models, and what serving them needs (:attr:`RepoResult.notes`)."""
     try:
         P.check_model_name(opts.name)
     except RuntimeInputError as e:
         raise ExportError(f"--name: {e}") from e
     source = resolve_source(src, opts.kind, opts.stream)
-    stream = source.kind == P.KIND_PYTHON and opts.stream
+    _check_applicable(source.kind, opts)
     models = [(opts.name, clip_config(source, opts), dict(source.clip_files), "ClipModel")]
-    if stream:
+    if source.kind == P.KIND_PYTHON and opts.stream:
         models.append((P.stream_model_name(opts.name), stream_config(source, opts), dict(source.stream_files),
                        "StreamModel"))
     planned, errors = [], []
     for name, config, files, cls in models:
         if source.kind == P.KIND_PYTHON:
             files["model.py"] = SHIM.format(cls=cls)
-        text = render_config(config)
+        text = config_text(config)
         label = f"{name}/{CONFIG_NAME}"
         check_files = {n: (p if isinstance(p, Path) else Path(label)) for n, p in files.items()}
         errors += check_model_config(text, label, check_files, folder_name=name)
@@ -550,8 +375,6 @@ def write_repository(src, out, opts: RepoOptions = RepoOptions(), force: bool = 
 
 def served_model_of(config_path) -> P.ServedModel:
     """The :class:`runtime.triton.protocol.ServedModel` a written ``config.pbtxt`` carries."""
-    from export.triton_check import parse_config
-
     text = Path(config_path).read_text(encoding="utf-8")
     config, errors = parse_config(text, str(config_path))
     if config is None:
@@ -560,6 +383,5 @@ def served_model_of(config_path) -> P.ServedModel:
     return P.ServedModel.from_json(param.string_value if param is not None else "", str(config_path))
 
 
-__all__ = ["KIND_CHOICES", "PlannedModel", "RepoOptions", "RepoResult", "Source", "check_repository_target",
-           "clip_config", "plan_repository", "render_config", "resolve_source", "served_model_of", "stream_config",
-           "write_repository"]
+__all__ = ["PlannedModel", "RepoOptions", "RepoResult", "check_repository_target", "clip_config", "plan_repository",
+           "served_model_of", "stream_config", "write_repository"]

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import runtime
+from benchmarks.triton_env import SERVER_PYTHON_ENV
+from benchmarks.triton_server import LocalTritonServer, server_unavailable_reason
 from runtime.checkpoint import save_checkpoint
 from runtime.model import ModelConfig, build_random_model
-from benchmarks.triton_server import SERVER_PYTHON_ENV, LocalTritonServer, server_unavailable_reason
 
 # Small enough that a forward pass over a few clips takes milliseconds on 2 CPU cores, but the same architecture
 # family as the product (ResNet + 2-layer BiLSTM + two heads).
@@ -231,8 +232,9 @@ def write_python_repository(export_dir, out, **options):
     ``cnn_bilstm_stream``."""
     from export.triton_repo import RepoOptions, write_repository
 
-    opts = dict(kind="python", max_time=MAX_TIME, max_batch_size=MAX_BATCH_SIZE, stream_window=STREAM_WINDOW,
-                stream_idle_seconds=STREAM_IDLE_SECONDS)
+    opts = dict(kind="python", max_time=MAX_TIME, max_batch_size=MAX_BATCH_SIZE)
+    if options.get("stream", True):  # stream options without a stream model are refused
+        opts.update(stream_window=STREAM_WINDOW, stream_idle_seconds=STREAM_IDLE_SECONDS)
     return write_repository(export_dir, out, RepoOptions(**{**opts, **options})).path
 
 

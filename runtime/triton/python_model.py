@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import RuntimeInputError
 from ..inputs import pad_time
+from ..spec import EXPORT_REPORT_NAME, check_export_file
 from . import protocol as P
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,27 @@ def _backend_utils():
 
 
 def _served(args: dict) -> tuple:
-    """(model config dict, :class:`protocol.ServedModel`, version folder) from ``initialize``'s ``args``."""
+    """(model config dict, :class:`protocol.ServedModel`, version folder) from ``initialize``'s ``args``, the folder's
+    graphs checked against the digests its ``export_report.json`` records.
+
+    Raises:
+        RuntimeInputError: a graph that is not the one recorded, with the fix for a repository (regenerating it;
+            the runtime's own hint, exporting into the folder again, would leave it without its ``model.py``).
+    """
     config = json.loads(args["model_config"])
     name = config.get("name") or args.get("model_name", "model")
     served = P.ServedModel.from_config(config, f"model {name!r}")
     folder = Path(args["model_repository"]) / str(args["model_version"])
+    for graph in sorted(folder.glob("*.onnx")):
+        try:
+            check_export_file(graph)
+        except RuntimeInputError as e:
+            repo = Path(args["model_repository"]).parent
+            raise RuntimeInputError(
+                f"{graph} is not the graph {EXPORT_REPORT_NAME} beside it records (its sha256 differs): it was replaced "
+                f"or damaged after the repository was generated; regenerate the repository from its export with "
+                f"`python -m export.to_triton` (`python -m export.to_triton --check {repo}` prints the command with "
+                f"its options), not by exporting into the version folder") from e
     return config, served, folder
 
 

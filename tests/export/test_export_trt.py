@@ -199,3 +199,41 @@ def test_version_compatible_is_refused_on_tensorrt_rtx_with_the_reason(fp16_grap
     config = builder.create_builder_config()
     config.set_flag(tensorrt_rtx.BuilderFlag.VERSION_COMPATIBLE)
     assert builder.build_serialized_network(network, config) is None
+
+
+# TensorRT-RTX holds at most 2**40 elements in any tensor at a profile's shapes; the tiny model's largest activation
+# (conv1's output) has 64x16x16 elements per frame, so batch x time may reach 2**40 / 16384 = 8192 * 8192.
+def test_a_profile_beyond_tensorrts_tensor_volume_is_refused_in_one_line(fp16_graphs, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "big.engine"
+    proc = subprocess.run([sys.executable, "-m", "export.to_trt", str(fp16_graphs["model"]), "--out", str(out),
+                           "--profile", "batch=1:1:100000,time=1:16:100000", "--backend", "tensorrt_rtx",
+                           "--compute-capability", "8.6"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: profile 0 (batch=1:1:100000,time=1:16:100000) is not self-consistent for TensorRT: at its largest "
+        "shapes (batch x time = 10,000,000,000) tensor /cnn/cnn/conv1/Conv_output_0 [N, 64, 16, 16] would hold "
+        "163,840,000,000,000 elements, beyond TensorRT's limit of 1,099,511,627,776 per tensor; keep batch x time at "
+        "most 67,108,864"], proc.stderr
+    assert not out.exists() and not (tmp_path / "big.engine.json").exists()
+
+
+def test_the_volume_limit_is_tensorrts_own(fp16_graphs, tmp_path, monkeypatch):
+    # exactly 2**40 elements: TensorRT-RTX builds it without a word
+    built = build_engine(fp16_graphs["cnn"], tmp_path / "edge.engine", profiles=["batch=1:1:8192,time=1:16:8192"],
+                         backend="tensorrt_rtx", compute_capability="8.6")
+    assert built.engine_path.is_file()
+    with pytest.raises(ProfileError, match=r"profile 0 \(batch=1:1:8192,time=1:16:8193\) is not self-consistent"):
+        build_engine(fp16_graphs["cnn"], tmp_path / "over.engine", profiles=["batch=1:1:8192,time=1:16:8193"],
+                     backend="tensorrt_rtx", compute_capability="8.6")
+    # without the check before the build, the builder's own warning stops it: no engine, no report
+    monkeypatch.setattr("export.engine_build.check_network_volumes", lambda *args: None)
+    with pytest.raises(ProfileError, match=r"TensorRT-RTX .* found the optimization profiles "
+                                           r"batch=1:1:8192,time=1:16:8193 not self-consistent \(Profile kMAX values "
+                                           r"are not self-consistent\. .*tensor volume exceeds 1099511627776"):
+        build_engine(fp16_graphs["cnn"], tmp_path / "over.engine", profiles=["batch=1:1:8192,time=1:16:8193"],
+                     backend="tensorrt_rtx", compute_capability="8.6")
+    assert not (tmp_path / "over.engine").exists() and not (tmp_path / "over.engine.json").exists()

@@ -196,21 +196,21 @@ BROKEN = {
                    [r"config.pbtxt:3:1: .*no field named \"max_batch_sise\"; did you mean 'max_batch_size'\?"]),
     "bad enum": ("cnn_bilstm", lambda t: t.replace("TYPE_INT32", "TYPE_INT33", 1),
                  [r"config.pbtxt:\d+:\d+: .*TYPE_INT33.*valid values: .*TYPE_INT32"]),
-    "wrong dims": ("cnn_bilstm", lambda t: t.replace("dims: [ -1, 3, 16, 16 ]", "dims: [ -1, 3, 32, 32 ]"),
+    "wrong dims": ("cnn_bilstm", lambda t: t.replace("dims: [-1, 3, 16, 16]", "dims: [-1, 3, 32, 32]"),
                    [r"config.pbtxt:\d+: input 'frames' has dims \[-1, 3, 32, 32\]; valid: \[-1, 3, 16, 16\]",
                     r"the model sees \[-1, 3, 32, 32\] per request, but .*model.onnx declares \[-1, 3, 16, 16\]"]),
     "wrong dtype": ("cnn_bilstm", lambda t: t.replace("data_type: TYPE_INT32", "data_type: TYPE_INT64", 1),
                     [r"input 'lengths' has data_type TYPE_INT64; valid: TYPE_INT32",
                      r"model.onnx declares TYPE_INT32, the config TYPE_INT64"]),
-    "no reshape": ("cnn_bilstm", lambda t: re.sub(r"\n\s*reshape \{\n\s*shape: \[ \]\n\s*\}", "", t),
+    "no reshape": ("cnn_bilstm", lambda t: re.sub(r"\n\s*reshape \{\n\s*\}", "", t),
                    [r"input 'lengths' has no reshape; valid: reshape: \{ shape: \[\] \}"]),
     "bucket beyond max T": ("cnn_bilstm", lambda t: _set_served(t, time_buckets=[1, 2, 4, 8, 16, 20, 32]),
                             [r"time_buckets \[1, 2, 4, 8, 16, 20, 32\] must be .* within min_time..max_time 1..20"]),
-    "preferred beyond batch": ("cnn_bilstm", lambda t: t.replace("preferred_batch_size: [ 4, 8 ]",
-                                                                 "preferred_batch_size: [ 4, 16 ]"),
+    "preferred beyond batch": ("cnn_bilstm", lambda t: t.replace("preferred_batch_size: [4, 8]",
+                                                                 "preferred_batch_size: [4, 16]"),
                                [r"preferred_batch_size 16 is outside 1..max_batch_size \(8\)"]),
     "missing control": ("cnn_bilstm_stream",
-                        lambda t: re.sub(r'\{\n\s*name: "READY"\n(.*\n){6}\s*\},\n', "", t),
+                        lambda t: re.sub(r'\n  control_input \{\n    name: "READY"\n(.*\n){4}  \}', "", t),
                         [r"lacks the control input 'READY' \(CONTROL_SEQUENCE_READY\)"]),
     "wrong control kind": ("cnn_bilstm_stream", lambda t: t.replace("kind: CONTROL_SEQUENCE_END",
                                                                     "kind: CONTROL_SEQUENCE_START"),
@@ -260,7 +260,7 @@ def test_check_finds_missing_version_files(python_repo, tmp_path, capsys):
 
 def test_check_reports_several_errors_at_once(python_repo, tmp_path):
     repo, path = _broken(python_repo, tmp_path, "cnn_bilstm",
-                         lambda t: t.replace("dims: [ -1, 3 ]", "dims: [ -1, 4 ]").replace("max_batch_size: 8",
+                         lambda t: t.replace("dims: [-1, 3]", "dims: [-1, 4]").replace("max_batch_size: 8",
                                                                                            "max_batch_size: 0"))
     errors = check_repository(repo)
     assert any("output 'frame_logits' has dims [-1, 4]" in e for e in errors)
@@ -283,19 +283,22 @@ def test_stream_protocol_names_match_the_generated_config(python_repo):
     assert [i.name for i in stream.input] == [P.FRAME]
 
 
-def test_rendered_config_escapes_the_metadata_and_parses_back():
-    from export.triton_repo import render_config
+def test_written_config_escapes_the_metadata_and_parses_back():
+    from export.triton_config import config_text, model_config_class
 
     served = P.ServedModel({"graph": "model", "class_names": ['a "quoted"', "back\\slash", "é\nnewline"],
                             "mean": [0.5] * 3, "std": [0.25] * 3, "frame_size": [8, 8]}, "python", "clip", (1, 2), 1, 2)
-    text = render_config({"name": "m", "backend": "python", "max_batch_size": 2,
-                          "input": [{"name": "lengths", "data_type": "TYPE_INT32", "dims": [1],
-                                     "reshape": {"shape": []}}],
-                          "parameters": {METADATA_KEY: {"string_value": served.to_json()}}})
-    assert "dims: [ 1 ]" in text and "reshape {\n      shape: [ ]\n    }" in text
-    config = _config_text(text)
-    assert config.input[0].HasField("reshape")
-    assert P.ServedModel.from_json(config.parameters[METADATA_KEY].string_value) == served
+    config = model_config_class()(name="m", backend="python", max_batch_size=2,
+                                  input=[{"name": "lengths", "data_type": "TYPE_INT32", "dims": [1],
+                                          "reshape": {"shape": []}}],
+                                  parameters={METADATA_KEY: {"string_value": served.to_json()}})
+    text = config_text(config)
+    # Triton's documented layout: the schema's field order, short lists, the empty reshape kept
+    assert text.startswith('name: "m"\nbackend: "python"\nmax_batch_size: 2\n')
+    assert "dims: [1]" in text and "reshape {\n  }" in text
+    parsed = _config_text(text)
+    assert parsed == config and parsed.input[0].HasField("reshape")
+    assert P.ServedModel.from_json(parsed.parameters[METADATA_KEY].string_value) == served
 
 
 def _config_text(text):
@@ -307,8 +310,56 @@ def _config_text(text):
 
 def test_a_missing_shim_does_not_hide_the_checks_against_the_graph(python_repo, tmp_path):
     repo, path = _broken(python_repo, tmp_path, "cnn_bilstm",
-                         lambda t: t.replace("dims: [ -1, 3, 16, 16 ]", "dims: [ -1, 3, 32, 32 ]"))
+                         lambda t: t.replace("dims: [-1, 3, 16, 16]", "dims: [-1, 3, 32, 32]"))
     (repo / "cnn_bilstm" / "1" / "model.py").unlink()
     errors = check_repository(repo)
     assert any("lacks ['model.py']" in e for e in errors)
     assert any("model.onnx declares [-1, 3, 16, 16]" in e for e in errors)
+
+
+def _configs_and_files(repo):
+    """Each model's config (as Triton's schema parses it) and version-folder files (name -> bytes)."""
+    return {m.name: (_config(m / "config.pbtxt"), {p.name: p.read_bytes() for p in (m / "1").iterdir()})
+            for m in sorted(repo.iterdir())}
+
+
+def test_check_refuses_a_replaced_graph_and_its_fix_regenerates_the_repository(python_repo, export_dir, tmp_path,
+                                                                               capsys):
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.runtime.test_triton_python_model import _replace_a_weight
+
+    repo = tmp_path / "repo"
+    shutil.copytree(python_repo, repo)
+    graph = repo / "cnn_bilstm" / "1" / "model.onnx"
+    _replace_a_weight(graph)  # same metadata, inputs and outputs: only the digest tells
+    assert main(["--check", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert f"{graph} is not the file export_report.json beside it records" in err, err
+    assert "1 error(s)" in err
+    command = re.search(r"regenerate the repository: `([^`]+)` \(SRC: the ONNX export folder it was made from, of the "
+                        r"checkpoint with sha256 [0-9a-f]{16}\.\.\.\)", err).group(1)
+    # the suggested command, run as a user would with SRC filled in, writes the repository as it was made
+    argv = [str(export_dir) if a == "SRC" else a for a in shlex.split(command)]
+    assert argv[:3] == ["python", "-m", "export.to_triton"] and argv[argv.index("--kind") + 1] == "python"
+    argv[0] = sys.executable
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    assert _configs_and_files(repo) == _configs_and_files(python_repo)
+    assert main(["--check", str(repo)]) == 0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--stream-window", "8"], "--stream-window sets the python kind's stream model; the onnxruntime kind has none"),
+    (["--kind", "onnxruntime", "--max-streams", "4", "--stream-idle-seconds", "5"],
+     "--stream-idle-seconds, --max-streams set the python kind's stream model"),
+    (["--kind", "python", "--no-stream", "--stream-max-batch-size", "4"], "which --no-stream leaves out"),
+    (["--no-dynamic-batching", "--preferred-batch-sizes", "4"], "which --no-dynamic-batching turns off"),
+])
+def test_options_that_would_be_ignored_are_refused(export_dir, tmp_path, capsys, args, match):
+    out = tmp_path / "repo"
+    assert main([str(export_dir), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1, err
+    assert not out.exists()

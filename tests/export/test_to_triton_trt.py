@@ -88,7 +88,7 @@ def _edit(trt_repo, tmp_path, edit):
      r"go beyond the engine's longest profile time 128"),
     (lambda t: t.replace('platform: "tensorrt_plan"', 'backend: "onnxruntime"'),
      r"a tensorrt model needs backend: \"tensorrt\" \(or platform: \"tensorrt_plan\"\)"),
-    (lambda t: t.replace("dims: [ -1, 3 ]", "dims: [ 3 ]"),
+    (lambda t: t.replace("dims: [-1, 3]", "dims: [3]"),
      r"output 'frame_logits': the model sees \[3\] per request, but .*model.plan.json declares \[-1, 3\]"),
 ])
 def test_check_compares_an_edited_config_with_the_engine(trt_repo, tmp_path, capsys, edit, pattern):
@@ -117,7 +117,27 @@ def test_the_engines_flavour_and_version_are_said_when_the_repository_is_written
 
 
 def test_a_full_tensorrt_engine_names_the_triton_release_it_needs(tmp_path):
-    from export.triton_repo import engine_serving_note
+    from export.triton_source import engine_serving_note
 
     note = engine_serving_note(tmp_path / "model.engine", {"flavour": "tensorrt", "version": "11.4.0.106"})
     assert "TensorRT 11.4.0.106" in note and "Triton release" in note and "tensorrt_rtx" not in note
+
+
+def test_check_refuses_a_replaced_engine_and_names_the_command(trt_repo, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(trt_repo, repo)
+    plan = repo / "cnn_bilstm" / "1" / "model.plan"
+    data = bytearray(plan.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 in model.plan.json tells
+    plan.write_bytes(bytes(data))
+    assert main(["--check", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert f"{plan} is not the file model.plan.json beside it records" in err, err
+    assert re.search(r"regenerate the repository: `python -m export\.to_triton SRC --out \S+ --kind tensorrt "
+                     r"--max-batch-size 8 --max-time 128 --instances 1 --instance-kind gpu --max-queue-delay-us 500 "
+                     r"--preferred-batch-sizes 4,8 --force` \(SRC: the engine \(with its ENGINE\.json report\)", err)
+
+
+def test_stream_options_are_refused_for_an_engine(engine, tmp_path, capsys):
+    assert main([str(engine), "--out", str(tmp_path / "repo"), "--stream-window", "8"]) == 2
+    assert "the tensorrt kind has none" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from fakes import FakeInferenceRequest, FakeTritonError, make_fake_pb_utils
 import runtime
 from export.to_onnx import export_onnx
 from export.triton_repo import RepoOptions, write_repository
+from runtime.errors import RuntimeInputError
 from runtime.triton import protocol as P
 from runtime.triton.python_model import ClipModel, StreamModel
 
@@ -294,3 +295,34 @@ def test_clip_model_without_split_graphs_runs_model_onnx_once_over_padded_reques
         assert shapes == [(sum(x.shape[0] for x, _ in inputs), max(x.shape[1] for x, _ in inputs))]
     finally:
         model.finalize()
+
+
+def _replace_a_weight(graph):
+    """Rewrite ``graph`` as another model with the same metadata: one weight changed (what copying another training
+    run's graph over it does), so only the digest its export_report.json records can tell."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(graph))
+    init = max(proto.graph.initializer, key=lambda i: len(i.raw_data))
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(proto, str(graph))
+
+
+@pytest.mark.parametrize("model_cls, name, graph", [(ClipModel, "cnn_bilstm", "model.onnx"),
+                                                     (StreamModel, "cnn_bilstm_stream", "bilstm.onnx")])
+def test_a_replaced_graph_is_refused_with_the_fix_for_a_repository(repo, tmp_path, pb, model_cls, name, graph):
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    _replace_a_weight(copy / name / "1" / graph)
+    with pytest.raises(RuntimeInputError) as info:
+        model_cls().initialize(_args(copy, name))
+    message = str(info.value)
+    assert f"{copy / name / '1' / graph} is not the graph export_report.json beside it records" in message
+    # the fix regenerates the repository; exporting into the version folder would leave it without model.py
+    assert f"`python -m export.to_triton --check {copy}` prints the command" in message
+    assert "export.to_onnx" not in message

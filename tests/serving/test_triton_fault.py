@@ -16,9 +16,9 @@ import pytest
 from conftest import PROTOCOLS, assert_same_outputs, base_url, write_python_repository
 
 import runtime
+from benchmarks.triton_server import SHM_DIR, LocalTritonServer
 from runtime.__main__ import main as runtime_main
 from runtime.errors import RemoteServerError
-from benchmarks.triton_server import SHM_DIR, LocalTritonServer
 
 MODEL = "cnn_bilstm"
 X = np.random.default_rng(11).standard_normal((2, 3, 3, 16, 16)).astype(np.float32)
