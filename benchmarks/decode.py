@@ -70,7 +70,8 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
     from benchmarks.workloads import reference_config
     from runtime._io import atomic_write_json, atomic_write_text
     from runtime.model import build_random_model
-    from runtime.video import VideoReader, probe_video, write_video
+    from runtime.video import VideoReader, probe_video
+    from runtime.video_write import write_video
 
     load_before = os.getloadavg()
     if threads:
