@@ -191,12 +191,13 @@ def _best_stream(candidates: list, counts: dict[int, int]):
 
     D = av.stream.Disposition
     impaired = D.hearing_impaired | D.visual_impaired
+    still = getattr(D, "still_image", 0)  # FFmpeg 6.1's flag; older PyAV builds lack it
 
     def rank(s) -> tuple:
         n = counts[s.index]
-        moving = n > 1 and not s.disposition & D.still_image
+        moving = n > 1 and not s.disposition & still
         disposition = (not s.disposition & impaired) + bool(s.disposition & D.default)
-        return moving, disposition, min(5, n), s.bit_rate or 0, n
+        return moving, disposition, min(5, n), s.codec_context.bit_rate or 0, n
 
     return max(candidates, key=rank)  # max keeps the first of equals, as FFmpeg does
 
