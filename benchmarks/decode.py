@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from runtime.video_write import write_video  # light: PyAV is imported when a video is written
+
 
 def _frames(seconds: float, fps: int, height: int, width: int, seed: int = 0):
     """A moving scene, frame by frame: drifting colour gradients, two moving discs and mild noise (so the encoder
@@ -70,7 +72,7 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
     from benchmarks.workloads import reference_config
     from runtime._io import atomic_write_json, atomic_write_text
     from runtime.model import build_random_model
-    from runtime.video import VideoReader, probe_video, write_video
+    from runtime.video import VideoReader, probe_video
 
     load_before = os.getloadavg()
     if threads:

@@ -32,7 +32,9 @@ from .errors import RemoteServerError
 from .frames import IMAGE_SUFFIXES, list_frame_files, read_frame_folder, resize_frames
 from .preprocess import preprocess_clips
 from .timeline import classify_windows, default_clip_frames, plot_timelines
-from .video import SAMPLINGS, VIDEO_SUFFIXES, VideoReader, list_videos
+from .video import VideoReader
+from .video_index import VIDEO_SUFFIXES, list_videos
+from .video_sampling import SAMPLINGS, check_sampling
 
 
 def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -245,6 +247,10 @@ def _check_classify_args(args) -> None:
             raise RuntimeInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.plot is not None and args.windows is None:
         raise RuntimeInputError("--plot draws the --windows timeline; give --windows STEP too")
+    check_sampling(args.sampling, args.frame_stride)
+    if args.windows is not None and (args.sampling, args.frame_stride) != ("uniform", 1):
+        raise RuntimeInputError("--windows reads every window of consecutive frames; --sampling and --frame-stride "
+                                "pick one clip's frames and do not apply to it")
     for what, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
         if path is not None:
             check_output_file(path, what=what, suffixes=(suffix,), force=args.force)
@@ -324,7 +330,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 if c in videos:
                     v = videos[c]
                     pred["video"] = {**v.info.to_dict(), "sampling": args.sampling, "requested_frames": v.requested,
-                                     "short": v.short, "indices": v.indices.tolist()}
+                                     "short": v.short, "short_reason": v.short_reason, "indices": v.indices.tolist()}
     except ValueError as e:  # RuntimeInputError, CheckpointError: the message says what was wrong and what is valid
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -340,7 +346,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         note = ""
         if video is not None:
             note = (f" of {video['num_frames']}, {video['sampling']}" if not video["short"] else
-                    f" of {video['requested_frames']}: the video has only {video['num_frames']}, padded")
+                    f" of {video['requested_frames']}: {video['short_reason']}, padded")
         print(f"{clip}: {best} ({pred['frames']} frames{note})")
     if args.json is not None:
         try:

@@ -290,7 +290,7 @@ def motion_frames(label: int, frames: int, size, seed: int = 0, noise: float = 0
 @pytest.fixture(scope="session")
 def synthetic_videos(tmp_path_factory):
     """name -> (path, source frames uint8 (T, H, W, 3), fps) for each of ``VIDEO_SPECS``."""
-    from runtime.video import write_video
+    from runtime.video_write import write_video
 
     folder = tmp_path_factory.mktemp("videos")
     out = {}

@@ -85,7 +85,7 @@ class DataSpec:
         val_fraction (float): held-out fraction for ``folder`` trees without train/test.
         mean (Sequence[float] | None): override the source's normalisation.
         std (Sequence[float] | None): override the source's normalisation.
-        sampling (str): ``video``: how a clip's frames are picked (``runtime.video.SAMPLINGS``).
+        sampling (str): ``video``: how a clip's frames are picked (``runtime.video_sampling.SAMPLINGS``).
         frame_stride (int): ``video`` with ``sampling="stride"``: the step between a clip's frames.
         cache_dir (str | None): ``video``: decode cache folder (None: decode every time).
         on_bad_video (str): ``video``: "fail" (stop, naming the video) or "skip" (leave it out, logged).

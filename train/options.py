@@ -10,7 +10,9 @@ import re
 import torch
 from torch.utils.data import DataLoader
 
+from runtime.errors import RuntimeInputError
 from runtime.model import ModelConfig
+from runtime.video_sampling import check_sampling
 
 from ._checks import SEED_MAX, TrainError, check_ranges
 from .data import DataSpec, pad_collate
@@ -93,14 +95,34 @@ def data_spec(args: argparse.Namespace, split: str) -> DataSpec:
 
 
 def check_train_args(args: argparse.Namespace) -> None:
-    """The numeric options' ranges and the model options, before any work.
+    """The numeric options' ranges, the video sampling options and the model options, before any work.
 
     Raises:
-        TrainError: a number out of its range (the message gives the range).
+        TrainError: a number out of its range (the message gives the range), or a sampling option that would be
+            ignored.
         ValueError: model options that ModelConfig refuses.
     """
     check_ranges(vars(args), OPTION_RANGES, TrainError)
+    check_video_sampling(args)
     model_config_from_args(args, num_classes=2)
+
+
+def check_video_sampling(args: argparse.Namespace) -> None:
+    """``--sampling`` and ``--frame-stride`` pick a video's frames: a stride that the sampling would ignore, or either
+    option with a source other than video files, is refused (never silently ignored).
+
+    Raises:
+        TrainError: naming the option and what it needs.
+    """
+    if args.data != "video":
+        if (args.sampling, args.frame_stride) != ("uniform", 1):
+            raise TrainError(f"--sampling and --frame-stride pick the frames of video files; --data {args.data} "
+                             "does not use them (leave them out, or use --data video)")
+        return
+    try:
+        check_sampling(args.sampling, args.frame_stride)
+    except RuntimeInputError as e:
+        raise TrainError(str(e)) from e
 
 
 def model_config_from_args(args: argparse.Namespace, num_classes: int) -> ModelConfig:

@@ -2,15 +2,16 @@
 the runtime's video reader (:mod:`runtime.video`), so training and serving decode, sample and resize one way.
 
 - Every video is demuxed once, when the data set is built (packets only: frame count, timestamps, damage checks);
-  its index (:class:`runtime.video.VideoIndex`, about 17 bytes a frame) is kept, so reading a clip later seeks and
-  decodes without demuxing the file again (a file changed since is demuxed again). A
-  bad video (unreadable, no video stream, no frames, truncated) stops the build with its path (``on_bad_video="fail"``,
-  the default) or is left out with a warning naming it (``"skip"``). A video that passes this check but fails while a
-  frame is decoded does the same at that moment: it raises (fail), or the next video of the data set takes its place
-  in that batch (skip, logged with the path). No video ever gives an empty clip.
-- Training clips are a random segment per epoch (:func:`runtime.video.sample_indices` with a generator seeded by
-  seed, epoch and index, so workers and resumed runs draw the same clips); the test split is deterministic.
-- ``cache_dir``: each video's frames, decoded and resized once, stored as ``<sha256 of the file>-<H>x<W>-v1.npy``
+  its index (:class:`runtime.video_index.VideoIndex`, about 17 bytes a frame) is kept, so reading a clip later seeks
+  and decodes without demuxing the file again (a file changed since is demuxed again), and it keeps what reading
+  learned (a video whose seeks prove unreliable is read from its start at once, never decoded twice). A bad video
+  (unreadable, a broken link or a loop of links, no video stream, no frames, truncated) stops the build with its path
+  (``on_bad_video="fail"``, the default) or is left out with a warning naming it (``"skip"``). A video that passes
+  this check but fails while a frame is decoded does the same at that moment: it raises (fail), or the next video of
+  the data set takes its place in that batch (skip, logged with the path). No video ever gives an empty clip.
+- Training clips are a random segment per epoch (:func:`runtime.video_sampling.sample_indices` with a generator
+  seeded by seed, epoch and index, so workers and resumed runs draw the same clips); the test split is deterministic.
+- ``cache_dir``: each video's frames, decoded and resized once, stored as ``<sha256 of the file>-<H>x<W>-v2.npy``
   (written atomically) and sampled from there, so epochs after the first decode nothing. The key is the file's
   content and everything that changes the decoded frames (frame size, reader format version); the sampling is applied
   to the cached frames, so one entry serves every sampling, T and epoch. It holds every frame at the model's size:
@@ -22,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +33,9 @@ from torch.utils.data import Dataset
 
 from runtime._io import atomic_write, check_output_dir, remove_stale_temporaries, sha256_file
 from runtime.errors import RuntimeInputError
-from runtime.video import SAMPLINGS, VIDEO_SUFFIXES, VideoIndex, VideoReader, list_videos, sample_indices
+from runtime.video import VideoReader
+from runtime.video_index import VIDEO_SUFFIXES, VideoIndex, list_videos
+from runtime.video_sampling import check_sampling, sample_indices
 
 from ._checks import check_range
 from .clips import (
@@ -48,11 +52,12 @@ from .clips import (
 logger = logging.getLogger(__name__)
 
 ON_BAD_VIDEO = ("fail", "skip")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: frames turned by the display matrix; discarded packets are not frames
 
 
 def scan_video_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Find ``root/<class>/<video files>`` (``runtime.video.VIDEO_SUFFIXES``, natural name order).
+    """Find ``root/<class>/<video files>`` (``runtime.video_index.VIDEO_SUFFIXES``, natural name order; broken
+    links and loops of them are listed, so that opening them fails naming them).
 
     Raises:
         DataError: the folder is missing or empty, or a class folder holds no videos.
@@ -76,8 +81,9 @@ class VideoClips(Dataset):
         class_names (list[str]): names in label order.
         frames (int): clip length T; a shorter video gives a shorter clip (padded by :func:`train.data.pad_collate`).
         frame_size (tuple[int, int]): (height, width) every frame is resized to.
-        sampling (str): ``runtime.video.SAMPLINGS``. Defaults to "uniform".
-        stride (int): frame step of the ``stride`` sampling. Defaults to 1.
+        sampling (str): ``runtime.video_sampling.SAMPLINGS``. Defaults to "uniform".
+        stride (int): frame step of the ``stride`` sampling (any other sampling refuses a stride other than 1).
+            Defaults to 1.
         random_segments (bool): a random segment per epoch (training) instead of the deterministic one.
             Defaults to False.
         seed (int): seed of the random segments. Defaults to 0.
@@ -97,8 +103,10 @@ class VideoClips(Dataset):
                  std: Sequence[float] = IMAGENET_STD) -> None:
         check_range("frames", frames, 1, error=DataError)
         check_range("stride", stride, 1, error=DataError)
-        if sampling not in SAMPLINGS:
-            raise DataError(f"unknown sampling {sampling!r}; valid choices: {', '.join(SAMPLINGS)}")
+        try:
+            check_sampling(sampling, stride)
+        except RuntimeInputError as e:
+            raise DataError(str(e)) from e
         if on_bad_video not in ON_BAD_VIDEO:
             raise DataError(f"on_bad_video must be one of {', '.join(ON_BAD_VIDEO)}, got {on_bad_video!r}")
         self.class_names, self.frames, self.frame_size = list(class_names), int(frames), tuple(frame_size)
@@ -184,8 +192,14 @@ class VideoClips(Dataset):
         atomic_write(entry, lambda f: np.save(f, frames, allow_pickle=False))
         return frames[indices]
 
-    def _open(self, path: Path) -> VideoReader:
-        return VideoReader(path, self.frame_size, index=self._video_index.get(path))
+    @contextmanager
+    def _open(self, path: Path) -> Iterator[VideoReader]:
+        """A reader of ``path`` through its kept index; what the reader learned goes back into the index."""
+        with VideoReader(path, self.frame_size, index=self._video_index.get(path)) as reader:
+            try:
+                yield reader
+            finally:
+                self._video_index[path] = reader.index
 
     def _digest(self, path: Path) -> str:
         st = path.stat()

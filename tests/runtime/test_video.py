@@ -10,25 +10,24 @@ import pytest
 
 from runtime.errors import RuntimeInputError
 from runtime.frames import resize_frames
-from runtime.video import (
-    VideoReader,
-    iter_video_frames,
-    opened_video,
-    probe_video,
-    read_video_clip,
-    sample_indices,
-    window_starts,
-    write_video,
-)
+from runtime.video import VideoReader, iter_video_frames, opened_video, probe_video, read_video_clip
+from runtime.video_sampling import sample_indices, window_starts
+from runtime.video_write import write_video
 
 pytest.importorskip("av")
 
 from conftest import VIDEO_FRAMES, VIDEO_SPECS, motion_frames  # noqa: E402
+from video_cases import add_silence, remux  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def probe_index(path):
+    with VideoReader(path) as r:
+        return r.index
 
 
 def full_decode(path) -> np.ndarray:
@@ -162,8 +161,9 @@ def test_a_few_frames_are_read_by_seeking_not_by_decoding_the_whole_file(synthet
 def test_sequential_fallback_gives_the_same_frames(synthetic_videos):
     path, _, _ = synthetic_videos["h264_mp4_25fps"]
     full = full_decode(path)
-    with VideoReader(path) as r:
-        r.seekable = False  # as for a file without usable timestamps: every read decodes from the start
+    index = probe_index(path).learned(seekable=False)  # as a file whose seeks failed: every read decodes from the start
+    with VideoReader(path, index=index) as r:
+        assert not r.seekable
         assert np.array_equal(r.read([30, 3, 17]), full[[30, 3, 17]])
 
 
@@ -174,13 +174,16 @@ def test_a_seek_that_lands_after_its_target_falls_back_to_decoding_from_the_star
     with VideoReader(path) as r:
         real_restart = r._restart
 
-        def landing_late(pts):  # as a container whose index is off: the seek ends on a later keyframe
-            real_restart(None if pts is None else int(r._pts[min(r._frame_index(pts) + 7, VIDEO_FRAMES - 1)]))
+        def landing_late(ts, keyframe=0):  # as a container whose index is off: the seek ends on a later keyframe
+            if ts is None:
+                return real_restart(None)
+            return real_restart(int(r.index.pts[keyframe + 5]), keyframe + 5)
 
         monkeypatch.setattr(r, "_restart", landing_late)
         with caplog.at_level(logging.INFO, logger="runtime.video"):
             assert np.array_equal(r.read([12, 30]), full[[12, 30]])
-    assert not r.seekable and "a seek landed at frame 15, after frame 12; decoding from the start" in caplog.text
+    assert not r.seekable and not r.index.info.seekable  # the index keeps it for the readers given it later
+    assert "a seek to keyframe 10 landed at frame 15; this video is read from the start from now on" in caplog.text
 
 
 def test_stride_stream_and_windows(synthetic_videos):
@@ -219,13 +222,7 @@ def bad_videos(tmp_path_factory, synthetic_videos):
     out["garbage"].write_bytes(np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     out["text"].write_text("not a video\n" * 50)
     with av.open(str(out["audio_only"]), "w") as c:
-        s = c.add_stream("pcm_s16le", rate=8000)
-        s.layout = "mono"
-        for i in range(4):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.int16), format="s16", layout="mono")
-            f.sample_rate, f.pts = 8000, i * 1024
-            for p in s.encode(f):
-                c.mux(p)
+        add_silence(c, "pcm_s16le", "s16", 4)
     with av.open(str(out["zero_frames"]), "w") as c:
         s = c.add_stream("mpeg4", rate=25)
         s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
@@ -235,8 +232,8 @@ def bad_videos(tmp_path_factory, synthetic_videos):
 
 @pytest.mark.parametrize("name, message", [
     ("truncated_mp4", r"truncated\.mp4 cannot be opened as a video \(unknown container, damaged, or truncated\)"),
-    ("truncated_mkv", r"truncated\.mkv is truncated or damaged: its header declares 1\.6\d* s of video, but its \d+ "
-                      r"readable frames end at"),
+    ("truncated_mkv", r"truncated\.mkv is truncated or damaged: its header declares video up to 1\.600 s, but its "
+                      r"\d+ readable frames end at"),
     ("garbage", r"garbage\.mp4 cannot be opened as a video .*Invalid data"),
     ("text", r"notes\.txt: \.txt is not a video container this reader opens; valid suffixes: \.mp4"),
     ("audio_only", r"audio\.mkv has no video stream \(its streams: audio\)"),
@@ -245,6 +242,19 @@ def bad_videos(tmp_path_factory, synthetic_videos):
 def test_bad_files_are_refused_when_opened(bad_videos, name, message):
     with pytest.raises(RuntimeInputError, match=message):
         probe_video(bad_videos[name])
+
+
+def test_a_first_frame_that_cannot_be_decoded_is_named_at_opening(tmp_path):
+    """Its first keyframe's data overwritten: the reader opens it by decoding that frame, and says which frame."""
+    src = write_video(tmp_path / "src.avi", motion_frames(2, 10, (48, 64)), 25, codec="mpeg4")
+
+    def garble_first(k, p):
+        if k == 0:
+            p.update(bytes(p)[:8] + np.random.default_rng(0).integers(0, 256, p.size - 8, np.uint8).tobytes())
+
+    damaged = remux(src, tmp_path / "first.avi", garble_first)
+    with pytest.raises(RuntimeInputError, match=r"first\.avi is damaged: decoding failed at frame 0: InvalidDataError"):
+        probe_video(damaged)
 
 
 def test_corrupt_data_inside_a_video_is_an_error_naming_the_file(bad_videos):
@@ -268,7 +278,7 @@ def test_a_video_shorter_than_a_clip_is_padded_and_says_so(tmp_path, caplog):
         clip = read_video_clip(path, 8)
     assert clip.length == 5 and clip.requested == 8 and clip.short
     assert clip.indices.tolist() == [0, 1, 2, 3, 4]
-    assert "has 5 frames, fewer than the 8 of a clip; the clip is padded" in caplog.text
+    assert "short.mp4: a clip of 8 frames has 5 (the video has only 5); it is padded" in caplog.text
     with VideoReader(path) as r:
         (window,) = list(r.iter_windows(8, 2))
     assert window.length == 5 and window.short

@@ -10,30 +10,16 @@ import pytest
 
 import runtime
 from runtime.__main__ import main
-from runtime.preprocess import preprocess_frames
-from runtime.video import VideoReader, read_video_clip, window_starts, write_video
+from runtime.video import VideoReader, read_video_clip
+from runtime.video_sampling import window_starts
+from runtime.video_write import write_video
 
 pytest.importorskip("av")
 
 from conftest import TINY_CLASSES, TINY_CONFIG, VIDEO_FRAMES, motion_frames  # noqa: E402
+from video_cases import clip_probs  # noqa: E402
 
 SIZE = TINY_CONFIG.frame_size
-
-
-def softmax(z):
-    z = np.exp(z - z.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
-
-def clip_probs(runner, frames_list):
-    """Class probabilities of uint8 clips, batched with lengths, straight through runner.infer."""
-    m = runner.metadata
-    xs = [preprocess_frames(f, m.mean, m.std, SIZE)[0] for f in frames_list]
-    lengths = np.array([len(x) for x in xs], np.int32)
-    x = np.zeros((len(xs), lengths.max()) + xs[0].shape[1:], np.float32)
-    for i, xi in enumerate(xs):
-        x[i, : len(xi)] = xi
-    return softmax(np.asarray(runner.infer(x, lengths)["clip_logits"], np.float64))
 
 
 def test_classify_video_equals_runner_infer_on_the_readers_frames(tiny_checkpoint, synthetic_videos, tmp_path,
@@ -49,7 +35,7 @@ def test_classify_video_equals_runner_infer_on_the_readers_frames(tiny_checkpoin
     result = json.loads(out.read_text())["clips"]
     clips = [read_video_clip(p, 8, frame_size=SIZE) for p in [*paths, short]]
     with runtime.load(tiny_checkpoint, device="cpu") as runner:
-        expected = clip_probs(runner, [c.frames for c in clips])
+        expected = clip_probs(runner, [c.frames for c in clips], SIZE)
     for entry, clip, probs in zip(result, clips, expected, strict=True):
         assert entry["video"]["indices"] == clip.indices.tolist() and entry["frames"] == clip.length
         assert entry["video"]["short"] == clip.short
@@ -70,7 +56,7 @@ def test_windows_timeline_json_and_png(tiny_checkpoint, synthetic_videos, tmp_pa
     assert all(w["end"] - w["start"] == 8 for w in timeline["windows"])
     assert timeline["windows"][1]["start_s"] == pytest.approx(4 / 30, abs=1e-3)
     with VideoReader(path, SIZE) as reader, runtime.load(tiny_checkpoint, device="cpu") as runner:
-        expected = clip_probs(runner, [reader.read(range(s, s + 8)) for s in starts])
+        expected = clip_probs(runner, [reader.read(range(s, s + 8)) for s in starts], SIZE)
     got = np.array([[w["probs"][c] for c in TINY_CLASSES] for w in timeline["windows"]])
     np.testing.assert_allclose(got, expected, atol=2e-6)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -140,3 +126,31 @@ def test_the_cli_opens_each_video_once(tiny_checkpoint, synthetic_videos, demuxe
     assert main(["stream", str(tiny_checkpoint), str(paths[0]), "--window", "3", "--device", "cpu"]) == 0
     assert demuxed == [paths[0]]
     capsys.readouterr()
+
+
+def test_sampling_options_that_would_be_ignored_are_refused_and_short_clips_say_why(tiny_checkpoint, synthetic_videos,
+                                                                                    tmp_path, capsys):
+    path = str(synthetic_videos["h264_mp4_25fps"][0])  # 40 frames
+    for args, message in [
+        (["--frame-stride", "3"], "a frame stride of 3 is used only by the stride sampling, not by 'uniform' "
+                                  "(--frame-stride needs --sampling stride)"),
+        (["--sampling", "window", "--frame-stride", "2"], "not by 'window'"),
+        (["--windows", "4", "--sampling", "stride", "--frame-stride", "2"],
+         "--windows reads every window of consecutive frames; --sampling and --frame-stride pick one clip's frames"),
+    ]:
+        assert main(["classify", str(tiny_checkpoint), path, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    # A stride too long for the video: the clip is short because of the stride, and says so (not "only 40").
+    assert main(["classify", str(tiny_checkpoint), path, "--frames", "8", "--sampling", "stride", "--frame-stride",
+                 "100"]) == 0
+    assert "(1 frames of 8: 8 frames 100 apart span 701, the video has 40, padded)" in capsys.readouterr().out
+
+
+def test_a_link_loop_in_a_folder_of_videos_is_named(tiny_checkpoint, synthetic_videos, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(synthetic_videos["h264_mp4_25fps"][0].read_bytes())
+    (folder / "b.mp4").symlink_to("b.mp4")
+    assert main(["classify", str(tiny_checkpoint), str(folder)]) == 2
+    assert f"{folder / 'b.mp4'} is a loop of symbolic links" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -15,7 +16,8 @@ pytest.importorskip("av")
 
 from conftest import motion_frames  # noqa: E402
 
-from runtime.video import VideoReader, write_video  # noqa: E402
+from runtime.video import VideoReader  # noqa: E402
+from runtime.video_write import write_video  # noqa: E402
 from train.data import DataError, DataSpec, build_dataset  # noqa: E402
 from train.synthetic import synthetic_class_names  # noqa: E402
 
@@ -112,7 +114,7 @@ def test_decode_cache_hits_after_the_first_epoch(small_folder, tmp_path, monkeyp
     train = build_dataset(spec(small_folder, cache_dir=str(cache)), "train")
     first = [train.raw_clip(i)[0] for i in range(len(train))]
     assert (train.cache_misses, train.cache_hits) == (len(train), 0)
-    entries = sorted(cache.glob("*-16x16-v1.npy"))
+    entries = sorted(cache.glob("*-16x16-v2.npy"))
     assert len(entries) == len(train) and not list(cache.glob(".*.tmp"))
     import train.video_clips as video_clips
 
@@ -193,3 +195,112 @@ def test_training_on_videos_reaches_the_frame_tensors_accuracy(tmp_path_factory)
                  "--cache-dir", str(root / "cache"), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert max(m["val_clip_acc"] for m in metrics) >= 0.9, [m["val_clip_acc"] for m in metrics]
+
+
+# --- videos as users have them ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    from video_cases import make_cases
+
+    return make_cases(tmp_path_factory.mktemp("cases"))
+
+
+def test_real_world_videos_train_on_the_frames_a_player_shows(cases, tmp_path):
+    """Latin-1 metadata, an edit list, a start offset, a rotation, a still first track: every one is used (none
+    skipped as bad), and every item of every epoch holds the frames a player shows at its indices."""
+    from video_cases import expected_turn, player_frames
+
+    from runtime.frames import resize_frames
+
+    names = {"latin1.mp4": 0, "edit.mp4": 0, "offset.mkv": 0, "rot90.mp4": 1, "still_first.mkv": 1}
+    for split in ("train", "test"):
+        for name, label in names.items():
+            (tmp_path / split / NAMES[label]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(cases[name], tmp_path / split / NAMES[label] / name)
+    ds = build_dataset(spec(tmp_path, sampling="window"), "train")
+    assert len(ds) == len(names)
+    shown = {}
+    for path, _, n in ds.samples:
+        turn = expected_turn(90) if path.name == "rot90.mp4" else (lambda a: a)
+        shown[path] = player_frames(path, 1 if path.name == "still_first.mkv" else None, turn)
+        assert n == len(shown[path]), path.name  # edit.mp4: 38 shown, not its 40 packets
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i, (path, _, n) in enumerate(ds.samples):
+            clip, _ = ds.raw_clip(i)
+            np.testing.assert_array_equal(clip, resize_frames(shown[path][ds.indices(i, n)], (16, 16)))
+
+
+def test_a_seek_found_unreliable_is_not_paid_for_by_every_item(cases, monkeypatch):
+    """A container whose seeks land late (simulated: each goes one keyframe too far): the first item learns it, the
+    data set's index keeps it, and the next items decode from the start at once (no seek, no frame twice)."""
+    from runtime.video import VideoReader
+    from train.video_clips import VideoClips
+
+    path = cases["offset.mkv"]  # keyframes at 0, 12, 24, 35
+    ds = VideoClips([(path, 0)], ["a"], frames=4, frame_size=(16, 16), sampling="window")  # frames 18..21
+    real_restart, real_decode = VideoReader._restart, VideoReader._decode_next
+    seeks, decoded = [], []
+
+    def landing_late(self, ts, keyframe=0):
+        if ts is None:
+            return real_restart(self, None)
+        seeks.append(keyframe)
+        return real_restart(self, int(self.index.pts[keyframe + 12]), keyframe + 12)
+
+    def counting_decode(self):
+        item = real_decode(self)
+        decoded.append(None if item is None else item[0])
+        return item
+
+    monkeypatch.setattr(VideoReader, "_restart", landing_late)
+    monkeypatch.setattr(VideoReader, "_decode_next", counting_decode)
+    first, _ = ds.raw_clip(0)
+    assert seeks == [12] and decoded == [24, *range(0, 22)]  # the late landing, then from the start
+    seeks.clear()
+    decoded.clear()
+    again, _ = ds.raw_clip(0)
+    assert seeks == [] and decoded == list(range(0, 22))
+    np.testing.assert_array_equal(first, again)
+
+
+def test_broken_links_and_link_loops_fail_naming_them_or_are_skipped_with_a_line(small_folder, tmp_path, caplog):
+    from train.video_clips import VideoClips, scan_video_folder
+
+    root = tmp_path / "links"
+    shutil.copytree(small_folder, root)
+    loop, gone = root / NAMES[1] / "loop.mp4", root / NAMES[2] / "gone.avi"
+    loop.symlink_to(loop.name)
+    gone.symlink_to(tmp_path / "nowhere.avi")
+    names, samples = scan_video_folder(root)
+    assert {loop, gone} <= {p for p, _ in samples}  # listed, not left out unseen
+    for bad, message in ((loop, "is a loop of symbolic links (it never reaches a file)"),
+                         (gone, f"is a broken symbolic link (to {tmp_path / 'nowhere.avi'})")):
+        with pytest.raises(DataError, match=re.escape(f"bad video {bad}: {bad} {message} (--on-bad-video skip")):
+            VideoClips([s for s in samples if s[0] in (bad, samples[0][0])], names)
+    with caplog.at_level(logging.WARNING, logger="train.video_clips"):
+        ds = VideoClips(samples, names, on_bad_video="skip")
+    assert f"skipping bad video {loop}: {loop} is a loop of symbolic links" in caplog.text
+    assert f"skipping bad video {gone}: {gone} is a broken symbolic link" in caplog.text
+    assert len(ds) == 12
+
+
+def test_a_frame_stride_without_stride_sampling_is_refused(small_folder, capsys):
+    with pytest.raises(DataError, match="a frame stride of 3 is used only by the stride sampling, not by 'uniform'"):
+        build_dataset(spec(small_folder, frame_stride=3), "train")
+    assert len(build_dataset(spec(small_folder, sampling="stride", frame_stride=3), "train")) == 8
+    from train.__main__ import main
+
+    for args, message in [
+        (["--data", "video", "--data-dir", str(small_folder), "--frame-stride", "3"],
+         "a frame stride of 3 is used only by the stride sampling, not by 'uniform' (--frame-stride needs "
+         "--sampling stride)"),
+        (["--data", "synthetic", "--sampling", "window"],
+         "--sampling and --frame-stride pick the frames of video files; --data synthetic does not use them"),
+    ]:
+        assert main([*args, "--epochs", "1", "--device", "cpu", "--out", str(small_folder / "never")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not (small_folder / "never").exists()
