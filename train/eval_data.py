@@ -178,11 +178,15 @@ def clip_batches(ds, batch_size: int, workers: int, shuffle_seed: Optional[int] 
 
 
 def spread_starts(num_frames: int, frames: int, k: int) -> np.ndarray:
-    """First frames of ``k`` evenly spaced windows of ``frames`` frames in a video of ``num_frames``: the centres of
-    ``k`` equal parts of the possible starts (``k = 1``: the centre window, as ``--sampling window`` takes it); a
-    video with fewer possible starts than ``k`` gives each start once."""
+    """First frames of ``k`` evenly spaced windows of ``frames`` frames in a video of ``num_frames``: for ``k = 1``
+    the centre window (the clip ``--sampling window`` takes), otherwise the first, the last and ``k - 2`` evenly
+    between (rounded half up), so the windows cover the whole video. A video with fewer possible starts than ``k``
+    gives each start once; one shorter than a window gives one short window."""
     span = max(int(num_frames) - int(frames), 0)
-    return np.unique((2 * np.arange(k) + 1) * span // (2 * k))
+    if k == 1:
+        return np.array([span // 2])
+    i = np.arange(k)
+    return np.unique((2 * i * span + k - 1) // (2 * (k - 1)))
 
 
 def score_videos(runners, ds, k: int, frames: int, batch_size: int, progress=None) -> tuple[list[ClipOutputs], int]:
