@@ -25,9 +25,9 @@ from train.evaluate import main as eval_main
 
 REPO = Path(__file__).resolve().parents[2]
 SEED, CLIPS, FRAMES = 3, 24, 4
-# A small model that really learns (the cheapest configuration of tests/train/test_distributed.py, fewer clips): its
-# held-out clip accuracy is above chance, and its predictions differ between clips, so a model that predicted one
-# class for everything could not pass for it.
+# A small model that learns (the cheapest configuration of tests/train/test_distributed.py, fewer clips; measured:
+# held-out clip accuracy 0.58 on these 24 clips, both classes predicted). Nothing below depends on how well it
+# learned: every kind is held to the checkpoint's own numbers on the same clips.
 TRAIN = ["--preset", "demo", "--synthetic-classes", "2", "--frames", str(FRAMES), "--frame-size", "16",
          "--hidden-size", "32", "--train-clips", "96", "--val-clips", str(CLIPS), "--epochs", "3", "--batch-size", "16",
          "--lr", "3e-3", "--seed", str(SEED), "--device", "cpu", "--no-progress", "--no-eval-shuffled"]
@@ -76,14 +76,15 @@ def baseline(trained):
 @pytest.mark.parametrize("kind", ["checkpoint", "fp32", "int8", "served"])
 def test_every_model_kind_gives_the_checkpoints_accuracy(kind, trained, baseline, request):
     """Accuracy can move only on clips whose class changes, so |acc - acc_ckpt| <= differing clips / N (exact).
-    fp32 changes no class: the export is verified at 1e-4 relative error, which moves these logits by ~1e-6, far
-    below the checkpoint's smallest top-2 margin on these clips (4.6e-4 on frames, 5e-3 on clips, measured on an AMD
-    EPYC); the python-kind served model runs the same fp32 graphs (cnn.onnx per real frame, then bilstm.onnx). int8
-    changes exactly what its own export gate measured on these clips, which is recorded in its report."""
+    fp32 changes no class: the export is verified at 1e-4 relative error, which moves these logits by under 1e-6,
+    far below the checkpoint's smallest top-2 margin on these clips (2.6e-4 on frames, 1.0e-2 on clips; clip accuracy
+    0.58, 6 and 18 clips predicted per class; measured on an AMD EPYC); the python-kind served model runs the same
+    fp32 graphs (cnn.onnx per real frame, then bilstm.onnx). int8 changes exactly what its own export gate measured
+    on these clips, which its report records."""
     model = request.getfixturevalue("served") if kind == "served" else trained[kind]
     res = evaluate_model(model, reference=trained["checkpoint"], device="auto" if kind == "served" else "cpu", **DATA)
     a = res["agreement"]
-    assert res["clips"] == a["clips"] == CLIPS and (np.sum(baseline["confusion"], 0) > 0).sum() > 1  # not one class
+    assert res["clips"] == a["clips"] == CLIPS
     assert abs(res["clip_acc"] - baseline["clip_acc"]) <= len(a["differing_clips"]) / CLIPS
     assert a["clip_agreement"] == 1 - len(a["differing_clips"]) / CLIPS and a["finite"]
     if kind == "int8":
