@@ -7,7 +7,8 @@ Steps, each a command a user would type (printed, and listed under the table):
   1. train the ``cifar10-cpu`` preset into ``--run`` (skipped when ``--run`` already holds ``best.pt``);
   2. export it to ONNX fp32 and quantize that to int8 (calibrated on the training split; int8 export's own gate);
   3. write a python-kind Triton repository of the fp32 export and serve it with the bundled tritonserver
-     (``benchmarks/triton_server.py``; skipped, with the reason, without ``TRITON_SERVER_PYTHON``);
+     (``benchmarks/triton_server.py``, in ``--server-python``'s environment; skipped, with the reason, where that
+     server cannot run);
   4. ``python -m train.evaluate`` each of them on the run's held-out clips (its seed, clip count and length),
      with ``--reference best.pt``;
   5. write ``--out/eval_table.md``: clip and frame accuracy and agreement with the checkpoint, per model, with the
@@ -35,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is not installed: import it from the checkout
 
-from benchmarks.triton_server import SERVER_PYTHON_ENV, LocalTritonServer, server_unavailable_reason  # noqa: E402
+from benchmarks.triton_server import LocalTritonServer, server_unavailable_reason  # noqa: E402
 from runtime._io import atomic_write_text  # noqa: E402
 
 CIFAR_ENV = "CIFAR10_DIR"
@@ -140,8 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, default=Path("runs/cifar-cpu"), help="run folder (trained here when it holds "
                    "no best.pt)")
     p.add_argument("--out", type=Path, default=None, help="folder for the table, JSONs and PNGs (default RUN/eval)")
-    p.add_argument("--server-python", default=os.environ.get(SERVER_PYTHON_ENV),
-                   help=f"the Triton server environment's python (default: ${SERVER_PYTHON_ENV})")
+    p.add_argument("--server-python", default=None,
+                   help="the Triton server environment's python (default: $TRITON_SERVER_PYTHON, else this one)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch of every evaluation")
     p.add_argument("--train-args", default="", help="extra options for the training command (quoted)")
     p.add_argument("--quantize-args", default="", help="extra options for export.quantize (quoted)")
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     models = build(steps, args, out)
     notes = {k: v for k, v in models.items() if isinstance(v, str)}
     results = {name: evaluate(steps, args, out, name, m) for name, m in models.items() if name not in notes}
-    reason = server_unavailable_reason(args.server_python) if args.server_python else f"${SERVER_PYTHON_ENV} not set"
+    reason = server_unavailable_reason(args.server_python)  # None: benchmarks.triton_server's default_python()
     if reason:
         notes["Triton python kind"] = f"skipped: {reason}"
     else:
