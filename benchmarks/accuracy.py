@@ -27,7 +27,7 @@ def rel_error(outputs: dict, reference: dict) -> float:
     Raises:
         ValueError: a reference key is missing from ``outputs`` or a shape differs.
     """
-    from export.verify import compare  # the export verification's metric: one definition of "relative error"
+    from runtime.evaluation import compare  # the evaluation core's metric: one definition of "relative error"
 
     worst = 0.0
     for key, ref in reference.items():

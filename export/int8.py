@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from export.onnx_graph import check_graph_io
-from export.verify import compare
 from runtime.backends.ort_session import cpu_session
+from runtime.evaluation import accuracy, agreement, collect_logits, compare
 
 INT8 = "int8"
 # The CNN's operators; LSTM, MatMul and Gemm (BiLSTM and heads) stay float32.
@@ -77,10 +77,6 @@ def compose_model(cnn, bilstm):
     return merged
 
 
-def _argmax_agreement(a, b) -> float:
-    return float((a.argmax(-1) == b.argmax(-1)).mean())
-
-
 # Padding and composition are exact in fp32 arithmetic: only summation order may differ.
 EXACT_REL = 1e-4
 
@@ -107,32 +103,31 @@ def verify_int8(int8_model: bytes, fp32_model: Path, clips, *, int8_cnn: Optiona
     return result
 
 
-def _agreement(q, ref, clips, batch: int, labels) -> dict:
-    import numpy as np
+class SessionRunner:
+    """An ONNX Runtime session of a whole-model graph, as :func:`runtime.evaluation.collect_logits` runs a runner
+    (the int8 graph is checked before it is written, so there is no file for ``runtime.load`` yet)."""
 
-    outs_q, outs_r = [], []
-    for i in range(0, len(clips), batch):
-        x = clips[i:i + batch]
-        feeds = {"frames": x, "lengths": np.full((x.shape[0],), x.shape[1], dtype=np.int32)}
-        outs_q.append(q.run(None, feeds))
-        outs_r.append(ref.run(None, feeds))
-    frame_q = np.concatenate([o[0] for o in outs_q])
-    frame_r = np.concatenate([o[0] for o in outs_r])
-    clip_q = np.concatenate([o[1] for o in outs_q])
-    clip_r = np.concatenate([o[1] for o in outs_r])
-    result = {
-        "clips": int(len(clips)),
-        "time": int(clips.shape[1]),
-        "clip_agreement": _argmax_agreement(clip_q, clip_r),
-        "frame_agreement": _argmax_agreement(frame_q, frame_r),
-        "clip_logits_rel": compare(clip_q, clip_r)["rel"],
-        "frame_logits_rel": compare(frame_q, frame_r)["rel"],
-        "finite": bool(np.isfinite(frame_q).all() and np.isfinite(clip_q).all()),
-    }
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def infer(self, x, lengths) -> dict:
+        frame_logits, clip_logits = self.session.run(["frame_logits", "clip_logits"],
+                                                     {"frames": x, "lengths": lengths})
+        return {"frame_logits": frame_logits, "clip_logits": clip_logits}
+
+
+def _agreement(q, ref, clips, batch: int, labels) -> dict:
+    """Agreement of the int8 graph with the fp32 one on full-length clips, scored by the evaluation core."""
+    batches = [(clips[i:i + batch], None, None if labels is None else labels[i:i + batch])
+               for i in range(0, len(clips), batch)]
+    got, want = collect_logits([SessionRunner(q), SessionRunner(ref)], batches)
+    check = agreement(got, want)
+    result = {"clips": int(len(clips)), "time": int(clips.shape[1])}
+    result.update({k: check[k] for k in ("clip_agreement", "frame_agreement", "clip_logits_rel", "frame_logits_rel",
+                                         "finite")})
     if labels is not None:
-        labels = np.asarray(labels)
-        result["clip_accuracy_fp32"] = float((clip_r.argmax(-1) == labels).mean())
-        result["clip_accuracy_int8"] = float((clip_q.argmax(-1) == labels).mean())
+        result["clip_accuracy_fp32"] = accuracy(want)["clip_acc"]
+        result["clip_accuracy_int8"] = accuracy(got)["clip_acc"]
     return result
 
 

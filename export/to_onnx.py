@@ -47,7 +47,7 @@ from export.onnx_graph import (
     wire_sequence_lens,
 )
 from export.spec import GRAPHS, PRECISIONS, SPEC, check_precision
-from export.verify import compare, example_inputs, format_report, verify_graph
+from export.verify import example_inputs, format_report, verify_graph
 from runtime._version import __version__
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 # Kept importable from here: callers and the CLI's users know these names as export.to_onnx's.
 __all__ = [
     "ExportError", "ExportOverwriteError", "ExportResult", "ExportVerificationError", "check_export_target",
-    "check_lstm_structure", "compare", "export_onnx", "format_report", "get_args_parser", "main", "read_metadata",
+    "check_lstm_structure", "export_onnx", "format_report", "get_args_parser", "main", "read_metadata",
     "set_metadata", "verify_graph", "wire_sequence_lens",
 ]
 

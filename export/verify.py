@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from export.spec import SPEC
+from runtime.evaluation import compare
 
 logger = logging.getLogger(__name__)
 
@@ -72,23 +73,6 @@ def _torch_reference(model, graph: str, feeds: dict) -> list:
         else:
             outs = model(torch.from_numpy(feeds["frames"]), lengths)
         return [o.float().numpy() for o in outs]
-
-
-def compare(got, ref) -> dict:
-    """``{"max_abs", "rel"}``: largest absolute difference and ``||got - ref|| / ||ref||`` (float64)."""
-    import numpy as np
-
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        return {"max_abs": float("inf"), "rel": float("inf"), "shape": list(got.shape), "ref_shape": list(ref.shape)}
-    diff = got - ref
-    denom = float(np.linalg.norm(ref)) or 1.0
-    finite = bool(np.isfinite(got).all())
-    return {
-        "max_abs": float(np.abs(diff).max()) if finite else float("inf"),
-        "rel": float(np.linalg.norm(diff)) / denom if finite else float("inf"),
-    }
 
 
 def verify_graph(model_bytes: bytes, model, graph: str, precision: str, shapes: list, label: str = "") -> dict:

@@ -108,3 +108,50 @@ def plot_timelines(timelines: Sequence[dict], path: str | os.PathLike, title: Op
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     finally:
         plt.close(fig)
+
+
+# Reference implementation; the split-stage version replaces it.
+def window_probabilities(runner, video, starts, frames: int, *, batch_size: Optional[int] = None) -> np.ndarray:
+    """Class probabilities of the windows ``[s, min(s + frames, N))`` of one video, one per start ``s``.
+
+    Every frame the windows cover is decoded once; each window runs through the whole model.
+
+    Args:
+        runner (BaseRunner): a whole-model runner.
+        video (str | os.PathLike | runtime.video.VideoReader): a video file, or one already open (read at the
+            runner's frame size, and left open).
+        starts (Sequence[int]): first frame of each window, in 0..N-1 (N: the video's frame count).
+        frames (int): frames per window; a window running past the end is shorter (run with its length).
+        batch_size (int | None): windows per call of the runner; None runs them all in one call. Defaults to None.
+
+    Returns:
+        np.ndarray: (len(starts), C) float64 softmax probabilities, in the order of ``starts``.
+
+    Raises:
+        RuntimeInputError: a runner that is not a whole model, bad counts or starts, or a bad video.
+    """
+    from .inputs import check_count
+    from .video import opened_video
+
+    if runner.stage != "model":
+        raise RuntimeInputError(f"scoring video windows takes a whole model, not the {runner.stage} stage")
+    check_count(frames, "frames")
+    check_count(batch_size, "batch_size", allow_none=True)
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    if starts.size == 0:
+        raise RuntimeInputError("window_probabilities needs at least one window start")
+    meta = runner.metadata
+    with opened_video(video, runner.input_spec.frame_size) as reader:
+        n = reader.info.num_frames
+        if starts.min() < 0 or starts.max() >= n:
+            raise RuntimeInputError(f"window starts must be frame indices in 0..{n - 1}, got {starts.tolist()}")
+        windows = [np.arange(s, min(s + int(frames), n)) for s in starts]
+        needed = np.unique(np.concatenate(windows))
+        decoded = reader.read(needed)
+    size = batch_size or len(windows)
+    out = []
+    for i in range(0, len(windows), size):
+        clips = [decoded[np.searchsorted(needed, w)] for w in windows[i:i + size]]
+        x, lengths = preprocess_clips(clips, meta.mean, meta.std, runner.input_spec.frame_size)
+        out.append(softmax(np.asarray(runner.infer(x, lengths)["clip_logits"])))
+    return np.concatenate(out)

@@ -3,7 +3,8 @@
 Reads the run folder written by `python -m train` (best.pt, config.json) and `python -m export.to_onnx`
 (onnx/fp32, onnx/fp16) and `python -m export.quantize` (onnx/int8), then:
   1. builds the held-out clips the run was evaluated on,
-  2. runs eager PyTorch and every exported graph through the runtime and reports top-1 agreement and accuracy,
+  2. runs eager PyTorch and every exported graph through the runtime and reports top-1 agreement and accuracy
+     (scored by runtime.evaluation, the core of `python -m train.evaluate`),
   3. streams one held-out clip frame by frame (CNN once per frame, BiLSTM over the window) and checks the last
      window's output against the full model on the same frames.
 Exits non-zero if an exported model disagrees with PyTorch on more than 1 % of clips.
@@ -21,17 +22,35 @@ import torch
 import runtime
 from runtime.backends.openvino import openvino_unavailable_reason
 from runtime.checkpoint import load_checkpoint
+from runtime.evaluation import accuracy, agreement, collect_logits
 from train.data import DataSpec, build_dataset, pad_collate
+from train.eval_data import describe
+
+BATCH = 32
 
 
-def held_out_batch(run_dir: Path, ckpt, max_clips: int):
+def held_out_batches(run_dir: Path, ckpt, max_clips: int) -> list:
+    """The run's first ``max_clips`` held-out clips as numpy batches (frames, lengths, labels) of up to BATCH."""
     cfg = json.loads((run_dir / "config.json").read_text())["args"]
     spec = DataSpec(name=cfg["data"], data_dir=cfg.get("data_dir"), frames=cfg["frames"],
                     frame_size=tuple(ckpt.config.frame_size), seed=cfg["seed"], num_clips=cfg.get("val_clips"),
                     num_classes=cfg.get("synthetic_classes", ckpt.config.num_classes), mean=ckpt.mean, std=ckpt.std)
     ds = build_dataset(spec, "test")
-    items = [ds[i] for i in range(min(max_clips, len(ds)))]
-    return pad_collate(items)
+    n = min(max_clips, len(ds))
+    return [tuple(t.numpy() for t in pad_collate([ds[i] for i in range(s, min(s + BATCH, n))]))
+            for s in range(0, n, BATCH)]
+
+
+class EagerModel:
+    """The checkpoint's network in plain PyTorch, run as the evaluation core runs a runner (the reference)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def infer(self, x, lengths) -> dict:
+        with torch.inference_mode():
+            frame_logits, clip_logits = self.model(torch.from_numpy(x), torch.from_numpy(lengths).long())
+        return {"frame_logits": frame_logits.numpy(), "clip_logits": clip_logits.numpy()}
 
 
 def openvino_candidates(onnx: Path) -> tuple[list, str | None]:
@@ -58,13 +77,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     ckpt = load_checkpoint(args.run_dir / "best.pt")
-    frames, lengths, labels = held_out_batch(args.run_dir, ckpt, args.clips)
-    x = frames.numpy()
-    with torch.inference_mode():
-        ref_frame, ref_clip = ckpt.model(frames, lengths)
-    ref_top1 = ref_clip.argmax(1).numpy()
-    print(f"held-out clips: {len(x)} of shape {tuple(x.shape[1:])}; eager PyTorch clip accuracy "
-          f"{(ref_top1 == labels.numpy()).mean():.3f}")
+    batches = held_out_batches(args.run_dir, ckpt, args.clips)
+    (reference,) = collect_logits([EagerModel(ckpt.model)], batches)
+    print(f"held-out clips: {reference.clips} of shape {tuple(batches[0][0].shape[1:])}; eager PyTorch clip accuracy "
+          f"{accuracy(reference)['clip_acc']:.3f}")
     print(f"{'artifact':<34} {'backend':<26} {'top-1 agree':>11} {'clip acc':>9} {'max |dlogit|':>13}")
     # (name, file, runtime.load options, least top-1 agreement): int8 is held to its own export gate's default
     # (export.quantize --min-agreement 0.98), everything else to 99 %.
@@ -80,18 +96,18 @@ def main(argv=None) -> int:
             print(f"{name:<34} missing, skipped")
             continue
         with runtime.load(path, **options) as runner:
-            out = runner.infer(x, lengths.numpy())
-            backend = getattr(runner, "provider", None) or runner.backend_name
-        top1 = out["clip_logits"].argmax(1)
-        agree = float((top1 == ref_top1).mean())
-        ok &= agree >= least
-        diff = float(np.abs(out["clip_logits"] - ref_clip.numpy()).max())
-        print(f"{name:<34} {backend:<26} {agree:>11.4f} {(top1 == labels.numpy()).mean():>9.3f} {diff:>13.2e}")
+            (out,) = collect_logits([runner], batches)
+            backend = describe(runner)
+        agree = agreement(out, reference)
+        ok &= agree["clip_agreement"] >= least
+        print(f"{name:<34} {backend:<26} {agree['clip_agreement']:>11.4f} {accuracy(out)['clip_acc']:>9.3f} "
+              f"{agree['max_abs_dlogit']:>13.2e}")
 
     if skipped:
         print(skipped)
 
     # Streaming: push the frames of one held-out clip one at a time.
+    x, lengths, labels = batches[0]
     clip = x[0, : int(lengths[0])]
     window = min(args.window, len(clip))
     onnx_dir = args.run_dir / "onnx" / "fp32"

@@ -1,5 +1,7 @@
 """One epoch of training and one pass of evaluation: the loss, the per-epoch meter and the two loops
-(:func:`train_one_epoch`, :func:`evaluate`), used by :func:`train.engine.fit` and ``python -m train.evaluate``."""
+(:func:`train_one_epoch`, :func:`evaluate`, the held-out pass of a training run, summed over its ranks), used by
+:func:`train.engine.fit`; ``python -m train.evaluate`` scores any model through :mod:`runtime.evaluation` and takes
+:func:`shuffle_within_clips` from here."""
 
 from __future__ import annotations
 

@@ -174,7 +174,7 @@ class VideoClips(Dataset):
 
     def _read(self, path: Path, num_frames: int, indices: np.ndarray) -> np.ndarray:
         if self.cache_dir is None:
-            with self._open(path) as reader:
+            with self.open_video(path) as reader:
                 return reader.read(indices)
         entry = self.cache_dir / f"{self._digest(path)}-{self.frame_size[0]}x{self.frame_size[1]}-v{CACHE_VERSION}.npy"
         frames = None
@@ -187,14 +187,15 @@ class VideoClips(Dataset):
             self.cache_hits += 1
             return np.ascontiguousarray(frames[indices])
         self.cache_misses += 1
-        with self._open(path) as reader:
+        with self.open_video(path) as reader:
             frames = np.stack([f for _, f in reader.iter_frames()])
         atomic_write(entry, lambda f: np.save(f, frames, allow_pickle=False))
         return frames[indices]
 
     @contextmanager
-    def _open(self, path: Path) -> Iterator[VideoReader]:
-        """A reader of ``path`` through its kept index; what the reader learned goes back into the index."""
+    def open_video(self, path: Path) -> Iterator[VideoReader]:
+        """One of the data set's videos open at its frame size through its kept index (no second demux); what the
+        reader learned goes back into the index."""
         with VideoReader(path, self.frame_size, index=self._video_index.get(path)) as reader:
             try:
                 yield reader

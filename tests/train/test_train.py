@@ -16,7 +16,7 @@ from runtime.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from train.__main__ import main as train_main
 from train.__main__ import parse_args
 from train._checks import TrainError
-from train.evaluate import evaluate_checkpoint
+from train.evaluate import evaluate_model
 from train.evaluate import main as eval_main
 from train.loop import sequence_loss, shuffle_within_clips
 from train.options import build_optimizer
@@ -244,16 +244,18 @@ def test_resume_with_another_model_config_is_refused(tmp_path, finished_run, cap
 
 
 def test_evaluate_refuses_other_config_and_other_classes(tmp_path, tiny_checkpoint, finished_run):
-    from train.evaluate import EvaluationError
+    from train.eval_data import EvaluationError
 
     # conftest's tiny checkpoint has 3 classes: the synthetic data has 2 or 4.
-    with pytest.raises(ValueError, match="2 or 4 classes"):
-        evaluate_checkpoint(tiny_checkpoint, data="synthetic", frames=4, num_clips=4, device="cpu")
+    with pytest.raises(EvaluationError, match=r"has 3 classes \['left', 'right', 'still'\], but the synthetic data "
+                                              r"has 2 \['clockwise', 'counterclockwise'\] or 4 \["):
+        evaluate_model(tiny_checkpoint, data="synthetic", frames=4, num_clips=4, device="cpu")
     renamed = torch.load(finished_run / "best.pt", weights_only=True)
     renamed["class_names"] = ["up", "down"]
     torch.save(renamed, tmp_path / "renamed.pt")
-    with pytest.raises(EvaluationError, match=r"trained on \['up', 'down'\]"):
-        evaluate_checkpoint(tmp_path / "renamed.pt", data="synthetic", frames=4, num_clips=4, device="cpu")
+    with pytest.raises(EvaluationError, match=r"the synthetic data has 2 classes \['clockwise', 'counterclockwise'\], "
+                                              r"but .*renamed.pt has 2 classes \['up', 'down'\]"):
+        evaluate_model(tmp_path / "renamed.pt", data="synthetic", frames=4, num_clips=4, device="cpu")
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     ckpt["config"]["hidden_size"] = 8  # weights no longer fit the config
     torch.save(ckpt, tmp_path / "other.pt")
@@ -279,7 +281,7 @@ def test_evaluate_cli_reports_and_writes_confusion_png(tmp_path, finished_run, c
     # The training run's own held-out numbers: the same clips (same seed) give the same accuracy.
     metrics = json.loads((finished_run / "metrics.json").read_text())
     best_epoch = read_checkpoint_dict(finished_run / "last.pt")["train_state"]["best_epoch"]
-    same = evaluate_checkpoint(finished_run / "best.pt", data="synthetic", frames=4, num_clips=4, seed=5,
+    same = evaluate_model(finished_run / "best.pt", data="synthetic", frames=4, num_clips=4, seed=5,
                                device="cpu", shuffled=False)
     assert same["clip_acc"] == metrics[best_epoch]["val_clip_acc"]
     assert same["frame_acc"] == pytest.approx(metrics[best_epoch]["val_frame_acc"])
@@ -290,4 +292,4 @@ def test_evaluate_cli_bad_checkpoint_exit_code(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert eval_main([str(bad), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "not a readable checkpoint" in err
+    assert "not a PyTorch checkpoint" in err

@@ -22,7 +22,8 @@ from train.__main__ import main as train_main
 from train.__main__ import parse_args
 from train._checks import TrainError
 from train.data import DataError, DataSpec, build_dataset
-from train.evaluate import EvaluationError, evaluate_checkpoint
+from train.eval_data import EvaluationError
+from train.evaluate import evaluate_model
 from train.evaluate import main as eval_main
 from train.options import resolve_device
 
@@ -45,7 +46,7 @@ def _no_work(monkeypatch):
         raise AssertionError("the work started before the arguments were checked")
 
     monkeypatch.setattr(engine, "build_dataset", refuse)
-    monkeypatch.setattr(evaluate_mod, "evaluate_checkpoint", refuse)
+    monkeypatch.setattr(evaluate_mod, "evaluate_model", refuse)
 
 
 def _read_only(monkeypatch, folder):
@@ -107,7 +108,7 @@ def test_train_cli_refuses_zero_clips_in_one_line(tmp_path, capsys, monkeypatch)
 
 def test_evaluate_refuses_zero_clips(finished_run, capsys, monkeypatch):
     with pytest.raises(EvaluationError, match="num_clips must be >= 1, got 0"):
-        evaluate_checkpoint(finished_run / "best.pt", data="synthetic", frames=4, num_clips=0, device="cpu")
+        evaluate_model(finished_run / "best.pt", data="synthetic", frames=4, num_clips=0, device="cpu")
     _no_work(monkeypatch)
     assert eval_main([str(finished_run / "best.pt"), *EVAL_ARGS, "--val-clips", "0"]) == 2
     assert _one_error_line(capsys.readouterr().err) == "error: --val-clips must be >= 1, got 0"
@@ -242,7 +243,7 @@ def test_download_while_offline_is_one_line_that_says_how_to_go_on(tmp_path, cap
 def test_evaluate_of_a_text_file_named_pt_is_one_line(tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("hello, this is text\n")
     assert eval_main([str(tmp_path / "notes.pt"), *EVAL_ARGS]) == 2
-    assert "not a readable checkpoint" in _one_error_line(capsys.readouterr().err)
+    assert "not a PyTorch checkpoint" in _one_error_line(capsys.readouterr().err)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -343,4 +344,4 @@ def test_evaluate_refuses_a_checkpoint_with_nan_weights(tmp_path, finished_run):
     ckpt["state_dict"]["clip_head.weight"] = torch.full_like(ckpt["state_dict"]["clip_head.weight"], float("nan"))
     torch.save(ckpt, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match="non-finite|NaN"):
-        evaluate_checkpoint(tmp_path / "nan.pt", data="synthetic", frames=4, num_clips=4, device="cpu")
+        evaluate_model(tmp_path / "nan.pt", data="synthetic", frames=4, num_clips=4, device="cpu")
