@@ -694,8 +694,8 @@ def compare_targets(export_dir: Path, work: Path, *, protocol: str = "grpc", ser
     Raises:
         ServeLoadError: a repository that cannot be generated, or a server that does not start (with the reason).
     """
-    from export.triton_repo import DEFAULT_MAX_QUEUE_DELAY_US, RepoOptions, write_repository
     from benchmarks.triton_server import LocalTritonServer
+    from export.triton_repo import DEFAULT_MAX_QUEUE_DELAY_US, RepoOptions, write_repository
 
     delay = DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
     servers, settings = {}, {}

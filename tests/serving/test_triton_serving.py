@@ -158,7 +158,7 @@ def test_remote_feed_equals_the_local_feed(triton_server, protocol, tiny_export,
     give the local stream's indices and results."""
     from conftest import motion_frames
 
-    from runtime.video import write_video
+    from runtime.video_write import write_video
 
     video = write_video(tmp_path / "feed.mp4", motion_frames(2, 11, (24, 32)), 25)
     raw = np.random.default_rng(5).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)

@@ -22,8 +22,8 @@ import torch
 from conftest import TINY_ARGS, run_train
 from torch.utils.data import DistributedSampler
 
-from runtime.checkpoint import load_checkpoint, read_checkpoint_dict
 from benchmarks.triton_server import free_port
+from runtime.checkpoint import load_checkpoint, read_checkpoint_dict
 from train import distributed
 from train.__main__ import main as train_main
 from train.data import DataSpec, build_dataset

@@ -18,7 +18,8 @@ from conftest import TINY_CLASSES, motion_frames, write_python_repository
 import runtime
 from benchmarks.triton_server import LocalTritonServer, free_port
 from runtime.evaluation import averaged_scores
-from runtime.video import sample_indices, write_video
+from runtime.video_sampling import sample_indices
+from runtime.video_write import write_video
 from train.eval_data import EvaluationError, spread_starts
 from train.evaluate import evaluate_model
 from train.evaluate import main as eval_main
