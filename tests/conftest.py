@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import runtime
+from benchmarks.triton_server import SERVER_PYTHON_ENV, LocalTritonServer, server_unavailable_reason
 from runtime.checkpoint import save_checkpoint
 from runtime.model import ModelConfig, build_random_model
-from benchmarks.triton_server import SERVER_PYTHON_ENV, LocalTritonServer, server_unavailable_reason
 
 # Small enough that a forward pass over a few clips takes milliseconds on 2 CPU cores, but the same architecture
 # family as the product (ResNet + 2-layer BiLSTM + two heads).
@@ -175,6 +175,15 @@ def run_checked(args, cwd, timeout: int = 900):
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args[:4]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def run_module(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` in a fresh interpreter, from the checkout's root, as a user runs a CLI (this
+    checkout's packages first on the path); the finished process, output captured as text."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def fresh_venv(folder, extra: str):
