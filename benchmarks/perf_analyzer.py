@@ -111,30 +111,36 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args) -> list[int]:
+    """The clip lengths to send, after checking the arguments.
+
+    Raises:
+        ValueError: a bad ``--time``, ``--sequence-length``, URL or export folder (the message says what is valid).
+    """
+    try:
+        times = [int(t) for t in args.time.split(",")]
+    except ValueError:
+        times = []
+    if not times or min(times) < 1 or args.sequence_length < 1:
+        raise ValueError(f"--time takes T or T,T,... and --sequence-length an integer, all >= 1; got --time "
+                         f"{args.time!r}, --sequence-length {args.sequence_length}")
+    if urlsplit(args.url).scheme not in ("grpc", "http") or not urlsplit(args.url).path.strip("/"):
+        raise ValueError(f"URL {args.url!r} must be grpc://HOST:PORT/NAME or http://HOST:PORT/NAME")
+    if not (Path(args.export_dir) / "model.onnx").is_file():
+        raise ValueError(f"{args.export_dir} has no model.onnx; give the ONNX export the repository was made from")
+    return times
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = get_args_parser().parse_args(argv[:len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    args = get_args_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
-        times = [int(t) for t in args.time.split(",")]
-        if min(times) < 1 or args.sequence_length < 1:
-            raise ValueError
-    except ValueError:
-        print(f"error: --time takes T or T,T,... and --sequence-length an integer, all >= 1; got --time "
-              f"{args.time!r}, --sequence-length {args.sequence_length}", file=sys.stderr)
-        return 2
-    if urlsplit(args.url).scheme not in ("grpc", "http") or not urlsplit(args.url).path.strip("/"):
-        print(f"error: URL {args.url!r} must be grpc://HOST:PORT/NAME or http://HOST:PORT/NAME", file=sys.stderr)
-        return 2
-    if not (Path(args.export_dir) / "model.onnx").is_file():
-        print(f"error: {args.export_dir} has no model.onnx; give the ONNX export the repository was made from",
-              file=sys.stderr)
-        return 2
-    try:
+        times = check_args(args)
         binary = find_perf_analyzer(args.perf_analyzer)
-    except PerfAnalyzerUnavailable as e:
+    except (ValueError, PerfAnalyzerUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(e, PerfAnalyzerUnavailable) else 2  # 3: cannot run on this machine
     return _run(args, binary, times, extra)
 
 

@@ -1,7 +1,7 @@
 """The embedded runner against the same export served by the bundled ``tritonserver``, in one interleaved run, with
 the CPU time per clip: what perf_analyzer cannot measure (it loads a served model only: ``benchmarks.perf_analyzer``).
 
-    python -m benchmarks.serve_load EXPORT_DIR [--concurrency 1,8,16] [--duration 4] [--rounds 4] [--out DIR]
+    python -m benchmarks.serve_load EXPORT_DIR [--concurrency 1,4,16] [--duration 5] [--rounds 3] [--out DIR]
 
 Targets: ``embedded`` (``runtime.load(EXPORT_DIR/model.onnx)`` here, one runner shared by the client threads) and the
 export served by the bundled server (python kind, started here from ``--server-python``) with the dynamic batcher
@@ -186,9 +186,9 @@ def plot_serve_load(result: dict, plt) -> Any:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     p.add_argument("export_dir", help="ONNX export folder (model.onnx, cnn.onnx, bilstm.onnx)")
-    p.add_argument("--concurrency", default="1,8,16", help="client threads per run, 1..64 each (default 1,8,16)")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per run (default 4)")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
+    p.add_argument("--concurrency", default="1,4,16", help="client threads per run, 1..64 each (default 1,4,16)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--warmup", type=float, default=2.0, help="untimed seconds per target first (default 2)")
     p.add_argument("--gap-ms", type=float, default=200.0, help="untimed pause before each run (default 200)")
     p.add_argument("--max-requests", type=int, default=100_000, help="requests per run at most (default 100000)")
