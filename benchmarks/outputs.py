@@ -105,19 +105,20 @@ class Outputs:
     Args:
         out_dir (str | PathLike): the folder (created when missing).
         prefix (str): the file name stem.
-        json (bool): a JSON file is written. Defaults to True.
+        with_json (bool): a JSON file is written. Defaults to True.
         plots (Sequence[str]): the plots' suffixes (``""`` is ``PREFIX.png``). Defaults to ``("",)``.
         force (bool): replace existing files of those names that these tools did not write. Defaults to False.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, prefix: str, *, json: bool = True, plots: Sequence[str] = ("",),
-                 force: bool = False) -> None:
-        self.out_dir, self.prefix, self.json, self.plots, self.force = Path(out_dir), prefix, json, tuple(plots), force
+    def __init__(self, out_dir: str | os.PathLike, prefix: str, *, with_json: bool = True,
+                 plots: Sequence[str] = ("",), force: bool = False) -> None:
+        self.out_dir, self.prefix, self.with_json = Path(out_dir), prefix, with_json
+        self.plots, self.force = tuple(plots), force
 
     @property
     def names(self) -> list[str]:
         """The file names this run may write."""
-        return ([f"{self.prefix}.json"] if self.json else []) + [f"{self.prefix}.md"] + [
+        return ([f"{self.prefix}.json"] if self.with_json else []) + [f"{self.prefix}.md"] + [
             f"{self.prefix}{suffix}.png" for suffix in self.plots]
 
     def check(self) -> None:
@@ -143,11 +144,12 @@ class Outputs:
             ("png" for ``""``).
         """
         written: dict[str, Path] = {}
-        plt = pyplot("plot") if plots else None
-        for suffix, draw in (plots or {}).items() if plt is not None else ():
-            fig = draw(plt)
-            if fig is not None:
-                written[suffix.lstrip("-") or "png"] = save_figure(fig, self.out_dir / f"{self.prefix}{suffix}.png")
+        plt = pyplot("plot") if plots else None  # None, with one warning, without matplotlib
+        if plt is not None:
+            for suffix, draw in plots.items():
+                fig = draw(plt)
+                if fig is not None:
+                    written[suffix.lstrip("-") or "png"] = save_figure(fig, self.out_dir / f"{self.prefix}{suffix}.png")
         if data is not None:
             written["json"] = atomic_write_json(self.out_dir / f"{self.prefix}.json", data)
         text = markdown(written) if callable(markdown) else markdown

@@ -188,7 +188,7 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     """
     if not paths:
         raise ReportError("give at least one results file (pytest benchmarks --benchmark-json=FILE)")
-    outputs = Outputs(out_dir, prefix, json=False, plots=("-latency", "-speedup") if plots else (), force=force)
+    outputs = Outputs(out_dir, prefix, with_json=False, plots=("-latency", "-speedup") if plots else (), force=force)
     outputs.check()
     all_results = [load_results(p) for p in paths]
     first = all_results[0]
