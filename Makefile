@@ -10,7 +10,8 @@ EXTRAS := onnx,torch,train,export,trt-rtx,trt-lean,video,plots,dev,serve
 STAMP := $(VENV)/.installed-stamp
 # The real Triton server for the serving tests: the tritonserver binary inside NVIDIA's nvidia-pytriton wheel, with
 # this package (editable, so it serves the checkout's code) and ONNX Runtime for its python-backend models. A venv of
-# its own, because nvidia-pytriton pins numpy<2. About 470 MB; about 1 minute to install.
+# its own, because nvidia-pytriton pins numpy<2. About 470 MB; about 1 minute to install. NVIDIA's perf_analyzer goes
+# beside it (.venv-triton/bin/perf_analyzer; it needs libb64.so.0d: apt-get install libb64-0d, as .ci/run does).
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 PYTRITON_PIN := nvidia-pytriton==0.7.0
@@ -30,9 +31,10 @@ $(STAMP): pyproject.toml Makefile
 
 triton-env: $(TRITON_STAMP)
 
-$(TRITON_STAMP): pyproject.toml Makefile
+$(TRITON_STAMP): pyproject.toml Makefile scripts/install_perf_analyzer.sh
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q $(PYTRITON_PIN) -e ".[onnx]"
+	bash scripts/install_perf_analyzer.sh $(TRITON_VENV)
 	touch $(TRITON_STAMP)
 
 # Train on built-in synthetic clips, evaluate, export ONNX (fp32 + fp16, verified; int8 for CPUs, gated), build

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from benchmarks.contenders import Unavailable
+from benchmarks.environment import Unavailable
 
 logger = logging.getLogger(__name__)
 

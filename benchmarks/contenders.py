@@ -1,5 +1,6 @@
 """The contenders: every one registered in :data:`CONTENDER_TABLE`, name -> a function that builds it for one
-(workload, B, T) through the runtime's public API (``runtime.load``, ``runtime.StreamingClassifier``).
+(workload, B, T) through the runtime's public API (``runtime.load``, ``runtime.StreamingClassifier``);
+:func:`prepare_contender` builds one.
 
 Nothing here imports torch, onnxruntime or the runtime at module level, so ``benchmarks.report`` stays cheap.
 """
@@ -7,13 +8,13 @@ Nothing here imports torch, onnxruntime or the runtime at module level, so ``ben
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
+from benchmarks.context import BenchContext, Prepared, eager_call
+from benchmarks.environment import Unavailable
+from benchmarks.streams import EagerStream, runtime_stream
 from benchmarks.workloads import check_workload
-
-if TYPE_CHECKING:
-    from benchmarks.context import BenchContext
 
 BASELINE = "eager-fp32"
 # Variants of the runtime's fast path, named "runtime-fast+VARIANT[+VARIANT...]": runtime.load options on top of
@@ -26,33 +27,6 @@ FAST_VARIANTS = {
     "unfolded": {"cnn_form": "unfolded"},  # BatchNorm not folded into the convs
     "auto": {"cnn_form": "auto"},  # all three per bucket, the fastest kept (not the default until measured faster)
 }
-
-
-class Unavailable(Exception):
-    """A contender cannot run here (missing library, no GPU, ...); the message is the skip reason."""
-
-
-@dataclass
-class Prepared:
-    """One contender ready for one (workload, B, T).
-
-    Attributes:
-        fn (callable): one timed call, taking one element of ``inputs``.
-        inputs (list): the rotating input pool, already in the form ``fn`` wants (CUDA tensors, numpy, ...).
-        timer (str): how :class:`benchmarks.timing.LatencyRecorder` times it.
-        precision (str): key of :data:`benchmarks.accuracy.TOLERANCES`.
-        probe (callable): returns outputs comparable with the eager reference (see :meth:`BenchContext.reference`).
-        sync (callable, optional): device sync for the "perf-counter" timer.
-        info (dict): extra facts for ``extra_info`` (provider, threads, notes).
-    """
-
-    fn: Callable[[Any], Any]
-    inputs: list
-    timer: str
-    precision: str
-    probe: Callable[[], dict]
-    sync: Optional[Callable[[], None]] = None
-    info: dict = field(default_factory=dict)
 
 
 # Cache keys of the runners the contenders build, one frozen dataclass per kind: they share BenchContext's runner dict,
@@ -81,23 +55,6 @@ class EngineRunnerKey:
     graph: str
 
 
-@dataclass(frozen=True)
-class StreamKey:
-    contender: str
-    part: str  # "streamer", "cnn" or "bilstm"
-
-
-def eager_call(model, workload: str, x) -> dict:
-    """The eager model's outputs for one workload, by output name."""
-    if workload == "model":
-        frame_logits, clip_logits = model(x)
-    elif workload == "cnn":
-        return {"features": model.extract_features(x)}
-    else:
-        frame_logits, clip_logits = model.classify(x)
-    return {"frame_logits": frame_logits, "clip_logits": clip_logits}
-
-
 def _torch_timer(ctx: BenchContext) -> str:
     return "cuda-events" if ctx.is_cuda else "perf-counter"
 
@@ -117,8 +74,6 @@ def _eager(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: 
         raise Unavailable("eager fp16 needs CUDA (fp16 convolutions on CPU are not a deployment path)")
     model = ctx.model_fp16 if half else ctx.model
     if workload == "stream":
-        from benchmarks.streams import EagerStream
-
         step = EagerStream(model, ctx.window, batch, ctx.config.feature_dim, ctx.device, half)
         fn = step.push
         pool = ctx.torch_pool("stream", batch, 1)
@@ -175,8 +130,6 @@ def _runtime_fast(ctx: BenchContext, name: str, workload: str, batch: int, time_
     precision = "fp16" if options.get("precision") == "fp16-all" else "fp16-cnn"
     note = "runtime.load(.pt, fast=True" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"
     if workload == "stream":
-        from benchmarks.streams import runtime_stream
-
         return runtime_stream(ctx, name, batch, loader=lambda stage: runtime.load(
             ctx.checkpoint, device=ctx.device, stage=stage, fast=True, **options), precision=precision)
     runner = ctx.runner(FastKey(name, workload), lambda: _activated(runtime.load(
@@ -261,8 +214,6 @@ def _ort(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: in
                           "T<=16 only, as a reference point, to keep the GPU run short")
     label = "bf16" if openvino == "bf16" else "int8-data" if external_int8 else precision
     if workload == "stream":
-        from benchmarks.streams import runtime_stream
-
         # allow_spinning=False: what StreamingClassifier(export_dir) sets for its two alternating sessions.
         return runtime_stream(ctx, name, batch, loader=lambda stage: runtime.load(
             ctx.artifacts.onnx_dir(precision) / f"{stage}.onnx", intra_op_threads=ctx.ort_threads,

@@ -1,22 +1,50 @@
 """One benchmark session's shared state: the checkpoint and its models, the input pools, the eager references, the
-runners the contenders built, and the exports and engines (:mod:`benchmarks.artifacts`)."""
+runners the contenders built, and the exports and engines (:mod:`benchmarks.artifacts`); and what a contender is
+once built for one shape (:class:`Prepared`), which :mod:`benchmarks.contenders` makes."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from benchmarks.accuracy import to_numpy
 from benchmarks.artifacts import Artifacts
-from benchmarks.contenders import Prepared, prepare_contender
 from benchmarks.environment import usable_cpus
+from benchmarks.timing import Task
 from benchmarks.workloads import STREAM_WINDOW
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Prepared(Task):
+    """One contender ready for one (workload, B, T): a :class:`benchmarks.timing.Task` (``fn``, ``inputs``,
+    ``timer``, ``sync``) with what the checks and the tables need.
+
+    Attributes:
+        precision (str): key of :data:`benchmarks.accuracy.TOLERANCES`.
+        probe (callable): returns outputs comparable with the eager reference (see :meth:`BenchContext.reference`).
+        info (dict): extra facts for ``extra_info`` (provider, threads, notes).
+    """
+
+    precision: str
+    probe: Callable[[], dict]
+    info: dict = field(default_factory=dict)
+
+
+def eager_call(model, workload: str, x) -> dict:
+    """The eager model's outputs for one workload, by output name."""
+    if workload == "model":
+        frame_logits, clip_logits = model(x)
+    elif workload == "cnn":
+        return {"features": model.extract_features(x)}
+    else:
+        frame_logits, clip_logits = model.classify(x)
+    return {"frame_logits": frame_logits, "clip_logits": clip_logits}
 
 
 @dataclass(frozen=True)
@@ -159,8 +187,6 @@ class BenchContext:
         import numpy as np
         import torch
 
-        from benchmarks.contenders import eager_call
-
         shape = Shape(workload, batch, time_steps)
         if shape in self._references:
             return self._references[shape]
@@ -186,16 +212,6 @@ class BenchContext:
              torch.backends.cudnn.benchmark) = flags
         self._references[shape] = {k: to_numpy(v).astype(np.float64) for k, v in out.items()}
         return self._references[shape]
-
-    # -- contenders ---------------------------------------------------------------------------------------------
-    def prepare(self, contender: str, workload: str, batch: int, time_steps: int) -> Prepared:
-        """Build a contender for one shape (see :func:`benchmarks.contenders.prepare_contender`).
-
-        Raises:
-            Unavailable: the contender cannot run here (the message says why).
-            ValueError: unknown contender or workload.
-        """
-        return prepare_contender(self, contender, workload, batch, time_steps)
 
     def close(self) -> None:
         """Deactivate every runner this context activated."""

@@ -24,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
+from benchmarks.environment import environment, load_average
+from benchmarks.outputs import Outputs
+from benchmarks.timing import Task, time_interleaved
 from benchmarks.triton_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +41,7 @@ def run_once(nproc: int, train_args: Sequence[str], threads: int, work: Path) ->
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(free_port()), "-m", "train", *train_args, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
-    load_before = os.getloadavg()
+    load_before = load_average()
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -51,20 +53,23 @@ def run_once(nproc: int, train_args: Sequence[str], threads: int, work: Path) ->
     return {"nproc": nproc, "threads_per_process": threads, "wall_s": round(wall, 2),
             "epoch_train_s": [round(r["train_time"], 3) for r in records],
             "clips_per_s": [per_epoch / r["train_time"] for r in records[1:]],
-            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()]}
+            "load_before": load_before, "load_after": load_average()}
 
 
 def measure(nprocs: Sequence[int], rounds: int, train_args: Sequence[str], cores: int, threads: int = 0) -> dict:
-    """``rounds`` rounds, each running every world size once (the order alternates between rounds); ``threads`` per
-    process, or (0) the cores shared out."""
-    runs = []
+    """``rounds`` interleaved rounds (:func:`benchmarks.timing.time_interleaved`), each running every world size
+    once in a fresh random order; ``threads`` per process, or (0) the cores shared out."""
     with tempfile.TemporaryDirectory(prefix="ddp-bench-") as tmp:
-        for r in range(rounds):
-            for n in (nprocs if r % 2 == 0 else list(reversed(nprocs))):
+        def task(n: int) -> Task:
+            def fn(_):
                 run = run_once(n, train_args, threads or max(1, cores // n), Path(tmp))
-                print(f"round {r + 1}: {n} process(es): {statistics.median(run['clips_per_s']):.1f} clips/s "
-                      f"(load {run['load_before'][0]:.1f} -> {run['load_after'][0]:.1f})", file=sys.stderr)
-                runs.append({"round": r, **run})
+                print(f"{n} process(es): {statistics.median(run['clips_per_s']):.1f} clips/s (load "
+                      f"{run['load_before'][0]:.1f} -> {run['load_after'][0]:.1f})", file=sys.stderr)
+                return run
+            return Task(fn=fn)
+
+        timed = time_interleaved({str(n): task(n) for n in nprocs}, rounds, warmup=0, keep_results=True)
+    runs = [{"round": r, **timed.results[str(n)][r]} for r in range(rounds) for n in nprocs]
     summary = {}
     for n in nprocs:
         rates = [x for run in runs if run["nproc"] == n for x in run["clips_per_s"]]
@@ -96,7 +101,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 description="Training clips/s of python -m train under torchrun, per world size.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--nprocs", default="1,2", help="world sizes to compare (processes on this machine)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds; each runs every world size once, order alternating")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds; each runs every world size once, in a fresh random order")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
     p.add_argument("--train-clips", type=int, default=256, help="training clips per epoch (all ranks together)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch per process")
@@ -110,9 +116,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Measure and write PREFIX.json and PREFIX.md; 0 on success, 2 on bad input, 1 when a run failed."""
-    from benchmarks.environment import cpu_name, usable_cpus
-    from benchmarks.outputs import check_outputs
-    from runtime._io import atomic_write_json, atomic_write_text
+    from benchmarks.environment import usable_cpus
 
     args = get_args_parser().parse_args(argv)
     try:
@@ -124,21 +128,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 or args.threads < 0:
             raise ValueError("--nprocs must be positive integers, --rounds, --train-clips and --batch-size >= 1, "
                              "--epochs >= 2, --threads >= 0")
-        check_outputs(args.out, [f"{args.prefix}.json", f"{args.prefix}.md"], force=args.force)
+        outputs = Outputs(args.out, args.prefix, plots=(), force=args.force)
+        outputs.check()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     train_args = ["--preset", "demo", "--train-clips", str(args.train_clips), "--val-clips", "32", "--epochs",
                   str(args.epochs), "--batch-size", str(args.batch_size), "--device", "cpu", "--no-progress",
                   "--no-eval-shuffled", "--dist-backend", "gloo"]
-    import platform
-
-    import torch
-
-    from runtime import __version__
-
-    env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "host_cpu": cpu_name(),
-           "torch": torch.__version__, "python": platform.python_version(), "package": __version__}
+    env = environment("cpu")
     try:
         result = measure(nprocs, args.rounds, train_args, usable_cpus(), args.threads)
     except RuntimeError as e:
@@ -146,10 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     command = "python -m benchmarks.ddp_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
     res = {"environment": env, "train_args": train_args, "command": command, "result": result}
-    out = Path(args.out)
-    atomic_write_json(out / f"{args.prefix}.json", res)
     text = _markdown(res, env, command)
-    atomic_write_text(out / f"{args.prefix}.md", text)
+    outputs.write(text, res)
     print(text)
     return 0
 

@@ -13,7 +13,8 @@ then times, interleaved round by round with an untimed pause before every call (
   weights, ``torch.no_grad``.
 
 Frames per second are 16 / time for a clip and N / time for a sequential pass. Nothing is asserted: the numbers,
-the load average before and after, the machine and the versions go to ``PREFIX.json`` and ``PREFIX.md`` in ``--out``.
+the load average before and after, the machine and the versions go to ``PREFIX.json`` and ``PREFIX.md`` in ``--out``
+(an earlier output of this tool is replaced; another file of that name only with ``--force``).
 
     python -m benchmarks.decode --out benchmarks/results --prefix 2026-12-01-cpu-decode
 """
@@ -21,8 +22,7 @@ the load average before and after, the machine and the versions go to ``PREFIX.j
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
+import logging
 import sys
 import tempfile
 import time
@@ -31,7 +31,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from runtime.video_write import write_video  # light: PyAV is imported when a video is written
+from benchmarks.outputs import Outputs
+from benchmarks.timing import Rounds, Task, time_interleaved
+
+logger = logging.getLogger(__name__)
 
 
 def _frames(seconds: float, fps: int, height: int, width: int, seed: int = 0):
@@ -61,38 +64,33 @@ def demo_config():
                        num_layers=1, dropout=0.0)
 
 
-def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: int, rounds: int,
-        gap_s: float, threads: int = 0, video_dir: Optional[Path] = None) -> dict:
-    """Write the videos, time every task interleaved, and return the results (also written as JSON and Markdown)."""
-    import random
+def write_videos(folder: Path, seconds: float, fps: int, height: int, width: int) -> dict[str, Path]:
+    """The two test videos (libx264 preset medium, CRF 23; ``gop250``: libx264's keyframe interval, ``gop30``: a
+    keyframe every second) in ``folder``; a video an earlier run wrote there with these settings is reused."""
+    from runtime.video_write import write_video
 
-    import torch
-
-    from benchmarks.environment import environment
-    from benchmarks.workloads import reference_config
-    from runtime._io import atomic_write_json, atomic_write_text
-    from runtime.model import build_random_model
-    from runtime.video import VideoReader, probe_video
-
-    load_before = os.getloadavg()
-    if threads:
-        torch.set_num_threads(threads)
-    tmp = Path(tempfile.mkdtemp(prefix="decode-bench-"))
-    folder = video_dir or tmp
     videos = {}
     for name, options in (("gop250", {"crf": "23", "preset": "medium"}),
                           ("gop30", {"crf": "23", "preset": "medium", "g": str(fps)})):
         videos[name] = folder / f"{name}-{seconds:g}s-{width}x{height}-{fps}fps.mp4"
-        if videos[name].is_file():  # --video-dir: written by an earlier run with these settings
-            continue
-        t0 = time.perf_counter()
-        write_video(videos[name], _frames(seconds, fps, height, width), fps, options=options)
-        print(f"wrote {videos[name].name}: {videos[name].stat().st_size / 1e6:.1f} MB in "
-              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    infos = {name: {**probe_video(p).to_dict(), "path": p.name} for name, p in videos.items()}  # no machine paths
-    models = {"demo": demo_config(), "reference": reference_config()}
-    nets = {name: build_random_model(cfg, seed=0).eval() for name, cfg in models.items()}
-    size = tuple(models["demo"].frame_size)
+        if not videos[name].is_file():
+            t0 = time.perf_counter()
+            write_video(videos[name], _frames(seconds, fps, height, width), fps, options=options)
+            logger.info("wrote %s: %.1f MB in %.0f s", videos[name].name, videos[name].stat().st_size / 1e6,
+                        time.perf_counter() - t0)
+    return videos
+
+
+def make_tasks(videos: dict[str, Path], threads: int) -> dict[str, Task]:
+    """Every timed task: per video ``open``, ``uniform16`` and ``sequential`` at the demo model's frame size, one
+    sequential pass at the native size, and eager inference (B=1, T=16) of the demo and the reference model."""
+    import torch
+
+    from benchmarks.workloads import reference_config
+    from runtime.model import build_random_model
+    from runtime.video import VideoReader, probe_video
+
+    size = demo_config().frame_size
 
     def sequential(path, frame_size):
         with VideoReader(path, frame_size, threads=threads) as r:
@@ -104,82 +102,78 @@ def run(out: Path, prefix: str, seconds: float, fps: int, height: int, width: in
 
     tasks = {}
     for name, path in videos.items():
-        tasks[f"open {name}"] = lambda p=path: probe_video(p)
-        tasks[f"uniform16 {name} @24x24"] = lambda p=path: uniform16(p)
-        tasks[f"sequential {name} @24x24"] = lambda p=path: sequential(p, size)
-    tasks["sequential gop250 @native (RGB only)"] = lambda: sequential(videos["gop250"], None)
-    for name, net in nets.items():
-        x = torch.randn(1, 16, 3, *models[name].frame_size)
+        tasks[f"open {name}"] = Task(fn=lambda _, p=path: probe_video(p))
+        tasks[f"uniform16 {name} @24x24"] = Task(fn=lambda _, p=path: uniform16(p))
+        tasks[f"sequential {name} @24x24"] = Task(fn=lambda _, p=path: sequential(p, size))
+    tasks["sequential gop250 @native (RGB only)"] = Task(fn=lambda _: sequential(videos["gop250"], None))
+    for name, config in (("demo", demo_config()), ("reference", reference_config())):
+        net = build_random_model(config, seed=0).eval()
 
-        def infer(net=net, x=x):
+        def infer(x, net=net):
             with torch.no_grad():
                 net(x)
 
-        tasks[f"model {name} B1 T16"] = infer
-    samples = {k: [] for k in tasks}
-    cpu = {k: [] for k in tasks}
-    order = list(tasks)
-    for fn in tasks.values():  # warm-up, untimed
-        fn()
-    rng = random.Random(0)
-    for done in range(rounds):
-        rng.shuffle(order)
-        for k in order:
-            time.sleep(gap_s)
-            t0, c0 = time.perf_counter(), time.process_time()
-            tasks[k]()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-            cpu[k].append((time.process_time() - c0) * 1e3)
-        print(f"round {done + 1}/{rounds}", file=sys.stderr)
-    n = infos["gop250"]["num_frames"]
+        tasks[f"model {name} B1 T16"] = Task(fn=infer, inputs=[torch.randn(1, 16, 3, *config.frame_size)])
+    return tasks
+
+
+def summarize(timed: Rounds, num_frames: int) -> list[dict]:
+    """One row per task: medians of wall and CPU time, frames per second of each (a clip is 16 frames, a sequential
+    pass ``num_frames``)."""
     rows = []
-    for k, ms in samples.items():
-        med = float(np.median(ms))
-        frames = n if k.startswith("sequential") else (16 if k.startswith(("uniform16", "model")) else 0)
-        cpu_med = float(np.median(cpu[k]))
+    for k, ms in timed.wall_ms.items():
+        med, cpu_med = float(np.median(ms)), float(np.median(timed.cpu_ms[k]))
+        frames = num_frames if k.startswith("sequential") else (16 if k.startswith(("uniform16", "model")) else 0)
         rows.append({"task": k, "median_ms": round(med, 2), "min_ms": round(min(ms), 2), "max_ms": round(max(ms), 2),
                      "cpu_median_ms": round(cpu_med, 2), "frames": frames,
                      "frames_per_s": round(frames / med * 1e3, 1) if frames else None,
                      "frames_per_cpu_s": round(frames / cpu_med * 1e3, 1) if frames and cpu_med else None})
+    return rows
+
+
+def classify_verdict(rows: list[dict]) -> dict:
+    """Per video and model: one ``runtime classify`` clip (decoding uniform16, then the model), which part is the
+    bottleneck by wall time, and the shares of each by wall and CPU time."""
     med = {r["task"]: r["median_ms"] for r in rows}
-    cpu_med = {r["task"]: r["cpu_median_ms"] for r in rows}
+    cpu = {r["task"]: r["cpu_median_ms"] for r in rows}
     verdict = {}
-    for g in videos:
-        for m in nets:
-            d, c = med[f"uniform16 {g} @24x24"], med[f"model {m} B1 T16"]
-            dc, cc = cpu_med[f"uniform16 {g} @24x24"], cpu_med[f"model {m} B1 T16"]
+    for g in ("gop250", "gop30"):
+        for m in ("demo", "reference"):
+            clip, model = f"uniform16 {g} @24x24", f"model {m} B1 T16"
+            d, c, dc, cc = med[clip], med[model], cpu[clip], cpu[model]
             verdict[f"{g} + {m}"] = {"decode_ms": d, "model_ms": c, "decode_share": round(d / (d + c), 3),
                                      "decode_cpu_ms": dc, "model_cpu_ms": cc,
                                      "decode_cpu_share": round(dc / (dc + cc), 3),
                                      "bottleneck": "decoding" if d > c else "model"}
-    env = environment("cpu")
-    import av
-
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.decode " + " ".join(sys.argv[1:]),
-        "environment": {**env, "av": av.__version__, "ffmpeg": dict(av.library_versions).get("libavcodec")},
-        "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "videos": infos, "rounds": rounds, "gap_s": gap_s, "threads": threads or "default", "results": rows,
-        "classify_clip": verdict,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{prefix}.json", result)
-    atomic_write_text(out / f"{prefix}.md", _markdown(result))
-    if video_dir is None:
-        for p in videos.values():
-            p.unlink()
-    tmp.rmdir()
-    return result
+    return verdict
 
 
-def _markdown(r: dict) -> str:
-    env = r["environment"]
+def run(seconds: float, fps: int, height: int, width: int, rounds: int, gap_s: float, threads: int = 0,
+        video_dir: Optional[Path] = None, progress=None) -> dict:
+    """Write the videos (into ``video_dir``, kept, or a temporary folder), time every task interleaved with its CPU
+    time, and return the result (``videos``, ``results`` rows, ``classify_clip`` verdicts, the run's settings)."""
+    import torch
+
+    from runtime.video import probe_video
+
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="decode-bench-") as tmp:
+        videos = write_videos(video_dir or Path(tmp), seconds, fps, height, width)
+        infos = {name: {**probe_video(p).to_dict(), "path": p.name} for name, p in videos.items()}  # no machine paths
+        timed = time_interleaved(make_tasks(videos, threads), rounds, gap_s=gap_s, cpu_time=True, progress=progress)
+    rows = summarize(timed, infos["gop250"]["num_frames"])
+    return {"videos": infos, "rounds": rounds, "gap_s": gap_s, "threads": threads or "default",
+            "load_average_before": timed.load_before, "load_average_after": timed.load_after, "results": rows,
+            "classify_clip": classify_verdict(rows)}
+
+
+def _markdown(data: dict) -> str:
+    env, r = data["environment"], data["result"]
     v = r["videos"]["gop250"]
     lines = [
-        f"# Video decoding against the model on a CPU ({r['date'][:10]})", "",
-        f"`{r['command']}`", "",
+        f"# Video decoding against the model on a CPU ({env['date'][:10]})", "",
+        f"`{data['command']}`", "",
         f"Machine: {env['host_cpu']}; torch {env['torch']} ({env['torch_threads']} threads), PyAV {env['av']} "
         f"(libavcodec {env['ffmpeg']}), numpy {env['numpy']}. Load average (1, 5, 15 min) before "
         f"{r['load_average_before']}, after {r['load_average_after']} (a shared machine: compare ratios within "
@@ -219,33 +213,40 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="torch threads and decoder threads (default 0: torch's and FFmpeg's own choice)")
     p.add_argument("--video-dir", default=None,
                    help="keep the generated videos here and reuse them in later runs (default: a temporary folder)")
-    p.add_argument("--force", action="store_true", help="replace existing PREFIX.json / PREFIX.md")
+    p.add_argument("--force", action="store_true", help="replace existing PREFIX.json / PREFIX.md that these tools did not write")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the benchmark; 0 on success, 2 for bad arguments or an existing output without --force."""
-    from runtime._io import check_output_file
-    from runtime.errors import RuntimeInputError
+    """Run the benchmark; 0 on success, 2 for bad arguments or an output that may not be written."""
+    import av
+
+    from benchmarks.environment import environment
 
     args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    outputs = Outputs(args.out, args.prefix, plots=(), force=args.force)
     try:
         if args.seconds <= 0 or args.fps < 1 or args.rounds < 1 or args.gap < 0 or min(args.size) < 16 \
                 or args.threads < 0:
-            raise RuntimeInputError("need --seconds > 0, --fps >= 1, --rounds >= 1, --gap >= 0, --size >= 16 16, "
-                                    "--threads >= 0")
-        for suffix in (".json", ".md"):
-            check_output_file(Path(args.out) / f"{args.prefix}{suffix}", what="output", suffixes=(suffix,),
-                              force=args.force)
-    except RuntimeInputError as e:
+            raise ValueError("need --seconds > 0, --fps >= 1, --rounds >= 1, --gap >= 0, --size >= 16 16, "
+                             "--threads >= 0")
+        outputs.check()
+    except ValueError as e:  # OutputPathError too
         print(f"error: {e}", file=sys.stderr)
         return 2
     video_dir = None if args.video_dir is None else Path(args.video_dir)
     if video_dir is not None:
         video_dir.mkdir(parents=True, exist_ok=True)
-    result = run(Path(args.out), args.prefix, args.seconds, args.fps, args.size[0], args.size[1], args.rounds,
-                 args.gap, args.threads, video_dir)
-    print(_markdown(result))
+    result = run(args.seconds, args.fps, args.size[0], args.size[1], args.rounds, args.gap, args.threads, video_dir,
+                 progress=lambda done, total: print(f"round {done}/{total}", file=sys.stderr))
+    data = {"environment": {**environment("cpu"), "av": av.__version__,
+                            "ffmpeg": dict(av.library_versions).get("libavcodec")},
+            "command": "python -m benchmarks.decode " + " ".join(sys.argv[1:] if argv is None else argv),
+            "result": result}
+    text = _markdown(data)
+    outputs.write(text, data)
+    print(text)
     return 0
 
 

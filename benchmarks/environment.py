@@ -8,11 +8,24 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from pathlib import Path
 from typing import Any, Optional
 
 
 class GpuUnavailableError(RuntimeError):
     """A CUDA device was asked for where torch sees no CUDA GPU (the benchmark CLIs exit 3: cannot run here)."""
+
+
+class Unavailable(Exception):
+    """A contender or artifact cannot be made here (missing library, no GPU, ...); the message is the skip reason."""
+
+
+def load_average() -> Optional[list[float]]:
+    """The 1, 5 and 15-minute load averages now, rounded to 0.01; None where the OS has none. Above the core count,
+    other processes shared the machine with a measurement (its latencies are then inflated and noisy)."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def usable_cpus() -> int:
@@ -22,6 +35,24 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+def process_tree_cpu_s(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU seconds of process ``pid`` and its living descendants (Linux ``/proc``); None where there
+    is none, or it is gone."""
+    tick, total, todo, seen = os.sysconf("SC_CLK_TCK"), 0.0, [pid] if pid else [], set()
+    while todo:
+        p = todo.pop()
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat(5))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split() if int(c) not in seen]
+        except (OSError, IndexError, ValueError):
+            if p == pid:
+                return None
+    return total if pid else None
 
 
 def cpu_name() -> str:
@@ -77,16 +108,25 @@ def check_bench_device(device: Optional[str]) -> str:
     return str(device)
 
 
-@functools.lru_cache(maxsize=None)
 def environment(device: str) -> dict[str, Any]:
-    """Versions and device facts recorded with every benchmark.
+    """Versions and device facts recorded with every benchmark, the date and the load average now.
 
     Args:
         device (str): ``cpu`` or ``cuda[:i]``.
 
     Returns:
-        dict: device, device_name, torch, cuda, cudnn, tf32 flags, onnxruntime (+ providers), tensorrt, python, ...
+        dict: device, device_name, torch, cuda, cudnn, tf32 flags, onnxruntime (+ providers), tensorrt, python, ...,
+        ``date`` (UTC) and ``load_average_1min`` (when this was called).
     """
+    from datetime import datetime, timezone
+
+    load = load_average()
+    return {**_static_environment(device), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_average_1min": load[0] if load else None}
+
+
+@functools.lru_cache(maxsize=None)
+def _static_environment(device: str) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -104,8 +144,6 @@ def environment(device: str) -> dict[str, Any]:
         "package": __version__,
         "torch_threads": torch.get_num_threads(),
         "tensorrt": tensorrt_version(),
-        # Shared machines: the 1-minute load average when the environment was first read (> cores means contention).
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device.startswith("cuda"):
         env.update(_cuda_facts(device))

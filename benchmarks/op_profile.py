@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -32,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from benchmarks.environment import cpu_name
-from runtime._io import atomic_write_json, atomic_write_text
+from benchmarks.environment import cpu_name, load_average
+from benchmarks.outputs import Outputs
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or None), got {threads}")
-    load_1min = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # > cores: a busy shared VM
+    load = load_average()  # above the core count: a busy shared machine
     opts = session_options(ort, intra_op_threads=threads, allow_spinning=True)
     with tempfile.TemporaryDirectory(prefix="op-profile-") as work:
         opts.enable_profiling = True
@@ -179,7 +178,8 @@ def profile_onnx(path: str | Path, *, batch: int = 1, time_steps: int = 16, runs
     nodes, total, ops = _node_table(events, runs)
     return {"model": str(path), "batch": batch, "time_steps": time_steps, "threads": threads,
             "disabled": list(disabled), "runs": runs, "onnxruntime": ort.__version__, "host_cpu": cpu_name(),
-            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "load_average_1min": load_1min,
+            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "load_average_1min": load[0] if load else None,
             "call_ms": statistics.median(call_s) * 1e3, "node_ms_total": total, "nodes": nodes,
             "ops": ops}
 
@@ -245,14 +245,8 @@ def profile_markdown(result: dict, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_profile(result: dict, path: str | Path, top: int = 40) -> Optional[Path]:
-    """Bar chart of the ``top`` slowest nodes in graph order of cost, coloured by operator; None without matplotlib."""
-    from benchmarks.outputs import pyplot, save_figure
-
-    plt = pyplot("profile plot")
-    if plt is None:
-        return None
-
+def plot_profile(result: dict, plt, top: int = 40) -> Any:
+    """Bar chart of the ``top`` slowest nodes in graph order of cost, coloured by operator, drawn with ``plt``."""
     nodes = result["nodes"][:top]
     ops = sorted({n["op"] for n in nodes})
     colours = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
@@ -269,7 +263,7 @@ def plot_profile(result: dict, path: str | Path, top: int = 40) -> Optional[Path
                  f"call {result['call_ms']:.1f} ms", fontsize=9)
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[op]) for op in ops], labels=ops, fontsize=7,
               loc="lower right")
-    return save_figure(fig, path)
+    return fig
 
 
 def _short_label(name: str, width: int = 48) -> str:
@@ -313,11 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.model is not None and (not Path(args.model).is_file() or Path(args.model).suffix != ".onnx"):
         print(f"error: {args.model} is not an .onnx file", file=sys.stderr)
         return 2
-    if args.out is not None:  # before the profile, not after it
-        from benchmarks.outputs import check_outputs
-
+    outputs = Outputs(args.out, _prefix(args), force=args.force) if args.out is not None else None
+    if outputs is not None:  # before the profile, not after it
         try:
-            check_outputs(args.out, [_prefix(args) + s for s in (".md", ".json", ".png")], force=args.force)
+            outputs.check()
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -341,16 +334,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result["model"] = "reference-model.onnx"
     text = profile_markdown(result, top=args.top)
     print(text)
-    if args.out:
-        out, prefix = Path(args.out), _prefix(args)
+    if outputs is not None:
         try:
-            atomic_write_text(out / f"{prefix}.md", text)
-            atomic_write_json(out / f"{prefix}.json", result)
-            png = plot_profile(result, out / f"{prefix}.png")
+            written = outputs.write(text, result, {"": lambda plt: plot_profile(result, plt)})
         except OSError as e:  # checked before the profile, but the folder may have changed since
-            print(f"error: cannot write the profile to {out}: {e}", file=sys.stderr)
+            print(f"error: cannot write the profile to {args.out}: {e}", file=sys.stderr)
             return 2
-        print(f"wrote {out / prefix}.md/.json" + ("/.png" if png else ""), file=sys.stderr)
+        print("wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
     return 0
 
 

@@ -22,18 +22,16 @@ import argparse
 import logging
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from benchmarks.accuracy import TOLERANCES, rel_error
-from benchmarks.contenders import BASELINE, CONTENDERS, FAST_VARIANTS, Unavailable, parse_contender
+from benchmarks.contenders import BASELINE, CONTENDERS, FAST_VARIANTS, parse_contender, prepare_contender
 from benchmarks.context import BenchContext
-from benchmarks.environment import GpuUnavailableError, check_bench_device, environment
-from benchmarks.outputs import check_outputs
+from benchmarks.environment import GpuUnavailableError, Unavailable, check_bench_device, environment
+from benchmarks.outputs import Outputs
 from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved
 from benchmarks.workloads import STREAM_WINDOW, reference_config, write_random_checkpoint
-from runtime._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ def compare_paired(ctx: BenchContext, contenders: Sequence[str], *, workload: st
     prepared, errors, skipped = {}, {}, []
     for name in names:
         try:
-            prepared[name] = ctx.prepare(name, workload, batch, time_steps)
+            prepared[name] = prepare_contender(ctx, name, workload, batch, time_steps)
         except Unavailable as e:
             if name == BASELINE:
                 raise
@@ -86,7 +84,7 @@ def compare_paired(ctx: BenchContext, contenders: Sequence[str], *, workload: st
         if strict and not errors[name] <= tolerance:
             raise ValueError(f"{name} {workload} B={batch} T={time_steps}: norm-relative error {errors[name]:.3g} "
                              f"against eager fp32 exceeds the {prepared[name].precision} tolerance {tolerance:g}")
-    samples = time_interleaved(prepared, rounds, warmup=warmup, seed=seed, gap_s=gap_s, progress=progress)
+    samples = time_interleaved(prepared, rounds, warmup=warmup, seed=seed, gap_s=gap_s, progress=progress).wall_ms
     rows = []
     for name, p in prepared.items():
         rows.append({"contender": name, "precision": p.precision, "rel_error": errors[name],
@@ -136,14 +134,8 @@ def result_markdown(result: dict, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
-    """Latency per round (left) and per-round speedup with its median (right); None without matplotlib."""
-    from benchmarks.outputs import pyplot, save_figure
-
-    plt = pyplot("plot")
-    if plt is None:
-        return None
-
+def plot_paired(result: dict, plt) -> Any:
+    """Latency per round (left) and per-round speedup with its median (right), drawn with ``plt`` (pyplot)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     for r in result["rows"]:
         color = left.plot(range(1, len(r["samples_ms"]) + 1), r["samples_ms"], marker=".",
@@ -161,7 +153,7 @@ def plot_paired(result: dict, path: str | Path) -> Optional[Path]:
         if ax.has_data():
             ax.legend(fontsize=8)
     fig.suptitle(f"{result['workload']} B={result['batch']} T={result['time']}, interleaved rounds", fontsize=11)
-    return save_figure(fig, path)
+    return fig
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -230,10 +222,14 @@ def _check_args(args) -> Optional[str]:
         return f"--contenders names none; give a comma list of {','.join(CONTENDERS)}"
     if args.out is not None:
         try:
-            check_outputs(args.out, [output_prefix(args) + s for s in (".json", ".md", ".png")], force=args.force)
+            _outputs(args).check()
         except ValueError as e:
             return str(e)
     return None
+
+
+def _outputs(args) -> Outputs:
+    return Outputs(args.out, output_prefix(args), force=args.force)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -275,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             if ctx is not None:
                 ctx.close()
-    env = {**environment(device), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    env = environment(device)
     text = result_markdown(result, env)
     print(text, end="")
     if args.out:
@@ -284,17 +280,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _write_outputs(args, result: dict, env: dict, text: str) -> int:
-    out, prefix = Path(args.out), output_prefix(args)
+    checkpoint = "reference model, random weights (seed 0)" if args.checkpoint is None else Path(args.checkpoint).name
     try:
-        atomic_write_json(out / f"{prefix}.json", {"environment": env, "result": result,
-                                                   "checkpoint": "reference model, random weights (seed 0)"
-                                                   if args.checkpoint is None else Path(args.checkpoint).name})
-        atomic_write_text(out / f"{prefix}.md", text)
-        plot_paired(result, out / f"{prefix}.png")
+        written = _outputs(args).write(text, {"environment": env, "result": result, "checkpoint": checkpoint},
+                                       {"": lambda plt: plot_paired(result, plt)})
     except OSError as e:  # checked before the run, but the folder may have changed since
-        print(f"error: cannot write the results to {out}: {e}", file=sys.stderr)
+        print(f"error: cannot write the results to {args.out}: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out / prefix}.{{json,md,png}}")
+    print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 
 

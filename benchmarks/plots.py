@@ -1,31 +1,24 @@
-"""The report's PNG plots: latency versus T per contender, and speedup bars per shape."""
+"""The report's PNG plots: latency versus T per contender, and speedup bars per shape (drawn for
+:class:`benchmarks.outputs.Outputs`, which saves them)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from benchmarks.contenders import BASELINE
-from benchmarks.outputs import save_figure
-from benchmarks.report import Results, floor_ms, speedup
+from benchmarks.suite_results import Results, floor_ms, speedup
 
 
-def plot_latency(results: Results, path: str | os.PathLike) -> Optional[Path]:
-    """Latency versus T per contender (log-log), one panel per (workload, B); None when nothing has T > 0.
+def plot_latency(results: Results, plt) -> Optional[Any]:
+    """Latency versus T per contender (log-log), one panel per (workload, B).
 
     Args:
         results (Results): a parsed file.
-        path (str | PathLike): PNG to write (atomically).
+        plt: ``matplotlib.pyplot``.
 
     Returns:
-        Path | None: the PNG, or None when there is nothing to plot.
+        Figure | None: the figure, or None when nothing has T > 0.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     workloads = [w for w in results.workloads() if w != "stream"]
     batches = sorted({r.batch for r in results.rows if r.workload in workloads})
     if not workloads or not batches:
@@ -56,16 +49,11 @@ def plot_latency(results: Results, path: str | os.PathLike) -> Optional[Path]:
             if ax.has_data():
                 ax.legend(fontsize=7)
     fig.suptitle(f"Latency vs T - {results.device_name}", fontsize=11)
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
-    """Bars of speedup over eager fp32 per (workload, B, T) and contender; None without any speedup to show."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_speedup(results: Results, plt) -> Optional[Any]:
+    """Bars of speedup over eager fp32 per (workload, B, T) and contender (a figure); None without any speedup."""
     others = [c for c in results.contenders() if c != BASELINE]
     groups = [(w, b, t) for w in results.workloads() for b, t in results.shapes(w)]
     values = {(g, c): speedup(results, r) for g in groups for c in others
@@ -88,4 +76,4 @@ def plot_speedup(results: Results, path: str | os.PathLike) -> Optional[Path]:
     ax.set_title(f"Speedup over eager PyTorch fp32 - {results.device_name}", fontsize=11)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return fig

@@ -6,12 +6,19 @@ over a cnn + bilstm runner pair of any backend).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-from benchmarks.contenders import Prepared, StreamKey, Unavailable
+from benchmarks.context import BenchContext, Prepared
+from benchmarks.environment import Unavailable
 
-if TYPE_CHECKING:
-    from benchmarks.context import BenchContext
+
+@dataclass(frozen=True)
+class StreamKey:
+    """The cache key of a streaming contender's runners in :meth:`BenchContext.runner`."""
+
+    contender: str
+    part: str  # "streamer", "cnn" or "bilstm"
 
 
 class EagerStream:

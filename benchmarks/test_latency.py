@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.accuracy import TOLERANCES, rel_error
 from benchmarks.conftest import bench_grid
-from benchmarks.contenders import Unavailable
-from benchmarks.environment import environment
+from benchmarks.contenders import prepare_contender
+from benchmarks.environment import Unavailable, environment
 from benchmarks.flops import workload_flops
 from benchmarks.timing import LatencyRecorder, cycle, percentiles
 
@@ -50,7 +50,7 @@ def test_latency(benchmark, bench, workload, batch, time_steps, contender):
     kind = "cuda" if bench.is_cuda else "cpu"
 
     try:
-        prepared = bench.prepare(contender, workload, batch, time_steps)
+        prepared = prepare_contender(bench, contender, workload, batch, time_steps)
     except Unavailable as e:
         pytest.skip(f"{contender}: {e}")
 

@@ -178,6 +178,15 @@ def run_checked(args, cwd, timeout: int = 900):
     return proc
 
 
+def run_module(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` in a fresh interpreter, from the checkout's root, as a user runs a CLI (this
+    checkout's packages first on the path); the finished process, output captured as text."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def fresh_venv(folder, extra: str):
     """A new virtual environment in ``folder`` with only this checkout's ``.[extra]`` installed; its python."""
     repo = Path(__file__).resolve().parents[1]

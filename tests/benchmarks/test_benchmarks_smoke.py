@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from benchmarks.accuracy import TOLERANCES, rel_error
-from benchmarks.contenders import BASELINE, CONTENDER_TABLE, CONTENDERS, ORT_CONTENDERS, Prepared, Unavailable
-from benchmarks.context import BenchContext
+from benchmarks.contenders import BASELINE, CONTENDER_TABLE, CONTENDERS, ORT_CONTENDERS, prepare_contender
+from benchmarks.context import BenchContext, Prepared
+from benchmarks.environment import Unavailable
 from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, stated_peak, workload_flops
-from benchmarks.timing import LatencyRecorder, paired_speedup, percentiles, time_interleaved
+from benchmarks.timing import LatencyRecorder, Task, paired_speedup, percentiles, time_interleaved
 from benchmarks.workloads import reference_config
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, run_module
 
 
 def test_reference_flops_match_the_measured_baseline():
@@ -77,13 +78,13 @@ def test_context_on_cpu(tiny_checkpoint, tmp_path):
     assert ctx.config == TINY_CONFIG
     for contender in ("eager-fp16", "runtime-fast", "trt", "ort-fp16"):
         with pytest.raises(Unavailable):
-            ctx.prepare(contender, "model", 1, 2)
+            prepare_contender(ctx, contender, "model", 1, 2)
     with pytest.raises(ValueError, match="unknown contender"):
-        ctx.prepare("numba", "model", 1, 2)
+        prepare_contender(ctx, "numba", "model", 1, 2)
     pool = ctx.host_pool("model", 2, 3)
     assert len(pool) == 4 and pool[0].shape == (2, 3, 3, 16, 16)
     assert not np.allclose(pool[0], pool[1]) and (pool[0] != 0).all()
-    eager = ctx.prepare("eager-fp32", "stream", 1, 16)
+    eager = prepare_contender(ctx, "eager-fp32", "stream", 1, 16)
     # the eager streaming step after `window` pushes equals the model on the window
     assert rel_error(eager.probe(), ctx.reference("stream", 1, 16)) < 1e-5
     ctx.close()
@@ -96,13 +97,13 @@ def test_contenders_are_one_table_and_the_runtime_stream_matches_eager(tiny_chec
     pytest.importorskip("onnxscript")
     ctx = BenchContext(tiny_checkpoint, "cpu", tmp_path)
     try:
-        stream = ctx.prepare("ort-fp32", "stream", 1, 16)  # runtime.StreamingClassifier over the exported graphs
+        stream = prepare_contender(ctx, "ort-fp32", "stream", 1, 16)  # runtime.StreamingClassifier over the exported graphs
         out = stream.probe()
         assert set(out) == {"frame_logits", "clip_logits"} and out["clip_logits"].shape == (1, TINY_CONFIG.num_classes)
         assert rel_error(out, ctx.reference("stream", 1, 16)) <= TOLERANCES["fp32"]
         assert ctx.artifacts.onnx_dir("fp32") == tmp_path / "onnx-fp32"  # exported once, then cached
         with pytest.raises(Unavailable, match="one stream"):
-            ctx.prepare("ort-fp32", "stream", 2, 16)
+            prepare_contender(ctx, "ort-fp32", "stream", 2, 16)
     finally:
         ctx.close()
 
@@ -131,7 +132,8 @@ def test_time_interleaved_pairs_rounds_and_shuffles_order():
         return Prepared(fn=fn, inputs=[0, 1, 2], timer="perf-counter", precision="fp32", probe=dict)
 
     prepared = {"slow": contender("slow", 3.0), "fast": contender("fast", 1.0)}
-    samples = time_interleaved(prepared, 12, warmup=2, seed=3, gap_s=0.001)
+    result = time_interleaved(prepared, 12, warmup=2, seed=3, gap_s=0.001, cpu_time=True, keep_results=True)
+    samples = result.wall_ms
     assert {k: len(v) for k, v in samples.items()} == {"slow": 12, "fast": 12}  # warm-up rounds are not kept
     assert len(calls) == 2 * 14
     timed = calls[4:]
@@ -140,11 +142,28 @@ def test_time_interleaved_pairs_rounds_and_shuffles_order():
     assert len(set(rounds)) == 2  # ... in an order that changes between rounds
     assert [x for name, x in calls if name == "slow"][:4] == [1, 2, 0, 1]  # inputs rotate (cycle starts after 0)
     assert min(samples["slow"]) >= 2.9 and min(samples["fast"]) >= 0.9
+    assert {k: len(v) for k, v in result.cpu_ms.items()} == {"slow": 12, "fast": 12}
+    assert result.results["slow"] == [None] * 12 and len(result.load_before) == 3  # what each call returned
     assert paired_speedup(samples["slow"], samples["fast"])["median"] > 1.5
     with pytest.raises(ValueError, match="rounds >= 1"):
         time_interleaved(prepared, 0)
     with pytest.raises(ValueError, match="no contenders"):
         time_interleaved({}, 3)
+
+
+def test_time_interleaved_cpu_time_is_this_process_cpu_not_wall_time():
+    import time
+
+    def sleep(_x):
+        time.sleep(0.02)
+        return "slept"
+
+    timed = time_interleaved({"sleep": Task(fn=sleep)}, 5, warmup=0, cpu_time=True, keep_results=True)
+    assert min(timed.wall_ms["sleep"]) >= 19.9 and timed.results["sleep"] == ["slept"] * 5
+    # a sleeping call takes 20 ms but almost no CPU (the 2 ms margin: other threads of this process)
+    assert len(timed.cpu_ms["sleep"]) == 5 and 0 <= np.median(timed.cpu_ms["sleep"]) < 2.0
+    plain = time_interleaved({"sleep": Task(fn=sleep)}, 2, warmup=0)
+    assert plain.cpu_ms == {"sleep": []} and plain.results == {"sleep": []}  # only when asked for
 
 
 def test_paired_speedup_statistics():
@@ -162,17 +181,15 @@ def test_paired_speedup_statistics():
         paired_speedup([1.0, 0.0], [1.0, 1.0])
 
 
-def test_paired_cli_writes_checked_results(tiny_checkpoint, tmp_path):
+def test_paired_cli_writes_checked_results(tiny_checkpoint, tiny_export, tmp_path):
     import json
 
-    from benchmarks import paired
-
     out = tmp_path / "out"
-    rc = paired.main([
-        "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--contenders", "ort-fp32,trt", "--batch", "1",
-        "--time", "3", "--rounds", "4", "--warmup", "1", "--gap-ms", "1", "--out", str(out), "--prefix", "p",
-    ])
-    assert rc == 0
+    proc = run_module("benchmarks.paired", "--checkpoint", tiny_checkpoint, "--onnx-dir", tiny_export, "--device",
+                      "cpu", "--contenders", "ort-fp32,trt", "--batch", "1", "--time", "3", "--rounds", "4",
+                      "--warmup", "1", "--gap-ms", "1", "--out", out, "--prefix", "p")
+    assert proc.returncode == 0, proc.stderr
+    assert "| ort-fp32 | fp32 |" in proc.stdout and f"wrote {out / 'p.png'}" in proc.stdout
     data = json.loads((out / "p.json").read_text())
     rows = {r["contender"]: r for r in data["result"]["rows"]}
     assert set(rows) == {"eager-fp32", "ort-fp32"}  # the baseline is always added; trt cannot run here
@@ -182,6 +199,16 @@ def test_paired_cli_writes_checked_results(tiny_checkpoint, tmp_path):
     md = (out / "p.md").read_text()
     assert "| ort-fp32 | fp32 |" in md and "interleaved rounds" in md
     assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_cli_checks_then_times_each_contender(tiny_checkpoint, tiny_export):
+    proc = run_module("benchmarks.quick", tiny_checkpoint, "--onnx-dir", tiny_export, "--rounds", "2", "--device",
+                      "cpu")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("eager", "ort"))}
+    assert rows["eager-fp32"][-1] == "ok" and rows["ort-fp32"][1:2] == ["fp32"] and rows["ort-fp32"][-1] == "ok"
+    assert "QUICK LOOK, not a benchmark" in proc.stdout
+    assert "skipped ort-int8: no --int8-dir (python -m export.quantize) given" in proc.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -230,7 +257,7 @@ def test_fast_path_variants_parse_into_runner_options(tiny_checkpoint, tmp_path)
             parse_contender(bad)
     ctx = BenchContext(tiny_checkpoint, "cpu", tmp_path)
     with pytest.raises(Unavailable, match="needs CUDA"):  # a variant is the fast path too: CUDA only
-        ctx.prepare("runtime-fast+fused", "model", 1, 2)
+        prepare_contender(ctx, "runtime-fast+fused", "model", 1, 2)
     ctx.close()
 
 

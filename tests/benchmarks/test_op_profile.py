@@ -8,14 +8,13 @@ import pytest
 
 from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, workload_flops
 from benchmarks.op_profile import example_feeds, main, node_flops, profile_onnx
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, run_module
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_checkpoint, tmp_path_factory):
-    from export.to_onnx import export_onnx
-
-    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx"), "fp32").paths
+def tiny_onnx(tiny_export):
+    """The tiny model's fp32 graphs by name (model, cnn, bilstm)."""
+    return {graph: tiny_export / f"{graph}.onnx" for graph in ("model", "cnn", "bilstm")}
 
 
 def _flops(result, op=None):
@@ -72,16 +71,16 @@ def test_example_feeds_name_what_they_cannot_fill():
         profile_onnx("unused.onnx", runs=0)
 
 
-def test_cli_writes_markdown_json_and_plot(tiny_onnx, tmp_path, capsys):
+def test_cli_writes_markdown_json_and_plot(tiny_onnx, tmp_path):
     out = tmp_path / "out"
-    rc = main([str(tiny_onnx["model"]), "--batch", "1", "--time", "3", "--runs", "2", "--warmup", "0",
-               "--threads", "1", "--top", "5", "--out", str(out), "--prefix", "p"])
-    assert rc == 0
+    proc = run_module("benchmarks.op_profile", tiny_onnx["model"], "--batch", "1", "--time", "3", "--runs", "2",
+                      "--warmup", "0", "--threads", "1", "--top", "5", "--out", out, "--prefix", "p")
+    assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "p.json").read_text())
     assert data["batch"] == 1 and data["time_steps"] == 3 and data["threads"] == 1
     md = (out / "p.md").read_text()
-    assert "| Conv |" in md and "Slowest 5 nodes" in md and md == capsys.readouterr().out.rstrip("\n") + "\n"
-    assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| Conv |" in md and "Slowest 5 nodes" in md and md == proc.stdout.rstrip("\n") + "\n"
+    assert (out / "p.png").read_bytes()[:4] == b"\x89PNG" and f"wrote {out / 'p.png'}" in proc.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import deny_writing
 
 from benchmarks.flops import stated_peak
-from benchmarks.report import ReportError, build_report, compact_table, load_results, main
+from benchmarks.report import build_report, compact_table, main
+from benchmarks.suite_results import ReportError, load_results
+
+REPO = Path(__file__).resolve().parents[2]
+# Every committed pytest-benchmark JSON of the suite (CPU and GPU runs), found by content.
+COMMITTED = sorted(p for p in (REPO / "benchmarks" / "results").rglob("*.json")
+                   if isinstance(json.loads(p.read_text()), dict) and "benchmarks" in json.loads(p.read_text()))
 
 pytest.importorskip("matplotlib")
 
@@ -132,11 +142,32 @@ def test_bad_input_is_a_clear_error(tmp_path, content, match):
     assert issubclass(ReportError, ValueError)
 
 
-def test_cli(tmp_path, capsys):
-    res = _write(tmp_path / "r.json")
-    assert main([str(res), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
-    out = capsys.readouterr().out
-    assert "model-B1-T16" in out and (tmp_path / "o" / "report.md").is_file()
+def test_cli_as_a_user_runs_it_on_committed_results(tmp_path):
+    """``python -m benchmarks.report`` in a fresh interpreter (where the module runs as ``__main__``), on the committed
+    CPU results compared with another committed run."""
+    cpu = [p for p in COMMITTED if p.name.endswith("cpu-xeon-2core.json")]
+    other = [p for p in COMMITTED if p not in cpu][:1]
+    assert cpu and other, COMMITTED
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", str(cpu[0]), str(other[0]), "--out",
+                           str(tmp_path / "o")], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert md.startswith("# Latency report: ") and "## Comparison: A = " in md and "| ort-fp32 |" in md
+    assert "![latency](report-latency.png)" in md and "model-B1-T16" in proc.stdout
+    for name in ("report-latency.png", "report-speedup.png"):
+        assert (tmp_path / "o" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
+def test_every_committed_result_is_reported_with_plots(path, tmp_path):
+    written = build_report([path], tmp_path, prefix=path.stem)
+    assert set(written) == {"markdown", "latency", "speedup"}
+    assert written["markdown"].read_text().count("### ") == len(load_results(path).workloads())
+    assert all(written[k].read_bytes()[:4] == b"\x89PNG" for k in ("latency", "speedup"))
+
+
+def test_cli_errors(tmp_path, capsys):
     assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "o2")]) == 2
     assert "results file not found" in capsys.readouterr().err
 

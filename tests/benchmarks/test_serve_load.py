@@ -1,9 +1,10 @@
-"""benchmarks.serve_load: the load generator's logic (bounds, percentiles, interleaving, ratios, table and JSON)
-against fake clients and a local runner, and one tiny served round where the bundled tritonserver runs."""
+"""benchmarks.serve_load and its pieces: the request workload, the closed-loop load run, the per-round ratios, and the
+embedded-versus-served comparison run as a user runs it against the bundled tritonserver."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,71 +12,30 @@ import time
 
 import numpy as np
 import pytest
+from conftest import run_module
 
+from benchmarks.environment import process_tree_cpu_s
 from benchmarks.outputs import is_own_output
-from benchmarks.serve_load import (
-    EMBEDDED,
-    MAX_CONCURRENCY,
-    SERVED_BATCHING,
-    SERVED_NO_BATCHING,
-    ClipLengths,
-    Target,
-    check_loopback_url,
-    embedded_target,
-    main,
-    make_requests,
-    measure,
-    process_tree_cpu_s,
-    result_markdown,
-    run_load,
-    schedule,
-    summarize,
-    write_outputs,
-)
-from benchmarks.triton_server import free_port
+from benchmarks.serve_load import EMBEDDED, SERVED_BATCHING, SERVED_NO_BATCHING, main, summarize
+from benchmarks.timing import Rounds, closed_loop
+from benchmarks.workloads import make_requests, parse_lengths
 
 
 def test_clip_lengths_and_requests():
-    assert ClipLengths.parse("1-16").choices == tuple(range(1, 17))
-    assert ClipLengths.parse("8").describe() == "T = 8"
-    assert ClipLengths.parse("4,8,16").max == 16
-    assert "mean 8.5" in ClipLengths.parse("1-16").describe()
+    assert parse_lengths("1-16") == tuple(range(1, 17)) and parse_lengths("8") == (8,)
+    assert parse_lengths("4,8,16") == (4, 8, 16)
     for bad in ("x", "0-4", "5-2", "", "1,,2"):
         with pytest.raises(ValueError, match="valid forms"):
-            ClipLengths.parse(bad)
-    pool = make_requests(ClipLengths.parse("2,5"), (16, 12), batch=3, pool=20, seed=1)
+            parse_lengths(bad)
+    pool = make_requests((2, 5), (16, 12), batch=3, pool=20, seed=1)
     assert len(pool) == 20
     for frames, lengths in pool:
         assert frames.dtype == np.float32 and lengths.dtype == np.int32
         assert frames.shape == (3, int(lengths.max()), 3, 16, 12) and set(lengths) <= {2, 5}
         assert np.abs(frames).sum() > 0  # random frames, never zeros
     assert {int(t) for _, ls in pool for t in ls} == {2, 5}  # both lengths drawn
-    again = make_requests(ClipLengths.parse("2,5"), (16, 12), batch=3, pool=20, seed=1)
+    again = make_requests((2, 5), (16, 12), batch=3, pool=20, seed=1)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(pool, again, strict=True))  # seeded
-
-
-def test_only_loopback_urls():
-    check_loopback_url("grpc://127.0.0.1:8001/cnn_bilstm")
-    check_loopback_url("http://localhost:8000/cnn_bilstm")
-    with pytest.raises(ValueError, match="only to this machine.*'10.0.0.5'"):
-        check_loopback_url("grpc://10.0.0.5:8001/cnn_bilstm")
-    with pytest.raises(ValueError, match="grpc:// or http://"):
-        check_loopback_url("https://127.0.0.1:8000/cnn_bilstm")
-    with pytest.raises(ValueError, match="names no model"):
-        check_loopback_url("grpc://127.0.0.1:8001")
-
-
-def test_schedule_interleaves_every_target_each_round():
-    targets, cs = ["a", "b", "c"], [1, 8, 16]
-    plan = schedule(targets, cs, rounds=6, seed=3)
-    assert len(plan) == 6 * 3 * 3
-    for r in range(6):
-        mine = [(c, t) for rr, c, t in plan if rr == r]
-        assert sorted(mine) == sorted((c, t) for c in cs for t in targets)  # each once per round
-        assert [c for c, _ in mine] == [c for c in cs for _ in targets]  # a concurrency's targets back to back
-    firsts = {plan[i][2] for i in range(0, len(plan), 3)}
-    assert firsts == set(targets)  # the order is shuffled: no target always goes first
-    assert schedule(targets, cs, 6, seed=3) == plan
 
 
 def _sleeper(ms: float, calls: list):
@@ -85,28 +45,27 @@ def _sleeper(ms: float, calls: list):
     return infer
 
 
-def test_run_load_bounds_and_counts():
-    requests = make_requests(ClipLengths.parse("1-3"), (4, 4), batch=2, pool=5)
+def test_closed_loop_bounds_and_counts():
+    requests = make_requests((1, 2, 3), (4, 4), batch=2, pool=5)
     calls = []
-    run = run_load([_sleeper(1, calls) for _ in range(4)], requests, duration_s=30, max_requests=40)
+    run = closed_loop([_sleeper(1, calls) for _ in range(4)], requests, duration_s=30, max_requests=40)
     assert run["requests"] == 40 == len(calls) == len(run["latency_ms"])  # the request bound, exactly
     assert run["clips"] == 80 and run["errors"] == 0
     assert len(set(calls)) == 4  # every client thread sent requests
     assert run["elapsed_s"] < 10 and run["requests_per_s"] == pytest.approx(40 / run["elapsed_s"])
-    assert all(x >= 1.0 for x in run["latency_ms"])  # each timed call slept 1 ms
+    assert all(x >= 1.0 for x in run["latency_ms"]) and run["p99_ms"] >= run["p50_ms"] >= 1.0  # each slept 1 ms
 
     t0 = time.perf_counter()
-    run = run_load([_sleeper(5, [])], requests, duration_s=0.3)
+    run = closed_loop([_sleeper(5, [])], requests, duration_s=0.3)
     assert time.perf_counter() - t0 < 0.3 + 0.5  # the time bound: stops after the duration (and one call)
     assert 0 < run["requests"] <= 0.3 / 5e-3 + 1
-    with pytest.raises(ValueError):
-        run_load([], requests, duration_s=1)
-    with pytest.raises(ValueError):
-        run_load([_sleeper(1, [])], requests, duration_s=0)
+    for clients, duration in (([], 1), ([_sleeper(1, [])], 0)):
+        with pytest.raises(ValueError, match="need clients"):
+            closed_loop(clients, requests, duration_s=duration)
 
 
 def test_a_failing_client_stops_its_thread_and_is_reported():
-    requests = make_requests(ClipLengths.parse("2"), (4, 4), pool=3)
+    requests = make_requests((2,), (4, 4), pool=3)
     count = [0]
 
     def flaky(frames, lengths):
@@ -114,156 +73,73 @@ def test_a_failing_client_stops_its_thread_and_is_reported():
         if count[0] == 3:
             raise ConnectionError("server went away")
     good = []
-    run = run_load([flaky, _sleeper(1, good)], requests, duration_s=0.3)
+    run = closed_loop([flaky, _sleeper(1, good)], requests, duration_s=0.3)
     assert run["errors"] == 1 and run["first_error"] == "ConnectionError: server went away"
     assert count[0] == 3  # the failing thread stopped at its failure
     assert run["requests"] == 2 + len(good)  # the other thread went on
 
 
-def _run(target, c, r, rps, latencies, p99, inferences=None, executions=None):
-    run = {"target": target, "concurrency": c, "round": r, "requests_per_s": rps, "clips_per_s": 2 * rps,
-           "requests": len(latencies), "errors": 0, "first_error": None, "load_average_1min": 1.0, "p99_ms": p99}
-    if inferences is not None:
-        run.update(inferences=inferences, executions=executions)
-    return run
+def _run(rps: float, p99: float, server_cpu_s=None) -> dict:
+    latency = [1.0] * 9 + [p99]
+    return {"requests": 10, "clips": 20, "errors": 0, "first_error": None, "requests_per_s": rps,
+            "clips_per_s": 2 * rps, "latency_ms": latency, "p50_ms": 1.0, "p99_ms": p99, "server_cpu_s": server_cpu_s}
 
 
-def test_summary_percentiles_ratios_and_target():
-    runs, samples = [], {}
-    lat = list(range(1, 101))  # ms
-    for r, (e, s) in enumerate([(100, 100), (100, 120), (100, 90)]):
-        for c in (1, 8):
-            runs.append(_run(EMBEDDED, c, r, e, lat, p99=100))
-            # Per round, served's p99 is 2x the embedded one at concurrency 1 and 0.5x, 0.4x, 1.2x at 8.
-            p99 = 200 if c == 1 else [50, 40, 120][r]
-            runs.append(_run(SERVED_BATCHING, c, r, s, lat, p99=p99, inferences=40, executions=10))
-    samples = {(EMBEDDED, 1): lat, (EMBEDDED, 8): lat * 3, (SERVED_BATCHING, 1): [2 * x for x in lat],
-               (SERVED_BATCHING, 8): [x / 2 for x in lat]}
-    s = summarize(runs, samples, baseline=EMBEDDED)
-    row = next(x for x in s["rows"] if x["target"] == SERVED_BATCHING and x["concurrency"] == 8)
-    assert row["requests_per_s"] == 100 and (row["requests_per_s_min"], row["requests_per_s_max"]) == (90, 120)
-    assert row["clips_per_s"] == 200 and row["rounds"] == 3
-    assert row["p99_ms"] == pytest.approx(99.01 / 2) and row["p50_ms"] == pytest.approx(25.25)
-    assert row["clips_per_execution"] == 4.0 and (row["inferences"], row["executions"]) == (120, 30)
-    assert next(x for x in s["rows"] if x["target"] == EMBEDDED)["clips_per_execution"] is None
-    by_c = {q["concurrency"]: q for q in s["ratios"]}
-    assert set(by_c) == {1, 8}
-    assert by_c[8]["throughput_ratio"] == pytest.approx(1.0)  # median of 1.0, 1.2, 0.9
-    assert by_c[8]["per_round"] == pytest.approx([1.0, 1.2, 0.9])
-    assert by_c[8]["p99_per_round"] == pytest.approx([0.5, 0.4, 1.2]) and by_c[8]["p99_ratio"] == pytest.approx(0.5)
-    assert by_c[8]["p99_ratio_pooled"] == pytest.approx(0.5) and by_c[8]["meets_target"] is True
-    assert by_c[1]["p99_ratio"] == pytest.approx(2.0) and by_c[1]["meets_target"] is None  # outside 8-16
-    # A lower throughput at concurrency 8 misses the target even with the lower p99.
-    slow = [dict(r, requests_per_s=r["requests_per_s"] * 0.8) if r["target"] == SERVED_BATCHING else r
-            for r in runs]
-    q8 = next(q for q in summarize(slow, samples, baseline=EMBEDDED)["ratios"] if q["concurrency"] == 8)
-    assert q8["throughput_ratio"] == pytest.approx(0.8) and q8["meets_target"] is False
-
-
-def test_measure_against_a_local_runner_and_the_outputs(tiny_export, tmp_path):
-    shared = embedded_target(tiny_export / "model.onnx")
-    import runtime
-
-    # A second target over the same model, one runner per client thread, with fake server counters.
-    counters = [0, 0]
-
-    def open_client():
-        runner = runtime.load(tiny_export / "model.onnx")
-        infer = runner.infer
-
-        def counted(frames, lengths):
-            counters[0] += len(lengths)
-            counters[1] += 1
-            return infer(frames, lengths)
-        runner.infer = counted
-        return runner
-    per_thread = Target("per-thread", open_client, shared=False, stats=lambda: tuple(counters))
-    requests = make_requests(ClipLengths.parse("1-4"), shared.runner().input_spec.frame_size, batch=2, pool=8)
-    try:
-        result = measure([shared, per_thread], requests, [1, 2], rounds=2, duration_s=0.2, warmup_s=0.1,
-                         gap_s=0.0, seed=1, baseline=EMBEDDED)
-    finally:
-        shared.close()
-        per_thread.close()
-    assert len(shared._runners) == 0 and len(result["runs"]) == 2 * 2 * 2
-    assert all(r["requests"] > 0 and r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["runs"])
-    assert all(r["clips"] == 2 * r["requests"] for r in result["runs"])
-    rows = {(r["target"], r["concurrency"]): r for r in result["summary"]["rows"]}
-    assert rows[("per-thread", 2)]["clips_per_execution"] == 2.0  # two clips per call, counted per run
-    assert "inferences" not in next(r for r in result["runs"] if r["target"] == EMBEDDED)
-    assert {(q["target"], q["concurrency"]) for q in result["summary"]["ratios"]} == {("per-thread", 1),
-                                                                                     ("per-thread", 2)}
-    # CPU per clip: this process's (both targets run here), no server's (neither target names one)
-    assert all(r["client_cpu_ms_per_clip"] > 0 and r["server_cpu_ms_per_clip"] is None for r in rows.values())
-
-    env = {"device_name": "Test CPU (2 cores)", "python": "3.x", "onnxruntime": "1.x", "numpy": "2.x",
-           "date": "2026-12-01 07:00 UTC", "load_average_1min": 1.5, "load_average_1min_end": 1.7}
-    text = result_markdown(result, env, title="tiny", setup="Each request: ...")
-    assert text.startswith("# Serving load: tiny\n") and "load average: 1.5 at the start, 1.7 at the end" in text
-    table = [line for line in text.splitlines() if line.startswith(("| embedded |", "| per-thread |"))]
-    assert len(table) == 4 + 2  # 2 targets x 2 concurrencies, then 2 ratio rows
-    per_thread_2 = rows[("per-thread", 2)]
-    assert f"| 2.00 ({per_thread_2['inferences']}/{per_thread_2['executions']}) | " \
-           f"{per_thread_2['client_cpu_ms_per_clip']:.2f} |" in text
-    write_outputs(tmp_path, "tiny", result, env, text, "tiny")
-    data = json.loads((tmp_path / "tiny.json").read_text())
-    assert data["environment"]["load_average_1min"] == 1.5
-    assert data["result"]["summary"]["rows"][0]["requests_per_s"] > 0
-    assert (tmp_path / "tiny.md").read_text() == text
-    for suffix in ("json", "md", "png"):
-        assert is_own_output(tmp_path / f"tiny.{suffix}")  # a rerun may replace them without --force
-
-
-def test_measure_refuses_bad_plans(tiny_export):
-    target = embedded_target(tiny_export / "model.onnx")
-    requests = make_requests(ClipLengths.parse("2"), (16, 16), pool=2)
-    with pytest.raises(ValueError, match=f"concurrency must be 1..{MAX_CONCURRENCY}"):
-        measure([target], requests, [0])
-    with pytest.raises(ValueError, match="distinct names"):
-        measure([target, target], requests, [1])
-    with pytest.raises(ValueError, match="baseline 'x'"):
-        measure([target], requests, [1], baseline="x")
+def test_summary_ratios_are_medians_of_per_round_ratios():
+    # Three rounds at concurrency 8: served/embedded throughput 1.0, 1.2 and 0.9, p99 ratio 0.5, 0.4 and 1.2.
+    embedded = [_run(100, 100), _run(100, 100), _run(100, 100)]
+    served = [_run(100, 50, 0.1), _run(120, 40, 0.1), _run(90, 120, 0.1)]
+    timed = Rounds(wall_ms={}, cpu_ms={f"{EMBEDDED}@8": [30.0] * 3, f"{SERVED_BATCHING}@8": [6.0] * 3},
+                   results={f"{EMBEDDED}@8": embedded, f"{SERVED_BATCHING}@8": served}, load_before=[1.0, 1.0, 1.0],
+                   load_after=[1.5, 1.0, 1.0])
+    s = summarize(timed, [EMBEDDED, SERVED_BATCHING], [8])
+    rows = {r["target"]: r for r in s["rows"]}
+    assert rows[SERVED_BATCHING]["clips_per_s"] == 200 and rows[SERVED_BATCHING]["clips_per_s_max"] == 240
+    assert rows[SERVED_BATCHING]["requests"] == 30 and rows[SERVED_BATCHING]["rounds"] == 3
+    assert rows[EMBEDDED]["client_cpu_ms_per_clip"] == pytest.approx(90 / 60)  # this process's CPU over 60 clips
+    assert rows[EMBEDDED]["server_cpu_ms_per_clip"] is None  # no server
+    assert rows[SERVED_BATCHING]["server_cpu_ms_per_clip"] == pytest.approx(300 / 60)
+    assert rows[EMBEDDED]["p50_ms"] == 1.0  # pooled over every round's requests
+    (q,) = s["ratios"]
+    assert (q["target"], q["concurrency"]) == (SERVED_BATCHING, 8)
+    assert q["throughput_ratio"] == pytest.approx(1.0) and q["p99_ratio"] == pytest.approx(0.5)
+    assert q["ci95"][0] <= 1.0 <= q["ci95"][1] and s["load_after"] == [1.5, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["grpc://10.1.2.3:8001/m"], "only to this machine"),
-    ([], "either a URL"),
-    (["grpc://127.0.0.1:1/m", "--compare", "."], "either a URL"),
-    (["grpc://127.0.0.1:1/m", "--concurrency", "1,100"], "--concurrency must be 1..64"),
-    (["grpc://127.0.0.1:1/m", "--lengths", "0-3"], "lengths >= 1"),
-    (["grpc://127.0.0.1:1/m", "--rounds", "50", "--duration", "30"], "over --time-limit 900"),
-    (["--compare", "/nonexistent"], "has no model.onnx"),
+    (["/nonexistent"], "has no model.onnx"),
+    (["EXPORT", "--concurrency", "1,100"], "--concurrency must be a comma list of 1..64"),
+    (["EXPORT", "--concurrency", "1,x"], "--concurrency must be a comma list of 1..64"),
+    (["EXPORT", "--lengths", "0-3"], "lengths >= 1"),
+    (["EXPORT", "--lengths", "1-32"], "within --max-time 16"),
+    (["EXPORT", "--duration", "0"], "--duration must be > 0"),
+    (["EXPORT", "--gap-ms", "-1"], "--gap-ms must be >= 0"),
+    (["EXPORT", "--rounds", "50", "--duration", "30"], "over --time-limit 900"),
 ])
-def test_cli_refuses_bad_arguments_before_any_load(argv, message, capsys):
-    assert main(argv) == 2
+def test_cli_refuses_bad_arguments_before_any_server(argv, message, tiny_export, capsys):
+    assert main([str(tiny_export) if a == "EXPORT" else a for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_cli_against_a_server_that_is_down(capsys):
-    port = free_port()  # nothing listens on it
-    assert main([f"http://127.0.0.1:{port}/cnn_bilstm", "--duration", "1", "--rounds", "1"]) == 1
-    assert capsys.readouterr().err.startswith("error: ")
-
-
-def test_one_tiny_served_round(tiny_export, server_python, tmp_path):
-    python = server_python
-    code = main(["--compare", str(tiny_export), "--server-python", python, "--concurrency", "1,4", "--lengths",
-                 "1-8", "--max-time", "8", "--duration", "0.5", "--rounds", "1", "--warmup", "0.3", "--gap-ms", "0",
-                 "--out", str(tmp_path), "--prefix", "tiny"])
-    assert code == 0
-    result = json.loads((tmp_path / "tiny.json").read_text())["result"]
-    rows = {(r["target"], r["concurrency"]): r for r in result["summary"]["rows"]}
-    assert set(rows) == {(t, c) for t in (EMBEDDED, SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 4)}
-    assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows.values())
-    assert rows[(SERVED_NO_BATCHING, 4)]["clips_per_execution"] == 1.0  # no batcher: one clip per execution
-    assert rows[(SERVED_BATCHING, 1)]["clips_per_execution"] == 1.0  # one client: nothing to batch
-    assert rows[(EMBEDDED, 4)]["clips_per_execution"] is None
-    # the server's CPU (its stub's included) is counted for the served targets only
-    assert rows[(EMBEDDED, 4)]["server_cpu_ms_per_clip"] is None
-    assert all(rows[(t, c)]["server_cpu_ms_per_clip"] > 0
-               for t in (SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 4))
-    assert len(result["summary"]["ratios"]) == 4
+def test_cli_compares_embedded_and_served(tiny_export, server_python, tmp_path):
+    proc = run_module("benchmarks.serve_load", tiny_export, "--server-python", server_python, "--concurrency", "1,3",
+                      "--lengths", "1-4", "--max-time", "4", "--duration", "0.4", "--rounds", "2", "--warmup", "0.3",
+                      "--gap-ms", "0", "--out", tmp_path, "--prefix", "tiny")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    rows = {(r["target"], r["concurrency"]): r for r in data["result"]["summary"]["rows"]}
+    assert set(rows) == {(t, c) for t in (EMBEDDED, SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 3)}
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["rounds"] == 2 for r in rows.values())
+    # CPU per clip: this process's for every target; the server's (its stubs' included) for the served ones only
+    assert all(r["client_cpu_ms_per_clip"] > 0 for r in rows.values())
+    assert all((r["server_cpu_ms_per_clip"] is None) == (t == EMBEDDED) for (t, _), r in rows.items())
+    assert {(q["target"], q["concurrency"]) for q in data["result"]["summary"]["ratios"]} == {
+        (t, c) for t in (SERVED_BATCHING, SERVED_NO_BATCHING) for c in (1, 3)}
+    assert data["environment"]["tritonserver"] and data["result"]["setup"]["repository"]["kind"] == "python"
+    md = (tmp_path / "tiny.md").read_text()
+    assert md.startswith("# Serving load: fp32, embedded vs served") and md in proc.stdout
+    assert all(is_own_output(tmp_path / f"tiny.{s}") for s in ("json", "md", "png"))  # a rerun replaces them
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process CPU times come from Linux's /proc")
@@ -273,10 +149,10 @@ def test_process_tree_cpu_counts_the_descendants():
     child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
     try:
         child.stdout.readline()  # it has burnt 0.4 s
-        own, tree = process_tree_cpu_s(child.pid), process_tree_cpu_s(__import__("os").getpid())
+        own, tree = process_tree_cpu_s(child.pid), process_tree_cpu_s(os.getpid())
         assert own >= 0.35
         assert tree >= own + 0.9 * time.process_time() - 0.05  # this process (all its threads) and the child
     finally:
         child.kill()
         child.wait()
-    assert process_tree_cpu_s(child.pid) is None  # gone
+    assert process_tree_cpu_s(child.pid) is None and process_tree_cpu_s(None) is None  # gone; no process

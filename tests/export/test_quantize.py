@@ -171,13 +171,14 @@ def test_cli_refuses_data_with_other_classes(fp32_dir, tmp_path, capsys):
 
 
 def test_benchmarks_take_a_given_int8_export_only_if_it_passed_for_this_checkpoint(int8, tiny_checkpoint, tmp_path):
+    from benchmarks.contenders import prepare_contender
     from benchmarks.context import BenchContext
     from tests.conftest import TINY_CLASSES, TINY_MEAN, TINY_STD
 
     folder = int8.paths["model"].parent
     ctx = BenchContext(tiny_checkpoint, "cpu", tmp_path / "w1", int8_dir=folder)
     try:
-        prepared = ctx.prepare("ort-int8", "model", 1, 3)
+        prepared = prepare_contender(ctx, "ort-int8", "model", 1, 3)
         assert prepared.precision == "int8-data" and prepared.info["int8_verified_clips"] == 48
         assert set(prepared.probe()) == {"frame_logits", "clip_logits"}
     finally:
