@@ -56,33 +56,13 @@ def test_graphs_are_captured_per_bucket(tiny_checkpoint):
         assert all(bk.graph is not None for bk in r._buckets.values())
 
 
-@pytest.mark.parametrize("form", ["folded", "fused", "unfolded", "auto"])
-def test_cnn_forms_match_eager_fp32(tiny_checkpoint, tiny_model, form):
-    """The fused form runs cuDNN's conv + bias (+ residual) + ReLU kernels; every form stays within fp16 tolerance,
-    padded or not, and "auto" captures one graph per bucket in the form it chose."""
-    with runtime.load(tiny_checkpoint, device="cuda", cnn_form=form) as r:
-        for b, t, lengths in SHAPES[:4]:
-            x = torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(b + t))
-            ref_frame, ref_clip = _reference(tiny_model, x, lengths)
-            out = r.infer(x.cuda(), None if lengths is None else torch.tensor(lengths))
-            mask = torch.ones(b, t, dtype=torch.bool) if lengths is None else (
-                torch.arange(t)[None] < torch.tensor(lengths)[:, None])
-            assert _rel(out["frame_logits"].cpu()[mask], ref_frame[mask]) <= TOL["fp16"], (form, b, t)
-            assert _rel(out["clip_logits"].cpu(), ref_clip) <= TOL["fp16"], (form, b, t)
-        forms = r.bucket_forms
-        assert runtime.load(tiny_checkpoint, device="cuda").cnn_form == "folded"  # the CUDA default: measured
-        assert len(forms) == 4 and all(bk.graph is not None for bk in r._buckets.values())
-        assert set(forms.values()) <= ({"folded", "fused", "unfolded"} if form == "auto" else {form})
-
-
-@pytest.mark.parametrize("form", ["fused", "auto"])
-def test_non_finite_padding_never_reaches_later_calls(tiny_checkpoint, tiny_model, form):
+def test_non_finite_padding_never_reaches_later_calls(tiny_checkpoint, tiny_model):
     """NaN frames in the padding of one call leave NaN activations in the graph's reused memory; no later call may
-    read them (the fused convs never take uninitialised memory as their residual)."""
+    read them."""
     x = torch.randn(4, 6, 3, H, W, generator=torch.Generator().manual_seed(11))
     lengths = [6, 6, 6, 5]  # mixed lengths: time padded to the (4, 8) bucket, the same bucket as the poisoned call
     ref_frame, ref_clip = _reference(tiny_model, x, lengths)
-    with runtime.load(tiny_checkpoint, device="cuda", cnn_form=form, buckets=((4,), (8,))) as r:
+    with runtime.load(tiny_checkpoint, device="cuda") as r:
         poisoned = x.clone()
         poisoned[2:, 3:] = float("nan")
         first = r.infer(poisoned.cuda(), torch.tensor([6, 6, 3, 3]))
@@ -98,9 +78,7 @@ def test_padded_batch_matches_single_clips(tiny_checkpoint):
     torch.manual_seed(0)
     x = torch.randn(3, 12, 3, H, W, device="cuda")
     lengths = [12, 7, 1]
-    # One CNN form for every bucket: under "auto" the padded call and the single clips could land in buckets that
-    # chose different forms, whose fp16/TF32 rounding differs by ~1e-3.
-    with runtime.load(tiny_checkpoint, device="cuda", precision="fp32", cnn_form="folded") as r:
+    with runtime.load(tiny_checkpoint, device="cuda", precision="fp32") as r:
         batched = r.infer(x, torch.tensor(lengths))
         for i, n in enumerate(lengths):
             alone = r.infer(x[i:i + 1, :n].contiguous())
