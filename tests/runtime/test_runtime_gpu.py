@@ -44,6 +44,26 @@ def test_fast_path_matches_eager_fp32(tiny_checkpoint, tiny_model, precision):
             assert _rel(clip, ref_clip) <= TOL[precision], (b, t)
 
 
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"])
+def test_fast_path_folds_every_backbone(tmp_path, backbone):
+    """MobileNetV3 and EfficientNet on the fast path: conv-BN folded fp16 channels_last CNN in CUDA graphs, within
+    the fp16 tolerance of eager fp32 (Conv2dNormActivation folds as the ResNets' pairs do)."""
+    from runtime.checkpoint import save_checkpoint
+    from runtime.model import ModelConfig, build_random_model
+
+    config = ModelConfig(num_classes=3, backbone=backbone, frame_size=(H, W), hidden_size=16, num_layers=1)
+    model = build_random_model(config)
+    save_checkpoint(tmp_path / "m.pt", model, class_names=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3)
+    with runtime.load(tmp_path / "m.pt", device="cuda") as r:
+        assert r.fast and r.cuda_graphs and r.precision == "fp16"
+        for b, t, lengths in SHAPES[:4]:
+            x = torch.randn(b, t, 3, H, W, generator=torch.Generator().manual_seed(b + t))
+            ref_frame, ref_clip = _reference(model, x, lengths)
+            out = r.infer(x.cuda(), None if lengths is None else torch.tensor(lengths))
+            # The export's fp16 bound (1e-2): deeper, narrower networks than the tiny ResNet (not yet run on a GPU).
+            assert _rel(out["clip_logits"].cpu(), ref_clip) <= 1e-2, (backbone, b, t)
+
+
 def test_graphs_are_captured_per_bucket(tiny_checkpoint):
     rng = np.random.default_rng(0)
     with runtime.load(tiny_checkpoint, device="cuda") as r:
