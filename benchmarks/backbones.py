@@ -10,7 +10,7 @@ interleaved run times every backbone's eager PyTorch fp32, ONNX Runtime fp32 and
 CPU (:func:`benchmarks.timing.time_interleaved`: every round calls each of them once in a fresh random order, so a
 noisy phase of the machine hits all of them alike), each checked against its eager fp32 outputs first.
 
-Resumable: ``--work`` (default ``OUT/PREFIX-work``) keeps each backbone's run folder (``train.log`` beside it),
+Resumable: ``--work`` (default ``runs/PREFIX-work``) keeps each backbone's run folder (``train.log`` beside it),
 export and int8 export; a rerun skips what is done and resumes a stopped training run. Writes ``PREFIX.json`` (the
 environment, the budget, every row with its latency samples), ``PREFIX.md`` (the table) and ``PREFIX.png`` (latency
 against accuracy). The CIFAR-10 folder comes from ``--data-dir`` or the ``CNN_BILSTM_CIFAR10`` variable.
@@ -242,7 +242,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for PREFIX.json/.md/.png")
     p.add_argument("--prefix", default="backbones", help="file name stem (default backbones)")
     p.add_argument("--work", default=None, help="folder for the runs and exports of this budget (default "
-                   "OUT/PREFIX-work); a rerun skips what is done there, and refuses another budget")
+                   "runs/PREFIX-work); a rerun skips what is done there, and refuses another budget")
     p.add_argument("--force", action="store_true", help="replace --out files these tools did not write")
     return p
 
@@ -274,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    work = Path(args.work) if args.work else Path(args.out) / f"{args.prefix}-work"
+    work = Path(args.work) if args.work else Path("runs") / f"{args.prefix}-work"
     budget = {k: getattr(args, k) for k in (*BUDGET, "data", "calibration_clips")}
     saved = work / "budget.json"
     if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != budget:

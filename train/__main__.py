@@ -109,10 +109,10 @@ def _model_options(g) -> None:
                    help="the backbone's starting weights: none (random init), imagenet (torchvision's weights, "
                         "downloaded into TORCH_HOME the first time) or a torchvision state dict file; pretrained "
                         "weights bring the ImageNet normalisation")
-    g.add_argument("--stem", choices=STEMS, default=None,
+    g.add_argument("--stem", choices=(*STEMS, "auto"), default="auto",
                    help="imagenet: the network's own stem (4x downsampling in a ResNet, 2x in the others); cifar: "
                         "keeps detail in small frames (ResNet: 3x3 stride-1 conv, no max-pool; the others: first "
-                        "conv at stride 1). Default: cifar, or imagenet with --pretrained (which needs it)")
+                        "conv at stride 1); auto: cifar, or imagenet with --pretrained (which needs it)")
     g.add_argument("--frame-size", type=int, nargs="+", default=[32, 32], metavar="PX",
                    help="frame height and width (one value: square); frames are resized to it")
     g.add_argument("--hidden-size", type=int, default=256, help="LSTM hidden size per direction")
@@ -207,8 +207,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             raise TrainError(f"--out {first.out} and --resume {args.resume} name different folders; give one")
         args.out = args.resume
         _check_kept_on_resume(args, saved)
-    if args.stem is None:  # a pretrained backbone keeps its own stem
-        args.stem = "imagenet" if args.pretrained != NOT_PRETRAINED else "cifar"
     if args.out is None:
         args.out = str(Path("runs") / args.data)
     if len(args.frame_size) == 1:

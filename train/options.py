@@ -115,13 +115,16 @@ def data_spec(args: argparse.Namespace, split: str) -> DataSpec:
 
 
 def check_train_args(args: argparse.Namespace) -> None:
-    """The numeric options' ranges and the model options, before any work.
+    """The numeric options' ranges and the model options, before any work; ``--stem auto`` becomes the stem it
+    stands for (imagenet for a pretrained backbone, which keeps its own; cifar otherwise).
 
     Raises:
         TrainError: a number out of its range (the message gives the range).
         ValueError: model options that ModelConfig refuses.
     """
     check_ranges(vars(args), OPTION_RANGES, TrainError)
+    if args.stem == "auto":
+        args.stem = "imagenet" if args.pretrained != NOT_PRETRAINED else "cifar"
     if args.pretrained != NOT_PRETRAINED:
         if not args.resume:  # a resumed run starts from its last.pt: the weights file is not read again
             from .pretrained import check_pretrained_option

@@ -29,7 +29,7 @@ def _cli(*argv) -> subprocess.CompletedProcess:
 def test_the_cli_trains_exports_quantizes_and_times_each_backbone(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "out"
-    proc = _cli(*TINY, "--out", str(out), "--prefix", "bb")
+    proc = _cli(*TINY, "--out", str(out), "--prefix", "bb", "--work", str(tmp_path / "work"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "bb.json").read_text())["result"]
     (row,) = result["rows"]
@@ -40,12 +40,13 @@ def test_the_cli_trains_exports_quantizes_and_times_each_backbone(tmp_path):
     assert (out / "bb.md").read_text().startswith(HEADING) and (out / "bb.png").stat().st_size > 0
     assert "| mobilenet_v3_small | 576 |" in proc.stdout
     # A rerun finds the training run finished and the exports made from its checkpoint, and replaces its own files.
-    again = _cli(*TINY, "--out", str(out), "--prefix", "bb")
+    again = _cli(*TINY, "--out", str(out), "--prefix", "bb", "--work", str(tmp_path / "work"))
     assert again.returncode == 0, again.stderr[-3000:]
-    log = (out / "bb-work" / "mobilenet_v3_small" / "train.log").read_text()
+    log = (tmp_path / "work" / "mobilenet_v3_small" / "train.log").read_text()
     assert log.count("-m export.to_onnx") == 1 and log.count("-m export.quantize") == 1
     assert "already finished all 1 epochs; nothing to do" in log
-    changed = _cli(*TINY[:-6], "--epochs", "2", "--time", "4", "--rounds", "2", "--out", str(out), "--prefix", "bb")
+    changed = _cli(*TINY[:-6], "--epochs", "2", "--time", "4", "--rounds", "2", "--out", str(out), "--prefix", "bb",
+                   "--work", str(tmp_path / "work"))
     assert changed.returncode == 2 and "holds runs of another training budget" in changed.stderr
 
 
