@@ -5,7 +5,7 @@ Options (all optional):
     --bench-time 1,16,64        clip lengths T (default 1,16,64 on CUDA; 1,16 on CPU)
     --bench-workload ...        subset of model,cnn,bilstm,stream (default: all)
     --bench-contender ...       subset of the contenders (default: all but torch-compile); the runtime's fast path
-                                also as variants, e.g. runtime-fast+fused, runtime-fast+folded+fp16-all
+                                also as a variant, runtime-fast+fp16-all
     --bench-checkpoint PATH     any checkpoint (default: the reference model, random weights, seeded)
     --bench-onnx-dir DIR        already exported fp32 graphs of that checkpoint (default: exported once per session)
     --bench-compile             add the torch.compile contender (compiles per shape: minutes on a GPU)

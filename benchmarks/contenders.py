@@ -18,14 +18,9 @@ from benchmarks.workloads import check_workload
 
 BASELINE = "eager-fp32"
 # Variants of the runtime's fast path, named "runtime-fast+VARIANT[+VARIANT...]": runtime.load options on top of
-# fast=True, so that one run compares the forms the runner offers (which is fastest differs by GPU and shape).
+# fast=True, so that one run compares the settings the runner offers (which is fastest differs by GPU and shape).
 FAST_VARIANTS = {
     "fp16-all": {"precision": "fp16-all"},  # BiLSTM and heads in fp16 too (cuDNN's persistent fp16 RNN kernels)
-    # CNN forms of the fast path (runtime.load's cnn_form)
-    "folded": {"cnn_form": "folded"},  # conv-BN folded; bias add and ReLU separate kernels
-    "fused": {"cnn_form": "fused"},  # cuDNN conv + bias (+ residual) + ReLU in one call
-    "unfolded": {"cnn_form": "unfolded"},  # BatchNorm not folded into the convs
-    "auto": {"cnn_form": "auto"},  # all three per bucket, the fastest kept (not the default until measured faster)
 }
 
 
@@ -136,15 +131,8 @@ def _runtime_fast(ctx: BenchContext, name: str, workload: str, batch: int, time_
         ctx.checkpoint, device=ctx.device, stage=workload, fast=True, **options)))
     pool = ctx.torch_pool(workload, batch, time_steps)
     info = {"backend": runner.backend_name, "note": note}
-
-    def probe():
-        out = runner.infer(pool[0])
-        if runner.cnn_form == "auto" and runner.bucket_forms:  # the forms the buckets so far chose
-            info["cnn_forms"] = ", ".join(f"({b}, {t}{', full' if full else ''}): {f}"
-                                          for (b, t, full), f in sorted(runner.bucket_forms.items()))
-        return out
-
-    return Prepared(fn=runner.infer, inputs=pool, timer="cuda-events", precision=precision, probe=probe, info=info)
+    return Prepared(fn=runner.infer, inputs=pool, timer="cuda-events", precision=precision,
+                    probe=lambda: runner.infer(pool[0]), info=info)
 
 
 def ort_providers(ctx: BenchContext) -> list[str]:
@@ -274,7 +262,7 @@ ORT_CONTENDERS = {name: (build.keywords["precision"], build.keywords.get("openvi
 
 
 def parse_contender(name: str) -> tuple[str, dict]:
-    """``"runtime-fast+fused+fp16-all"`` -> ``("runtime-fast", {"cnn_form": "fused", "precision": "fp16-all"})``.
+    """``"runtime-fast+fp16-all"`` -> ``("runtime-fast", {"precision": "fp16-all"})``.
 
     Raises:
         ValueError: an unknown contender or variant, a variant of another contender, or one given twice.

@@ -4,7 +4,7 @@
 #   2. the GPU-marked tests (failures are recorded, not fatal)                          -> OUTDIR/gpu-tests.log
 #   3. the latency suite at the default CUDA grid (B 1,8,64 x T 1,16,64, all workloads) -> OUTDIR/bench.json, bench.log
 #   4. the report (markdown + 2 PNGs)                                                  -> OUTDIR/report*.{md,png}
-#   5. the fast path's variants (CNN forms, fp16 BiLSTM), paired against eager at the headline shapes
+#   5. the fast path's variants (fp16 BiLSTM), paired against eager at the headline shapes
 #      (B1T16, B64T16, B1T64, streaming window 16)                                      -> OUTDIR/variants-*.{json,md,png}
 #   and the compact table of step 4 printed last.
 # Usage (from the repository root, the repo on PYTHONPATH, not pip-installed):
@@ -88,7 +88,7 @@ else
 fi
 
 # --- 5. fast-path variants, paired against eager (<= 4 x 45 s; a variant over its tolerance is timed and flagged) ------
-VARIANTS=${VARIANTS:-runtime-fast,runtime-fast+auto,runtime-fast+fused,runtime-fast+unfolded,runtime-fast+fp16-all,runtime-fast+fused+fp16-all}
+VARIANTS=${VARIANTS:-runtime-fast,runtime-fast+fp16-all}
 if [ "$ENV_RC" != 3 ] && [ "$VARIANTS" != none ]; then
   for shape in "model 1 16" "model 64 16" "model 1 64" "stream 1 16"; do
     read -r workload batch time_steps <<< "$shape"

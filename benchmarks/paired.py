@@ -44,7 +44,7 @@ def compare_paired(ctx: BenchContext, contenders: Sequence[str], *, workload: st
     Args:
         ctx (BenchContext): checkpoint, device and exported graphs.
         contenders (Sequence[str]): names from :data:`benchmarks.contenders.CONTENDERS`, or runtime-fast variants
-            (``runtime-fast+fused``; see :data:`benchmarks.contenders.FAST_VARIANTS`).
+            (``runtime-fast+fp16-all``; see :data:`benchmarks.contenders.FAST_VARIANTS`).
         workload (str): model, cnn, bilstm or stream. Defaults to "model".
         batch (int): B. Defaults to 1.
         time_steps (int): T (the window for ``stream``). Defaults to 16.
@@ -126,9 +126,6 @@ def result_markdown(result: dict, env: dict) -> str:
         flag = "" if r["ok"] else " (over tolerance)"
         lines.append(f"| {r['contender']} | {r['precision']} | {r['p50_ms']:.2f} | {r['min_ms']:.2f} | "
                      f"{r['p90_ms']:.2f} | {ratio} | {r['rel_error']:.1e}{flag} |")
-    for r in result["rows"]:
-        if r["info"].get("cnn_forms"):
-            lines.append(f"\n{r['contender']}: CNN form per bucket: {r['info']['cnn_forms']}")
     for name, reason in result["skipped"]:
         lines.append(f"\nSkipped {name}: {reason}")
     return "\n".join(lines) + "\n"

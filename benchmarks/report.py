@@ -110,14 +110,6 @@ def results_markdown(results: Results) -> str:
         parts += [f"### {workload}: {title}", "", workload_table(results, workload), ""]
     precisions = sorted({(r.contender, r.precision) for r in results.rows})
     parts += ["Precisions: " + ", ".join(f"{c} = {p}" for c, p in precisions) + ".", ""]
-    forms: dict = {}  # the fast path's cnn_form="auto" choices: each probe lists every bucket its runner built so far
-    for r in results.rows:
-        text = r.extra.get("cnn_forms")
-        if text and len(text) > len(forms.get((r.contender, r.workload), "")):
-            forms[(r.contender, r.workload)] = text
-    if forms:
-        parts += ["CNN form per bucket (B, T, full-length) chosen by `cnn_form=\"auto\"`:", ""]
-        parts += [f"- {c}, {w}: {text}" for (c, w), text in sorted(forms.items())] + [""]
     if results.skipped:
         reasons = sorted({(s.get("contender", "?"), s.get("reason", "?")) for s in results.skipped})
         parts += ["Skipped here:", ""] + [f"- {c}: {r}" for c, r in reasons] + [""]

@@ -124,6 +124,7 @@ def build_metadata(ckpt, graph: str, precision: str, opset: int, checkpoint_sha2
         "frame_size": list(ckpt.config.frame_size),
         "mean": [float(x) for x in ckpt.mean],
         "std": [float(x) for x in ckpt.std],
+        "feature_dim": int(ckpt.config.feature_dim),
         "precision": precision,
         "model_config": ckpt.config.to_dict(),
         "package_version": __version__,

@@ -149,6 +149,7 @@ def _describe(backend: str, spec, meta) -> list[str]:
              f"classes      {meta.num_classes}: {', '.join(meta.class_names)}",
              f"frame size   {meta.frame_size[0]}x{meta.frame_size[1]} (H x W); mean {meta.mean}, std {meta.std}",
              f"precision    {meta.precision}; written by package {meta.package_version}"]
+    lines += [f"backbone     {meta.backbone_summary}"] if meta.backbone_summary else []
     if meta.extra.get("checkpoint_sha256"):
         lines.append(f"checkpoint   sha256 {meta.extra['checkpoint_sha256'][:16]}...")
     return lines

@@ -6,7 +6,9 @@ checkpoint and ``runtime`` never imports ``train``; training imports it from her
 Shapes:
     frames   (B, T, 3, H, W) float, already normalised (see :mod:`runtime.preprocess`)
     lengths  (B,) integer, 1 <= lengths[b] <= T, optional (None means every clip is T frames long)
-    features (B, T, F) float, F = backbone width (512 for resnet18/34, 2048 for resnet50)
+    features (B, T, F) float, F = the backbone's width, measured from the network (:func:`backbone_width`: 512 for
+             resnet18/34, 2048 for resnet50, 576 for mobilenet_v3_small, 960 for mobilenet_v3_large, 1280 for
+             efficientnet_b0)
     outputs  frame_logits (B, T, C) and clip_logits (B, C)
 
 Padded batches are exact: with ``lengths`` the BiLSTM is run on packed sequences, so the reverse direction of a short
@@ -17,16 +19,18 @@ padded positions are those of a zero BiLSTM output (the head's bias) and carry n
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-from .spec import backbone_feature_dim
-
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+# torchvision classification networks, their classifier removed: (N, 3, H, W) -> (N, F).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 STEMS = ("cifar", "imagenet")
+CLASSIFIERS = ("fc", "classifier")  # the classifier's attribute in torchvision's ResNets / MobileNetV3, EfficientNet
+NOT_PRETRAINED = "none"
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,18 @@ class ModelConfig:
 
     Attributes:
         num_classes (int): number of classes C. Defaults to 10.
-        backbone (str): torchvision ResNet builder, one of ``BACKBONES``. Defaults to "resnet34".
-        stem (str): "cifar" (3x3 stride-1 conv, no max-pool: keeps detail in small frames) or "imagenet"
-            (7x7 stride-2 conv + max-pool). Defaults to "cifar".
+        backbone (str): torchvision network, one of ``BACKBONES``. Defaults to "resnet34".
+        stem (str): "imagenet" (the network's own stem: 4x downsampling in a ResNet, 2x in MobileNetV3 and
+            EfficientNet) or "cifar" (keeps detail in small frames: a ResNet gets a 3x3 stride-1 conv and no max-pool,
+            the others their first conv at stride 1). Defaults to "cifar".
         frame_size (tuple[int, int]): frame height and width the model is built and exported for. Defaults to (32, 32).
         hidden_size (int): LSTM hidden size per direction. Defaults to 256.
         num_layers (int): stacked bidirectional LSTM layers. Defaults to 2.
         dropout (float): dropout between LSTM layers and before the heads (training only). Defaults to 0.0.
+        pretrained (str): where the backbone's starting weights came from: "none" (random init), "imagenet:" and
+            torchvision's weights name (e.g. "imagenet:ResNet18_Weights.IMAGENET1K_V1"), or "file:" and a state dict
+            file's name and sha256 prefix. A pretrained backbone keeps its own stem ("imagenet"). Checkpoints written
+            before this field read "none". Defaults to "none".
     """
 
     num_classes: int = 10
@@ -51,6 +60,7 @@ class ModelConfig:
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.0
+    pretrained: str = NOT_PRETRAINED
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -69,11 +79,17 @@ class ModelConfig:
                              f"{self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.pretrained, str) or not self.pretrained:
+            raise ValueError(f"pretrained must be a non-empty string ('none' when not pretrained), got "
+                             f"{self.pretrained!r}")
+        if self.pretrained != NOT_PRETRAINED and self.stem != "imagenet":
+            raise ValueError(f"a pretrained backbone keeps its own stem: stem must be 'imagenet' with pretrained "
+                             f"weights ({self.pretrained}), got {self.stem!r}")
 
     @property
     def feature_dim(self) -> int:
-        """Width F of the per-frame feature the CNN emits."""
-        return backbone_feature_dim(self.backbone)
+        """Width F of the per-frame feature the CNN emits (measured from the network, see :func:`backbone_width`)."""
+        return backbone_width(self.backbone)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -92,17 +108,51 @@ class ModelConfig:
         return cls(**d)
 
 
+def classifier_name(net: nn.Module) -> str:
+    """The attribute of a torchvision classification network's classifier ("fc" or "classifier").
+
+    Raises:
+        ValueError: the network has neither.
+    """
+    for name in CLASSIFIERS:
+        if isinstance(getattr(net, name, None), nn.Module):
+            return name
+    raise ValueError(f"{type(net).__name__} has no classifier named {' or '.join(CLASSIFIERS)}")
+
+
 def build_backbone(config: ModelConfig) -> nn.Module:
-    """A torchvision ResNet (random init, nothing downloaded) with its classifier removed: (N,3,H,W) -> (N,F)."""
+    """A torchvision network (random init, nothing downloaded) with its classifier removed: (N,3,H,W) -> (N,F).
+
+    The torchvision parameter names stay as they are (a torchvision state dict, less its classifier, loads into it).
+    """
     import torchvision
 
-    net = getattr(torchvision.models, config.backbone)(weights=None)
+    net = torchvision.models.get_model(config.backbone, weights=None)
     if config.stem == "cifar":
-        # Small frames (32x32) would be 1x1 after the ImageNet stem's 4x downsampling; keep full resolution.
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
+        if isinstance(net, torchvision.models.ResNet):
+            # Small frames (32x32) would be 1x1 after the ImageNet stem's 4x downsampling; keep full resolution.
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        else:  # MobileNetV3, EfficientNet: one 3x3 stride-2 conv; stride 1 keeps twice the resolution
+            next(m for m in net.modules() if isinstance(m, nn.Conv2d)).stride = (1, 1)
+    setattr(net, classifier_name(net), nn.Identity())
     return net
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_width(backbone: str) -> int:
+    """Width F of ``backbone``'s per-frame feature: the channels its network (classifier removed) returns for one
+    frame, from a forward pass on the meta device (shapes only: no memory, no compute, no random numbers drawn).
+
+    Raises:
+        ValueError: ``backbone`` is not one of ``BACKBONES``.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid choices: {', '.join(BACKBONES)}")
+    with torch.device("meta"):
+        net = build_backbone(ModelConfig(backbone=backbone, stem="imagenet")).eval()
+        out = net(torch.empty(1, 3, 64, 64))
+    return int(out.shape[-1])
 
 
 def length_mask(lengths: torch.Tensor, time_steps: int) -> torch.Tensor:

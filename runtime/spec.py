@@ -21,13 +21,9 @@ logger = logging.getLogger(__name__)
 GRAPHS = ("model", "cnn", "bilstm")
 METADATA_KEY = "cnn_bilstm_deploy"  # docs/ARCHITECTURE.md: the ONNX metadata property / engine report "metadata"
 EXPORT_REPORT_NAME = "export_report.json"  # beside the graphs of an export folder; "sha256" maps file name -> digest
-# Width F of the per-frame feature each backbone's CNN emits (the ResNets before resnet50 end in 512 channels).
-BACKBONE_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
-
-
-def backbone_feature_dim(backbone: str) -> int:
-    """Width F of the per-frame feature of ``backbone``'s CNN (512 for a backbone this table does not know)."""
-    return BACKBONE_FEATURE_DIMS.get(backbone, 512)
+# Artifacts record the feature width F (``feature_dim``, measured from the network when exported). Those written
+# before they did come from the only backbones of that time, whose widths are these.
+LEGACY_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 
 def check_class_names(class_names: Any, source: str) -> list:
@@ -135,6 +131,15 @@ class ModelMetadata:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def backbone_summary(self) -> Optional[str]:
+        """The backbone, its stem, feature width and starting weights in one line (None without a model config)."""
+        c = self.model_config
+        if not c.get("backbone"):
+            return None
+        return (f"{c['backbone']} ({c.get('stem', '?')} stem), feature width {self.feature_dim}; pretrained: "
+                f"{c.get('pretrained', 'none')}")
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "metadata") -> "ModelMetadata":
         """Build from the ``cnn_bilstm_deploy`` JSON dict written by the exporter.
@@ -157,7 +162,10 @@ class ModelMetadata:
         _check_metadata_values(d, frame_size, source)
         class_names = check_class_names(d["class_names"], source)
         backbone = config.get("backbone", "resnet34")
-        feature_dim = int(d.get("feature_dim") or backbone_feature_dim(backbone))
+        feature_dim = d.get("feature_dim") or LEGACY_FEATURE_DIMS.get(backbone)
+        if feature_dim is None:
+            raise RuntimeInputError(f"{source}: metadata records no feature_dim for backbone {backbone!r}; export the "
+                                    "model again with this package (python -m export.to_onnx)")
         known = {"graph", "class_names", "mean", "std", "frame_size", "precision", "model_config", "package_version",
                  "feature_dim"}
         return cls(
@@ -166,7 +174,7 @@ class ModelMetadata:
             mean=[float(x) for x in d["mean"]],
             std=[float(x) for x in d["std"]],
             frame_size=(int(frame_size[0]), int(frame_size[1])),
-            feature_dim=feature_dim,
+            feature_dim=int(feature_dim),
             precision=str(d.get("precision", "fp32")),
             model_config=config,
             package_version=str(d.get("package_version", "unknown")),

@@ -338,3 +338,36 @@ def modules_loaded_by(statement: str, modules) -> list[str]:
     code = f"import sys\n{statement}\nprint(repr(sorted(m for m in {tuple(modules)!r} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+# Backbone weights: torchvision state dicts written here from seeded networks (nothing is downloaded), as
+# ``python -m train --pretrained PATH`` takes them and as torch.hub caches ImageNet weights.
+def write_torchvision_weights(path, backbone: str, seed: int = 0) -> Path:
+    """``torchvision.models.<backbone>()``'s state dict with seeded random weights and BatchNorm statistics (so that
+    "every tensor equal" means something), saved at ``path``."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.get_model(backbone, weights=None)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(seed + 7)
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def torchvision_weights(tmp_path_factory):
+    """backbone -> the path of its seeded torchvision weights file (written once per session)."""
+    folder = tmp_path_factory.mktemp("tv-weights")
+    files: dict = {}
+
+    def get(backbone: str) -> Path:
+        if backbone not in files:
+            files[backbone] = write_torchvision_weights(folder / f"{backbone}.pth", backbone)
+        return files[backbone]
+
+    return get

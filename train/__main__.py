@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from runtime.model import BACKBONES, STEMS
+from runtime.model import BACKBONES, NOT_PRETRAINED, STEMS
 
 from .data import DATASETS
 from .distributed import BACKENDS, DEFAULT_TIMEOUT_S
@@ -53,7 +53,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    # Long: every training option is declared here, once, in the groups --help shows.
     """The training argument parser (torchvision-references style; ``add_help=False`` lets other tools reuse it)."""
     p = argparse.ArgumentParser(
         prog="python -m train", description="Train the CNN + BiLSTM frame-sequence classifier.", add_help=add_help,
@@ -62,7 +61,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="change the defaults to a named set: " + "; ".join(
                        f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items()) for k, d in PRESETS.items()))
-    g = p.add_argument_group("data")
+    _data_options(p.add_argument_group("data"))
+    _model_options(p.add_argument_group("model"))
+    _optimisation_options(p.add_argument_group("optimisation"))
+    _fine_tuning_options(p.add_argument_group("fine-tuning (a pretrained backbone; see docs/training.md)"))
+    _run_options(p.add_argument_group("run"))
+    _distributed_options(p.add_argument_group("distributed (under torchrun; see docs/training.md)"))
+    return p
+
+
+def _data_options(g) -> None:
     g.add_argument("--data", choices=DATASETS, default="synthetic", help="data source")
     g.add_argument("--data-dir", default=None,
                    help="cifar10: ImageFolder tree with train/ and test/ (or torchvision's CIFAR10 root); "
@@ -92,64 +100,90 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="cifar10: per-frame random shift and flip on the training split")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    m = p.add_argument_group("model")
-    m.add_argument("--backbone", choices=BACKBONES, default="resnet34", help="torchvision ResNet (random init)")
-    m.add_argument("--stem", choices=STEMS, default="cifar",
-                   help="cifar: 3x3 stride-1 conv, no max-pool (small frames); imagenet: 7x7 stride-2 + max-pool")
-    m.add_argument("--frame-size", type=int, nargs="+", default=[32, 32], metavar="PX",
-                   help="frame height and width (one value: square)")
-    m.add_argument("--hidden-size", type=int, default=256, help="LSTM hidden size per direction")
-    m.add_argument("--num-layers", type=int, default=2, help="stacked bidirectional LSTM layers")
-    m.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers and before the heads")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=30, help="total epochs (with --resume: may extend the run)")
-    o.add_argument("--batch-size", type=int, default=32,
+
+
+def _model_options(g) -> None:
+    g.add_argument("--backbone", choices=BACKBONES, default="resnet34",
+                   help="torchvision network for the per-frame features (its classifier removed)")
+    g.add_argument("--pretrained", default=NOT_PRETRAINED, metavar="none|imagenet|PATH",
+                   help="the backbone's starting weights: none (random init), imagenet (torchvision's weights, "
+                        "downloaded into TORCH_HOME the first time) or a torchvision state dict file; pretrained "
+                        "weights bring the ImageNet normalisation")
+    g.add_argument("--stem", choices=(*STEMS, "auto"), default="auto",
+                   help="imagenet: the network's own stem (4x downsampling in a ResNet, 2x in the others); cifar: "
+                        "keeps detail in small frames (ResNet: 3x3 stride-1 conv, no max-pool; the others: first "
+                        "conv at stride 1); auto: cifar, or imagenet with --pretrained (which needs it)")
+    g.add_argument("--frame-size", type=int, nargs="+", default=[32, 32], metavar="PX",
+                   help="frame height and width (one value: square); frames are resized to it")
+    g.add_argument("--hidden-size", type=int, default=256, help="LSTM hidden size per direction")
+    g.add_argument("--num-layers", type=int, default=2, help="stacked bidirectional LSTM layers")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers and before the heads")
+
+
+def _optimisation_options(g) -> None:
+    g.add_argument("--epochs", type=int, default=30, help="total epochs (with --resume: may extend the run)")
+    g.add_argument("--batch-size", type=int, default=32,
                    help="clips per batch per process: under torchrun one optimizer step takes batch-size x "
                         "world-size clips")
-    o.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer")
-    o.add_argument("--lr", type=float, default=1e-3,
+    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer")
+    g.add_argument("--lr", type=float, default=1e-3,
                    help="peak learning rate (cosine decay per step), used as given at every world size: with N "
                         "processes the global batch is N times larger, so scale it yourself (docs/training.md)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
-    o.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not on biases and norms)")
-    o.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up before the cosine decay")
-    o.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
-    o.add_argument("--frame-loss-weight", type=float, default=1.0,
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not on biases and norms)")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up before the cosine decay")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    g.add_argument("--frame-loss-weight", type=float, default=1.0,
                    help="weight of the per-frame loss (summed over real steps) against the clip loss")
-    o.add_argument("--seed", type=int, default=0, help="seed for weights, data order and synthetic clips")
-    r = p.add_argument_group("run")
-    r.add_argument("--out", default=None, help="run folder (default runs/<data>)")
-    r.add_argument("--resume", default=None, metavar="RUN_DIR",
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and synthetic clips")
+
+
+def _fine_tuning_options(g) -> None:
+    g.add_argument("--backbone-lr-scale", type=float, default=1.0,
+                   help="the backbone's learning rate as a fraction of --lr (the BiLSTM and heads take --lr)")
+    g.add_argument("--freeze-backbone-epochs", type=int, default=0,
+                   help="train only the BiLSTM and heads for the first N epochs: the backbone's weights and "
+                        "BatchNorm statistics stay as they are")
+    g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the backbone's BatchNorm statistics as they are for the whole run (its scales and "
+                        "shifts still train)")
+
+
+def _run_options(g) -> None:
+    g.add_argument("--out", default=None, help="run folder (default runs/<data>)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last.pt (options default to its config.json)")
-    r.add_argument("--force", action="store_true",
+    g.add_argument("--force", action="store_true",
                    help="start again in a non-empty --out: the old run's last.pt, best.pt, metrics.json and "
                         "config.json are deleted before anything new is written (other files stay)")
-    r.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="fp16 autocast + grad scaling (CUDA only; always off on CPU)")
-    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory layout (CUDA only; always off on CPU)")
-    r.add_argument("--eval-shuffled", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--eval-shuffled", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate every epoch on temporally shuffled held-out clips")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bar (only when stderr is a terminal; rank 0 only)")
-    d = p.add_argument_group("distributed (under torchrun; see docs/training.md)")
-    d.add_argument("--dist-backend", choices=BACKENDS, default="auto",
+
+
+def _distributed_options(g) -> None:
+    g.add_argument("--dist-backend", choices=BACKENDS, default="auto",
                    help="process-group backend: auto is nccl on CUDA devices, gloo on CPUs")
-    d.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="timeout of every collective: a rank that hangs this long ends the job on every rank; must "
                         "exceed rank 0's longest solo stretch (writing a checkpoint, a --download)")
-    d.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="SyncBatchNorm: batch statistics over every process's batch (CUDA only: torch refuses it on "
                         "CPUs; no effect in one process)")
-    return p
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse with the precedence command line > resumed config.json > preset > defaults, then fill derived values.
 
     Raises:
-        TrainError: --resume names a folder without a readable config.json, or --out disagrees with --resume.
+        TrainError: --resume names a folder without a readable config.json, --out disagrees with --resume, or a
+            resumed run is given other fine-tuning options than it was started with.
     """
     from .engine import TrainError, check_train_args
 
@@ -172,6 +206,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if first.out is not None and Path(first.out) != Path(args.resume):
             raise TrainError(f"--out {first.out} and --resume {args.resume} name different folders; give one")
         args.out = args.resume
+        _check_kept_on_resume(args, saved)
     if args.out is None:
         args.out = str(Path("runs") / args.data)
     if len(args.frame_size) == 1:
@@ -183,6 +218,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.train_clips = 4096 if args.train_clips is None else args.train_clips
         args.val_clips = 1024 if args.val_clips is None else args.val_clips
     return args
+
+
+# What a resumed run keeps from its start: its weights' origin and how the backbone is fine-tuned (the optimizer's
+# parameter groups and the schedule of each epoch depend on them).
+KEPT_ON_RESUME = ("pretrained", "backbone_lr_scale", "freeze_backbone_epochs", "freeze_bn")
+
+
+def _check_kept_on_resume(args: argparse.Namespace, saved: dict) -> None:
+    from .engine import TrainError
+
+    defaults = get_args_parser()  # runs saved before an option existed ran with its default
+    for dest in KEPT_ON_RESUME:
+        was = saved.get(dest, defaults.get_default(dest))
+        if getattr(args, dest) != was:
+            option = "--" + dest.replace("_", "-")
+            raise TrainError(f"--resume {args.resume}: the run was started with {option} {was}; a resumed run keeps "
+                             f"it (leave {option} out, or start a new run)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -37,7 +37,7 @@ import torch
 from runtime._io import atomic_write_json
 from runtime._version import __version__
 from runtime.checkpoint import CheckpointError, load_state_dict_checked, save_checkpoint
-from runtime.model import CNNBiLSTM
+from runtime.model import NOT_PRETRAINED, CNNBiLSTM, ModelConfig
 
 from . import distributed
 from ._checks import TrainError
@@ -55,6 +55,7 @@ from .options import (
     model_config_from_args,
     resolve_device,
 )
+from .pretrained import apply_weights, eval_modules, load_pretrained, set_backbone_frozen, smallest_map
 from .run_state import (
     RUN_FILES,
     RunProgress,
@@ -202,6 +203,7 @@ class _Setup:
     amp: bool
     channels_last: bool
     save_kw: dict
+    backbone_frozen: bool = False
     start_epoch: int = 0
     best: float = -1.0
     best_epoch: int = -1
@@ -213,27 +215,31 @@ def _set_up(args: argparse.Namespace, out: Path, device: torch.device, resume_st
     """Data, model (resumed weights), optimizer, schedule and loss scaler; a resumed state restored into them."""
     cuda = device.type == "cuda"
     amp, channels_last = bool(args.amp and cuda), bool(args.channels_last and cuda)
+    weights, pretrained = _starting_weights(args, ctx, resume_state)  # before any data: a failed download stops first
     train_ds, val_ds = distributed.main_first(ctx, lambda: _datasets(args))  # rank 0 first: one download
     class_names, mean, std = list(train_ds.class_names), list(train_ds.mean), list(train_ds.std)
-    config = model_config_from_args(args, len(class_names))
-    if resume_state is not None and resume_state["config"] != config.to_dict():
+    config = model_config_from_args(args, len(class_names), pretrained)
+    if resume_state is not None and _saved_config(resume_state) != config.to_dict():
         raise CheckpointError(f"{out / 'last.pt'} was trained with model config {resume_state['config']}, but the "
                               f"arguments describe {config.to_dict()}; resume without changing the model options")
     if resume_state is None:
         seed_everything(args.seed)
 
     model = CNNBiLSTM(config)
+    if weights is not None:
+        apply_weights(model, weights)
     if resume_state is not None:
         load_state_dict_checked(model, resume_state["state_dict"], source=str(out / "last.pt"))
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    frozen = set_backbone_frozen(model, _frozen_in(args, resume_state))
     trained = distributed.wrap_model(model, ctx, device, args.sync_bn)  # DDP broadcasts rank 0's weights
     if ctx.active and resume_state is None:
         seed_everything(args.seed + 1_000_003 * ctx.rank)  # one weight init, then each rank its own random stream
     if args.sync_bn and not ctx.active:
         logger.info("--sync-bn has no effect in one process")
-    optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, args.momentum)
+    optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, args.momentum, args.backbone_lr_scale)
     per_rank = len(train_ds)
     if ctx.active:
         logger.info(distributed.describe_train_split(len(train_ds), ctx, args.batch_size))
@@ -242,7 +248,7 @@ def _set_up(args: argparse.Namespace, out: Path, device: torch.device, resume_st
     scheduler = build_scheduler(optimizer, args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if amp else None
     setup = _Setup(model, trained, ctx, steps_per_epoch, optimizer, scheduler, scaler, train_ds, val_ds, amp,
-                   channels_last, {"class_names": class_names, "mean": mean, "std": std})
+                   channels_last, {"class_names": class_names, "mean": mean, "std": std}, frozen)
     if resume_state is not None:
         setup.start_epoch, setup.best, setup.best_epoch, setup.history = _restore(
             resume_state["train_state"], optimizer, scheduler, scaler, steps_per_epoch, ctx, args.seed)
@@ -251,16 +257,63 @@ def _set_up(args: argparse.Namespace, out: Path, device: torch.device, resume_st
     return setup
 
 
+def _starting_weights(args: argparse.Namespace, ctx: "distributed.DistContext", resume_state: Optional[dict]):
+    """The backbone's pretrained weights for a training run (read on rank 0 only: DDP gives every rank rank 0's
+    weights) and the label its model config records; a resumed run keeps its label and starts from its last.pt.
+
+    Returns:
+        tuple[BackboneWeights | None, str]: the weights (None on other ranks, when resuming or with "none"), the label.
+
+    Raises:
+        PretrainedError: see :func:`load_pretrained` (on every rank, through :func:`train.distributed.main_first`).
+    """
+    if resume_state is not None:
+        return None, resume_state["config"].get("pretrained", NOT_PRETRAINED)
+    if args.pretrained == NOT_PRETRAINED:
+        return None, NOT_PRETRAINED
+    progress = bool(args.progress and sys.stderr.isatty())
+    weights = distributed.main_first(ctx, lambda: load_pretrained(args.pretrained, args.backbone, progress),
+                                     others=False)
+    label = distributed.all_gather_objects(ctx, weights.label if weights is not None else None)[0]
+    if ctx.is_main:
+        h, w = smallest_map(args.backbone, tuple(args.frame_size))
+        logger.log(logging.WARNING if min(h, w) < 2 else logging.INFO,
+                   "pretrained %s (%s) on %dx%d frames: its last feature map is %dx%d (the ImageNet weights were "
+                   "trained on 224x224 crops); for small images give a larger --frame-size (frames are resized; "
+                   "docs/training.md)", args.backbone, label, *args.frame_size, h, w)
+    return weights, label
+
+
+def _saved_config(resume_state: dict) -> dict:
+    """A resumed checkpoint's model config with today's fields (runs saved before a field read its default)."""
+    return ModelConfig.from_dict(resume_state["config"]).to_dict()
+
+
+def _frozen_in(args: argparse.Namespace, resume_state: Optional[dict]) -> bool:
+    """Whether the backbone is frozen in the first epoch this call of fit runs."""
+    start = 0 if resume_state is None else int(resume_state["train_state"]["epoch"]) + 1
+    return start < args.freeze_backbone_epochs
+
+
 def _run_epoch(args: argparse.Namespace, s: _Setup, device: torch.device, epoch: int, progress: bool) -> tuple:
     """Train one epoch and evaluate it (also on time-shuffled clips with ``--eval-shuffled``); returns
     (the epoch's metrics record, the training summary)."""
+    frozen = epoch < args.freeze_backbone_epochs
+    if frozen != s.backbone_frozen:
+        s.backbone_frozen = set_backbone_frozen(s.model, frozen)
+        if s.ctx.active:  # DDP reduces the gradients of the parameters that required them when it was built
+            s.trained = None
+            s.trained = distributed.wrap_model(s.model, s.ctx, device)  # (any SyncBatchNorm is converted already)
+    if epoch == args.freeze_backbone_epochs > 0:
+        logger.info("epoch %d: the backbone trains from here on (frozen for the first %d)", epoch + 1, epoch)
     if hasattr(s.train_ds, "set_epoch"):
         s.train_ds.set_epoch(epoch)
     sampler = distributed.train_sampler(s.train_ds, s.ctx, args.seed, epoch)
     loader = make_loader(s.train_ds, args, True, epoch, device, sampler=sampler, rank=s.ctx.rank)
     tr = train_one_epoch(s.trained, loader, s.optimizer, device, epoch,
                          scheduler=s.scheduler, scaler=s.scaler, amp=s.amp, channels_last=s.channels_last,
-                         clip_grad_norm=args.clip_grad, frame_loss_weight=args.frame_loss_weight, progress=progress)
+                         clip_grad_norm=args.clip_grad, frame_loss_weight=args.frame_loss_weight, progress=progress,
+                         eval_modules=eval_modules(s.model, args, frozen))
     distributed.broadcast_buffers(s.model, s.ctx)  # every rank evaluates the weights rank 0 saves
     # Evaluation draws no global random numbers (own generator), so it cannot disturb the training stream.
     val_loader = make_loader(s.val_ds, args, False, 0, device, sampler=distributed.eval_sampler(s.val_ds, s.ctx))
@@ -308,9 +361,9 @@ def _fit(args: argparse.Namespace, out: Path, device: torch.device, resume_state
         "package_version": __version__, "torch_version": torch.__version__, "device": str(device),
         "world_size": ctx.world_size, "dist_backend": ctx.backend,
     }), others=False)
-    logger.info("training %s/%s on %s: %d train clips, %d test clips, classes %s, %d epochs from %d",
-                config.backbone, config.stem, device, len(s.train_ds), len(s.val_ds), s.save_kw["class_names"],
-                args.epochs, s.start_epoch)
+    logger.info("training %s/%s (pretrained: %s) on %s: %d train clips, %d test clips, classes %s, %d epochs from %d",
+                config.backbone, config.stem, config.pretrained, device, len(s.train_ds), len(s.val_ds),
+                s.save_kw["class_names"], args.epochs, s.start_epoch)
     progress = bool(args.progress and sys.stderr.isatty() and ctx.is_main)
     for epoch in range(s.start_epoch, args.epochs):
         record, tr = _run_epoch(args, s, device, epoch, progress)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +147,7 @@ def train_one_epoch(
     clip_grad_norm: float = 1.0,
     frame_loss_weight: float = 1.0,
     progress: bool = False,
+    eval_modules: Sequence[torch.nn.Module] = (),
 ) -> dict[str, float]:
     # Long only through its documented arguments; the loop body is short (the step is _optimizer_step).
     """Train for one pass over ``loader`` (batches ``(frames, lengths, labels)``); the scheduler steps per batch.
@@ -166,6 +167,8 @@ def train_one_epoch(
         clip_grad_norm (float): max gradient norm; 0 disables clipping. Defaults to 1.0.
         frame_loss_weight (float): weight of the frame loss. Defaults to 1.0.
         progress (bool): show a tqdm bar. Defaults to False.
+        eval_modules (Sequence[torch.nn.Module]): parts of the model kept in eval mode while the rest trains (a
+            frozen backbone, BatchNorm layers whose statistics stay fixed). Defaults to ().
 
     Returns:
         dict[str, float]: loss, frame_loss, clip_loss, frame_acc, clip_acc, lr (at the end), time (s).
@@ -178,6 +181,8 @@ def train_one_epoch(
     if not clip_grad_norm >= 0:  # a negative bound would silently mean "no clipping"
         raise TrainError(f"clip_grad_norm must be >= 0 (0: no clipping), got {clip_grad_norm}")
     model.train()
+    for m in eval_modules:
+        m.eval()
     start = time.perf_counter()
     meter = _Meter(unwrap(model).config.num_classes)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
@@ -199,7 +204,7 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{loss.item():.3f}")
     meter.all_reduce()
     out = meter.summary()
-    out["lr"] = optimizer.param_groups[0]["lr"]
+    out["lr"] = optimizer.param_groups[-1]["lr"]  # the BiLSTM's and heads' (the backbone's may be scaled)
     out["time"] = time.perf_counter() - start
     return out
 

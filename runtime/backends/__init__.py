@@ -87,8 +87,8 @@ def load(path: str | os.PathLike, device=None, backend: str = "auto", **options)
         device (str | None): "cpu", "cuda", "cuda:N"; None picks the backend's default (CUDA when usable).
             Defaults to None.
         backend (str): "auto" (by extension) or the backend the extension implies. Defaults to "auto".
-        **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``cnn_form``,
-            ``buckets``, ``max_buckets``, ``channels_last`` (torch);
+        **options: passed to the runner: ``stage``, ``fast``, ``precision``, ``cuda_graphs``, ``channels_last``
+            (torch);
             ``providers``, ``intra_op_threads``, ``allow_spinning``, ``openvino_precision`` (onnxruntime);
             ``cuda_graphs``, ``runtime_cache`` (tensorrt);
             ``check_finite`` (all; on by default: NaN/Inf at a clip's real steps is refused).

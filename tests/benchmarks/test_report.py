@@ -172,21 +172,6 @@ def test_cli_errors(tmp_path, capsys):
     assert "results file not found" in capsys.readouterr().err
 
 
-def test_auto_cnn_forms_are_listed(tmp_path):
-    """The fast path's per-bucket form choices (extra_info "cnn_forms") appear once per contender and workload, the
-    most complete listing winning (each probe lists every bucket its runner has built so far)."""
-    path = _write(tmp_path / "gpu.json", rows=[("model", 1, 16, "eager-fp32", 0.005, 37.1),
-                                                ("model", 1, 16, "runtime-fast", 0.001, 37.1),
-                                                ("model", 64, 16, "runtime-fast", 0.008, 2374.0)])
-    data = json.loads(path.read_text())
-    data["benchmarks"][1]["extra_info"]["cnn_forms"] = "(1, 16, full): fused"
-    data["benchmarks"][2]["extra_info"]["cnn_forms"] = "(1, 16, full): fused, (64, 16, full): unfolded"
-    path.write_text(json.dumps(data))
-    md = build_report([path], tmp_path / "out", prefix="gpu")["markdown"].read_text()
-    assert "- runtime-fast, model: (1, 16, full): fused, (64, 16, full): unfolded" in md
-    assert md.count("runtime-fast, model:") == 1
-
-
 def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
     from benchmarks import report
 

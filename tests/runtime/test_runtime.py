@@ -393,8 +393,11 @@ def test_load_argument_errors(tmp_path, tiny_checkpoint, onnx_paths):
 
 @pytest.fixture(scope="module")
 def torch_fast_model(tiny_checkpoint):
-    # The fast path on CPU: shared static buffers per bucket, calls serialised by the runner's lock.
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, buckets=((1, 2), (1, 2)), max_buckets=2) as r:
+    # The fast path on CPU: shared static buffers per bucket, calls serialised by the runner's lock. Two buckets
+    # kept at most, so that the threads' shapes keep replacing them.
+    r = runtime.load(tiny_checkpoint, device="cpu", fast=True)
+    r.max_buckets = 2
+    with r:
         yield r
 
 
@@ -412,7 +415,7 @@ def test_deactivate_while_other_threads_infer(which, tiny_checkpoint, onnx_paths
     """deactivate() from one thread while others call infer(): it waits for the calls in flight, later calls
     activate the runner again, and every call returns the right outputs (none sees released resources)."""
     path = onnx_paths["model"] if which == "ort" else tiny_checkpoint
-    options = {"fast": True, "buckets": ((1, 2), (1, 2))} if which == "torch_fast" else {}
+    options = {"fast": True} if which == "torch_fast" else {}
     runner = runtime.load(path, device="cpu", **options)
     x = _frames(2, 2, seed=5)
     expected = runner.infer(x)["clip_logits"]
@@ -643,19 +646,28 @@ def test_lifecycle_edge_cases(onnx_paths, tiny_checkpoint, caplog):
         assert "never deactivated" in caplog.text, activate
 
 
-def test_one_backbone_feature_width_table():
-    """ModelConfig and metadata without a recorded feature_dim read the width from one table in runtime.spec."""
-    from runtime.model import BACKBONES, ModelConfig
-    from runtime.spec import BACKBONE_FEATURE_DIMS, ModelMetadata
+def test_feature_width_comes_from_the_network():
+    """ModelConfig.feature_dim is what the backbone's network really returns (measured on the meta device, here
+    checked against a real forward pass), for every backbone; metadata written before feature_dim was recorded reads
+    the ResNets' widths, and refuses a backbone of later days without one."""
+    from runtime.model import BACKBONES, ModelConfig, build_backbone
+    from runtime.spec import ModelMetadata
 
-    assert set(BACKBONE_FEATURE_DIMS) == set(BACKBONES)
+    old = {"graph": "model", "class_names": ["a", "b"], "mean": [0.5] * 3, "std": [0.25] * 3, "frame_size": [16, 16]}
     for backbone in BACKBONES:
-        width = ModelConfig(backbone=backbone).feature_dim
-        assert width == BACKBONE_FEATURE_DIMS[backbone] == (2048 if backbone == "resnet50" else 512)
-        meta = ModelMetadata.from_dict({"graph": "model", "class_names": ["a", "b"], "mean": [0.5] * 3,
-                                        "std": [0.25] * 3, "frame_size": [16, 16],
-                                        "model_config": {"backbone": backbone}})
-        assert meta.feature_dim == width
+        config = ModelConfig(backbone=backbone, frame_size=(16, 16))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            real = build_backbone(config).eval()(torch.randn(1, 3, 16, 16))
+        assert config.feature_dim == real.shape[1], backbone
+        recorded = ModelMetadata.from_dict({**old, "model_config": {"backbone": backbone}, "feature_dim": 7})
+        assert recorded.feature_dim == 7
+        if backbone.startswith("resnet"):
+            assert ModelMetadata.from_dict({**old, "model_config": {"backbone": backbone}}).feature_dim == real.shape[1]
+        else:
+            with pytest.raises(RuntimeInputError, match=f"no feature_dim for backbone '{backbone}'"):
+                ModelMetadata.from_dict({**old, "model_config": {"backbone": backbone}})
+    assert [ModelConfig(backbone=b).feature_dim for b in BACKBONES] == [512, 512, 2048, 576, 960, 1280]
 
 
 def test_io_names_are_checked_in_one_place():

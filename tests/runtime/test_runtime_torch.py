@@ -67,10 +67,18 @@ def test_fold_conv_bn_is_exact_and_leaves_the_model_alone(tiny_model):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def small_buckets(runner, batch=(1, 2, 4), time=(2, 4, 8), keep=None):
+    """``runner`` with small buckets (set before its first call), so that padding happens in both axes and the
+    largest bucket is easy to exceed on a CPU; ``keep`` lowers how many buckets it keeps."""
+    runner.batch_buckets, runner.time_buckets = batch, time
+    if keep is not None:
+        runner.max_buckets = keep
+    return runner
+
+
 @pytest.fixture(scope="module")
 def fast_cpu(tiny_checkpoint):
-    # Small buckets so that padding happens in both axes and the largest bucket is easy to exceed.
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, buckets=((1, 2, 4), (2, 4, 8))) as r:
+    with small_buckets(runtime.load(tiny_checkpoint, device="cpu", fast=True)) as r:
         yield r
 
 
@@ -107,7 +115,7 @@ def test_fast_path_reuses_buckets(fast_cpu):
 def test_fast_path_keeps_at_most_max_buckets(tiny_checkpoint, tiny_model):
     """Every (B, T) a long-running app may bring: the buckets stay bounded, the least recently used goes first, and
     the outputs stay exact whether a bucket is new, kept or rebuilt."""
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, buckets=((1, 2, 4), (2, 4, 8)), max_buckets=3) as r:
+    with small_buckets(runtime.load(tiny_checkpoint, device="cpu", fast=True), keep=3) as r:
         gen = torch.Generator().manual_seed(3)
         for b, t in [(1, 2), (2, 4), (1, 2), (4, 8), (3, 7), (1, 1), (2, 3), (4, 5), (1, 2)]:
             x = torch.randn(b, t, 3, H, W, generator=gen)
@@ -118,8 +126,29 @@ def test_fast_path_keeps_at_most_max_buckets(tiny_checkpoint, tiny_model):
             assert len(r._buckets) <= 3
         # The last calls, newest last: (2, 3) -> (2, 4) padded, (4, 5) -> (4, 8) padded, (1, 2) full length.
         assert list(r._buckets) == [(2, 4, False), (4, 8, False), (1, 2, True)]
-    with pytest.raises(RuntimeInputError, match="max_buckets must be an integer >= 1"):
-        runtime.load(tiny_checkpoint, device="cpu", fast=True, max_buckets=0)
+
+
+def test_default_buckets_pad_and_slice_exactly(tiny_checkpoint, tiny_model):
+    """The fixed buckets every runner uses: (3, 5) pads to (4, 8); a batch of 65 exceeds them and runs without one."""
+    gen = torch.Generator().manual_seed(4)
+    calls = [(torch.randn(3, 5, 3, H, W, generator=gen), torch.tensor([5, 3, 1])),
+             (torch.randn(65, 2, 3, H, W, generator=gen), torch.tensor([2, 1] * 32 + [2]))]
+    with runtime.load(tiny_checkpoint, device="cpu", fast=True) as r:
+        for x, lengths in calls:
+            with torch.no_grad():
+                ref_frame, ref_clip = tiny_model(x, lengths)
+            out = r.infer(x, lengths)
+            mask = torch.arange(x.shape[1])[None] < lengths[:, None]
+            assert _rel(out["clip_logits"], ref_clip) < 1e-5
+            assert _rel(out["frame_logits"][mask], ref_frame[mask]) < 1e-5
+            assert set(r._buckets) == {(4, 8, False)}
+
+
+def test_removed_fast_path_options_are_refused(tiny_checkpoint):
+    """The CNN forms other than folded, and the bucket options, are gone: asking for them is one clear error."""
+    for option, value in (("cnn_form", "fused"), ("buckets", ((1,), (1,))), ("max_buckets", 4)):
+        with pytest.raises(RuntimeInputError, match=rf"unknown options \['{option}'\] for the torch backend"):
+            runtime.load(tiny_checkpoint, device="cpu", fast=True, **{option: value})
 
 
 @pytest.mark.parametrize(("option", "value"), [("fast", "no"), ("cuda_graphs", 1), ("channels_last", "False")])
@@ -130,7 +159,7 @@ def test_flags_must_be_booleans(tiny_checkpoint, option, value):
 
 @pytest.mark.parametrize("stage", ["cnn", "bilstm"])
 def test_fast_path_stages(tiny_checkpoint, tiny_model, stage):
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, stage=stage, buckets=((2,), (4,))) as r:
+    with small_buckets(runtime.load(tiny_checkpoint, device="cpu", fast=True, stage=stage), (2,), (4,)) as r:
         if stage == "cnn":
             x = torch.randn(1, 3, 3, H, W)
             with torch.no_grad():
@@ -143,13 +172,6 @@ def test_fast_path_stages(tiny_checkpoint, tiny_model, stage):
                 ref = tiny_model.classify(f, lengths)
             out = r.infer(f, lengths)
             assert _rel(out["clip_logits"], ref[1]) < 1e-5
-            assert r.bucket_forms == {}  # no CNN in this stage
-
-
-def test_bad_buckets_rejected(tiny_checkpoint):
-    for buckets in (((4, 2), (1,)), ((0, 1), (1,)), (("a",), (1,))):
-        with pytest.raises(runtime.RuntimeInputError, match="buckets"):
-            runtime.load(tiny_checkpoint, device="cpu", fast=True, buckets=buckets)
 
 
 def test_runner_does_not_modify_a_shared_checkpoint(tiny_checkpoint):
@@ -180,138 +202,3 @@ def test_non_finite_padding_never_reaches_real_outputs(fast_cpu, tiny_model):
         assert torch.isfinite(clip).all()
         assert _rel(clip, ref_clip) < 1e-5
         assert _rel(frame[1, :3], ref_frame[1, :3]) < 1e-5
-
-
-# --- CNN forms of the fast path (folded / fused / unfolded / auto) ----------------------------------------------------
-
-
-@pytest.mark.parametrize("backbone,stem", [("resnet18", "cifar"), ("resnet50", "imagenet")])
-def test_cnn_forms_compute_the_same_features(backbone, stem):
-    """Every form is the same function: on CPU the fused form runs conv + bias (+ residual) + ReLU in sequence."""
-    from runtime.backends.torch_backend import CNN_FORMS, FusedResNet, build_cnn_form
-    from runtime.model import ModelConfig, build_model
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, stem=stem, frame_size=(32, 32), hidden_size=8)).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        ref = model.cnn(x)
-        for form in CNN_FORMS:
-            cnn = build_cnn_form(model.cnn, form)
-            assert _rel(cnn(x), ref) < 1e-5, form
-    fused = build_cnn_form(model.cnn, "fused")
-    assert isinstance(fused, FusedResNet)
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ReLU)) for m in fused.modules())
-    with pytest.raises(ValueError, match="cnn form"):
-        build_cnn_form(model.cnn, "winograd")
-
-
-def test_fused_resnet_needs_folded_batchnorm(tiny_model):
-    from runtime.backends.torch_backend import FusedResNet
-
-    with pytest.raises(ValueError, match="fold_conv_bn"):
-        FusedResNet(copy.deepcopy(tiny_model.cnn))
-
-
-def test_conv_relu_adds_the_residual_before_the_relu():
-    from runtime.backends.torch_backend import ConvReLU
-
-    conv = torch.nn.Conv2d(4, 4, 3, padding=1, bias=True)
-    x, residual = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
-    with torch.no_grad():
-        fused = ConvReLU(conv)
-        assert torch.equal(fused(x), torch.relu(conv(x)))
-        assert torch.equal(fused(x, residual), torch.relu(conv(x) + residual))
-    with pytest.raises(ValueError, match="zero padding"):
-        ConvReLU(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
-    # The RGB stem stays unfused on CUDA (cuDNN's fused NHWC kernels want channels in multiples of 8).
-    assert not ConvReLU(torch.nn.Conv2d(3, 64, 3)).fused and ConvReLU(torch.nn.Conv2d(64, 64, 3)).fused
-    # Without a residual only shape-keeping convs fuse (z = x, alpha 0): never uninitialised memory as z.
-    assert ConvReLU(torch.nn.Conv2d(64, 64, 3, padding=1)).keeps_shape
-    assert ConvReLU(torch.nn.Conv2d(64, 64, 3, padding=2, dilation=2)).keeps_shape
-    assert not ConvReLU(torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)).keeps_shape
-    assert not ConvReLU(torch.nn.Conv2d(64, 128, 3, padding=1)).keeps_shape
-    assert not ConvReLU(torch.nn.Conv2d(64, 64, 3, padding=0)).keeps_shape
-
-
-@pytest.mark.parametrize("form", ["fused", "unfolded", "auto"])
-def test_every_cnn_form_is_exact_on_padded_buckets(tiny_checkpoint, tiny_model, form):
-    x = torch.randn(3, 5, 3, H, W, generator=torch.Generator().manual_seed(3))
-    lengths = torch.tensor([5, 2, 4])
-    with torch.no_grad():
-        ref_frame, ref_clip = tiny_model(x, lengths)
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form=form, buckets=((4,), (8,))) as r:
-        out = r.infer(x, lengths)
-        (bucket, chosen), = r.bucket_forms.items()
-        assert bucket == (4, 8, False)
-        assert chosen == form or (form == "auto" and chosen in ("folded", "fused", "unfolded"))
-    mask = torch.arange(5)[None] < lengths[:, None]
-    assert _rel(out["frame_logits"][mask], ref_frame[mask]) < 1e-5
-    assert _rel(out["clip_logits"], ref_clip) < 1e-5
-
-
-def test_auto_keeps_the_fastest_form_that_agrees(tiny_checkpoint, tiny_model, caplog):
-    """"auto" times the forms per bucket and never keeps one whose outputs disagree with the folded form."""
-    import logging
-    import time
-
-    class Slow(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            time.sleep(0.25)  # far above the timing noise of a loaded 2-core machine
-            return self.inner(x)
-
-    class Wrong(Slow):
-        def forward(self, x):
-            return self.inner(x) * 1.5  # fastest of all, but a different answer
-
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="auto", buckets=((1, 2), (4,))) as r:
-        r.activate()
-        cnns = r._fast_model.cnns
-        assert set(cnns) == {"folded", "fused", "unfolded"}
-        cnns["folded"], cnns["fused"] = Slow(cnns["folded"]), Wrong(cnns["fused"])
-        x = torch.randn(2, 3, 3, H, W, generator=torch.Generator().manual_seed(5))
-        with caplog.at_level(logging.INFO, logger="runtime.backends.torch_backend"):
-            out = r.infer(x, torch.tensor([3, 2]))
-        assert r.bucket_forms == {(2, 4, False): "unfolded"}
-        assert "'fused' differs from 'folded'" in caplog.text and "uses CNN form 'unfolded'" in caplog.text
-        # Beyond the largest bucket: "folded" (never timed there), without a graph.
-        big = r.infer(torch.randn(3, 5, 3, H, W))
-        assert big["clip_logits"].shape == (3, 3) and r._large_form == "folded"
-    with torch.no_grad():
-        ref_frame, ref_clip = tiny_model(x, torch.tensor([3, 2]))
-    assert _rel(out["clip_logits"], ref_clip) < 1e-5
-
-
-def test_auto_skips_a_form_that_fails(tiny_checkpoint, caplog):
-    import logging
-
-    class Broken(torch.nn.Module):
-        def forward(self, x):
-            raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED (a fake failure)")
-
-    with runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="auto", buckets=((1,), (2,))) as r:
-        r.activate()
-        r._fast_model.cnns["fused"] = Broken()
-        with caplog.at_level(logging.WARNING, logger="runtime.backends.torch_backend"):
-            out = r.infer(np.zeros((1, 2, 3, H, W), np.float32))
-        assert out["clip_logits"].shape == (1, 3)
-        assert r.bucket_forms[(1, 2, True)] in ("folded", "unfolded")
-        assert "CNN form 'fused' failed" in caplog.text and "CUDNN_STATUS_NOT_SUPPORTED" in caplog.text
-
-
-def test_cnn_form_is_checked(tiny_checkpoint):
-    # The default: "folded", on CPU and on CUDA (tests/runtime/test_runtime_gpu.py), the form measured on a GPU.
-    assert runtime.load(tiny_checkpoint, device="cpu", fast=True).cnn_form == "folded"
-    with pytest.raises(runtime.RuntimeInputError, match="cnn_form must be one of"):
-        runtime.load(tiny_checkpoint, device="cpu", fast=True, cnn_form="winograd")
-    with pytest.raises(runtime.RuntimeInputError, match="fast path"):
-        runtime.load(tiny_checkpoint, device="cpu", fast=False, cnn_form="fused")

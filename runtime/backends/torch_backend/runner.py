@@ -1,4 +1,5 @@
-"""The PyTorch runner: the eager fp32 reference, or the fast path of :mod:`.buckets` for the same checkpoint."""
+"""The PyTorch runner: the eager fp32 reference, or the fast path for the same checkpoint (see the package docstring):
+its modules on padded inputs (:class:`FastModel`) and a CUDA graph per (batch, time) bucket (:class:`Bucket`)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,108 @@ import torch
 
 from ...base import BaseRunner
 from ...errors import RuntimeInputError
-from ...inputs import Feed, check_count, check_device, check_flag
+from ...inputs import Feed, check_device, check_flag
 from ...spec import InputSpec, ModelMetadata, metadata_from_checkpoint
-from .buckets import Bucket, FastModel, check_buckets, fastest_bucket
-from .fold import CNN_FORMS
+from .bilstm import exact_bilstm
+from .fold import fold_conv_bn
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("model", "cnn", "bilstm")
 PRECISIONS = ("fp32", "fp16", "fp16-all")
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-DEFAULT_TIME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# The fast path pads every call up to the smallest (batch, time) bucket that holds it, so a bounded set of CUDA graphs
+# serves every shape; larger calls run the same modules without a graph. At most MAX_BUCKETS are kept (least
+# recently used dropped first): each holds static buffers and a graph.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+TIME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MAX_BUCKETS = 32
+
+
+class FastModel:
+    """The fast path's modules and its two stages on padded inputs (shapes (Bb, Tb, ...), lengths on device): the
+    conv-BN folded CNN, and the BiLSTM in its two exact forms."""
+
+    def __init__(self, model, stage: str, device, cnn_dtype, lstm_dtype, channels_last: bool):
+        self.stage, self.cnn_dtype, self.lstm_dtype, self.channels_last = stage, cnn_dtype, lstm_dtype, channels_last
+        self.cnn = None
+        self.lstm = None
+        if stage in ("model", "cnn"):
+            cnn = fold_conv_bn(model.cnn).to(device=device, dtype=cnn_dtype)
+            self.cnn = cnn.to(memory_format=torch.channels_last) if channels_last else cnn
+        if stage in ("model", "bilstm"):
+            lstm = copy.deepcopy(model.lstm).to(device=device, dtype=lstm_dtype).eval()
+            lstm.flatten_parameters()
+            self.native_lstm = lstm  # fused bidirectional cuDNN kernel: for calls whose clips are all T frames long
+            self.lstm = exact_bilstm(lstm).flatten()
+            self.frame_head = copy.deepcopy(model.frame_head).to(device=device, dtype=lstm_dtype).eval()
+            self.clip_head = copy.deepcopy(model.clip_head).to(device=device, dtype=lstm_dtype).eval()
+
+    def features(self, frames):
+        b, t = frames.shape[:2]
+        x = frames.reshape(b * t, *frames.shape[2:])
+        # One copy kernel for the cast and the layout (inside a graph at batch 1, kernels cost more than bytes).
+        x = x.to(dtype=self.cnn_dtype, memory_format=torch.channels_last if self.channels_last else
+                 torch.preserve_format)
+        return self.cnn(x).float().reshape(b, t, -1)
+
+    def bilstm(self, features, lengths, full_length: bool = False):
+        if full_length:  # every real clip spans the whole time axis: the fused kernel is exact
+            out = self.native_lstm(features.to(self.lstm_dtype))[0]
+            pooled = out.mean(dim=1)
+        else:
+            out = self.lstm(features.to(self.lstm_dtype), lengths)  # zero at padded steps
+            pooled = out.sum(dim=1) / lengths.to(out.dtype).unsqueeze(1)
+        return self.frame_head(out).float(), self.clip_head(pooled).float()
+
+    def __call__(self, x, lengths, full_length: bool = False):
+        """-> dict of float32 outputs for padded ``x`` (``full_length``: no real clip is shorter than x's T)."""
+        if self.stage == "cnn":
+            return {"features": self.features(x)}
+        feats = self.features(x) if self.stage == "model" else x
+        frame, clip = self.bilstm(feats, lengths, full_length)
+        return {"frame_logits": frame, "clip_logits": clip}
+
+
+class Bucket:
+    """Static buffers and the CUDA graph of one (batch, time) bucket."""
+
+    def __init__(self, fast: FastModel, shape: tuple, device, use_graph: bool, full_length: bool = False):
+        self.shape = shape
+        self.full_length = full_length
+        self.x = torch.zeros(shape, device=device, dtype=torch.float32)
+        self.lengths = torch.ones(shape[0], device=device, dtype=torch.int64)
+        self.host_lengths = None  # what self.lengths holds, to skip redundant copies
+        self.graph = None
+        self.fast = fast
+        if use_graph:
+            # Warm up on a side stream (cuDNN autotuning, lazy init) so that none of it is captured, then capture.
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(3):
+                    self._forward()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            caller = torch.cuda.current_stream(device)
+            try:
+                with torch.cuda.graph(self.graph), torch.inference_mode():
+                    self.out = self._forward()
+            except Exception:
+                # When ending a capture fails, torch.cuda.graph does not switch back from its capture stream: do it
+                # here, or every later call of this thread would run on that stream.
+                torch.cuda.set_stream(caller)
+                self.graph = None
+                raise
+
+    def _forward(self):
+        return self.fast(self.x, self.lengths, self.full_length)
+
+    def run(self):
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        with torch.inference_mode():
+            return self._forward()
 
 
 class TorchRunner(BaseRunner):
@@ -35,33 +127,24 @@ class TorchRunner(BaseRunner):
         device (str | torch.device | None): "cpu", "cuda", "cuda:1", ...; None picks CUDA when available. Defaults
             to None.
         stage (str): "model", "cnn" or "bilstm". Defaults to "model".
-        fast (bool | None): the fast path (fp16 CNN in ``cnn_form``, cuDNN BiLSTM, CUDA graphs); None means True on
+        fast (bool | None): the fast path (conv-BN folded fp16 CNN, cuDNN BiLSTM, CUDA graphs); None means True on
             CUDA and False on CPU. Defaults to None.
         precision (str | None): fast path precision: "fp16" (fp16 CNN, fp32 BiLSTM and heads), "fp16-all" or "fp32";
             None means "fp16" on CUDA and "fp32" on CPU (fp16 needs CUDA). Defaults to None.
         cuda_graphs (bool): capture a CUDA graph per bucket on the fast CUDA path. Defaults to True.
-        cnn_form (str | None): the fast path's CNN: "folded", "fused", "unfolded" or "auto" (per bucket, the fastest of
-            the three that agree with "folded"; see the package docstring). None means "folded", the form measured
-            on a GPU. Ignored by the bilstm stage. Defaults to None.
-        buckets (tuple[Sequence[int], Sequence[int]] | None): (batch buckets, time buckets) the fast path pads up to;
-            None means (1, 2, 4, ..., 64) and (1, 2, 4, ..., 128). Larger inputs run the fast modules without a graph.
-            Defaults to None.
         channels_last (bool): channels_last CNN on the fast path. Defaults to True.
-        max_buckets (int): buckets (each with its static buffers and CUDA graph) kept at once; the least recently
-            used is dropped beyond it. Defaults to 32.
         check_finite (bool): refuse NaN/Inf at the real steps of every call (padding may hold anything;
             see :meth:`runtime.base.BaseRunner.check_input`); False skips the check. Defaults to True.
 
     Raises:
-        RuntimeInputError: unreadable checkpoint, unknown stage, precision or CNN form, fp16 on CPU, a CNN form
-            without the fast path, bad buckets or max_buckets, a flag that is not True/False.
+        RuntimeInputError: unreadable checkpoint, unknown stage or precision, fp16 on CPU, a flag that is not
+            True/False.
     """
 
     backend_name = "torch"
 
     def __init__(self, checkpoint, device=None, *, stage: str = "model", fast: Optional[bool] = None,
-                 precision: Optional[str] = None, cuda_graphs: bool = True, cnn_form: Optional[str] = None,
-                 buckets: Optional[tuple] = None, channels_last: bool = True, max_buckets: int = 32,
+                 precision: Optional[str] = None, cuda_graphs: bool = True, channels_last: bool = True,
                  check_finite: bool = True) -> None:
         from ...checkpoint import CheckpointError, load_checkpoint
 
@@ -72,8 +155,6 @@ class TorchRunner(BaseRunner):
         for name, flag in (("cuda_graphs", cuda_graphs), ("channels_last", channels_last),
                            ("check_finite", check_finite)):
             check_flag(flag, name)
-        check_count(max_buckets, "max_buckets")
-        self.max_buckets = int(max_buckets)
         if isinstance(checkpoint, (str, os.PathLike)):
             try:
                 checkpoint = load_checkpoint(Path(checkpoint), map_location="cpu")
@@ -93,18 +174,9 @@ class TorchRunner(BaseRunner):
             raise RuntimeInputError(f"precision={precision!r} needs the fast path on a CUDA device (fast=True, "
                                     f"device='cuda'); the {'eager' if not self.fast else 'CPU'} path is fp32")
         self.precision = precision
-        if cnn_form is None:
-            cnn_form = "folded"  # the form measured on a GPU; "auto" and the others are opt-in
-        if cnn_form not in CNN_FORMS + ("auto",):
-            raise RuntimeInputError(f"cnn_form must be one of {CNN_FORMS + ('auto',)}, got {cnn_form!r}")
-        if cnn_form != "folded" and not self.fast:
-            raise RuntimeInputError(f"cnn_form={cnn_form!r} applies to the fast path (fast=True); the eager path runs "
-                                    "the checkpoint's modules as they are")
-        self.cnn_form = cnn_form
         self.cuda_graphs = bool(cuda_graphs) and on_cuda and self.fast
         self.channels_last = bool(channels_last)
-        bb, tb = buckets if buckets is not None else (DEFAULT_BATCH_BUCKETS, DEFAULT_TIME_BUCKETS)
-        self.batch_buckets, self.time_buckets = check_buckets(bb, "batch"), check_buckets(tb, "time")
+        self.batch_buckets, self.time_buckets, self.max_buckets = BATCH_BUCKETS, TIME_BUCKETS, MAX_BUCKETS
         metadata = metadata_from_checkpoint(checkpoint, stage)
         metadata = ModelMetadata(**{**metadata.__dict__, "precision": precision})
         super().__init__(metadata, InputSpec.for_graph(stage, metadata), check_finite=check_finite)
@@ -113,25 +185,6 @@ class TorchRunner(BaseRunner):
         self._fast_model = None
         self._buckets: OrderedDict = OrderedDict()  # least recently used first
         self._warned_large = False
-        # The CNN form for shapes beyond the largest bucket; under "auto" "folded" (no form was timed at such shapes).
-        self._large_form = None
-
-    @property
-    def buckets(self) -> tuple:
-        """(batch buckets, time buckets) of the fast path."""
-        return self.batch_buckets, self.time_buckets
-
-    @property
-    def bucket_forms(self) -> dict:
-        """{(batch, time, full_length): CNN form} of every bucket built so far; empty for the bilstm stage.
-
-        ``full_length`` buckets serve calls whose clips are all T frames long with T a time bucket (the fused
-        bidirectional kernel); the others pad time to a bucket (see the package docstring).
-        """
-        if self.stage == "bilstm":
-            return {}
-        with self._lock:  # calls reorder the table (least recently used first)
-            return {key: bucket.form for key, bucket in self._buckets.items()}
 
     def activate_impl(self) -> None:
         if not self.fast:
@@ -144,10 +197,8 @@ class TorchRunner(BaseRunner):
         half = torch.float16
         cnn_dtype = half if self.precision in ("fp16", "fp16-all") else torch.float32
         lstm_dtype = half if self.precision == "fp16-all" else torch.float32
-        forms = CNN_FORMS if self.cnn_form == "auto" else (self.cnn_form,)
         self._fast_model = FastModel(self.checkpoint.model, self.stage, self.device, cnn_dtype, lstm_dtype,
-                                      self.channels_last and self.device.type == "cuda", forms)
-        self._large_form = "folded" if self.cnn_form == "auto" else self.cnn_form
+                                      self.channels_last and self.device.type == "cuda")
 
     def deactivate_impl(self) -> None:
         self._model = None
@@ -189,17 +240,11 @@ class TorchRunner(BaseRunner):
         else:
             if len(self._buckets) >= self.max_buckets:
                 old, _ = self._buckets.popitem(last=False)
-                logger.info("%s: dropped bucket %s, the least recently used, to keep max_buckets=%d; raise it to "
-                            "keep more shapes captured", self.name, old, self.max_buckets)
+                logger.info("%s: dropped bucket %s, the least recently used, to keep at most %d", self.name, old,
+                            self.max_buckets)
             item = tuple(self.input_spec.item_shape)
             logger.debug("%s: building bucket %s (graph=%s)", self.name, key, self.cuda_graphs)
-            shape = key[:2] + item
-            if self.cnn_form == "auto" and self.stage != "bilstm":
-                self._buckets[key] = fastest_bucket(self._fast_model, shape, self.device, self.cuda_graphs,
-                                                    full_length, self.name)
-            else:
-                self._buckets[key] = Bucket(self._fast_model, shape, self.device, self.cuda_graphs, full_length,
-                                             self._large_form)
+            self._buckets[key] = Bucket(self._fast_model, key[:2] + item, self.device, self.cuda_graphs, full_length)
         return self._buckets[key]
 
     def infer_impl(self, feed: Feed) -> dict:
@@ -224,7 +269,7 @@ class TorchRunner(BaseRunner):
                 self._warned_large = True
             with torch.inference_mode():
                 lengths = torch.from_numpy(lengths_np.astype(np.int64)).to(self.device)
-                out = self._fast_model(x.to(self.device), lengths, full_length, self._large_form)
+                out = self._fast_model(x.to(self.device), lengths, full_length)
             return {k: v for k, v in out.items()}
         bb = bucket.shape[0]
         bucket.x[:b, :t].copy_(x, non_blocking=False)
