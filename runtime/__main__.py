@@ -269,8 +269,9 @@ def _report_timelines(args, timelines: list[dict], class_names) -> int:
     for tl in timelines:
         windows, t = tl["windows"], tl["frames_per_window"]
         left = tl["video"]["num_frames"] - windows[-1]["end"]
-        note = f"; its last {left} frames begin no whole window" if left else ""
-        print(f"{tl['clip']}: {len(windows)} windows of {t} frames, step {tl['step']}{note}")
+        note = f"; its last {left} frames lie in no window (a window fits whole)" if left else ""
+        print(f"{tl['clip']}: {len(windows)} window{'s' * (len(windows) != 1)} of {t} frames, step {tl['step']}"
+              f"{note}")
         for w in windows:
             print(f"  frames {w['start']:>6}-{w['end'] - 1:<6} {w['start_s']:9.3f}-{w['end_s']:<9.3f}s  "
                   f"{w['label']} {w['prob']:.3f}" + ("  (short window, padded)" if w["frames"] < t else ""))

@@ -294,3 +294,26 @@ def test_clip_model_without_split_graphs_runs_model_onnx_once_over_padded_reques
         assert shapes == [(sum(x.shape[0] for x, _ in inputs), max(x.shape[1] for x, _ in inputs))]
     finally:
         model.finalize()
+
+
+def test_stream_model_computes_each_frame_once(repo, pb, monkeypatch):
+    """Overlapping windows of a served stream: each frame's CNN once (all the frames of an execute in one call, the
+    fillers left out), the BiLSTM once per stream over its kept features (the repository's window: 4)."""
+    model = StreamModel(clock=Clock())
+    model.initialize(_args(repo, "cnn_bilstm_stream"))
+    calls = {"cnn": [], "bilstm": []}
+    for name in calls:  # a spy around the real runners: it records each call's input shape
+        runner = getattr(model, name)
+        real_infer = runner.infer
+        monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
+            _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+    frames = _frames(2, 7, 6)
+    try:
+        for t in range(7):
+            reqs = [_step(11, frames[0, t], start=t == 0), _step(0, np.zeros((3, H, W), np.float32), ready=0),
+                    _step(22, frames[1, t], start=t == 0)]
+            assert not any(r.has_error() for r in model.execute(reqs))
+    finally:
+        model.finalize()
+    assert calls["cnn"] == [(2, 1, 3, H, W)] * 7  # 14 frames pushed, 14 CNN passes
+    assert [s[:2] for s in calls["bilstm"]] == [(1, min(t + 1, 4)) for t in range(7) for _ in range(2)]
