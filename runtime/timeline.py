@@ -21,7 +21,6 @@ import logging
 import os
 import threading
 import weakref
-from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -147,14 +146,11 @@ def _check_starts(starts: Any, num_frames: int) -> np.ndarray:
 
 
 def _runs(starts: np.ndarray, ends: np.ndarray) -> list:
-    """The frames the windows cover, as merged runs [a, b) in order (windows sorted by start)."""
-    runs: list = []
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        if runs and a <= runs[-1][1]:
-            runs[-1][1] = max(runs[-1][1], b)
-        else:
-            runs.append([a, b])
-    return runs
+    """The frames the windows cover, as merged runs (a, b) in order (windows sorted by start); numpy throughout, so
+    bookkeeping stays a few bytes per window."""
+    reach = np.maximum.accumulate(ends)  # the furthest frame the windows so far cover
+    begins = np.flatnonzero(np.r_[True, starts[1:] > reach[:-1]])
+    return list(zip(starts[begins].tolist(), reach[np.r_[begins[1:] - 1, len(starts) - 1]].tolist(), strict=True))
 
 
 def _decoded(reader, a: int, b: int, batch: int) -> Iterator[tuple]:
@@ -198,17 +194,18 @@ def _probabilities(model: WindowModel, reader, starts: Any, frames: int, batch_s
         logger.warning("%s has %d frames, fewer than the %d of a window; its window is padded (its length is %d)",
                        reader.path, n, frames, n)
     order = np.argsort(starts, kind="stable")
-    pending = deque(order.tolist())
+    next_window = 0  # windows are emitted in the order of their starts (so of their ends)
     meta = model.metadata
     ring = _Ring(longest - 1 + FRAME_BATCH)
     windows = _Windows(model, out, batch_size or DEFAULT_WINDOW_BATCH, longest)
     for a, b in _runs(starts[order], ends[order]):
         for first, rgb in _decoded(reader, a, b, FRAME_BATCH):
             ring.append(first, _frame_items(model, preprocess_frames(rgb, meta.mean, meta.std, model.frame_size)[0]))
-            while pending and ends[pending[0]] <= ring.end:
-                i = pending.popleft()
+            while next_window < len(order) and ends[order[next_window]] <= ring.end:
+                i = int(order[next_window])
                 windows.add(i, ring.items(int(starts[i]), int(ends[i])))
-            ring.drop_before(int(starts[pending[0]]) if pending else ring.end)
+                next_window += 1
+            ring.drop_before(int(starts[order[next_window]]) if next_window < len(order) else ring.end)
     windows.flush()
     return out
 
