@@ -71,8 +71,10 @@ def measure(model: str, video: str, frames: int, step: int) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         traced = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
+    # A peak cannot fall; a lower reading is the kernel's accounting (pages reclaimed under memory pressure leave
+    # VmHWM behind), so the earlier reading bounds it.
     return {"split": windows.split, "frames": n, "windows": int(len(probs)), "seconds": round(seconds, 2),
-            "baseline_rss_mb": base, "peak_rss_mb": peak_rss_mb(),
+            "baseline_rss_mb": base, "peak_rss_mb": max(base, peak_rss_mb()),
             "traced_peak_mb": round(traced / 2**20, 2)}
 
 
