@@ -198,6 +198,17 @@ def _mixed(seed=10):
     return [(_frames(b, t, seed + k), np.array(ln, np.int32)) for k, ((b, t), ln) in enumerate(MIXED)]
 
 
+def _record_stage_calls(model, monkeypatch) -> dict:
+    """A spy around the model's real cnn and bilstm runners: stage -> the input shape of each call."""
+    calls = {"cnn": [], "bilstm": []}
+    for name in calls:
+        runner = getattr(model, name)
+        real_infer = runner.infer
+        monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
+            _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+    return calls
+
+
 def test_clip_model_runs_mixed_lengths_through_the_split_graphs_once(repo, export_dir, pb, monkeypatch):
     """Requests of different T in one execute: one CNN call over the real frames only, one BiLSTM call."""
     config = (repo / "cnn_bilstm" / "config.pbtxt").read_text()
@@ -208,12 +219,7 @@ def test_clip_model_runs_mixed_lengths_through_the_split_graphs_once(repo, expor
     try:
         assert model.split
         assert model.runner.session is None  # model.onnx only checks requests: no second copy of the weights
-        calls = {"cnn": [], "bilstm": []}
-        for name in calls:  # a spy around the real runners: it records each call's input shape
-            runner = getattr(model, name)
-            real_infer = runner.infer
-            monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
-                _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+        calls = _record_stage_calls(model, monkeypatch)
         inputs = _mixed()
         responses = model.execute([FakeInferenceRequest(frames=x, lengths=ln) for x, ln in inputs])
         real_frames = sum(int(ln.sum()) for _, ln in inputs)
@@ -301,12 +307,7 @@ def test_stream_model_computes_each_frame_once(repo, pb, monkeypatch):
     fillers left out), the BiLSTM once per stream over its kept features (the repository's window: 4)."""
     model = StreamModel(clock=Clock())
     model.initialize(_args(repo, "cnn_bilstm_stream"))
-    calls = {"cnn": [], "bilstm": []}
-    for name in calls:  # a spy around the real runners: it records each call's input shape
-        runner = getattr(model, name)
-        real_infer = runner.infer
-        monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
-            _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+    calls = _record_stage_calls(model, monkeypatch)
     frames = _frames(2, 7, 6)
     try:
         for t in range(7):
