@@ -28,73 +28,14 @@ import numpy as np
 
 from . import RuntimeInputError, load
 from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
+from .clips import classify_clips, expand_clip_paths, is_video, read_clip
+from .describe import describe, describe_engine_report
 from .errors import RemoteServerError
-from .frames import IMAGE_SUFFIXES, list_frame_files, read_frame_folder, resize_frames
-from .preprocess import preprocess_clips
+from .stages import WindowModel
 from .timeline import classify_windows, default_clip_frames, plot_timelines
 from .video import VideoReader
-from .video_index import VIDEO_SUFFIXES, list_videos
+from .video_index import VIDEO_SUFFIXES
 from .video_sampling import SAMPLINGS, check_sampling
-
-
-def read_clip(path: str | os.PathLike, frame_size: Optional[Sequence[int]] = None) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of one clip: a folder of images or a ``.npy`` array.
-
-    A folder is read by :func:`runtime.frames.read_frame_folder`, as training reads it: the same image suffixes,
-    natural name order (``2.png`` before ``10.png``) and, with ``frame_size``, the same resize.
-
-    Raises:
-        RuntimeInputError: missing path, no frames, an unreadable image, frames of different sizes, not uint8 RGB, a
-            .npz archive or another format named .npy, or another format.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return read_frame_folder(path, frame_size)
-    if path.suffix.lower() == ".npy" and path.is_file():
-        try:
-            frames = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:  # pickled, empty, truncated or unreadable
-            raise RuntimeInputError(f"{path} is not a readable .npy array file: {type(e).__name__}: {e}") from e
-        if not isinstance(frames, np.ndarray):  # np.load goes by content: a zip (.npz) gives an archive object
-            frames.close()
-            raise RuntimeInputError(f"{path} is a .npz archive (a zip of arrays), not a .npy array; save the clip "
-                                    "with np.save(path, frames) as uint8 (T, H, W, 3)")
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
-            raise RuntimeInputError(f"{path} must hold uint8 (T, H, W, 3) RGB frames with T >= 1, got "
-                                    f"{frames.dtype} {frames.shape}")
-        return frames if frame_size is None else resize_frames(frames, frame_size)
-    if not path.exists():
-        raise RuntimeInputError(f"{path} does not exist")
-    raise RuntimeInputError(f"{path} is neither a folder of frame images nor a .npy file of uint8 (T, H, W, 3) "
-                            f"frames nor a video file ({', '.join(VIDEO_SUFFIXES)}); frame images end in "
-                            f"{', '.join(IMAGE_SUFFIXES)}")
-
-
-def is_video(path: str | os.PathLike) -> bool:
-    """A file (or a path that is not a folder) with a video suffix: read by :mod:`runtime.video`."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
-
-
-def expand_clip_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """The clips the command line names: a folder holding video files stands for its videos (natural name order);
-    any other path for itself.
-
-    Raises:
-        RuntimeInputError: a folder holding both video files and frame images (which one is meant is unclear).
-    """
-    out = []
-    for p in map(Path, paths):
-        videos = list_videos(p) if p.is_dir() else []
-        if videos:
-            try:
-                list_frame_files(p)
-            except RuntimeInputError:
-                out += videos
-                continue
-            raise RuntimeInputError(f"{p} holds both video files and frame images; name the videos, or move them "
-                                    "out of the folder of frames")
-        out.append(p)
-    return out
 
 
 def _load_options(args) -> dict:
@@ -104,70 +45,6 @@ def _load_options(args) -> dict:
     if args.openvino_precision:
         options["openvino_precision"] = args.openvino_precision
     return options
-
-
-def describe(runner) -> list[str]:
-    """Human-readable lines: backend and providers, stage, what ``infer`` accepts, and the model metadata."""
-    providers = getattr(runner, "stage_providers", None) or getattr(runner, "provider", None)
-    return _describe(f"{runner.backend_name}" + (f" ({providers})" if providers else ""), runner.input_spec,
-                     runner.metadata)
-
-
-def describe_engine_report(path: str | os.PathLike) -> list[str]:
-    """The lines of :func:`describe` for a TensorRT engine, from its JSON report (no GPU or TensorRT needed), once
-    the engine file's size and sha256 match the report: a report copied beside another file describes nothing."""
-    from .backends.engine_report import check_engine_file, read_report
-    from .spec import InputSpec, ModelMetadata, Profile
-
-    if not Path(path).is_file():
-        raise RuntimeInputError(f"{path} does not exist (or is not a file)")
-    report = read_report(Path(path))
-    check_engine_file(Path(path), report)  # before anything else is read from the report
-    meta = ModelMetadata.from_dict(report["metadata"], f"{path}.json")  # says what is wrong and what is valid
-    try:
-        profiles = [Profile((int(p["axes"]["batch"][0]), int(p["axes"]["batch"][2])),
-                            (int(p["axes"]["time"][0]), int(p["axes"]["time"][2]))) for p in report["profiles"]]
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise RuntimeInputError(f"{path}.json lacks the metadata or profiles python -m export.to_trt writes "
-                                f"({type(e).__name__}: {e}); rebuild the engine with it") from e
-    trt = report.get("trt") or {}
-    target = report.get("target") or {}
-    compatible = " (version-compatible: the TensorRT lean runtime runs it too)" if trt.get("version_compatible") else ""
-    header = (f"tensorrt engine, built by {trt.get('flavour')} {trt.get('version')}{compatible} for "
-              f"{target.get('name') or 'compute capability ' + str(target.get('compute_capability'))} "
-              "(read from its report: not loaded here)")
-    return _describe(header, InputSpec.for_graph(meta.graph, meta, profiles), meta)
-
-
-def _describe(backend: str, spec, meta) -> list[str]:
-    lines = [f"backend      {backend}",
-             f"stage        {spec.graph}",
-             f"input        {spec.input_name}: {spec.dtype} (batch, time, {', '.join(map(str, spec.item_shape))})"
-             + (", lengths: int32 (batch,)" if spec.takes_lengths else ""),
-             "accepts      " + "; ".join(p.describe() for p in spec.profiles),
-             f"outputs      {', '.join(spec.output_names)}",
-             f"classes      {meta.num_classes}: {', '.join(meta.class_names)}",
-             f"frame size   {meta.frame_size[0]}x{meta.frame_size[1]} (H x W); mean {meta.mean}, std {meta.std}",
-             f"precision    {meta.precision}; written by package {meta.package_version}"]
-    lines += [f"backbone     {meta.backbone_summary}"] if meta.backbone_summary else []
-    if meta.extra.get("checkpoint_sha256"):
-        lines.append(f"checkpoint   sha256 {meta.extra['checkpoint_sha256'][:16]}...")
-    return lines
-
-
-def classify_clips(runner, clips: Sequence[np.ndarray], *, top_k: int = 1, resize: bool = False) -> list[dict]:
-    """Classify uint8 clips of any lengths in one padded batch.
-
-    Returns:
-        list[dict]: per clip, ``frames``, ``labels`` and ``probs`` (top-k, best first) and ``frame_labels`` (top-1 per
-        frame).
-    """
-    meta = runner.metadata
-    batch, lengths = preprocess_clips(clips, meta.mean, meta.std, runner.input_spec.frame_size, resize=resize)
-    result = runner.classify(batch, lengths, top_k=top_k)
-    return [{"frames": int(lengths[i]), "labels": result.labels[i],
-             "probs": [round(float(p), 6) for p in result.probs[i]],
-             "frame_labels": [labels[0] for labels in result.frame_labels[i]]} for i in range(len(lengths))]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -210,7 +87,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="classify a video frame by frame as a live stream; prints the running label and latency",
                         description="MODEL is an export folder (cnn.onnx + bilstm.onnx, or cnn/bilstm engines) or a "
                                     ".pt checkpoint: streaming runs the cnn and bilstm stages apart (see "
-                                    "runtime.StreamingClassifier)")
+                                    "runtime.open_stream)")
     st.add_argument("video", help="a video file")
     st.add_argument("--stride", type=int, default=1, help="push every STRIDE-th frame (default 1: every frame)")
     st.add_argument("--window", type=int, default=16, help="frames the BiLSTM looks back over (default 16)")
@@ -282,56 +159,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     args = get_args_parser().parse_args(argv)
     if args.command == "ping":
         return _ping(args)
-    engine = Path(args.model).suffix.lower() in (".engine", ".plan")
     try:
-        if args.command == "classify":  # before any clip is read or model loads
-            _check_classify_args(args)
-        if args.command == "info" and engine and not args.device:  # a report says it all, GPU or not
-            print("\n".join(describe_engine_report(args.model)))
-            return 0
+        if args.command == "info":
+            return _info(args)
         if args.command == "stream":
             return _stream(args)
-        # Clips are read before the model loads, so a bad clip is reported at once; with --resize they are read at
-        # the model's frame size, as training reads them (so a folder may mix image sizes there too). Videos are
-        # opened now (checked, not decoded) and read, through the same open readers, once the model's frame size
-        # and time range are known.
-        opened = contextlib.ExitStack()
-        try:
-            classify = args.command == "classify"  # `info` has no clips
-            readers = {c: opened.enter_context(VideoReader(c)) for c in args.clips if is_video(c)} if classify else {}
-            clips = {c: read_clip(c) for c in args.clips if not is_video(c)} if classify and not args.resize else {}
-        except BaseException:
-            opened.close()
-            raise
-        with opened, load(args.model, device=args.device, **_load_options(args)) as runner:
-            if args.command == "info":
-                print("\n".join(describe(runner)))
-                return 0
-            if runner.stage != "model":
-                raise RuntimeInputError(f"classify takes a whole model (model.onnx, a model engine or a checkpoint); "
-                                        f"{args.model} is the {runner.stage} stage")
-            want = tuple(runner.input_spec.frame_size)
-            frames = args.frames or default_clip_frames(runner)
-            if args.windows is not None:
-                timelines = [classify_windows(runner, readers[c], frames, args.windows) for c in args.clips]
-                return _report_timelines(args, timelines, runner.metadata.class_names)
-            if args.resize:
-                clips = {c: read_clip(c, want) for c in args.clips if not is_video(c)}
-            for reader in readers.values():
-                reader.frame_size = want
-            videos = {c: r.read_clip(frames, args.sampling, stride=args.frame_stride) for c, r in readers.items()}
-            clips.update({c: v.frames for c, v in videos.items()})
-            for path, clip in clips.items():
-                if want and clip.shape[1:3] != want and not args.resize:
-                    raise RuntimeInputError(f"{path}: frames are {clip.shape[1]}x{clip.shape[2]} (H x W) but the model "
-                                            f"takes {want[0]}x{want[1]}; pass --resize to resize them")
-            predictions = classify_clips(runner, [clips[c] for c in args.clips], top_k=args.top_k,
-                                         resize=args.resize)
-            for c, pred in zip(args.clips, predictions, strict=True):
-                if c in videos:
-                    v = videos[c]
-                    pred["video"] = {**v.info.to_dict(), "sampling": args.sampling, "requested_frames": v.requested,
-                                     "short": v.short, "short_reason": v.short_reason, "indices": v.indices.tolist()}
+        _check_classify_args(args)  # before any clip is read or model loads
+        return _classify(args)
     except ValueError as e:  # RuntimeInputError, CheckpointError: the message says what was wrong and what is valid
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -341,6 +175,81 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except RemoteServerError as e:  # a served model (a URL) whose server cannot answer (not BrokenPipeError)
         print(f"error: {e}", file=sys.stderr)
         return 3
+
+
+def _info(args) -> int:
+    if Path(args.model).suffix.lower() in (".engine", ".plan") and not args.device:  # a report says it all
+        print("\n".join(describe_engine_report(args.model)))
+        return 0
+    with load(args.model, device=args.device, **_load_options(args)) as runner:
+        lines = describe(runner)
+    print("\n".join(lines))
+    return 0
+
+
+def _open_clips(args) -> tuple:
+    """(an ExitStack holding the open videos, path -> VideoReader, path -> uint8 frames of the other clips).
+
+    Clips are read before the model loads, so a bad clip is reported at once; with --resize they are read later, at
+    the model's frame size, as training reads them (so a folder may mix image sizes there too). Videos are opened now
+    (checked, not decoded) and read, through the same open readers, once the model's frame size and time range are
+    known.
+    """
+    opened = contextlib.ExitStack()
+    try:
+        readers = {c: opened.enter_context(VideoReader(c)) for c in args.clips if is_video(c)}
+        clips = {} if args.resize else {c: read_clip(c) for c in args.clips if not is_video(c)}
+    except BaseException:
+        opened.close()
+        raise
+    return opened, readers, clips
+
+
+def _classify(args) -> int:
+    opened, readers, clips = _open_clips(args)
+    with opened, load(args.model, device=args.device, **_load_options(args)) as runner:
+        if runner.stage != "model":
+            raise RuntimeInputError(f"classify takes a whole model (model.onnx, a model engine or a checkpoint); "
+                                    f"{args.model} is the {runner.stage} stage")
+        frames = args.frames or default_clip_frames(runner)
+        most = runner.input_spec.time_range[1]
+        if most is not None and frames > most:
+            raise RuntimeInputError(f"--frames {frames} is more than {args.model} takes: clips of 1..{most} frames; "
+                                    f"give --frames {most} or fewer")
+        if args.windows is not None:
+            with WindowModel.for_runner(runner) as model:
+                if model.split:
+                    runner.deactivate()  # its stages do the work: free the whole model's copy of the weights
+                timelines = [classify_windows(model, readers[c], frames, args.windows) for c in args.clips]
+            return _report_timelines(args, timelines, runner.metadata.class_names)
+        predictions = _classify_clips(args, runner, readers, clips, frames)
+    return _report_clips(args, predictions)
+
+
+def _classify_clips(args, runner, readers: dict, clips: dict, frames: int) -> list[dict]:
+    """One prediction per clip of the command line, in its order (videos read as one clip of ``frames`` frames)."""
+    want = tuple(runner.input_spec.frame_size)
+    if args.resize:
+        clips = {c: read_clip(c, want) for c in args.clips if not is_video(c)}
+    for reader in readers.values():
+        reader.frame_size = want
+    videos = {c: r.read_clip(frames, args.sampling, stride=args.frame_stride) for c, r in readers.items()}
+    clips.update({c: v.frames for c, v in videos.items()})
+    for path, clip in clips.items():
+        if want and clip.shape[1:3] != want and not args.resize:
+            raise RuntimeInputError(f"{path}: frames are {clip.shape[1]}x{clip.shape[2]} (H x W) but the model "
+                                    f"takes {want[0]}x{want[1]}; pass --resize to resize them")
+    predictions = classify_clips(runner, [clips[c] for c in args.clips], top_k=args.top_k, resize=args.resize)
+    for c, pred in zip(args.clips, predictions, strict=True):
+        if c in videos:
+            v = videos[c]
+            pred["video"] = {**v.info.to_dict(), "sampling": args.sampling, "requested_frames": v.requested,
+                             "short": v.short, "short_reason": v.short_reason, "indices": v.indices.tolist()}
+    return predictions
+
+
+def _report_clips(args, predictions: list[dict]) -> int:
+    """Print, and write with --json, the clips' predictions."""
     for clip, pred in zip(args.clips, predictions, strict=True):
         best = ", ".join(f"{label} {p:.3f}" for label, p in zip(pred["labels"], pred["probs"], strict=True))
         video = pred.get("video")
@@ -364,11 +273,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 def _report_timelines(args, timelines: list[dict], class_names) -> int:
     """Print, and write with --json / --plot, the --windows timelines."""
     for tl in timelines:
-        print(f"{tl['clip']}: {len(tl['windows'])} windows of {tl['frames_per_window']} frames, step {tl['step']}")
-        for w in tl["windows"]:
+        windows, t = tl["windows"], tl["frames_per_window"]
+        left = tl["video"]["num_frames"] - windows[-1]["end"]
+        note = f"; its last {left} frames lie in no window (a window fits whole)" if left else ""
+        print(f"{tl['clip']}: {len(windows)} window{'s' * (len(windows) != 1)} of {t} frames, step {tl['step']}"
+              f"{note}")
+        for w in windows:
             print(f"  frames {w['start']:>6}-{w['end'] - 1:<6} {w['start_s']:9.3f}-{w['end_s']:<9.3f}s  "
-                  f"{w['label']} {w['prob']:.3f}" + ("  (short window, padded)" if w["frames"] < tl["frames_per_window"]
-                                                     else ""))
+                  f"{w['label']} {w['prob']:.3f}" + ("  (short window, padded)" if w["frames"] < t else ""))
     try:
         if args.json is not None:
             atomic_write_json(args.json, {"model": str(args.model), "class_names": list(class_names),

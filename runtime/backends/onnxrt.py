@@ -73,6 +73,9 @@ class OrtGraph:
 class OnnxRuntimeRunner(BaseRunner):
     """Runs ``model.onnx``, ``cnn.onnx`` or ``bilstm.onnx`` (the graph kind comes from the file's metadata).
 
+    ``load_options`` holds the keyword options it was made with (``device`` is ``device``), so that the export's
+    other graphs can be opened alike (:func:`runtime.stages.open_stages`).
+
     Args:
         path (str | PathLike): an ONNX file written by ``python -m export.to_onnx``.
         device (str | None): "cpu", "cuda", "cuda:N" or None (best available provider). Defaults to None.
@@ -125,6 +128,10 @@ class OnnxRuntimeRunner(BaseRunner):
             raise RuntimeInputError(f"openvino_precision applies to {OPENVINO} only; add it to providers= (providers "
                                     f"now: {names})")
         self._threads, self._allow_spinning = intra_op_threads, allow_spinning
+        # What runtime.load was given (with device), so that another graph of the export opens the same way.
+        self.load_options = {"providers": providers, "intra_op_threads": intra_op_threads,
+                             "check_finite": check_finite, "allow_spinning": allow_spinning,
+                             "openvino_precision": openvino_precision}
         self._openvino = None
         if openvino:
             precision = "f32" if openvino_precision is None else openvino_precision  # "" is refused, not "f32"

@@ -13,7 +13,7 @@ from conftest import TINY_CONFIG, TINY_MEAN, TINY_STD
 import runtime
 from runtime import RuntimeInputError
 from runtime.__main__ import main as runtime_main
-from runtime.__main__ import read_clip
+from runtime.clips import read_clip
 from runtime.frames import (
     IMAGE_SUFFIXES,
     list_frame_files,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.__main__ import main, read_clip
+from runtime.__main__ import main
+from runtime.clips import read_clip
 
 pytest.importorskip("onnxruntime")
 

@@ -199,6 +199,17 @@ def _mixed(seed=10):
     return [(_frames(b, t, seed + k), np.array(ln, np.int32)) for k, ((b, t), ln) in enumerate(MIXED)]
 
 
+def _record_stage_calls(model, monkeypatch) -> dict:
+    """A spy around the model's real cnn and bilstm runners: stage -> the input shape of each call."""
+    calls = {"cnn": [], "bilstm": []}
+    for name in calls:
+        runner = getattr(model, name)
+        real_infer = runner.infer
+        monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
+            _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+    return calls
+
+
 def test_clip_model_runs_mixed_lengths_through_the_split_graphs_once(repo, export_dir, pb, monkeypatch):
     """Requests of different T in one execute: one CNN call over the real frames only, one BiLSTM call."""
     config = (repo / "cnn_bilstm" / "config.pbtxt").read_text()
@@ -209,12 +220,7 @@ def test_clip_model_runs_mixed_lengths_through_the_split_graphs_once(repo, expor
     try:
         assert model.split
         assert model.runner.session is None  # model.onnx only checks requests: no second copy of the weights
-        calls = {"cnn": [], "bilstm": []}
-        for name in calls:  # a spy around the real runners: it records each call's input shape
-            runner = getattr(model, name)
-            real_infer = runner.infer
-            monkeypatch.setattr(runner, "infer", lambda x, *a, _f=real_infer, _c=calls[name], **k: (
-                _c.append(tuple(x.shape)), _f(x, *a, **k))[1])
+        calls = _record_stage_calls(model, monkeypatch)
         inputs = _mixed()
         responses = model.execute([FakeInferenceRequest(frames=x, lengths=ln) for x, ln in inputs])
         real_frames = sum(int(ln.sum()) for _, ln in inputs)
@@ -326,3 +332,21 @@ def test_a_replaced_graph_is_refused_with_the_fix_for_a_repository(repo, tmp_pat
     # the fix regenerates the repository; exporting into the version folder would leave it without model.py
     assert f"`python -m export.to_triton --check {copy}` prints the command" in message
     assert "export.to_onnx" not in message
+
+
+def test_stream_model_computes_each_frame_once(repo, pb, monkeypatch):
+    """Overlapping windows of a served stream: each frame's CNN once (all the frames of an execute in one call, the
+    fillers left out), the BiLSTM once per stream over its kept features (the repository's window: 4)."""
+    model = StreamModel(clock=Clock())
+    model.initialize(_args(repo, "cnn_bilstm_stream"))
+    calls = _record_stage_calls(model, monkeypatch)
+    frames = _frames(2, 7, 6)
+    try:
+        for t in range(7):
+            reqs = [_step(11, frames[0, t], start=t == 0), _step(0, np.zeros((3, H, W), np.float32), ready=0),
+                    _step(22, frames[1, t], start=t == 0)]
+            assert not any(r.has_error() for r in model.execute(reqs))
+    finally:
+        model.finalize()
+    assert calls["cnn"] == [(2, 1, 3, H, W)] * 7  # 14 frames pushed, 14 CNN passes
+    assert [s[:2] for s in calls["bilstm"]] == [(1, min(t + 1, 4)) for t in range(7) for _ in range(2)]
