@@ -12,8 +12,11 @@ noisy phase of the machine hits all of them alike), each checked against its eag
 
 Resumable: ``--work`` (default ``runs/PREFIX-work``) keeps each backbone's run folder (``train.log`` beside it),
 export and int8 export; a rerun skips what is done and resumes a stopped training run. Writes ``PREFIX.json`` (the
-environment, the budget, every row with its latency samples), ``PREFIX.md`` (the table) and ``PREFIX.png`` (latency
-against accuracy). The CIFAR-10 folder comes from ``--data-dir`` or the ``CNN_BILSTM_CIFAR10`` variable.
+environment, the command, the budget, every row with its latency samples), ``PREFIX.md`` (the table) and
+``PREFIX.png`` (latency against accuracy, a point per backbone and runtime) into ``--out``
+(:class:`benchmarks.outputs.Outputs`: checked before any work; an earlier output of this tool is replaced, another
+file of that name only with ``--force``). The CIFAR-10 folder comes from ``--data-dir`` or the ``CNN_BILSTM_CIFAR10``
+variable.
 """
 
 from __future__ import annotations
@@ -24,16 +27,16 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks.accuracy import TOLERANCES, rel_error
+from benchmarks.contenders import prepare_contender
 from benchmarks.context import BenchContext
 from benchmarks.environment import environment
-from benchmarks.outputs import check_outputs, pyplot, save_figure
+from benchmarks.outputs import Outputs
 from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved
-from runtime._io import atomic_write_json, atomic_write_text, check_output_file, sha256_file
+from runtime._io import atomic_write_json, sha256_file
 from runtime.model import BACKBONES, backbone_width
 
 DATA_ENV = "CNN_BILSTM_CIFAR10"
@@ -115,7 +118,8 @@ def time_backbones(rows: list[dict], args, work: Path, progress=None) -> dict:
     """Check every backbone's contenders against its eager fp32 outputs, then time them all in one interleaved run.
 
     Returns:
-        dict: ``samples`` ("BACKBONE CONTENDER" -> latency samples, ms) and ``errors`` (same keys -> rel. error).
+        dict: ``samples`` ("BACKBONE CONTENDER" -> latency samples, ms), ``errors`` (same keys -> rel. error) and
+        the load averages before and after the timed rounds.
 
     Raises:
         ValueError: a contender's outputs exceed its tolerance (timing a wrong answer is pointless).
@@ -130,17 +134,18 @@ def time_backbones(rows: list[dict], args, work: Path, progress=None) -> dict:
             reference = ctx.reference("model", args.batch, args.time)
             for contender in CONTENDERS if row["int8"] else CONTENDERS[:2]:
                 key = f"{row['backbone']} {contender}"
-                prepared[key] = ctx.prepare(contender, "model", args.batch, args.time)
+                prepared[key] = prepare_contender(ctx, contender, "model", args.batch, args.time)
                 errors[key] = rel_error(prepared[key].probe(), reference)
                 if not errors[key] <= TOLERANCES[prepared[key].precision]:
                     raise ValueError(f"{key}: norm-relative error {errors[key]:.3g} against eager fp32 exceeds the "
                                      f"{prepared[key].precision} tolerance")
-        samples = time_interleaved(prepared, args.rounds, warmup=args.warmup, seed=args.seed,
-                                   gap_s=default_gap_s("cpu"), progress=progress)
+        timed = time_interleaved(prepared, args.rounds, warmup=args.warmup, seed=args.seed,
+                                 gap_s=default_gap_s("cpu"), progress=progress)
     finally:
         for ctx in contexts:
             ctx.close()
-    return {"samples": samples, "errors": errors}
+    return {"samples": timed.wall_ms, "errors": errors, "load_average_before": timed.load_before,
+            "load_average_after": timed.load_after}
 
 
 def add_latencies(rows: list[dict], timed: dict) -> None:
@@ -165,13 +170,15 @@ def _cell(row: dict, contender: str) -> str:
     return f"{lat['p50_ms']:.1f}{speed}"
 
 
-def result_markdown(result: dict, env: dict) -> str:
-    """The table of one comparison (``result``: the JSON's "result") with its environment line."""
+def result_markdown(data: dict) -> str:
+    """The table of one comparison (``data``: its JSON, with "environment", "command" and "result") with its
+    environment line."""
+    env, result = data["environment"], data["result"]
     b = result["budget"]
-    lines = [HEADING, "",
+    lines = [HEADING, "", f"`{data['command']}`", "",
              f"{env['device_name']}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}; torch threads "
-             f"{env.get('torch_threads')}, 1-min load average {env.get('load_average_1min')} at the start; "
-             f"{env.get('date')}", "",
+             f"{env.get('torch_threads')}; load average (1, 5, 15 min) before the timed rounds "
+             f"{result['load_average_before']}, after {result['load_average_after']}; {env.get('date')}", "",
              f"Training, the same for every backbone, from scratch ({result['data']}; no pretrained weights): "
              f"{b['epochs']} epochs of {b['train_clips']} clips of {b['frames']} frames at {b['frame_size']}x"
              f"{b['frame_size']}, cifar stem, BiLSTM 1x{b['hidden_size']}, batch {b['batch_size']}, lr {b['lr']}, "
@@ -191,11 +198,17 @@ def result_markdown(result: dict, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_backbones(result: dict, path: Path) -> Optional[Path]:
-    """Latency (log scale) against held-out clip accuracy: a marker per runtime, a line per backbone."""
-    plt = pyplot("plot")
-    if plt is None:
-        return None
+def plot_backbones(result: dict, plt):
+    """Latency (log scale) against held-out clip accuracy: a point per backbone and runtime (a marker per runtime,
+    a colour and a line per backbone).
+
+    Args:
+        result (dict): the JSON's "result".
+        plt: ``matplotlib.pyplot``.
+
+    Returns:
+        the figure.
+    """
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     markers = {"eager-fp32": "o", "ort-fp32": "s", "ort-int8": "^"}
     for r in result["rows"]:
@@ -211,7 +224,7 @@ def plot_backbones(result: dict, path: Path) -> Optional[Path]:
            ylabel="held-out clip accuracy", title="Backbones: latency against accuracy (same training budget)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return fig
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -247,32 +260,53 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args) -> Optional[str]:
+def _check_args(args, outputs: Outputs) -> None:
+    """Before any work: the options, then the output files.
+
+    Raises:
+        ValueError: the first problem (an OutputPathError for the outputs).
+    """
     unknown = [b for b in args.backbones.split(",") if b not in BACKBONES]
     if unknown or not args.backbones:
-        return f"--backbones {args.backbones}: valid names are {', '.join(BACKBONES)}"
+        raise ValueError(f"--backbones {args.backbones}: valid names are {', '.join(BACKBONES)}")
     for name in ("frames", "frame_size", "train_clips", "val_clips", "epochs", "batch_size", "hidden_size",
                  "calibration_clips", "batch", "time", "rounds"):
         if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.data == "cifar10" and not (args.data_dir and Path(args.data_dir).is_dir()):
-        return (f"--data cifar10 needs the CIFAR-10 folder: give --data-dir DIR or set {DATA_ENV} (got "
-                f"{args.data_dir!r})")
-    try:
-        check_outputs(args.out, [f"{args.prefix}.json", f"{args.prefix}.png"], force=args.force)
-        check_output_file(Path(args.out) / f"{args.prefix}.md", what="output", suffixes=(".md",), force=args.force,
-                          replaceable=lambda p: p.read_text(encoding="utf-8", errors="replace").startswith(HEADING))
-    except ValueError as e:
-        return str(e)
-    return None
+        raise ValueError(f"--data cifar10 needs the CIFAR-10 folder: give --data-dir DIR or set {DATA_ENV} (got "
+                         f"{args.data_dir!r})")
+    outputs.check()
+
+
+def compare(args, work: Path) -> dict:
+    """Train, export and quantize every backbone in ``work`` (resuming what is there), then time them all in one
+    interleaved run; the JSON's "result".
+
+    Raises:
+        RuntimeError: a stage failed (its log is named).
+        ValueError: a contender's outputs exceed its tolerance.
+    """
+    rows = []
+    for backbone in args.backbones.split(","):
+        print(f"{backbone}: training, export, int8 (log: {work / backbone / 'train.log'})", file=sys.stderr)
+        rows.append({**prepare_backbone(args, backbone, work), "feature_dim": backbone_width(backbone)})
+    print(f"timing {len(rows)} backbones, {args.rounds} interleaved rounds", file=sys.stderr)
+    timed = time_backbones(rows, args, work)
+    add_latencies(rows, timed)
+    return {"data": args.data, "batch": args.batch, "time": args.time, "rounds": args.rounds,
+            "load_average_before": timed["load_average_before"], "load_average_after": timed["load_average_after"],
+            "budget": {k: getattr(args, k) for k in BUDGET}, "rows": rows}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the comparison; 0 when written, 2 for bad input, 1 when a stage fails (its log is named)."""
     args = get_args_parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    outputs = Outputs(args.out, args.prefix, force=args.force)
+    try:
+        _check_args(args, outputs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     work = Path(args.work) if args.work else Path("runs") / f"{args.prefix}-work"
     budget = {k: getattr(args, k) for k in (*BUDGET, "data", "calibration_clips")}
@@ -283,26 +317,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, budget)
-    env = {**environment("cpu"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    rows = []
+    env = environment("cpu")  # before the work: the date and load average at the start
     try:
-        for backbone in args.backbones.split(","):
-            print(f"{backbone}: training, export, int8 (log: {work / backbone / 'train.log'})", file=sys.stderr)
-            rows.append({**prepare_backbone(args, backbone, work), "feature_dim": backbone_width(backbone)})
-        print(f"timing {len(rows)} backbones, {args.rounds} interleaved rounds", file=sys.stderr)
-        add_latencies(rows, time_backbones(rows, args, work))
+        result = compare(args, work)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    result = {"data": args.data, "batch": args.batch, "time": args.time, "rounds": args.rounds,
-              "budget": {k: getattr(args, k) for k in BUDGET}, "rows": rows}
-    text = result_markdown(result, env)
+    data = {"environment": env, "result": result,
+            "command": "python -m benchmarks.backbones " + " ".join(sys.argv[1:] if argv is None else argv)}
+    text = result_markdown(data)
+    written = outputs.write(text, data, {"": lambda plt: plot_backbones(result, plt)})
     print(text, end="")
-    out = Path(args.out)
-    atomic_write_json(out / f"{args.prefix}.json", {"environment": env, "result": result})
-    atomic_write_text(out / f"{args.prefix}.md", text)
-    plot_backbones(result, out / f"{args.prefix}.png")
-    print(f"wrote {out / args.prefix}.{{json,md,png}}", file=sys.stderr)
+    print("".join(f"wrote {path}\n" for path in written.values()), end="", file=sys.stderr)
     return 0
 
 

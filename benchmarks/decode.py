@@ -33,27 +33,9 @@ import numpy as np
 
 from benchmarks.outputs import Outputs
 from benchmarks.timing import Rounds, Task, time_interleaved
+from benchmarks.workloads import reference_config, write_test_video
 
 logger = logging.getLogger(__name__)
-
-
-def _frames(seconds: float, fps: int, height: int, width: int, seed: int = 0):
-    """A moving scene, frame by frame: drifting colour gradients, two moving discs and mild noise (so the encoder
-    has real motion and texture to code)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    for t in range(int(round(seconds * fps))):
-        a = 2 * np.pi * t / (fps * 4)
-        img = np.empty((height, width, 3), np.float32)
-        img[..., 0] = 128 + 80 * np.sin(xx / 37 + a)
-        img[..., 1] = 128 + 80 * np.cos(yy / 29 - a)
-        img[..., 2] = 128 + 60 * np.sin((xx + yy) / 53 + 2 * a)
-        for k, (r, speed) in enumerate(((height / 6, 1.0), (height / 9, -1.7))):
-            cy = height / 2 + height / 3 * np.sin(speed * a + k)
-            cx = width / 2 + width / 3 * np.cos(speed * a)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (240, 40 + 150 * k, 60)
-        img += rng.normal(0, 3, img.shape).astype(np.float32)
-        yield np.clip(img, 0, 255).astype(np.uint8)
 
 
 def demo_config():
@@ -65,17 +47,16 @@ def demo_config():
 
 
 def write_videos(folder: Path, seconds: float, fps: int, height: int, width: int) -> dict[str, Path]:
-    """The two test videos (libx264 preset medium, CRF 23; ``gop250``: libx264's keyframe interval, ``gop30``: a
-    keyframe every second) in ``folder``; a video an earlier run wrote there with these settings is reused."""
-    from runtime.video_write import write_video
-
+    """The two test videos (:func:`benchmarks.workloads.write_test_video`; ``gop250``: libx264's keyframe interval,
+    ``gop30``: a keyframe every second) in ``folder``; a video an earlier run wrote there with these settings is
+    reused."""
     videos = {}
-    for name, options in (("gop250", {"crf": "23", "preset": "medium"}),
-                          ("gop30", {"crf": "23", "preset": "medium", "g": str(fps)})):
+    for name, keyframe_interval in (("gop250", None), ("gop30", fps)):
         videos[name] = folder / f"{name}-{seconds:g}s-{width}x{height}-{fps}fps.mp4"
         if not videos[name].is_file():
             t0 = time.perf_counter()
-            write_video(videos[name], _frames(seconds, fps, height, width), fps, options=options)
+            write_test_video(videos[name], int(round(seconds * fps)), (height, width), fps=fps,
+                             keyframe_interval=keyframe_interval)
             logger.info("wrote %s: %.1f MB in %.0f s", videos[name].name, videos[name].stat().st_size / 1e6,
                         time.perf_counter() - t0)
     return videos
@@ -86,7 +67,6 @@ def make_tasks(videos: dict[str, Path], threads: int) -> dict[str, Task]:
     sequential pass at the native size, and eager inference (B=1, T=16) of the demo and the reference model."""
     import torch
 
-    from benchmarks.workloads import reference_config
     from runtime.model import build_random_model
     from runtime.video import VideoReader, probe_video
 

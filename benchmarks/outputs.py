@@ -51,9 +51,11 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-# The first line of report.md, and of paired's, op_profile's, serve_load's, decode's and ddp_throughput's PREFIX.md.
+# The first line of report.md, and of paired's, op_profile's, serve_load's, decode's, ddp_throughput's, timeline's
+# (timing and peak memory) and backbones' PREFIX.md.
 _OWN_HEADINGS = (b"# Latency report: ", b"# Paired latency: ", b"# ONNX Runtime profile: ", b"# Serving load: ",
-                 b"# Data-parallel training throughput: ", b"# Video decoding against the model")
+                 b"# Data-parallel training throughput: ", b"# Video decoding against the model", b"# Timeline: ",
+                 b"# Timeline peak memory: ", b"# Backbones: ")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 

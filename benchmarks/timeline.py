@@ -5,8 +5,9 @@ window (the per-window path), in one interleaved run.
     python -m benchmarks.timeline --peak-memory --out benchmarks/results --prefix DATE-cpu-timeline-memory
 
 Timing (the default): the reference model (ResNet-34 cifar stem, 32x32, BiLSTM 2x256; random weights unless
-``--checkpoint``) exported to ONNX fp32 and int8, on ONNX Runtime on the CPU; a generated H.264 video (``--video-frames``,
-default 240, at ``--video-size``, default 240x320, 25 fps); windows of ``--frames`` (16) frames, ``--steps`` (1 4 8 16)
+``--checkpoint``) exported to ONNX fp32 and int8, on ONNX Runtime on the CPU; a generated H.264 video
+(:func:`benchmarks.workloads.write_test_video`: ``--video-frames``, default 240, at ``--video-size``, default
+240x320, 25 fps); windows of ``--frames`` (16) frames, ``--steps`` (1 4 8 16)
 apart, classified by :func:`runtime.timeline.window_probabilities` on the split path (the export's ``cnn.onnx`` once
 per frame, ``bilstm.onnx`` once per window) and on the whole path (``model.onnx`` on every window, as
 ``python -m runtime classify --windows`` ran before the split path existed). Each call opens, decodes and classifies the
@@ -19,9 +20,9 @@ after an untimed pause (:func:`benchmarks.timing.time_interleaved`); the speedup
 ``--peak-memory`` measures memory instead (:mod:`benchmarks.timeline_memory`): the timeline of a short and a long
 video (>= 5,000 frames at a small size), each in a fresh process.
 
-Writes ``PREFIX.json`` (every sample, the environment), ``PREFIX.md`` and ``PREFIX.png`` into ``--out``; existing files
-are replaced only when they are earlier outputs of the benchmark tools, or with ``--force``.
-"""
+Writes ``PREFIX.json`` (every sample, the environment, the command), ``PREFIX.md`` and ``PREFIX.png`` (frames per
+second and speedup per STEP; none with ``--peak-memory``) into ``--out`` (:class:`benchmarks.outputs.Outputs`: checked
+before any work; an earlier output of this tool is replaced, another file of that name only with ``--force``)."""
 
 from __future__ import annotations
 
@@ -29,30 +30,21 @@ import argparse
 import logging
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.contenders import Prepared, Unavailable
-from benchmarks.environment import environment
-from benchmarks.outputs import check_outputs, pyplot, save_figure
-from benchmarks.timing import paired_speedup, percentiles, time_interleaved
+from benchmarks.environment import Unavailable, environment
+from benchmarks.outputs import Outputs
+from benchmarks.timeline_memory import memory_markdown, run_memory
+from benchmarks.timing import Task, paired_speedup, percentiles, time_interleaved
+from benchmarks.workloads import write_test_video
 
 logger = logging.getLogger(__name__)
 
 TARGETS = {1: 8.0, 4: 3.0, 16: 0.95}  # minimum speedup of the timeline over the per-window path, by STEP
 PATHS = ("timeline", "per-window")
-
-
-def write_test_video(path: Path, frames: int, size: Sequence[int], fps: int = 25) -> Path:
-    """An H.264 video of ``frames`` frames of a moving scene (:func:`benchmarks.decode._frames`), libx264 defaults."""
-    from benchmarks.decode import _frames
-    from runtime.video_write import write_video
-
-    h, w = size
-    return write_video(path, _frames(frames / fps, fps, h, w), fps, options={"crf": "23", "preset": "medium"})
 
 
 def prepare_exports(checkpoint: Path, work: Path, precisions: Sequence[str], frame_size, *,
@@ -99,7 +91,9 @@ def exactness(models: dict, video: Path, frames: int, steps: Sequence[int]) -> d
     return out
 
 
-def _contenders(models: dict, video: Path, frames: int, steps: Sequence[int], frame_size) -> dict[str, Prepared]:
+def _tasks(models: dict, video: Path, frames: int, steps: Sequence[int], frame_size) -> dict[str, Task]:
+    """Every timed call: ``decode`` (every frame at the model's size) and, per (path, precision, STEP), the whole
+    video's windows."""
     from runtime.timeline import window_probabilities
     from runtime.video import VideoReader, probe_video
     from runtime.video_sampling import window_starts
@@ -111,14 +105,13 @@ def _contenders(models: dict, video: Path, frames: int, steps: Sequence[int], fr
             for _frame in reader.iter_frames():
                 pass
 
-    prepared = {"decode": Prepared(decode, [None], "perf-counter", "fp32", dict)}
+    tasks = {"decode": Task(fn=decode)}
     for (precision, path), model in models.items():
         for step in steps:
             starts = window_starts(n, frames, step)
-            prepared[f"{path} {precision} step {step}"] = Prepared(
-                lambda _, m=model, s=starts: window_probabilities(m, video, s, frames), [None], "perf-counter",
-                precision, dict)
-    return prepared
+            tasks[f"{path} {precision} step {step}"] = Task(
+                fn=lambda _, m=model, s=starts: window_probabilities(m, video, s, frames))
+    return tasks
 
 
 def _rows(samples: dict, n: int, frames: int, steps: Sequence[int], precisions: Sequence[str]) -> list[dict]:
@@ -168,8 +161,8 @@ def run_timing(args, work: Path, progress=None) -> dict[str, Any]:
     models, runners = _window_models(folders)
     try:
         exact = exactness(models, video, args.frames, args.steps)
-        samples = time_interleaved(_contenders(models, video, args.frames, args.steps, frame_size), args.rounds,
-                                   warmup=1, gap_s=args.gap, progress=progress)
+        timed = time_interleaved(_tasks(models, video, args.frames, args.steps, frame_size), args.rounds,
+                                 warmup=1, gap_s=args.gap, progress=progress)
     finally:
         for m in models.values():
             m.close()
@@ -177,16 +170,16 @@ def run_timing(args, work: Path, progress=None) -> dict[str, Any]:
             r.deactivate()
     return {"model": name, "frame_size": list(frame_size), "frames_per_window": args.frames, "rounds": args.rounds,
             "gap_s": args.gap, "video": {**info.to_dict(), "path": Path(info.path).name},
-            "exactness_max_abs_dprob": exact, "decode_ms": percentiles(samples["decode"]),
-            "rows": _rows(samples, info.num_frames, args.frames, args.steps, args.precisions), "samples_ms": samples}
+            "load_average_before": timed.load_before, "load_average_after": timed.load_after,
+            "exactness_max_abs_dprob": exact, "decode_ms": percentiles(timed.wall_ms["decode"]),
+            "rows": _rows(timed.wall_ms, info.num_frames, args.frames, args.steps, args.precisions),
+            "samples_ms": timed.wall_ms}
 
 
 def run_peak_memory(args, work: Path) -> dict[str, Any]:
     """Export fp32, write a short (``--video-frames``) and a long (``--long-frames``) video at ``--memory-size``,
     and measure the timeline's memory on each at the smallest of ``--steps``
     (:func:`benchmarks.timeline_memory.run_memory`)."""
-    from benchmarks.timeline_memory import run_memory
-
     name, _, folders = _setup(args, work, ["fp32"])
     videos = {kind: write_test_video(work / f"{kind}.mp4", count, args.memory_size)
               for kind, count in (("short", args.video_frames), ("long", args.long_frames))}
@@ -194,13 +187,14 @@ def run_peak_memory(args, work: Path) -> dict[str, Any]:
     return {"model": name, "video_size": list(args.memory_size), **result}
 
 
-def _markdown(result: dict, env: dict) -> str:
+def _markdown(data: dict) -> str:
+    env, result = data["environment"], data["result"]
     v = result["video"]
     lines = [f"# Timeline: each frame's CNN once against the whole model per window ({env['date']})", "",
-             f"`{result['command']}`", "",
+             f"`{data['command']}`", "",
              f"Machine: {env['host_cpu']}; onnxruntime {env.get('onnxruntime')}, torch "
-             f"{env['torch']}, numpy {env['numpy']}, package {env['package']}; load average (1 min) at start "
-             f"{env['load_average_1min']}. Model: {result['model']}, frames {result['frame_size'][0]}x"
+             f"{env['torch']}, numpy {env['numpy']}, package {env['package']}; load average (1, 5, 15 min) before "
+             f"the timed rounds {result['load_average_before']}, after {result['load_average_after']}. Model: {result['model']}, frames {result['frame_size'][0]}x"
              f"{result['frame_size'][1]}, windows of {result['frames_per_window']} frames. Video: {v['num_frames']} "
              f"frames, {v['width']}x{v['height']}, {v['codec']} at {v['fps']:g} fps. {result['rounds']} interleaved "
              f"rounds, {result['gap_s']} s untimed pause before each call; every call opens, decodes and classifies "
@@ -222,10 +216,16 @@ def _markdown(result: dict, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(result: dict, path: Path) -> Optional[Path]:
-    plt = pyplot("timeline plot")
-    if plt is None:
-        return None
+def plot_timeline(result: dict, plt):
+    """Per STEP: video frames per second of both paths (left) and the timeline's speedup with its targets (right).
+
+    Args:
+        result (dict): the JSON's "result" of a timing run.
+        plt: ``matplotlib.pyplot``.
+
+    Returns:
+        the figure.
+    """
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     precisions = list(dict.fromkeys(r["precision"] for r in result["rows"]))
     steps = sorted({r["step"] for r in result["rows"]})
@@ -247,7 +247,7 @@ def _plot(result: dict, path: Path) -> Optional[Path]:
         a.legend(fontsize=8)
     fig.suptitle(f"Timeline against per-window, windows of {result['frames_per_window']} frames, "
                  f"{result['video']['num_frames']}-frame video", fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -277,55 +277,52 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args) -> Optional[str]:
+def _check_args(args, outputs: Outputs) -> None:
+    """Before any work: the options, then the output files.
+
+    Raises:
+        ValueError: the first problem (an OutputPathError for the outputs).
+    """
     if args.frames < 1 or min(args.steps) < 1 or args.rounds < 1 or args.gap < 0:
-        return "need --frames >= 1, --steps >= 1, --rounds >= 1 and --gap >= 0"
+        raise ValueError("need --frames >= 1, --steps >= 1, --rounds >= 1 and --gap >= 0")
     if args.video_frames < args.frames or min(args.video_size + args.memory_size) < 16:
-        return "need --video-frames >= --frames and frame sizes of at least 16x16"
+        raise ValueError("need --video-frames >= --frames and frame sizes of at least 16x16")
     if args.peak_memory and args.long_frames < args.video_frames:
-        return "need --long-frames >= --video-frames (the short video)"
-    return None
+        raise ValueError("need --long-frames >= --video-frames (the short video)")
+    outputs.check()
+
+
+def _measure(args) -> dict[str, Any]:
+    """The timing or the peak-memory result, made in ``--workdir`` or a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="timeline-bench-") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.peak_memory:
+            return run_peak_memory(args, work)
+        return run_timing(args, work, lambda done, total: print(f"round {done}/{total}", file=sys.stderr))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; 0 on success, 2 for bad arguments or outputs, 1 when it cannot run here."""
-    from runtime._io import OutputPathError, atomic_write_json, atomic_write_text
-
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    names = [f"{args.prefix}{s}" for s in ((".json", ".md") if args.peak_memory else (".json", ".md", ".png"))]
+    outputs = Outputs(args.out, args.prefix, plots=() if args.peak_memory else ("",), force=args.force)
     try:
-        problem = _check_args(args)
-        if problem is None:
-            check_outputs(args.out, names, force=args.force)
-    except OutputPathError as e:
-        problem = str(e)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        _check_args(args, outputs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    args.command = "python -m benchmarks.timeline " + " ".join(sys.argv[1:] if argv is None else argv)
-    env = {**environment("cpu"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    with tempfile.TemporaryDirectory(prefix="timeline-bench-") as tmp:
-        work = Path(args.workdir or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            if args.peak_memory:
-                from benchmarks.timeline_memory import memory_markdown
-
-                result = {**run_peak_memory(args, work), "command": args.command}
-                text = memory_markdown(result, env)
-            else:
-                result = {**run_timing(args, work, lambda d, n: print(f"round {d}/{n}", file=sys.stderr)),
-                          "command": args.command}
-                text = _markdown(result, env)
-        except (Unavailable, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    out = Path(args.out)
-    atomic_write_json(out / names[0], {"environment": env, "result": result})
-    atomic_write_text(out / names[1], text)
-    png = None if args.peak_memory else _plot(result, out / names[2])
-    print(text + "".join(f"wrote {out / name}\n" for name in names[:2]) + (f"wrote {png}\n" if png else ""), end="")
+    env = environment("cpu")  # before the work: the date and load average at the start
+    try:
+        result = _measure(args)
+    except (Unavailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    data = {"environment": env, "result": result,
+            "command": "python -m benchmarks.timeline " + " ".join(sys.argv[1:] if argv is None else argv)}
+    text = memory_markdown(data) if args.peak_memory else _markdown(data)
+    written = outputs.write(text, data, None if args.peak_memory else {"": lambda plt: plot_timeline(result, plt)})
+    print(text + "".join(f"wrote {path}\n" for path in written.values()), end="")
     return 0
 
 

@@ -107,8 +107,10 @@ def run_memory(model: Path, videos: dict[str, Path], frames: int, step: int) -> 
     return {"frames_per_window": frames, "step": step, "rows": rows}
 
 
-def memory_markdown(result: dict, env: dict) -> str:
-    lines = [f"# Timeline peak memory: a short and a long video ({env['date']})", "", f"`{result['command']}`", "",
+def memory_markdown(data: dict) -> str:
+    """The table of a peak-memory run (``data``: its JSON, with "environment", "command" and "result")."""
+    env, result = data["environment"], data["result"]
+    lines = [f"# Timeline peak memory: a short and a long video ({env['date']})", "", f"`{data['command']}`", "",
              f"Machine: {env['host_cpu']}; onnxruntime {env.get('onnxruntime')}, numpy {env['numpy']}, package "
              f"{env['package']}. Model: {result['model']} (ONNX fp32, split path), windows of "
              f"{result['frames_per_window']} frames, STEP {result['step']}; videos {result['video_size'][0]}x"

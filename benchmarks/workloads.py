@@ -1,5 +1,6 @@
-"""What is timed: the workloads, the models they run (the reference and the smoke model), a random checkpoint, and
-the requests a load run sends (clip lengths drawn from a distribution).
+"""What is timed: the workloads, the models they run (the reference and the smoke model), a random checkpoint, the
+requests a load run sends (clip lengths drawn from a distribution), and the generated test videos the video
+benchmarks decode (:func:`write_test_video`).
 
 Nothing here imports torch at module level, so ``benchmarks.report`` stays cheap.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Optional, Sequence
 
 WORKLOADS = ("model", "cnn", "bilstm", "stream")
 STREAM_WINDOW = 16
@@ -83,3 +84,59 @@ def make_requests(lengths: Sequence[int], frame_size, *, batch: int = 1, pool: i
         ts = rng.choice(np.asarray(lengths), size=batch).astype(np.int32)
         out.append((rng.standard_normal((batch, int(ts.max()), 3, *frame_size), dtype=np.float32), ts))
     return out
+
+
+def moving_scene(num_frames: int, height: int, width: int, *, fps: float = 25, seed: int = 0) -> Iterator:
+    """The frames of the benchmarks' test video, one by one: drifting colour gradients (one cycle every 4 s at
+    ``fps``), two moving discs and mild noise, so that an encoder has real motion and texture to code (a still or
+    flat video decodes unrealistically fast). Seeded: the same arguments give the same frames.
+
+    Args:
+        num_frames (int): how many frames.
+        height (int): frame height.
+        width (int): frame width.
+        fps (float): the frame rate the motion is timed for. Defaults to 25.
+        seed (int): noise seed. Defaults to 0.
+
+    Yields:
+        np.ndarray: uint8 RGB frames ``(height, width, 3)``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for t in range(num_frames):
+        a = 2 * np.pi * t / (fps * 4)
+        img = np.empty((height, width, 3), np.float32)
+        img[..., 0] = 128 + 80 * np.sin(xx / 37 + a)
+        img[..., 1] = 128 + 80 * np.cos(yy / 29 - a)
+        img[..., 2] = 128 + 60 * np.sin((xx + yy) / 53 + 2 * a)
+        for k, (r, speed) in enumerate(((height / 6, 1.0), (height / 9, -1.7))):
+            cy = height / 2 + height / 3 * np.sin(speed * a + k)
+            cx = width / 2 + width / 3 * np.cos(speed * a)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (240, 40 + 150 * k, 60)
+        img += rng.normal(0, 3, img.shape).astype(np.float32)
+        yield np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_test_video(path: str | os.PathLike, num_frames: int, size: Sequence[int], *, fps: int = 25,
+                     keyframe_interval: Optional[int] = None) -> Path:
+    """Write the benchmarks' test video (:func:`moving_scene`) as H.264 with libx264's defaults (preset medium,
+    CRF 23), atomically; frames are generated one by one, so a long video takes no memory.
+
+    Args:
+        path (str | PathLike): the file; its suffix picks the container (``.mp4``).
+        num_frames (int): how many frames.
+        size (Sequence[int]): frame height and width.
+        fps (int): frame rate. Defaults to 25.
+        keyframe_interval (int, optional): frames between keyframes (libx264 ``g``; a phone or a stream writes one
+            every second). Defaults to None (libx264's own: 250).
+
+    Returns:
+        Path: ``path``.
+    """
+    from runtime.video_write import write_video
+
+    height, width = size
+    options = {"crf": "23", "preset": "medium", **({"g": str(keyframe_interval)} if keyframe_interval else {})}
+    return write_video(path, moving_scene(num_frames, height, width, fps=fps), fps, options=options)

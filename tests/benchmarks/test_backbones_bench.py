@@ -5,25 +5,19 @@ folder, and bad input is one line. Untimed: the numbers are not checked, only th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_module
 
 from benchmarks.backbones import DATA_ENV, HEADING, main
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = ["--data", "synthetic", "--backbones", "mobilenet_v3_small", "--frames", "5", "--frame-size", "16",
         "--train-clips", "8", "--val-clips", "8", "--epochs", "1", "--batch-size", "4", "--hidden-size", "8",
         "--calibration-clips", "4", "--min-agreement", "0", "--time", "4", "--rounds", "2", "--warmup", "0"]
 
 
-def _cli(*argv) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "benchmarks.backbones", *argv], env=env, capture_output=True,
-                          text=True, timeout=900)
+def _cli(*argv):
+    return run_module("benchmarks.backbones", *argv, timeout=900)
 
 
 def test_the_cli_trains_exports_quantizes_and_times_each_backbone(tmp_path):
@@ -31,23 +25,45 @@ def test_the_cli_trains_exports_quantizes_and_times_each_backbone(tmp_path):
     out = tmp_path / "out"
     proc = _cli(*TINY, "--out", str(out), "--prefix", "bb", "--work", str(tmp_path / "work"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "bb.json").read_text())["result"]
+    data = json.loads((out / "bb.json").read_text())
+    result = data["result"]
+    assert data["command"].startswith("python -m benchmarks.backbones --data synthetic")
+    assert len(result["load_average_before"]) == 3 and data["environment"]["onnxruntime"]
     (row,) = result["rows"]
     assert row["backbone"] == "mobilenet_v3_small" and row["feature_dim"] == 576 and row["epochs"] == 1
     assert set(row["latency"]) == {"eager-fp32", "ort-fp32", "ort-int8"}
     assert all(len(lat["samples_ms"]) == 2 for lat in row["latency"].values())
     assert 0 <= row["clip_acc"] <= 1 and row["int8_agreement"] is not None
-    assert (out / "bb.md").read_text().startswith(HEADING) and (out / "bb.png").stat().st_size > 0
+    assert (out / "bb.md").read_text().startswith(HEADING) and (out / "bb.png").read_bytes()[:4] == b"\x89PNG"
     assert "| mobilenet_v3_small | 576 |" in proc.stdout
-    # A rerun finds the training run finished and the exports made from its checkpoint, and replaces its own files.
+    _assert_one_point_per_runtime(result)
+    # A rerun finds the training run finished and the exports made from its checkpoint, and replaces its own files
+    # (without --force).
+    with open(out / "bb.md", "a") as f:
+        f.write("a line the rerun replaces\n")
     again = _cli(*TINY, "--out", str(out), "--prefix", "bb", "--work", str(tmp_path / "work"))
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "a line the rerun replaces" not in (out / "bb.md").read_text()
     log = (tmp_path / "work" / "mobilenet_v3_small" / "train.log").read_text()
     assert log.count("-m export.to_onnx") == 1 and log.count("-m export.quantize") == 1
     assert "already finished all 1 epochs; nothing to do" in log
     changed = _cli(*TINY[:-6], "--epochs", "2", "--time", "4", "--rounds", "2", "--out", str(out), "--prefix", "bb",
                    "--work", str(tmp_path / "work"))
     assert changed.returncode == 2 and "holds runs of another training budget" in changed.stderr
+
+
+def _assert_one_point_per_runtime(result: dict) -> None:
+    """The plot has one point per backbone and runtime, at (median latency, clip accuracy)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from benchmarks.backbones import plot_backbones
+
+    fig = plot_backbones(result, plt)
+    points = sorted(tuple(c.get_offsets()[0]) for c in fig.axes[0].collections if len(c.get_offsets()))
+    plt.close(fig)
+    (row,) = result["rows"]
+    lat = row["latency"]
+    assert points == sorted([(lat["eager-fp32"]["p50_ms"], row["clip_acc"]), (lat["ort-fp32"]["p50_ms"], row["clip_acc"]),
+                             (lat["ort-int8"]["p50_ms"], row["int8_clip_acc"])])
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):

@@ -38,3 +38,17 @@ def test_a_file_this_tool_did_not_write_is_kept(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--prefix", "mini", "--rounds", "1"]) == 2  # before any video is written
     assert "already exists; pass --force" in capsys.readouterr().err
     assert (tmp_path / "mini.md").read_text() == "my notes\n" and sorted(tmp_path.iterdir()) == [tmp_path / "mini.md"]
+
+
+def test_the_test_video_has_the_frames_asked_for_and_moves(tmp_path):
+    from benchmarks.workloads import moving_scene, write_test_video
+    from runtime.video import probe_video
+
+    frames = list(moving_scene(6, 32, 48, fps=10))
+    assert len(frames) == 6 and frames[0].shape == (32, 48, 3) and frames[0].dtype.name == "uint8"
+    assert all((a == b).all() for a, b in zip(frames, moving_scene(6, 32, 48, fps=10), strict=True))  # seeded
+    # It moves: the mean change over half a second (32.9 here) is far above the noise's alone (3.4 = E|N(0,3) - N(0,3)|).
+    assert abs(frames[0].astype(int) - frames[5]).mean() > 10
+    info = probe_video(write_test_video(tmp_path / "v.mp4", 12, (32, 48), fps=10, keyframe_interval=5))
+    assert (info.num_frames, info.height, info.width, info.fps, info.codec) == (12, 32, 48, 10, "h264")
+    assert info.keyframes >= 3  # at most 5 frames apart: frames 0, <= 5 and <= 10

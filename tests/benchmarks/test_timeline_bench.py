@@ -5,28 +5,31 @@ measured, never tested)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_module
+
+from benchmarks.outputs import is_own_output
 
 pytest.importorskip("av")
 pytest.importorskip("onnxruntime")
 
 
-def run_bench(*args) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.timeline", *map(str, args)], capture_output=True,
-                          text=True, timeout=900)
+def run_bench(*args):
+    proc = run_module("benchmarks.timeline", *args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def test_timeline_benchmark_times_both_paths_and_records_exactness(tiny_checkpoint, tiny_export, tmp_path):
-    run_bench("--out", tmp_path, "--prefix", "mini", "--checkpoint", tiny_checkpoint, "--onnx-dir", tiny_export,
-              "--precisions", "fp32", "--frames", "8", "--steps", "1", "4", "--video-frames", "24", "--video-size",
-              "32", "48", "--rounds", "1", "--gap", "0")
+    args = ["--out", tmp_path, "--prefix", "mini", "--checkpoint", tiny_checkpoint, "--onnx-dir", tiny_export,
+            "--precisions", "fp32", "--frames", "8", "--video-frames", "24", "--video-size", "32", "48", "--rounds",
+            "1", "--gap", "0"]
+    proc = run_bench(*args, "--steps", "1", "4")
     data = json.loads((tmp_path / "mini.json").read_text())
     result = data["result"]
+    assert data["command"].startswith("python -m benchmarks.timeline --out ") and "round 1/1" in proc.stderr
+    assert len(result["load_average_before"]) == 3 and len(result["load_average_after"]) == 3
     assert [(r["precision"], r["step"], r["windows"]) for r in result["rows"]] == [("fp32", 1, 17), ("fp32", 4, 5)]
     assert set(result["samples_ms"]) == {"decode"} | {f"{p} fp32 step {s}" for p in ("timeline", "per-window")
                                                       for s in (1, 4)}
@@ -36,6 +39,34 @@ def test_timeline_benchmark_times_both_paths_and_records_exactness(tiny_checkpoi
     assert result["video"]["num_frames"] == 24 and "/" not in result["video"]["path"]
     assert data["environment"]["onnxruntime"] and "| fp32 | 4 | 5 |" in (tmp_path / "mini.md").read_text()
     assert (tmp_path / "mini.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_plotted_per_step(result)
+    # A rerun replaces this tool's own files without --force.
+    run_bench(*args, "--steps", "8")
+    assert [r["step"] for r in json.loads((tmp_path / "mini.json").read_text())["result"]["rows"]] == [8]
+    assert "| fp32 | 8 | 3 |" in (tmp_path / "mini.md").read_text()
+
+
+def _assert_plotted_per_step(result: dict) -> None:
+    """The plot: frames per second of both paths (left) and the speedup (right), one point per STEP."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from benchmarks.timeline import plot_timeline
+
+    fig = plot_timeline(result, plt)
+    fps, speedup = ({line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+                    for ax in fig.axes)
+    plt.close(fig)
+    rows = result["rows"]
+    assert fps["timeline fp32"] == ([1, 4], [r["timeline_fps"] for r in rows])
+    assert fps["per-window fp32"] == ([1, 4], [r["per_window_fps"] for r in rows])
+    assert speedup["fp32"] == ([1, 4], [r["speedup"] for r in rows])
+
+
+def test_another_file_under_an_output_name_is_kept(tmp_path, capsys):
+    from benchmarks.timeline import main
+
+    (tmp_path / "mini.md").write_text("# my notes\n")
+    assert main(["--out", str(tmp_path), "--prefix", "mini", "--smoke"]) == 2  # before any export or video
+    assert "mini.md" in capsys.readouterr().err and sorted(tmp_path.iterdir()) == [tmp_path / "mini.md"]
 
 
 def test_peak_memory_mode_measures_a_short_and_a_long_video(tiny_checkpoint, tiny_export, tmp_path):
@@ -48,3 +79,4 @@ def test_peak_memory_mode_measures_a_short_and_a_long_video(tiny_checkpoint, tin
     assert all(0 < r["baseline_rss_mb"] <= r["peak_rss_mb"] and r["cli_max_rss_mb"] > 0 and r["traced_peak_mb"] > 0
                for r in rows)
     assert not (tmp_path / "mem.png").exists() and "| long | 80 | 73 |" in (tmp_path / "mem.md").read_text()
+    assert all(is_own_output(tmp_path / name) for name in ("mem.md", "mem.json"))  # a rerun replaces them
