@@ -200,7 +200,7 @@ def result_markdown(data: dict) -> str:
 
 def plot_backbones(result: dict, plt):
     """Latency (log scale) against held-out clip accuracy: a point per backbone and runtime (a marker per runtime,
-    a colour and a line per backbone).
+    a colour and a line per backbone, both named in the legend).
 
     Args:
         result (dict): the JSON's "result".
@@ -214,10 +214,11 @@ def plot_backbones(result: dict, plt):
     for r in result["rows"]:
         points = [(lat["p50_ms"], r["int8_clip_acc"] if c == "ort-int8" else r["clip_acc"], c)
                   for c, lat in r.get("latency", {}).items() if c != "ort-int8" or r.get("int8_clip_acc") is not None]
-        color = ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=0.8)[0].get_color()
+        # In the legend by colour (labels beside the points overlap where backbones score alike).
+        color = ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=0.8,
+                        label=r["backbone"])[0].get_color()
         for x, y, c in points:
             ax.scatter([x], [y], marker=markers[c], color=color)
-        ax.annotate(r["backbone"], (points[0][0], points[0][1]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for c, m in markers.items():
         ax.scatter([], [], marker=m, color="gray", label=c)
     ax.set(xscale="log", xlabel=f"median latency, ms (B={result['batch']}, T={result['time']}, CPU)",

@@ -1,10 +1,11 @@
 """``python -m benchmarks.timeline`` in miniature, as a user runs it: both paths timed in one interleaved run with
-their exactness recorded, and the peak-memory mode on a short and a longer video (no speed is asserted: speed is
-measured, never tested)."""
+their exactness recorded and plotted per STEP, and the peak-memory mode on a short and a longer video (no speed is
+asserted: speed is measured, never tested); a rerun replaces the tool's own files, another file is kept."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import run_module
@@ -80,3 +81,11 @@ def test_peak_memory_mode_measures_a_short_and_a_long_video(tiny_checkpoint, tin
                for r in rows)
     assert not (tmp_path / "mem.png").exists() and "| long | 80 | 73 |" in (tmp_path / "mem.md").read_text()
     assert all(is_own_output(tmp_path / name) for name in ("mem.md", "mem.json"))  # a rerun replaces them
+
+
+def test_the_recorded_memory_result_renders_to_its_table():
+    from benchmarks.timeline_memory import memory_markdown
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    recorded = results / "2026-12-06-cpu-timeline-memory.json"
+    assert memory_markdown(json.loads(recorded.read_text())) == recorded.with_suffix(".md").read_text()
