@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 from benchmarks.accuracy import TOLERANCES, rel_error
 from benchmarks.contenders import prepare_contender
 from benchmarks.context import BenchContext
-from benchmarks.environment import environment
+from benchmarks.environment import command_line, environment
 from benchmarks.outputs import Outputs
 from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved
 from runtime._io import atomic_write_json, sha256_file
@@ -325,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     data = {"environment": env, "result": result,
-            "command": "python -m benchmarks.backbones " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "command": command_line("benchmarks.backbones", argv)}
     text = result_markdown(data)
     written = outputs.write(text, data, {"": lambda plt: plot_backbones(result, plt)})
     print(text, end="")

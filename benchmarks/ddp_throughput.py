@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks.environment import environment, load_average
+from benchmarks.environment import command_line, environment, load_average
 from benchmarks.outputs import Outputs
 from benchmarks.timing import Task, time_interleaved
 from benchmarks.triton_server import free_port
@@ -142,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    command = "python -m benchmarks.ddp_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.ddp_throughput", argv)
     res = {"environment": env, "train_args": train_args, "command": command, "result": result}
     text = _markdown(res, env, command)
     outputs.write(text, res)

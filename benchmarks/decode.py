@@ -201,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; 0 on success, 2 for bad arguments or an output that may not be written."""
     import av
 
-    from benchmarks.environment import environment
+    from benchmarks.environment import command_line, environment
 
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -222,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  progress=lambda done, total: print(f"round {done}/{total}", file=sys.stderr))
     data = {"environment": {**environment("cpu"), "av": av.__version__,
                             "ffmpeg": dict(av.library_versions).get("libavcodec")},
-            "command": "python -m benchmarks.decode " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command_line("benchmarks.decode", argv),
             "result": result}
     text = _markdown(data)
     outputs.write(text, data)

@@ -9,7 +9,7 @@ import functools
 import os
 import platform
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 
 class GpuUnavailableError(RuntimeError):
@@ -18,6 +18,20 @@ class GpuUnavailableError(RuntimeError):
 
 class Unavailable(Exception):
     """A contender or artifact cannot be made here (missing library, no GPU, ...); the message is the skip reason."""
+
+
+def command_line(module: str, argv: Optional[Sequence[str]]) -> str:
+    """The command that ran, as a user types it, for a result's record: ``python -m MODULE ARGS`` (arguments
+    shell-quoted where needed).
+
+    Args:
+        module (str): the CLI's module, e.g. ``benchmarks.decode``.
+        argv (Sequence[str], optional): what ``main`` was given; None for this process's ``sys.argv[1:]``.
+    """
+    import shlex
+    import sys
+
+    return shlex.join(["python", "-m", module, *map(str, sys.argv[1:] if argv is None else argv)])
 
 
 def load_average() -> Optional[list[float]]:

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.environment import Unavailable, environment
+from benchmarks.environment import Unavailable, command_line, environment
 from benchmarks.outputs import Outputs
 from benchmarks.timeline_memory import memory_markdown, run_memory
 from benchmarks.timing import Task, paired_speedup, percentiles, time_interleaved
@@ -319,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     data = {"environment": env, "result": result,
-            "command": "python -m benchmarks.timeline " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "command": command_line("benchmarks.timeline", argv)}
     text = memory_markdown(data) if args.peak_memory else _markdown(data)
     written = outputs.write(text, data, None if args.peak_memory else {"": lambda plt: plot_timeline(result, plt)})
     print(text + "".join(f"wrote {path}\n" for path in written.values()), end="")
