@@ -7,12 +7,12 @@ window (the per-window path), in one interleaved run.
 Timing (the default): the reference model (ResNet-34 cifar stem, 32x32, BiLSTM 2x256; random weights unless
 ``--checkpoint``) exported to ONNX fp32 and int8, on ONNX Runtime on the CPU; a generated H.264 video
 (:func:`benchmarks.workloads.write_test_video`: ``--video-frames``, default 240, at ``--video-size``, default
-240x320, 25 fps); windows of ``--frames`` (16) frames, ``--steps`` (1 4 8 16)
-apart, classified by :func:`runtime.timeline.window_probabilities` on the split path (the export's ``cnn.onnx`` once
-per frame, ``bilstm.onnx`` once per window) and on the whole path (``model.onnx`` on every window, as
-``python -m runtime classify --windows`` ran before the split path existed). Each call opens, decodes and classifies the
-video. A ``decode`` contender decodes every frame at the model's size (open, decode, RGB, resize) in the same rounds:
-its time against the timeline's is the decode share. Every contender runs once per round in a fresh random order,
+240x320, 25 fps); windows of ``--frames`` (16) frames, ``--steps`` (1 4 8 16) apart, classified by
+:func:`runtime.timeline.window_probabilities` on the split path (the export's ``cnn.onnx`` once per frame,
+``bilstm.onnx`` once per window) and on the whole path (``model.onnx`` on every window, as ``python -m runtime
+classify --windows`` ran before the split path existed). Each call opens, decodes and classifies the video. A
+``decode`` contender decodes every frame at the model's size (open, decode, RGB, resize) in the same rounds: its
+time against the timeline's is the decode share. Every contender runs once per round in a fresh random order,
 after an untimed pause (:func:`benchmarks.timing.time_interleaved`); the speedup is the median of per-round ratios
 (:func:`benchmarks.timing.paired_speedup`). Before timing, both paths' probabilities are compared over every window
 (max |difference|). Targets (per-window time / timeline time): STEP 1 >= 8x, STEP 4 >= 3x, STEP 16 >= 0.95x.
@@ -194,11 +194,11 @@ def _markdown(data: dict) -> str:
              f"`{data['command']}`", "",
              f"Machine: {env['host_cpu']}; onnxruntime {env.get('onnxruntime')}, torch "
              f"{env['torch']}, numpy {env['numpy']}, package {env['package']}; load average (1, 5, 15 min) before "
-             f"the timed rounds {result['load_average_before']}, after {result['load_average_after']}. Model: {result['model']}, frames {result['frame_size'][0]}x"
-             f"{result['frame_size'][1]}, windows of {result['frames_per_window']} frames. Video: {v['num_frames']} "
-             f"frames, {v['width']}x{v['height']}, {v['codec']} at {v['fps']:g} fps. {result['rounds']} interleaved "
-             f"rounds, {result['gap_s']} s untimed pause before each call; every call opens, decodes and classifies "
-             "the whole video.", "",
+             f"the timed rounds {result['load_average_before']}, after {result['load_average_after']}. Model: "
+             f"{result['model']}, frames {result['frame_size'][0]}x{result['frame_size'][1]}, windows of "
+             f"{result['frames_per_window']} frames. Video: {v['num_frames']} frames, {v['width']}x{v['height']}, "
+             f"{v['codec']} at {v['fps']:g} fps. {result['rounds']} interleaved rounds, {result['gap_s']} s untimed "
+             "pause before each call; every call opens, decodes and classifies the whole video.", "",
              "| precision | STEP | windows | timeline frames/s | per-window frames/s | speedup (95% CI) | target | "
              "decode share (timeline / per-window) | max abs dprob |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

@@ -61,9 +61,8 @@ def _assert_one_point_per_runtime(result: dict) -> None:
     points = sorted(tuple(c.get_offsets()[0]) for c in fig.axes[0].collections if len(c.get_offsets()))
     plt.close(fig)
     (row,) = result["rows"]
-    lat = row["latency"]
-    assert points == sorted([(lat["eager-fp32"]["p50_ms"], row["clip_acc"]), (lat["ort-fp32"]["p50_ms"], row["clip_acc"]),
-                             (lat["ort-int8"]["p50_ms"], row["int8_clip_acc"])])
+    accuracy = {"eager-fp32": row["clip_acc"], "ort-fp32": row["clip_acc"], "ort-int8": row["int8_clip_acc"]}
+    assert points == sorted((row["latency"][c]["p50_ms"], acc) for c, acc in accuracy.items())
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):

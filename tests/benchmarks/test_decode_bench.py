@@ -47,7 +47,8 @@ def test_the_test_video_has_the_frames_asked_for_and_moves(tmp_path):
     frames = list(moving_scene(6, 32, 48, fps=10))
     assert len(frames) == 6 and frames[0].shape == (32, 48, 3) and frames[0].dtype.name == "uint8"
     assert all((a == b).all() for a, b in zip(frames, moving_scene(6, 32, 48, fps=10), strict=True))  # seeded
-    # It moves: the mean change over half a second (32.9 here) is far above the noise's alone (3.4 = E|N(0,3) - N(0,3)|).
+    # It moves: the mean change over half a second (32.9 here) is far above the noise's alone
+    # (3.4 = E|N(0,3) - N(0,3)|).
     assert abs(frames[0].astype(int) - frames[5]).mean() > 10
     info = probe_video(write_test_video(tmp_path / "v.mp4", 12, (32, 48), fps=10, keyframe_interval=5))
     assert (info.num_frames, info.height, info.width, info.fps, info.codec) == (12, 32, 48, 10, "h264")
