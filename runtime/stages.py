@@ -72,9 +72,8 @@ def _torch_stage(runner, stage: str) -> BaseRunner:
 
     # The loaded checkpoint is shared (not read again); its modules are the stages' modules, as for streaming.
     return TorchRunner(runner.checkpoint, device=runner.device, stage=stage, fast=runner.fast,
-                       precision=runner.precision, cuda_graphs=runner.cuda_graphs, cnn_form=runner.cnn_form,
-                       buckets=runner.buckets, channels_last=runner.channels_last, max_buckets=runner.max_buckets,
-                       check_finite=runner.check_finite)
+                       precision=runner.precision, cuda_graphs=runner.cuda_graphs,
+                       channels_last=runner.channels_last, check_finite=runner.check_finite)
 
 
 def _onnx_stage(runner, path: Path) -> BaseRunner:
