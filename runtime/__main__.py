@@ -26,9 +26,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import RuntimeInputError, load
 from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
-from .errors import RemoteServerError
+from .backends import load
+from .errors import RemoteServerError, RuntimeInputError
 from .frames import IMAGE_SUFFIXES, list_frame_files, read_frame_folder, resize_frames
 from .preprocess import preprocess_clips
 from .timeline import classify_windows, default_clip_frames, plot_timelines

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from runtime.model import BACKBONES, STEMS
 
-from .data import DATASETS
+from .clips import DATASETS
 from .distributed import BACKENDS, DEFAULT_TIMEOUT_S
 
 logger = logging.getLogger("train")
@@ -151,7 +151,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     Raises:
         TrainError: --resume names a folder without a readable config.json, or --out disagrees with --resume.
     """
-    from .engine import TrainError, check_train_args
+    from ._checks import TrainError
+    from .options import check_train_args
 
     parser = get_args_parser()
     first, _ = parser.parse_known_args(argv)
@@ -190,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a rank, 130 when interrupted (what can be resumed is printed). Under torchrun only rank 0 logs below WARNING, and
     every rank's messages name it."""
     from .distributed import RankFailure
-    from .engine import TrainInterrupted, fit
+    from .engine import fit
+    from .run_state import TrainInterrupted
 
     rank = os.environ.get("RANK")  # set by torchrun; the process group itself is set up in fit
     tag = f" rank {rank}" if rank is not None else ""

@@ -24,8 +24,8 @@ Three sources (``DATASETS``):
     See :mod:`train.video_clips`.
 
 An item is ``(frames, label)``: frames a float32 tensor ``(T, 3, H, W)`` normalised as ``(x / 255 - mean) / std``
-(the contract in docs/ARCHITECTURE.md), label an int. :func:`pad_collate` batches clips of different lengths into
-``(frames (B, T, 3, H, W), lengths (B,) int64, labels (B,) int64)`` with zero padding.
+(the contract in docs/ARCHITECTURE.md), label an int. :func:`train.clips.pad_collate` batches clips of different
+lengths into ``(frames (B, T, 3, H, W), lengths (B,) int64, labels (B,) int64)`` with zero padding.
 
 This module is the one entry point (:class:`DataSpec`, :func:`build_dataset`); the sources live in
 :mod:`train.synthetic` and :mod:`train.image_clips`, their shared helpers in :mod:`train.clips`; video files in :mod:`train.video_clips`.
@@ -40,32 +40,9 @@ from typing import Optional, Sequence
 from torch.utils.data import Dataset
 
 from ._checks import check_range
-from .clips import (
-    CIFAR10_CLASSES,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    DATASETS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SPLITS,
-    SYNTHETIC_MEAN,
-    SYNTHETIC_STD,
-    DataError,
-    load_image,
-    normalize_frames,
-    pad_collate,
-    seeded_subset,
-)
-from .image_clips import FolderClips, ImageClips, group_into_clips, open_cifar10, scan_clip_folder, split_folder
-from .synthetic import SyntheticClips, make_synthetic_clip, synthetic_class_names, synthetic_steps
-
-# Kept importable from here: training, evaluation, export.quantize and the tests know these names as train.data's.
-__all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS",
-    "SYNTHETIC_MEAN", "SYNTHETIC_STD", "DataError", "DataSpec", "FolderClips", "ImageClips", "SyntheticClips",
-    "build_dataset", "group_into_clips", "load_image", "make_synthetic_clip", "normalize_frames", "open_cifar10",
-    "pad_collate", "scan_clip_folder", "synthetic_class_names", "synthetic_steps",
-]
+from .clips import DATASETS, SPLITS, DataError, seeded_subset
+from .image_clips import ImageClips, open_cifar10, split_folder
+from .synthetic import SyntheticClips
 
 
 @dataclass

@@ -11,8 +11,9 @@ import torch
 from conftest import TINY_CONFIG  # noqa: E402
 
 import runtime
-from runtime import RuntimeInputError
-from runtime.backends.torch_backend import ExactBiLSTM, fold_conv_bn
+from runtime.backends.torch_backend.bilstm import ExactBiLSTM
+from runtime.backends.torch_backend.fold import fold_conv_bn
+from runtime.errors import RuntimeInputError
 
 H, W = TINY_CONFIG.frame_size
 
@@ -157,7 +158,7 @@ def test_runner_does_not_modify_a_shared_checkpoint(tiny_checkpoint):
 
     ckpt = load_checkpoint(tiny_checkpoint)
     before = copy.deepcopy(ckpt.model.state_dict())
-    from runtime.backends.torch_backend import TorchRunner
+    from runtime.backends.torch_backend.runner import TorchRunner
 
     with TorchRunner(ckpt, device="cpu", fast=True) as r:
         r.infer(np.zeros((1, 2, 3, H, W), np.float32))
@@ -188,7 +189,7 @@ def test_non_finite_padding_never_reaches_real_outputs(fast_cpu, tiny_model):
 @pytest.mark.parametrize("backbone,stem", [("resnet18", "cifar"), ("resnet50", "imagenet")])
 def test_cnn_forms_compute_the_same_features(backbone, stem):
     """Every form is the same function: on CPU the fused form runs conv + bias (+ residual) + ReLU in sequence."""
-    from runtime.backends.torch_backend import CNN_FORMS, FusedResNet, build_cnn_form
+    from runtime.backends.torch_backend.fold import CNN_FORMS, FusedResNet, build_cnn_form
     from runtime.model import ModelConfig, build_model
 
     torch.manual_seed(0)
@@ -212,14 +213,14 @@ def test_cnn_forms_compute_the_same_features(backbone, stem):
 
 
 def test_fused_resnet_needs_folded_batchnorm(tiny_model):
-    from runtime.backends.torch_backend import FusedResNet
+    from runtime.backends.torch_backend.fold import FusedResNet
 
     with pytest.raises(ValueError, match="fold_conv_bn"):
         FusedResNet(copy.deepcopy(tiny_model.cnn))
 
 
 def test_conv_relu_adds_the_residual_before_the_relu():
-    from runtime.backends.torch_backend import ConvReLU
+    from runtime.backends.torch_backend.fold import ConvReLU
 
     conv = torch.nn.Conv2d(4, 4, 3, padding=1, bias=True)
     x, residual = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)

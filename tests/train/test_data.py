@@ -10,21 +10,10 @@ import pytest
 import torch
 from conftest import TINY_CONFIG
 
-from train.data import (
-    CIFAR10_CLASSES,
-    DATASETS,
-    DataError,
-    DataSpec,
-    FolderClips,
-    ImageClips,
-    SyntheticClips,
-    build_dataset,
-    make_synthetic_clip,
-    normalize_frames,
-    pad_collate,
-    scan_clip_folder,
-    synthetic_steps,
-)
+from train.clips import CIFAR10_CLASSES, DATASETS, DataError, normalize_frames, pad_collate
+from train.data import DataSpec, build_dataset
+from train.image_clips import FolderClips, ImageClips, scan_clip_folder
+from train.synthetic import SyntheticClips, make_synthetic_clip, synthetic_steps
 
 SHARED_CIFAR10 = Path(os.environ.get("CNN_BILSTM_CIFAR10",
                                      Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"))

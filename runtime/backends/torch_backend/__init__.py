@@ -37,12 +37,3 @@ without graphs (for testing the padding logic). ``fast`` sets ``torch.backends.c
 The runner is :class:`TorchRunner` (:mod:`.runner`). Threading: the eager path runs calls concurrently; the fast
 path owns static buffers and graphs, so its calls are serialised by the runner's lock.
 """
-
-from .bilstm import ExactBiLSTM, exact_bilstm
-from .buckets import AUTO_ROUNDS, AUTO_TOLERANCE
-from .fold import CNN_FORMS, ConvReLU, FusedResNet, build_cnn_form, fold_conv_bn
-from .runner import DEFAULT_BATCH_BUCKETS, DEFAULT_TIME_BUCKETS, PRECISIONS, STAGES, TorchRunner
-
-__all__ = ["AUTO_ROUNDS", "AUTO_TOLERANCE", "CNN_FORMS", "DEFAULT_BATCH_BUCKETS", "DEFAULT_TIME_BUCKETS", "PRECISIONS",
-           "STAGES", "ConvReLU", "ExactBiLSTM", "FusedResNet", "TorchRunner", "build_cnn_form", "exact_bilstm",
-           "fold_conv_bn"]
