@@ -106,7 +106,7 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
         Dataset: items ``(frames (T, 3, H, W) float32, label)``.
 
     Raises:
-        DataError: unknown source or split, a missing folder, unusable contents.
+        DataError: unknown source or split, a missing folder, unusable contents, fewer than 2 classes.
     """
     if spec.name not in DATASETS:
         raise DataError(f"unknown data set {spec.name!r}; valid choices: {', '.join(DATASETS)}")
@@ -124,6 +124,17 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
         return SyntheticClips(spec.num_clips, spec.frames, spec.frame_size, spec.num_classes, split, spec.seed, **norm)
     if not spec.data_dir:
         raise DataError(f"--data {spec.name} needs --data-dir")
+    ds = _open_data_dir(spec, split, norm)
+    names = list(ds.class_names)
+    if len(names) < 2:  # refused here, where the folder and its class are known (the model config knows a count)
+        found = f"one class, {names[0]!r}" if names else "no class"
+        raise DataError(f"the {split} split of {spec.data_dir} has {found}: a classifier needs at least 2 classes "
+                        "(one folder each)")
+    return ds
+
+
+def _open_data_dir(spec: DataSpec, split: str, norm: dict) -> Dataset:
+    """One split of the sources read from ``spec.data_dir`` (cifar10, video, folder)."""
     if spec.name == "cifar10":
         base = open_cifar10(spec.data_dir, split, spec.download)
         return ImageClips(base, spec.frames, spec.frame_size, spec.seed, spec.num_clips,
