@@ -53,11 +53,12 @@ def targets(export_dir: Path, work: Path, args) -> Any:
     delay = DEFAULT_MAX_QUEUE_DELAY_US if args.max_queue_delay_us is None else args.max_queue_delay_us
     found = {EMBEDDED: (lambda: load(export_dir / "model.onnx"), None)}
     common = dict(kind="python", max_batch_size=args.max_batch_size, max_time=args.max_time,
-                  instances=args.instances, max_queue_delay_us=delay, stream=False)
-    facts = {"repository": {**common, "protocol": args.protocol}}
+                  instances=args.instances, stream=False)
+    facts = {"repository": {**common, "max_queue_delay_us": delay, "protocol": args.protocol}}
     with contextlib.ExitStack() as stack:
         for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
-            opts = RepoOptions(**common, dynamic_batching=batching)
+            # The delay is the dynamic batcher's: the repository without one has no wait to set (and refuses one).
+            opts = RepoOptions(**common, dynamic_batching=batching, max_queue_delay_us=delay if batching else None)
             try:
                 write_repository(export_dir, work / name, opts)
                 server = stack.enter_context(LocalTritonServer(work / name, python=args.server_python,
