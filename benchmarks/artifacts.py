@@ -46,9 +46,9 @@ def export_checkpoint_sha256(folder: Path) -> tuple[Optional[str], str]:
     model = folder / "model.onnx"
     if not model.is_file() or importlib.util.find_spec("onnxruntime") is None:  # then its contenders are skipped
         return None, ""
-    import runtime
+    from runtime.backends import load
 
-    runner = runtime.load(model, device="cpu")  # reads (and checks) the graph's metadata; never activated
+    runner = load(model, device="cpu")  # reads (and checks) the graph's metadata; never activated
     recorded = runner.metadata.extra.get("checkpoint_sha256")
     runner.deactivate()
     return (str(recorded), "model.onnx metadata") if recorded else (None, "")
@@ -150,16 +150,16 @@ class Artifacts:
         Raises:
             ValueError: the export has no readable report, did not pass its gate, or is of another checkpoint.
         """
-        from export.spec import REPORT_NAME
+        from runtime.spec import EXPORT_REPORT_NAME
 
         folder = self._exports[ExportKey("int8")]
         try:
-            report = json.loads((folder / REPORT_NAME).read_text())
+            report = json.loads((folder / EXPORT_REPORT_NAME).read_text())
         except (OSError, ValueError) as e:
-            raise ValueError(f"{folder} has no readable {REPORT_NAME}; write the int8 export with python -m "
+            raise ValueError(f"{folder} has no readable {EXPORT_REPORT_NAME}; write the int8 export with python -m "
                              f"export.quantize ({e})") from e
         if report.get("precision") != "int8" or not report.get("ok"):
-            raise ValueError(f"{folder}/{REPORT_NAME} is not a passed int8 export (precision "
+            raise ValueError(f"{folder}/{EXPORT_REPORT_NAME} is not a passed int8 export (precision "
                              f"{report.get('precision')!r}, ok {report.get('ok')!r})")
         if report.get("checkpoint_sha256") != self.checkpoint_sha256:
             raise ValueError(f"{folder} was quantized from another checkpoint than {self.checkpoint}")

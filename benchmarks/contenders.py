@@ -118,16 +118,16 @@ def _activated(runner):
 
 
 def _runtime_fast(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: int, **options) -> Prepared:
-    import runtime
+    from runtime.backends import load
 
     if not ctx.is_cuda:
         raise Unavailable("the runtime's PyTorch fast path (fp16 CNN, CUDA graphs) needs CUDA")
     precision = "fp16" if options.get("precision") == "fp16-all" else "fp16-cnn"
     note = "runtime.load(.pt, fast=True" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"
     if workload == "stream":
-        return runtime_stream(ctx, name, batch, loader=lambda stage: runtime.load(
+        return runtime_stream(ctx, name, batch, loader=lambda stage: load(
             ctx.checkpoint, device=ctx.device, stage=stage, fast=True, **options), precision=precision)
-    runner = ctx.runner(FastKey(name, workload), lambda: _activated(runtime.load(
+    runner = ctx.runner(FastKey(name, workload), lambda: _activated(load(
         ctx.checkpoint, device=ctx.device, stage=workload, fast=True, **options)))
     pool = ctx.torch_pool(workload, batch, time_steps)
     info = {"backend": runner.backend_name, "note": note}
@@ -180,8 +180,8 @@ def _ort_unavailable(ctx: BenchContext, precision: str, openvino: Optional[str],
 
 def _ort(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: int, *, precision: str,
          openvino: Optional[str] = None) -> Prepared:
-    import runtime
-    from runtime.backends.onnxrt import GPU_PROVIDERS
+    from runtime.backends import load
+    from runtime.backends.ort_providers import GPU_PROVIDERS
 
     ort_providers(ctx)  # Unavailable without onnxruntime, for every ONNX Runtime contender
     reason = _ort_unavailable(ctx, precision, openvino, workload)
@@ -203,10 +203,10 @@ def _ort(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: in
     label = "bf16" if openvino == "bf16" else "int8-data" if external_int8 else precision
     if workload == "stream":
         # allow_spinning=False: what StreamingClassifier(export_dir) sets for its two alternating sessions.
-        return runtime_stream(ctx, name, batch, loader=lambda stage: runtime.load(
+        return runtime_stream(ctx, name, batch, loader=lambda stage: load(
             ctx.artifacts.onnx_dir(precision) / f"{stage}.onnx", intra_op_threads=ctx.ort_threads,
             allow_spinning=False, **options), precision=label, numpy_inputs=not on_gpu, info=info)
-    runner = ctx.runner(OrtKey(precision, workload, openvino), lambda: _activated(runtime.load(
+    runner = ctx.runner(OrtKey(precision, workload, openvino), lambda: _activated(load(
         ctx.artifacts.onnx_dir(precision) / f"{workload}.onnx", intra_op_threads=ctx.ort_threads, **options)))
     info["provider"] = runner.provider
     info["stage_providers"] = ", ".join(f"{k}: {v}" for k, v in runner.stage_providers.items())
@@ -216,8 +216,8 @@ def _ort(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: in
 
 
 def _trt(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: int) -> Prepared:
-    import runtime
     from benchmarks.environment import device_name, tensorrt_version
+    from runtime.backends import load
 
     if not ctx.is_cuda:
         raise Unavailable("TensorRT engines need an NVIDIA GPU; this run is on CPU")
@@ -233,7 +233,7 @@ def _trt(ctx: BenchContext, name: str, workload: str, batch: int, time_steps: in
                               f"({device_name(ctx.device)}); full TensorRT is not installed")
     if workload == "stream":  # before any engine is built for it
         raise Unavailable("streaming over TensorRT engines is not benchmarked yet")
-    runner = ctx.runner(EngineRunnerKey(workload), lambda: _activated(runtime.load(ctx.artifacts.engine(workload))))
+    runner = ctx.runner(EngineRunnerKey(workload), lambda: _activated(load(ctx.artifacts.engine(workload))))
     pool = ctx.torch_pool(workload, batch, time_steps)
     return Prepared(fn=runner.infer, inputs=pool, timer="perf-counter", precision="fp16-cnn", sync=ctx.sync(),
                     probe=lambda: runner.infer(pool[0]), info={"note": flavour})

@@ -76,8 +76,8 @@ class BenchContext:
                  ort_threads: Optional[int] = None, window: int = STREAM_WINDOW,
                  compile_mode: str = "reduce-overhead", onnx_dir: Optional[Path] = None,
                  int8_dir: Optional[Path] = None) -> None:
-        from runtime.base import check_count
         from runtime.checkpoint import load_checkpoint
+        from runtime.inputs import check_count
 
         self.checkpoint = Path(checkpoint)
         self.device = device

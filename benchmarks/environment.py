@@ -112,7 +112,7 @@ def check_bench_device(device: Optional[str]) -> str:
     """
     import torch
 
-    from runtime.base import check_device
+    from runtime.inputs import check_device
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -144,7 +144,7 @@ def _static_environment(device: str) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from runtime import __version__
+    from runtime._version import __version__
 
     env: dict[str, Any] = {
         "device": device,

@@ -145,9 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args, binary: str, times: list, extra: list) -> int:
-    import runtime
+    from runtime.backends import load
 
-    frame_size = runtime.load(Path(args.export_dir) / "model.onnx").metadata.frame_size
+    frame_size = load(Path(args.export_dir) / "model.onnx").metadata.frame_size
     data = (stream_input_data(frame_size, args.sequence_length, seed=args.seed) if args.stream
             else clip_input_data(frame_size, times, seed=args.seed))
     with tempfile.TemporaryDirectory(prefix="perf-analyzer-") as tmp:

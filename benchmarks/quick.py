@@ -23,7 +23,7 @@ from benchmarks.context import BenchContext
 from benchmarks.environment import GpuUnavailableError, check_bench_device, environment
 from benchmarks.paired import compare_paired
 from benchmarks.timing import default_gap_s
-from runtime.base import check_count
+from runtime.inputs import check_count
 
 logger = logging.getLogger(__name__)
 

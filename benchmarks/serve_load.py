@@ -46,18 +46,19 @@ def targets(export_dir: Path, work: Path, args) -> Any:
     repositories and logs in ``work``) stop on exit. Raises ServeLoadError: a repository or server that failed."""
     import urllib.request
 
-    import runtime
     from benchmarks.triton_server import LocalTritonServer
     from export.triton_repo import DEFAULT_MAX_QUEUE_DELAY_US, RepoOptions, write_repository
+    from runtime.backends import load
 
     delay = DEFAULT_MAX_QUEUE_DELAY_US if args.max_queue_delay_us is None else args.max_queue_delay_us
-    found = {EMBEDDED: (lambda: runtime.load(export_dir / "model.onnx"), None)}
+    found = {EMBEDDED: (lambda: load(export_dir / "model.onnx"), None)}
     common = dict(kind="python", max_batch_size=args.max_batch_size, max_time=args.max_time,
-                  instances=args.instances, max_queue_delay_us=delay, stream=False)
-    facts = {"repository": {**common, "protocol": args.protocol}}
+                  instances=args.instances, stream=False)
+    facts = {"repository": {**common, "max_queue_delay_us": delay, "protocol": args.protocol}}
     with contextlib.ExitStack() as stack:
         for name, batching in ((SERVED_BATCHING, True), (SERVED_NO_BATCHING, False)):
-            opts = RepoOptions(**common, dynamic_batching=batching)
+            # The delay is the dynamic batcher's: the repository without one has no wait to set (and refuses one).
+            opts = RepoOptions(**common, dynamic_batching=batching, max_queue_delay_us=delay if batching else None)
             try:
                 write_repository(export_dir, work / name, opts)
                 server = stack.enter_context(LocalTritonServer(work / name, python=args.server_python,
@@ -65,7 +66,7 @@ def targets(export_dir: Path, work: Path, args) -> Any:
             except (ValueError, RuntimeError) as e:  # ExportError, RepositoryError, ServerError
                 raise ServeLoadError(f"{name}: {e}") from e
             url = f"{server.grpc_url if args.protocol == 'grpc' else server.http_url}/{opts.name}"
-            found[name] = (lambda u=url: runtime.load(u), server.pid)
+            found[name] = (lambda u=url: load(u), server.pid)
             with urllib.request.urlopen(f"{server.http_url}/v2", timeout=10) as r:  # both run the same binary
                 facts["versions"] = {"tritonserver": json.load(r).get("version")}
         yield found, facts
@@ -269,10 +270,10 @@ def compare(args) -> tuple:
     """The whole run: servers up, requests made, :func:`measure`, servers down; (result, environment)."""
     from importlib.metadata import version
 
-    import runtime
+    from runtime.backends import load
 
     export_dir = Path(args.export_dir)
-    meta = runtime.load(export_dir / "model.onnx").metadata
+    meta = load(export_dir / "model.onnx").metadata
     requests = make_requests(parse_lengths(args.lengths), meta.frame_size, batch=args.batch, pool=args.pool,
                              seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="serve-compare-") as work:

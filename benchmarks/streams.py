@@ -62,7 +62,7 @@ def runtime_stream(ctx: BenchContext, name: str, batch: int, *, loader: Callable
     Raises:
         Unavailable: ``batch`` > 1 (the classifier is one stream).
     """
-    import runtime
+    from runtime.streaming import StreamingClassifier
 
     if batch != 1:
         raise Unavailable("runtime.StreamingClassifier is one stream (B=1); batched streams are not benchmarked")
@@ -72,7 +72,7 @@ def runtime_stream(ctx: BenchContext, name: str, batch: int, *, loader: Callable
         # Runners handed over as a pair stay ours to deactivate: BenchContext.close walks them.
         ctx.runner(StreamKey(name, "cnn"), lambda: cnn)
         ctx.runner(StreamKey(name, "bilstm"), lambda: bilstm)
-        return runtime.StreamingClassifier((cnn, bilstm), window=ctx.window)
+        return StreamingClassifier((cnn, bilstm), window=ctx.window)
 
     streamer = ctx.runner(StreamKey(name, "streamer"), build)
     if numpy_inputs:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from export.errors import ExportError, ExportOverwriteError
-from export.spec import GRAPHS, METADATA_KEY, REPORT_NAME, SPEC
+from export.spec import SPEC
 from runtime._io import (
     OutputPathError,
     atomic_write_bytes,
@@ -26,10 +26,11 @@ from runtime._io import (
     sha256_bytes,
     staged_dir,
 )
+from runtime.spec import EXPORT_REPORT_NAME, GRAPHS, METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FILES = tuple(SPEC.graph(g).filename for g in GRAPHS) + (REPORT_NAME,)
+EXPORT_FILES = tuple(SPEC.graph(g).filename for g in GRAPHS) + (EXPORT_REPORT_NAME,)
 
 
 def check_export_dir(out_dir: Path, what: str = "--out") -> Path:
@@ -115,8 +116,8 @@ def write_export(out_dir: Path, blobs: dict, report: dict) -> tuple[dict, Path]:
     with staged_dir(out_dir) as stage:
         for g, blob in blobs.items():
             atomic_write_bytes(stage / names[g], blob)
-        atomic_write_json(stage / REPORT_NAME, report)
-    return {g: out_dir / n for g, n in names.items()}, out_dir / REPORT_NAME
+        atomic_write_json(stage / EXPORT_REPORT_NAME, report)
+    return {g: out_dir / n for g, n in names.items()}, out_dir / EXPORT_REPORT_NAME
 
 
 def scratch_dir(out_dir: Path) -> tempfile.TemporaryDirectory:

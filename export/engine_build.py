@@ -99,7 +99,7 @@ class Request:
 
 def _validate_request(onnx_path: Path, out_path: Path, options: BuildOptions, rebuild, force) -> Path:
     """Options and output paths, checked before any work; returns the report path."""
-    from runtime.base import check_flag
+    from runtime.inputs import check_flag
 
     if not onnx_path.is_file():
         raise EngineBuildError(f"ONNX file not found: {onnx_path}")

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 from export.errors import ExportError
-from export.spec import METADATA_KEY, SPEC
+from export.spec import SPEC
 from runtime._io import sha256_bytes, sha256_file
 from runtime._version import __version__
+from runtime.spec import METADATA_KEY
 
 # --- graph surgery and structure checks --------------------------------------------------------------------------
 

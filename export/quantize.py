@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from export._folder import check_export_dir, refuse_other_exports, scratch_dir, write_export
-from export.errors import ExportError, ExportOverwriteError, ExportVerificationError
+from export.errors import ExportError, ExportVerificationError
 from export.int8 import (
     EXACT_REL,
     INT8,
@@ -48,17 +48,11 @@ from export.int8 import (
     verify_int8,
 )
 from export.onnx_graph import check_lstm_structure, read_metadata, set_metadata
-from export.spec import METADATA_KEY, SPEC
+from export.spec import SPEC
 from export.to_onnx import ExportResult
-from runtime.spec import check_export_file
+from runtime.spec import METADATA_KEY, check_export_file
 
 logger = logging.getLogger(__name__)
-
-# Kept importable from here: callers know these names as export.quantize's.
-__all__ = [
-    "CALIBRATION_METHODS", "EXACT_REL", "INT8", "QUANTIZED_OPS", "ExportOverwriteError", "check_int8_target",
-    "clips_from_data", "compose_model", "failed_checks", "get_args_parser", "main", "quantize_export", "verify_int8",
-]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
@@ -257,7 +251,8 @@ def clips_from_data(data: str, split: str, num_clips: int, frames: int, metadata
     """
     import numpy as np
 
-    from train.data import DataError, DataSpec, build_dataset
+    from train.clips import DataError
+    from train.data import DataSpec, build_dataset
 
     config = metadata.get("model_config") or {}
     spec = DataSpec(name=data, data_dir=data_dir, frames=frames, frame_size=tuple(metadata["frame_size"]), seed=seed,
@@ -282,7 +277,7 @@ def clips_from_data(data: str, split: str, num_clips: int, frames: int, metadata
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from train.data import DATASETS
+    from train.clips import DATASETS
 
     p = argparse.ArgumentParser(description="Quantize the CNN of an fp32 ONNX export to int8 (ONNX Runtime, CPU), "
                                 "calibrated and verified on real clips", add_help=add_help)

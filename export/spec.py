@@ -32,9 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-# Re-exported: one definition each, in runtime (which reads them too and must not import export).
-from runtime.spec import EXPORT_REPORT_NAME as REPORT_NAME  # noqa: F401
-from runtime.spec import GRAPHS, METADATA_KEY  # noqa: F401
+from runtime.spec import GRAPHS
 
 PRECISIONS = ("fp32", "fp16", "fp16-all")
 BATCH_AXIS = "batch"

@@ -36,28 +36,21 @@ from pathlib import Path
 from typing import Optional
 
 from export._folder import check_export_dir, refuse_other_exports, scratch_dir, write_export
-from export.errors import ExportError, ExportOverwriteError, ExportVerificationError
+from export.errors import ExportError, ExportVerificationError
 from export.onnx_graph import (
     build_metadata,
     check_graph_io,
     check_lstm_structure,
     checkpoint_sha256,
-    read_metadata,
     set_metadata,
     wire_sequence_lens,
 )
-from export.spec import GRAPHS, PRECISIONS, SPEC, check_precision
+from export.spec import PRECISIONS, SPEC, check_precision
 from export.verify import example_inputs, format_report, verify_graph
 from runtime._version import __version__
+from runtime.spec import GRAPHS
 
 logger = logging.getLogger(__name__)
-
-# Kept importable from here: callers and the CLI's users know these names as export.to_onnx's.
-__all__ = [
-    "ExportError", "ExportOverwriteError", "ExportResult", "ExportVerificationError", "check_export_target",
-    "check_lstm_structure", "export_onnx", "format_report", "get_args_parser", "main", "read_metadata",
-    "set_metadata", "verify_graph", "wire_sequence_lens",
-]
 
 
 @dataclass

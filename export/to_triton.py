@@ -64,8 +64,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--instances", type=int, default=1, help="model instances (default: %(default)s)")
     parser.add_argument("--instance-kind", choices=["cpu", "gpu"], default=None,
                         help="where instances run (default: cpu for python, gpu otherwise)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_MAX_QUEUE_DELAY_US,
-                        help="how long the batcher waits for a fuller batch (default: %(default)s)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=None,
+                        help=f"how long the dynamic batcher (and the stream model's sequence batcher) waits for a "
+                             f"fuller batch (default: {DEFAULT_MAX_QUEUE_DELAY_US}; refused where no batcher waits)")
     parser.add_argument("--preferred-batch-sizes", type=_sizes, default=(), metavar="B1,B2",
                         help="the dynamic batcher's preferred batch sizes, each <= --max-batch-size")
     parser.add_argument("--no-dynamic-batching", action="store_true",

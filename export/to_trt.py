@@ -32,18 +32,9 @@ import sys
 from typing import Optional
 
 from export.engine_build import BuildOptions, BuildResult, build_and_write, cached_result, prepare_request
-from export.errors import EngineBuildError, OnnxParseError, PrecisionCheckError, ProfileError
 from export.spec import SPEC
-from export.trt_profiles import onnx_inputs, parse_profile, resolve_profile
 
 logger = logging.getLogger(__name__)
-
-# Kept importable from here: callers know these names as export.to_trt's.
-__all__ = [
-    "BuildResult", "EngineBuildError", "OnnxParseError", "PrecisionCheckError", "ProfileError", "build_engine",
-    "builder_unavailable_reason", "get_args_parser", "main", "onnx_inputs", "parse_profile", "resolve_profile",
-]
-
 
 # --- building a usable TensorRT here at all -----------------------------------------------------------------
 

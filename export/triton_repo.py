@@ -67,7 +67,8 @@ class RepoOptions:
             128 for ONNX.
         instances (int): model instances (``instance_group`` count). Defaults to 1.
         instance_kind (str | None): "cpu" or "gpu"; None: cpu for python, gpu otherwise.
-        max_queue_delay_us (int): the dynamic batcher's wait for a fuller batch. Defaults to 500.
+        max_queue_delay_us (int | None): how long the dynamic batcher (and the stream model's sequence batcher)
+            waits for a fuller batch; None: 500.
         preferred_batch_sizes (tuple): the dynamic batcher's preferred sizes; () lets Triton choose.
         dynamic_batching (bool): batch requests across clients (the whole-clip model). Defaults to True.
         ort_tensorrt_fp16 (bool): onnxruntime kind: run through ONNX Runtime's TensorRT execution provider at FP16.
@@ -80,8 +81,8 @@ class RepoOptions:
             waiting in Triton's backlog); None: 1024.
         stream_max_batch_size (int | None): frames of different streams per execution; None: 8.
 
-    The stream options (and ``preferred_batch_sizes``) are refused where they would be ignored: for a kind without a
-    stream model, with ``stream=False`` (and without ``dynamic_batching``).
+    The stream options (and ``preferred_batch_sizes``, ``max_queue_delay_us``) are refused where they would be
+    ignored: for a kind without a stream model, with ``stream=False`` (and without ``dynamic_batching``).
     """
 
     name: str = P.DEFAULT_MODEL_NAME
@@ -90,7 +91,7 @@ class RepoOptions:
     max_time: Optional[int] = None
     instances: int = 1
     instance_kind: Optional[str] = None
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    max_queue_delay_us: Optional[int] = None
     preferred_batch_sizes: tuple = ()
     dynamic_batching: bool = True
     ort_tensorrt_fp16: bool = False
@@ -213,7 +214,7 @@ def clip_config(source: Source, opts: RepoOptions):
 
 
 def _queue_delay(opts: RepoOptions) -> int:
-    d = opts.max_queue_delay_us
+    d = _option(opts, "max_queue_delay_us", DEFAULT_MAX_QUEUE_DELAY_US)
     if isinstance(d, bool) or not isinstance(d, int) or d < 0:
         raise ExportError(f"--max-queue-delay-us must be an integer >= 0, got {d!r}")
     return d
@@ -262,7 +263,12 @@ def stream_config(source: Source, opts: RepoOptions):
 
 
 def _check_applicable(kind: str, opts: RepoOptions) -> None:
-    """Refuse stream options where no stream model is generated: they would be ignored."""
+    """Refuse stream options where no stream model is generated, and a queue delay where no batcher waits: they would
+    be ignored."""
+    if opts.max_queue_delay_us is not None and not opts.dynamic_batching and not (kind == P.KIND_PYTHON and opts.stream):
+        nothing_else = "--no-stream leaves out the" if kind == P.KIND_PYTHON else f"the {kind} kind has no"
+        raise ExportError(f"--max-queue-delay-us sets the dynamic batcher's wait, which --no-dynamic-batching turns off "
+                          f"(and {nothing_else} stream model, the other one that waits): drop one of them")
     given = [flag for field, flag in STREAM_OPTIONS.items() if getattr(opts, field) is not None]
     if not given:
         return

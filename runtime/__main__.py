@@ -26,11 +26,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import RuntimeInputError, load
 from ._io import atomic_write_json, check_output_file, remove_stale_temporaries
+from .backends import load
 from .clips import classify_clips, expand_clip_paths, is_video, read_clip
 from .describe import describe, describe_engine_report
-from .errors import RemoteServerError
+from .errors import RemoteServerError, RuntimeInputError
 from .stages import WindowModel
 from .timeline import classify_windows, default_clip_frames, plot_timelines
 from .video import VideoReader

@@ -18,13 +18,10 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import RuntimeInputError
-from .inputs import Feed, check_count, check_device, check_flag, check_input, is_torch, to_numpy
+from .inputs import Feed, check_flag, check_input, is_torch, to_numpy
 from .spec import InputSpec, ModelMetadata
 
 logger = logging.getLogger(__name__)
-
-# Feed and the option checks are defined in runtime.inputs and re-exported for callers that import them from here.
-__all__ = ["BaseRunner", "Classification", "Feed", "check_count", "check_device", "check_flag"]
 
 
 @dataclass

@@ -68,7 +68,7 @@ def open_stages(runner: BaseRunner) -> tuple:
 
 
 def _torch_stage(runner, stage: str) -> BaseRunner:
-    from .backends.torch_backend import TorchRunner
+    from .backends.torch_backend.runner import TorchRunner
 
     # The loaded checkpoint is shared (not read again); its modules are the stages' modules, as for streaming.
     return TorchRunner(runner.checkpoint, device=runner.device, stage=stage, fast=runner.fast,

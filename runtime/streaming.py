@@ -85,7 +85,7 @@ def _open_stages(runner_or_path: Any, device, backend: str, options: dict) -> tu
             cnn = load(cnn_path, device=device, backend=backend, **options)
             bilstm = load(bilstm_path, device=device, backend=backend, **options)
         elif path.suffix.lower() in (".pt", ".pth"):
-            from .backends.torch_backend import TorchRunner
+            from .backends.torch_backend.runner import TorchRunner
             from .checkpoint import CheckpointError, load_checkpoint
 
             if backend not in ("auto", "torch"):

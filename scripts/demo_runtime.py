@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import runtime
+from runtime.backends import load
 from runtime.backends.openvino import openvino_unavailable_reason
 from runtime.checkpoint import load_checkpoint
 from runtime.evaluation import accuracy, agreement, collect_logits
-from train.data import DataSpec, build_dataset, pad_collate
+from runtime.streaming import StreamingClassifier
+from train.clips import pad_collate
+from train.data import DataSpec, build_dataset
 from train.eval_data import describe
 
 BATCH = 32
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         if not path.exists():
             print(f"{name:<34} missing, skipped")
             continue
-        with runtime.load(path, **options) as runner:
+        with load(path, **options) as runner:
             (out,) = collect_logits([runner], batches)
             backend = describe(runner)
         agree = agreement(out, reference)
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     window = min(args.window, len(clip))
     onnx_dir = args.run_dir / "onnx" / "fp32"
     source = onnx_dir if (onnx_dir / "cnn.onnx").exists() else args.run_dir / "best.pt"
-    with runtime.StreamingClassifier(source, window=window) as stream:
+    with StreamingClassifier(source, window=window) as stream:
         for frame in clip:
             result = stream.push(frame)
     with torch.inference_mode():

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from runtime.model import BACKBONES, NOT_PRETRAINED, STEMS
 
-from .data import DATASETS
+from .clips import DATASETS
 from .distributed import BACKENDS, DEFAULT_TIMEOUT_S
 
 logger = logging.getLogger("train")
@@ -185,7 +185,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         TrainError: --resume names a folder without a readable config.json, --out disagrees with --resume, or a
             resumed run is given other fine-tuning options than it was started with.
     """
-    from .engine import TrainError, check_train_args
+    from ._checks import TrainError
+    from .options import check_train_args
 
     parser = get_args_parser()
     first, _ = parser.parse_known_args(argv)
@@ -226,7 +227,7 @@ KEPT_ON_RESUME = ("pretrained", "backbone_lr_scale", "freeze_backbone_epochs", "
 
 
 def _check_kept_on_resume(args: argparse.Namespace, saved: dict) -> None:
-    from .engine import TrainError
+    from ._checks import TrainError
 
     defaults = get_args_parser()  # runs saved before an option existed ran with its default
     for dest in KEPT_ON_RESUME:
@@ -242,7 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a rank, 130 when interrupted (what can be resumed is printed). Under torchrun only rank 0 logs below WARNING, and
     every rank's messages name it."""
     from .distributed import RankFailure
-    from .engine import TrainInterrupted, fit
+    from .engine import fit
+    from .run_state import TrainInterrupted
 
     rank = os.environ.get("RANK")  # set by torchrun; the process group itself is set up in fit
     tag = f" rank {rank}" if rank is not None else ""

@@ -24,8 +24,8 @@ Three sources (``DATASETS``):
     See :mod:`train.video_clips`.
 
 An item is ``(frames, label)``: frames a float32 tensor ``(T, 3, H, W)`` normalised as ``(x / 255 - mean) / std``
-(the contract in docs/ARCHITECTURE.md), label an int. :func:`pad_collate` batches clips of different lengths into
-``(frames (B, T, 3, H, W), lengths (B,) int64, labels (B,) int64)`` with zero padding.
+(the contract in docs/ARCHITECTURE.md), label an int. :func:`train.clips.pad_collate` batches clips of different
+lengths into ``(frames (B, T, 3, H, W), lengths (B,) int64, labels (B,) int64)`` with zero padding.
 
 This module is the one entry point (:class:`DataSpec`, :func:`build_dataset`); the sources live in
 :mod:`train.synthetic` and :mod:`train.image_clips`, their shared helpers in :mod:`train.clips`; video files in :mod:`train.video_clips`.
@@ -40,32 +40,9 @@ from typing import Optional, Sequence
 from torch.utils.data import Dataset
 
 from ._checks import check_range
-from .clips import (
-    CIFAR10_CLASSES,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    DATASETS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SPLITS,
-    SYNTHETIC_MEAN,
-    SYNTHETIC_STD,
-    DataError,
-    load_image,
-    normalize_frames,
-    pad_collate,
-    seeded_subset,
-)
-from .image_clips import FolderClips, ImageClips, group_into_clips, open_cifar10, scan_clip_folder, split_folder
-from .synthetic import SyntheticClips, make_synthetic_clip, synthetic_class_names, synthetic_steps
-
-# Kept importable from here: training, evaluation, export.quantize and the tests know these names as train.data's.
-__all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS",
-    "SYNTHETIC_MEAN", "SYNTHETIC_STD", "DataError", "DataSpec", "FolderClips", "ImageClips", "SyntheticClips",
-    "build_dataset", "group_into_clips", "load_image", "make_synthetic_clip", "normalize_frames", "open_cifar10",
-    "pad_collate", "scan_clip_folder", "synthetic_class_names", "synthetic_steps",
-]
+from .clips import DATASETS, SPLITS, DataError, seeded_subset
+from .image_clips import ImageClips, open_cifar10, split_folder
+from .synthetic import SyntheticClips
 
 
 @dataclass
@@ -129,7 +106,7 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
         Dataset: items ``(frames (T, 3, H, W) float32, label)``.
 
     Raises:
-        DataError: unknown source or split, a missing folder, unusable contents.
+        DataError: unknown source or split, a missing folder, unusable contents, fewer than 2 classes.
     """
     if spec.name not in DATASETS:
         raise DataError(f"unknown data set {spec.name!r}; valid choices: {', '.join(DATASETS)}")
@@ -147,6 +124,17 @@ def build_dataset(spec: DataSpec, split: str) -> Dataset:
         return SyntheticClips(spec.num_clips, spec.frames, spec.frame_size, spec.num_classes, split, spec.seed, **norm)
     if not spec.data_dir:
         raise DataError(f"--data {spec.name} needs --data-dir")
+    ds = _open_data_dir(spec, split, norm)
+    names = list(ds.class_names)
+    if len(names) < 2:  # refused here, where the folder and its class are known (the model config knows a count)
+        found = f"one class, {names[0]!r}" if names else "no class"
+        raise DataError(f"the {split} split of {spec.data_dir} has {found}: a classifier needs at least 2 classes "
+                        "(one folder each)")
+    return ds
+
+
+def _open_data_dir(spec: DataSpec, split: str, norm: dict) -> Dataset:
+    """One split of the sources read from ``spec.data_dir`` (cifar10, video, folder)."""
     if spec.name == "cifar10":
         base = open_cifar10(spec.data_dir, split, spec.download)
         return ImageClips(base, spec.frames, spec.frame_size, spec.seed, spec.num_clips,

@@ -42,22 +42,17 @@ from runtime.model import NOT_PRETRAINED, CNNBiLSTM, ModelConfig
 from . import distributed
 from ._checks import TrainError
 from .data import build_dataset
-from .loop import evaluate, sequence_loss, shuffle_within_clips, train_one_epoch
+from .loop import evaluate, train_one_epoch
 from .options import (
-    DEVICES,
-    OPTIMIZERS,
-    OPTION_RANGES,
     build_optimizer,
     build_scheduler,
     check_train_args,
     data_spec,
     make_loader,
     model_config_from_args,
-    resolve_device,
 )
 from .pretrained import apply_weights, eval_modules, load_pretrained, set_backbone_frozen, smallest_map
 from .run_state import (
-    RUN_FILES,
     RunProgress,
     TrainInterrupted,
     capture_rng_state,
@@ -69,14 +64,6 @@ from .run_state import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Kept importable from here: the CLIs, the tests and callers know these names as train.engine's.
-__all__ = [
-    "DEVICES", "OPTIMIZERS", "OPTION_RANGES", "RUN_FILES", "TrainError", "TrainInterrupted", "build_optimizer",
-    "build_scheduler", "capture_rng_state", "check_out_dir", "check_train_args", "data_spec", "evaluate", "fit",
-    "model_config_from_args", "read_resume_state", "resolve_device", "restore_rng_state", "seed_everything",
-    "sequence_loss", "shuffle_within_clips", "train_one_epoch",
-]
 
 
 def fit(args: argparse.Namespace) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def open_model(model: str | os.PathLike, *, device: Optional[str] = None, timeou
         CannotRunError: it cannot run here (an engine without its GPU, a backend library missing).
         runtime.errors.RemoteServerError: the server of a URL does not answer.
     """
-    import runtime
+    from runtime.backends import load
     from runtime.triton.client import is_remote_url
 
     target = model_path(model)
@@ -66,7 +66,7 @@ def open_model(model: str | os.PathLike, *, device: Optional[str] = None, timeou
     if is_remote_url(target):
         options = {"timeout": timeout, **({} if device is None else options)}
     try:
-        runner = runtime.load(target, **options)
+        runner = load(target, **options)
         runner.activate()
     except (ImportError, RuntimeError) as e:  # a backend library or the GPU it needs is missing here
         raise CannotRunError(f"{model} cannot run on this machine: {type(e).__name__}: {e}") from e
@@ -165,7 +165,7 @@ def clip_batches(ds, batch_size: int, workers: int, shuffle_seed: Optional[int] 
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import pad_collate
+    from .clips import pad_collate
     from .loop import shuffle_within_clips
 
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=pad_collate)

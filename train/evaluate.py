@@ -43,7 +43,7 @@ from runtime.evaluation import accuracy, agreement, collect_logits
 from runtime.triton.client import is_remote_url
 
 from ._checks import SEED_MAX, check_range
-from .data import DATASETS
+from .clips import DATASETS
 from .eval_data import (
     CannotRunError,
     EvaluationError,
@@ -90,7 +90,7 @@ def evaluate_model(
     Args:
         model (str | PathLike): a checkpoint, ``model.onnx`` or an export folder (fp32, fp16, int8), a
             ``.engine``/``.plan``, or a served model ``grpc://HOST:PORT/NAME`` / ``http://HOST:PORT/NAME``.
-        data (str): one of ``train.data.DATASETS``. Defaults to "synthetic".
+        data (str): one of ``train.clips.DATASETS``. Defaults to "synthetic".
         data_dir (str | None): folder for cifar10 / folder / video. Defaults to None.
         split (str): "train" or "test". Defaults to "test".
         frames (int): clip length T (folder: maximum; video with ``clips_per_video``: frames per window).

@@ -15,7 +15,8 @@ from runtime.model import NOT_PRETRAINED, ModelConfig
 from runtime.video_sampling import check_sampling
 
 from ._checks import SEED_MAX, TrainError, check_ranges
-from .data import DataSpec, pad_collate
+from .clips import pad_collate
+from .data import DataSpec
 
 OPTIMIZERS = ("adamw", "sgd")
 

@@ -79,7 +79,7 @@ class VideoClips(Dataset):
     Args:
         samples (list): ``(video path, label)`` per video (see :func:`scan_video_folder`).
         class_names (list[str]): names in label order.
-        frames (int): clip length T; a shorter video gives a shorter clip (padded by :func:`train.data.pad_collate`).
+        frames (int): clip length T; a shorter video gives a shorter clip (padded by :func:`train.clips.pad_collate`).
         frame_size (tuple[int, int]): (height, width) every frame is resized to.
         sampling (str): ``runtime.video_sampling.SAMPLINGS``. Defaults to "uniform".
         stride (int): frame step of the ``stride`` sampling (any other sampling refuses a stride other than 1).

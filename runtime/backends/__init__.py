@@ -27,7 +27,7 @@ _RUNNERS = {
     "tensorrt": ("runtime.backends.tensorrt", "TrtRunner"),
     "onnxruntime": ("runtime.backends.onnxrt", "OnnxRuntimeRunner"),
     "openvino": ("runtime.backends.openvino", "OpenVinoRunner"),  # .onnx with providers=["OpenVINOExecutionProvider"]
-    "torch": ("runtime.backends.torch_backend", "TorchRunner"),
+    "torch": ("runtime.backends.torch_backend.runner", "TorchRunner"),
     "triton": ("runtime.triton.client", "TritonRunner"),  # for URLs only
 }
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -33,8 +33,6 @@ from .ort_session import session_options
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GPU_PROVIDERS", "OnnxRuntimeRunner", "OrtGraph", "choose_providers", "gpu_device_id"]
-
 
 class OrtGraph:
     """One checked ONNX session of an export: its metadata, and I/O names matching docs/ARCHITECTURE.md.

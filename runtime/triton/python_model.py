@@ -97,18 +97,18 @@ class ClipModel:
     """
 
     def initialize(self, args: dict) -> None:
-        import runtime
+        from runtime.backends import load
 
         self.pb = _backend_utils()
         _config, self.served, folder = _served(args)
         # model.onnx always: its input spec validates each request (check_input). With the split graphs, its session
         # is released at once and made again only for a batch they refuse: one copy of the weights per stub.
-        self.runner = runtime.load(folder / "model.onnx", **ORT_OPTIONS)
+        self.runner = load(folder / "model.onnx", **ORT_OPTIONS)
         self.cnn = self.bilstm = None
         if (folder / "cnn.onnx").is_file() and (folder / "bilstm.onnx").is_file():
             options = {**ORT_OPTIONS, "allow_spinning": False}  # the sessions alternate on the same cores
-            cnn = runtime.load(folder / "cnn.onnx", **options)
-            bilstm = runtime.load(folder / "bilstm.onnx", **options)
+            cnn = load(folder / "cnn.onnx", **options)
+            bilstm = load(folder / "bilstm.onnx", **options)
             self.runner.metadata.check_same_model(cnn.metadata, f"{folder}'s model.onnx and cnn.onnx")
             self.runner.metadata.check_same_model(bilstm.metadata, f"{folder}'s model.onnx and bilstm.onnx")
             cnn.activate()
@@ -252,7 +252,7 @@ class StreamModel:
         self._lock = threading.Lock()  # execute may be called from several threads (decoupled/async models)
 
     def initialize(self, args: dict) -> None:
-        import runtime
+        from runtime.backends import load
 
         self.pb = _backend_utils()
         config, self.served, folder = _served(args)
@@ -263,8 +263,8 @@ class StreamModel:
         raw = ((config.get("parameters") or {}).get(P.MAX_STREAMS_PARAMETER) or {}).get("string_value")
         self.max_streams = int(raw) if raw else P.DEFAULT_MAX_STREAMS
         options = {**ORT_OPTIONS, "allow_spinning": False}  # two sessions alternate on the same cores
-        self.cnn = runtime.load(folder / "cnn.onnx", **options)
-        self.bilstm = runtime.load(folder / "bilstm.onnx", **options)
+        self.cnn = load(folder / "cnn.onnx", **options)
+        self.bilstm = load(folder / "bilstm.onnx", **options)
         self.cnn.metadata.check_same_model(self.bilstm.metadata, f"{folder}'s cnn.onnx and bilstm.onnx")
         self.cnn.activate()
         self.bilstm.activate()

@@ -21,9 +21,9 @@ pytest.importorskip("onnxruntime")
 import runtime  # noqa: E402
 from export.spec import SPEC  # noqa: E402
 from export.to_onnx import export_onnx  # noqa: E402
-from runtime import StreamingClassifier  # noqa: E402
 from runtime.backends.torch_backend.fold import fold_conv_bn  # noqa: E402
 from runtime.checkpoint import load_checkpoint  # noqa: E402
+from runtime.streaming import StreamingClassifier  # noqa: E402
 from train.__main__ import main as train_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

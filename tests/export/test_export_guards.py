@@ -24,9 +24,9 @@ from export.onnx_graph import read_metadata  # noqa: E402
 from export.quantize import quantize_export  # noqa: E402
 from export.to_onnx import export_onnx  # noqa: E402
 from export.to_trt import build_engine  # noqa: E402
-from runtime import RuntimeInputError  # noqa: E402
 from runtime._io import OutputPathError, sha256_file  # noqa: E402
 from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from runtime.errors import RuntimeInputError  # noqa: E402
 from runtime.model import build_random_model  # noqa: E402
 
 EXPORT_FILES = ["bilstm.onnx", "cnn.onnx", "export_report.json", "model.onnx"]

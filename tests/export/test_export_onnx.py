@@ -15,10 +15,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from export.errors import ExportError, ExportOverwriteError, ExportVerificationError  # noqa: E402
 from export.onnx_graph import check_lstm_structure, read_metadata  # noqa: E402
-from export.spec import GRAPHS, METADATA_KEY, SPEC  # noqa: E402
+from export.spec import SPEC  # noqa: E402
 from export.to_onnx import export_onnx, main  # noqa: E402
 from runtime._io import sha256_file  # noqa: E402
 from runtime.checkpoint import load_checkpoint  # noqa: E402
+from runtime.spec import GRAPHS, METADATA_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="module")

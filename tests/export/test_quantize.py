@@ -144,7 +144,8 @@ def test_tensorrt_build_refuses_int8_graphs(int8, tmp_path):
 
 
 def test_cli_calibrates_on_training_data(tmp_path, capsys):
-    from train.data import SYNTHETIC_MEAN, SYNTHETIC_STD, synthetic_class_names
+    from train.clips import SYNTHETIC_MEAN, SYNTHETIC_STD
+    from train.synthetic import synthetic_class_names
 
     config = ModelConfig(**{**TINY_CONFIG.to_dict(), "num_classes": 4})
     ckpt = save_checkpoint(tmp_path / "syn.pt", build_random_model(config, seed=3),

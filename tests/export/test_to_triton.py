@@ -17,7 +17,7 @@ from export.triton_check import check_repository  # noqa: E402
 from export.triton_repo import RepoOptions, served_model_of, write_repository  # noqa: E402
 from runtime.spec import METADATA_KEY  # noqa: E402
 from runtime.triton import protocol as P  # noqa: E402
-from tests.conftest import TINY_CLASSES  # noqa: E402
+from tests.conftest import TINY_CLASSES, run_module  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -356,6 +356,11 @@ def test_check_refuses_a_replaced_graph_and_its_fix_regenerates_the_repository(p
      "--stream-idle-seconds, --max-streams set the python kind's stream model"),
     (["--kind", "python", "--no-stream", "--stream-max-batch-size", "4"], "which --no-stream leaves out"),
     (["--no-dynamic-batching", "--preferred-batch-sizes", "4"], "which --no-dynamic-batching turns off"),
+    (["--no-dynamic-batching", "--max-queue-delay-us", "100"],
+     "--max-queue-delay-us sets the dynamic batcher's wait, which --no-dynamic-batching turns off (and the "
+     "onnxruntime kind has no stream model"),
+    (["--kind", "python", "--no-stream", "--no-dynamic-batching", "--max-queue-delay-us", "0"],
+     "(and --no-stream leaves out the stream model, the other one that waits): drop one of them"),
 ])
 def test_options_that_would_be_ignored_are_refused(export_dir, tmp_path, capsys, args, match):
     out = tmp_path / "repo"
@@ -363,3 +368,22 @@ def test_options_that_would_be_ignored_are_refused(export_dir, tmp_path, capsys,
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_queue_delay_without_dynamic_batching_is_the_stream_models_or_refused(export_dir, tmp_path):
+    """As a user runs it: with --no-dynamic-batching, --max-queue-delay-us still sets the python kind's stream model
+    (its sequence batcher waits), and is refused in one line where no batcher would wait."""
+    out = tmp_path / "repo"
+    proc = run_module("export.to_triton", export_dir, "--out", out, "--kind", "python", "--no-dynamic-batching",
+                      "--max-queue-delay-us", "250", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not _config(out / "cnn_bilstm" / "config.pbtxt").HasField("dynamic_batching")
+    assert _config(out / "cnn_bilstm_stream" / "config.pbtxt").sequence_batching.oldest.max_queue_delay_microseconds \
+        == 250
+    refused = tmp_path / "refused"
+    proc = run_module("export.to_triton", export_dir, "--out", refused, "--kind", "python", "--no-stream",
+                      "--no-dynamic-batching", "--max-queue-delay-us", "250", timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --max-queue-delay-us sets the dynamic batcher's wait, which --no-dynamic-batching turns off (and "
+        "--no-stream leaves out the stream model, the other one that waits): drop one of them"], proc.stderr
+    assert not refused.exists()

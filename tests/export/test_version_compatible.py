@@ -15,8 +15,8 @@ from export import engine_build, engine_cache, to_trt, trt_build
 from export.engine_build import BuildOptions, GraphFacts, Request
 from export.errors import EngineBuildError
 from export.trt_build import TrtCompatError
-from runtime import RuntimeInputError
 from runtime.backends.engine_report import check_engine_runtime, plan_holds_host_code, runtime_flavours
+from runtime.errors import RuntimeInputError
 from runtime.trt_compat import TrtModule
 
 VERSION = "11.4.0.106"

@@ -11,9 +11,9 @@ import torch
 from conftest import TINY_CONFIG, TINY_MEAN, TINY_STD
 
 import runtime
-from runtime import RuntimeInputError
 from runtime.__main__ import main as runtime_main
 from runtime.clips import read_clip
+from runtime.errors import RuntimeInputError
 from runtime.frames import (
     IMAGE_SUFFIXES,
     list_frame_files,
@@ -22,7 +22,7 @@ from runtime.frames import (
     resize_frame,
     resize_frames,
 )
-from train.data import FolderClips, scan_clip_folder
+from train.image_clips import FolderClips, scan_clip_folder
 
 H, W = TINY_CONFIG.frame_size
 T = 16
@@ -134,7 +134,7 @@ def test_unreadable_frame_is_one_clear_error_everywhere(tmp_path):
     (clip / "2.png").write_bytes(b"not a png")
     with pytest.raises(RuntimeInputError, match=r"cannot read image .*2\.png"):
         read_frame_folder(clip)
-    from train.data import DataError
+    from train.clips import DataError
 
     names, samples = scan_clip_folder(tmp_path / "bad")
     with pytest.raises(DataError, match=r"cannot read image .*2\.png"):

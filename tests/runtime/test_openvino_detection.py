@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import runtime
-from runtime import RuntimeInputError
 from runtime.backends import openvino
+from runtime.errors import RuntimeInputError
 
 pytest.importorskip("onnxruntime")
 

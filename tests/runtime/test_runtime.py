@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import runtime
-from runtime import RuntimeInputError, StreamingClassifier, preprocess_frames
+from runtime.errors import RuntimeInputError
+from runtime.preprocess import preprocess_frames
+from runtime.streaming import StreamingClassifier
 
 pytest.importorskip("onnxruntime")
 
@@ -556,6 +558,23 @@ def test_runtime_never_imports_training_or_export_code():
 def test_import_runtime_is_cheap():
     heavy = ("torch", "onnxruntime", "tensorrt", "tensorrt_rtx", "onnx")
     assert modules_loaded_by("import runtime; runtime.RuntimeInputError; runtime.preprocess_frames", heavy) == []
+
+
+def test_the_runtime_facade_is_the_defining_modules_objects():
+    """``runtime.NAME`` (the documented API) is the very object of the module that defines NAME, not a copy."""
+    import importlib
+
+    defined_in = {"__version__": "runtime._version", "RuntimeInputError": "runtime.errors",
+                  "preprocess_frames": "runtime.preprocess", "load": "runtime.backends",
+                  "open_stream": "runtime.streaming", "StreamingClassifier": "runtime.streaming",
+                  "StreamResult": "runtime.stream_base", "InputSpec": "runtime.spec", "ModelMetadata": "runtime.spec",
+                  "BaseRunner": "runtime.base"}
+    assert sorted(runtime.__all__) == sorted(defined_in)
+    for name, module in defined_in.items():
+        assert getattr(runtime, name) is getattr(importlib.import_module(module), name), name
+    assert set(runtime.__all__) <= set(dir(runtime))
+    with pytest.raises(AttributeError, match="no attribute 'TorchRunner'"):
+        runtime.TorchRunner  # noqa: B018 - backends stay behind runtime.load
 
 
 def test_provider_choice_for_an_int_device_and_the_session_gpu():

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_CONFIG  # noqa: E402
 
 import runtime
-from runtime import StreamingClassifier
+from runtime.streaming import StreamingClassifier
 
 pytestmark = pytest.mark.gpu
 H, W = TINY_CONFIG.frame_size

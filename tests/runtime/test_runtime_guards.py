@@ -24,8 +24,9 @@ import torch
 from conftest import TINY_CLASSES, TINY_CONFIG, TINY_MEAN, TINY_STD, deny_writing  # noqa: E402
 
 import runtime
-from runtime import RuntimeInputError, StreamingClassifier
 from runtime.__main__ import main as runtime_main
+from runtime.errors import RuntimeInputError
+from runtime.streaming import StreamingClassifier
 
 pytest.importorskip("onnxruntime")
 

@@ -16,7 +16,8 @@ import torch
 
 import runtime
 from benchmarks.accuracy import TOLERANCES
-from runtime import RuntimeInputError, StreamingClassifier
+from runtime.errors import RuntimeInputError
+from runtime.streaming import StreamingClassifier
 
 pytest.importorskip("onnxruntime")
 

@@ -11,8 +11,9 @@ import torch
 from conftest import TINY_CONFIG  # noqa: E402
 
 import runtime
-from runtime import RuntimeInputError
-from runtime.backends.torch_backend import ExactBiLSTM, fold_conv_bn
+from runtime.backends.torch_backend.bilstm import ExactBiLSTM
+from runtime.backends.torch_backend.fold import fold_conv_bn
+from runtime.errors import RuntimeInputError
 
 H, W = TINY_CONFIG.frame_size
 
@@ -179,7 +180,7 @@ def test_runner_does_not_modify_a_shared_checkpoint(tiny_checkpoint):
 
     ckpt = load_checkpoint(tiny_checkpoint)
     before = copy.deepcopy(ckpt.model.state_dict())
-    from runtime.backends.torch_backend import TorchRunner
+    from runtime.backends.torch_backend.runner import TorchRunner
 
     with TorchRunner(ckpt, device="cpu", fast=True) as r:
         r.infer(np.zeros((1, 2, 3, H, W), np.float32))

@@ -32,8 +32,8 @@ from fakes import (  # noqa: E402  labelled fakes of TensorRT and CUDA
 )
 
 import runtime
-from runtime import RuntimeInputError
 from runtime.cuda_mem import CudaApi, CudaError, DeviceBuffer
+from runtime.errors import RuntimeInputError
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_CONFIG, TINY_MEAN, TINY_STD  # noqa: E402
 
 import runtime
-from runtime import RuntimeInputError, StreamingClassifier
+from runtime.errors import RuntimeInputError
+from runtime.streaming import StreamingClassifier
 
 H, W = TINY_CONFIG.frame_size
 WINDOW = 4

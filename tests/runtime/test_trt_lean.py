@@ -26,8 +26,8 @@ from fakes import (  # labelled fakes of TensorRT, CUDA
     write_engine,
 )
 
-from runtime import RuntimeInputError
 from runtime.cuda_mem import NoCudaDeviceError
+from runtime.errors import RuntimeInputError
 
 REPO = Path(__file__).resolve().parents[2]
 

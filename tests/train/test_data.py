@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, run_module
 
-from train.data import (
-    CIFAR10_CLASSES,
-    DATASETS,
-    DataError,
-    DataSpec,
-    FolderClips,
-    ImageClips,
-    SyntheticClips,
-    build_dataset,
-    make_synthetic_clip,
-    normalize_frames,
-    pad_collate,
-    scan_clip_folder,
-    synthetic_steps,
-)
+from train.clips import CIFAR10_CLASSES, DATASETS, DataError, normalize_frames, pad_collate
+from train.data import DataSpec, build_dataset
+from train.image_clips import FolderClips, ImageClips, scan_clip_folder
+from train.synthetic import SyntheticClips, make_synthetic_clip, synthetic_steps
 
 SHARED_CIFAR10 = Path(os.environ.get("CNN_BILSTM_CIFAR10",
                                      Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"))
@@ -224,6 +214,20 @@ def test_folder_errors_name_the_path(tmp_path):
         ds[0]
     with pytest.raises(DataError, match="needs --data-dir"):
         build_dataset(DataSpec(name="folder"), "train")
+
+
+def test_train_refuses_a_data_folder_of_one_class_naming_it(clip_tree, tmp_path):
+    """As a user runs it: one class folder is refused by the data layer, naming the folder and its class (the
+    model config alone could only say "num_classes must be >= 2, got 1")."""
+    shutil.rmtree(clip_tree / "wave")
+    out = tmp_path / "run"
+    proc = run_module("train", "--data", "folder", "--data-dir", clip_tree, "--frames", "8", "--frame-size", "16",
+                      "--epochs", "1", "--device", "cpu", "--no-progress", "--out", out, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: the train split of {clip_tree} has one class, 'jump': a classifier needs at least 2 classes "
+        "(one folder each)"]
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import train.loop as loop
 from train.__main__ import main as train_main
 from train.__main__ import parse_args
 from train._checks import TrainError
-from train.data import DataError, DataSpec, build_dataset
+from train.clips import DataError
+from train.data import DataSpec, build_dataset
 from train.eval_data import EvaluationError
 from train.evaluate import evaluate_model
 from train.evaluate import main as eval_main
@@ -115,15 +116,15 @@ def test_evaluate_refuses_zero_clips(finished_run, capsys, monkeypatch):
 
 
 def test_library_entry_points_refuse_what_the_cli_refuses(tmp_path, tiny_model):
-    from train.data import FolderClips, ImageClips
+    from train.image_clips import FolderClips, ImageClips
 
     with pytest.raises(DataError, match="max_frames must be >= 1, got 0"):
         FolderClips([], ["a"], max_frames=0)  # was read as "all frames"
     with pytest.raises(DataError, match="max_clips must be >= 1, got 0"):
         ImageClips(None, frames=2, max_clips=0)  # was read as "all clips"
     with pytest.raises(TrainError, match="clip_grad_norm must be >= 0"):  # was "no clipping"
-        engine.train_one_epoch(tiny_model, [], torch.optim.SGD(tiny_model.parameters(), lr=0.1), torch.device("cpu"), 0,
-                               clip_grad_norm=-1.0)
+        loop.train_one_epoch(tiny_model, [], torch.optim.SGD(tiny_model.parameters(), lr=0.1), torch.device("cpu"), 0,
+                             clip_grad_norm=-1.0)
     args = parse_args([*TINY_ARGS, "--out", str(tmp_path / "o")])
     args.clip_grad = -1.0  # fit called without parse_args checks the numbers itself
     with pytest.raises(TrainError, match="--clip-grad must be >= 0, got -1.0"):

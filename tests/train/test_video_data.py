@@ -18,7 +18,8 @@ from conftest import motion_frames  # noqa: E402
 
 from runtime.video import VideoReader  # noqa: E402
 from runtime.video_write import write_video  # noqa: E402
-from train.data import DataError, DataSpec, build_dataset  # noqa: E402
+from train.clips import DataError  # noqa: E402
+from train.data import DataSpec, build_dataset  # noqa: E402
 from train.synthetic import synthetic_class_names  # noqa: E402
 
 NAMES = synthetic_class_names(4)
