@@ -12,13 +12,12 @@
 # Environment: PY (default python3), BENCH_ARGS (extra pytest args for step 3, e.g. "--bench-compile"),
 #   BENCH_BUDGET (timed seconds per benchmark, default 0.75), GPU_TESTS_TIMEOUT (default 100 s), BENCH_TIMEOUT
 #   (default 220 s), VARIANTS (comma list of contenders for step 5, or "none" to skip it), VARIANTS_TIMEOUT (seconds
-#   per shape, default 45)
-#   to fit a shorter lease.
+#   per shape, default 45), DEADLINE (below). Lower the timeouts and the grid (BENCH_ARGS) for a shorter run.
 # ONNX Runtime: with only the CPU provider installed it is timed at B=1, T<=16 as a reference point (see _ort in
 # benchmarks/contenders.py); with onnxruntime-gpu the CUDA provider runs the whole grid. TensorRT contenders are
 # skipped when TensorRT is missing (the report lists every skip and its reason). OUTDIR stays flat: 7 + 13 files.
 # Step 5 stops starting shapes when less than 30 s remain of DEADLINE (default 570 s since the start), so the whole
-# run fits a 600 s call; the script exits 0 whatever its steps returned (their rc is in env.txt).
+# run ends within 10 minutes; the script exits 0 whatever its steps returned (their rc is in env.txt).
 set -u -o pipefail
 
 OUT=${1:?usage: bash benchmarks/gpu_run.sh OUTDIR}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Everything this project checks on a lent NVIDIA GPU, in one call sized for a 15-minute lease (about 8 minutes):
+# Everything this project checks on an NVIDIA GPU, in one run of about 8 minutes:
 #   1. benchmarks/gpu_run.sh without its variants step: GPU-marked tests, the latency suite at the default CUDA
 #      grid, the report;
-#   2. the seed's CIFAR-10 experiment on the GPU (ResNet-34, cifar stem, T=8 clips of one class) for as many epochs as
-#      fit, then `python -m train.evaluate` on the test split (frame, clip and per-class accuracy, shuffled control).
+#   2. the reference CIFAR-10 experiment on the GPU (--preset cifar10-gpu: ResNet-34, cifar stem, T=8 clips of one
+#      class) for CIFAR_EPOCHS epochs (default 15) within CIFAR_TIMEOUT seconds (default 180), then
+#      `python -m train.evaluate` on the test split (frame, clip and per-class accuracy, shuffled control).
 # Usage (repository root; the repo on PYTHONPATH, not installed):
 #   bash scripts/gpu_session.sh OUTDIR [CIFAR10_ZIP]
 # CIFAR10_ZIP holds cifar10/{train,test}/<class>/*.jpg (an ImageFolder tree); without it step 2 is skipped.

@@ -44,7 +44,7 @@ C = len(CLASSES)
 FEATURE_DIM = 8
 TRT_VERSION = (10, 13, 0, 35)
 GPU_NAME, GPU_CC = b"NVIDIA H100 80GB HBM3", (9, 0)
-# The profiles of the brief's example engine: (batch (min, opt, max), time (min, opt, max)).
+# The profiles of the fake engine (the same two as tests/export/test_to_triton_trt.py): (batch (min, opt, max), time (min, opt, max)).
 TWO_PROFILES = [((1, 1, 8), (1, 16, 128)), ((8, 64, 64), (1, 16, 32))]
 
 

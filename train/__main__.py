@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
     "cifar10-cpu": dict(data="cifar10", backbone="resnet18", stem="imagenet", frame_size=[32, 32], frames=8,
                         hidden_size=64, num_layers=1, train_clips=2500, val_clips=500, epochs=5, batch_size=32,
                         lr=2e-3, augment=False),
-    # The seed's CIFAR-10 experiment for a GPU: ResNet-34, cifar stem, T=8, every image.
+    # The reference CIFAR-10 experiment for a GPU: ResNet-34, cifar stem, T=8, every image.
     "cifar10-gpu": dict(data="cifar10", backbone="resnet34", stem="cifar", frame_size=[32, 32], frames=8,
                         hidden_size=256, num_layers=2, epochs=30, batch_size=32, lr=1e-3, warmup_epochs=1,
                         augment=True, workers=8),

@@ -1,4 +1,4 @@
-"""Issue 13, export side: every output of export.to_onnx, export.quantize and export.to_trt is checked before the work
+"""Export guards: every output of export.to_onnx, export.quantize and export.to_trt is checked before the work
 and never replaces a file it does not own; export folders appear whole or not at all; killed runs' temporaries are
 removed; every graph and checkpoint a tool reads is checked the way the runtime checks it."""
 
@@ -89,7 +89,7 @@ def _no_write_access(monkeypatch, folder):
                         else real(p, mode, **kw))
 
 
-# --- item 4: folders whole or not at all ----------------------------------------------------------------------------
+# --- folders whole or not at all ------------------------------------------------------------------------------------
 
 
 def test_interrupted_reexport_leaves_the_old_folder_whole(tmp_path, tiny_checkpoint, other_checkpoint, fp32_dir,
@@ -152,7 +152,7 @@ def test_nested_precisions_leave_the_parents_other_entries_alone(tmp_path, tiny_
     assert (root / "int8" / "keep.txt").read_text() == "mine"
 
 
-# --- item 5: temporaries of killed runs -------------------------------------------------------------------------------
+# --- temporaries of killed runs ---------------------------------------------------------------------------------------
 
 
 def test_export_writers_remove_killed_runs_temporaries(tmp_path, fp32_dir, fp16_dir, other_checkpoint):
@@ -179,7 +179,7 @@ def test_export_writers_remove_killed_runs_temporaries(tmp_path, fp32_dir, fp16_
     assert list(engines.iterdir()) == []
 
 
-# --- item 7: the tools check what they read -----------------------------------------------------------------------
+# --- the tools check what they read -------------------------------------------------------------------------------
 
 
 def test_quantize_refuses_a_bit_flipped_source_graph(tmp_path, fp32_dir):
@@ -221,7 +221,7 @@ def test_runtime_says_how_to_recover_a_damaged_or_mixed_folder(tmp_path, fp32_di
         runtime.load(int8)
 
 
-# --- item 10: bad output paths, one line, before the work ------------------------------------------------------------
+# --- bad output paths, one line, before the work ---------------------------------------------------------------------
 
 
 def test_to_onnx_out_is_checked_before_the_export(tmp_path, tiny_checkpoint, monkeypatch, capsys):
@@ -280,11 +280,11 @@ def test_to_trt_out_is_checked_before_the_build(tmp_path, fp16_dir, monkeypatch,
     assert err.startswith("error: --timing-cache") and "must end in .cache (got '.pt')" in err
 
 
-# --- item 1: to_trt never overwrites what it does not own -------------------------------------------------------------
+# --- to_trt never overwrites what it does not own ---------------------------------------------------------------------
 
 
 def test_to_trt_refuses_a_checkpoint_and_other_suffixes(tmp_path, fp16_dir, tiny_checkpoint, capsys):
-    # The issue's repro: --out names a checkpoint. Refused on its suffix before anything is read or built.
+    # --out names a checkpoint: refused on its suffix before anything is read or built.
     victim = tmp_path / "best.pt"
     shutil.copy(tiny_checkpoint, victim)
     assert to_trt.main([str(fp16_dir / "bilstm.onnx"), "--out", str(victim)]) == 2
@@ -346,7 +346,7 @@ def test_build_engine_flags_are_booleans(tmp_path, fp16_dir):
         build_engine(fp16_dir / "cnn.onnx", tmp_path / "cnn.engine", force="no")
 
 
-# --- item 11: checkpoints that are not checkpoints ------------------------------------------------------------------
+# --- checkpoints that are not checkpoints ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("content,what", [

@@ -22,7 +22,7 @@ from export.triton_check import check_repository  # noqa: E402
 from export.triton_repo import served_model_of  # noqa: E402
 from tests.export.test_to_triton import _config, _set_served  # noqa: E402
 
-# The brief's two profiles: up to 8 clips of up to 128 frames, or 8..64 clips of up to 32 frames.
+# Two optimization profiles of a typical engine: up to 8 clips of up to 128 frames, or 8..64 clips of up to 32 frames.
 PROFILES = ["batch=1:1:8,time=1:16:128", "batch=8:64:64,time=1:16:32"]
 
 

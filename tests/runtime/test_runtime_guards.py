@@ -1,4 +1,4 @@
-"""Issue 13, runtime and benchmark side: nothing lost, nothing silent.
+"""Runtime and benchmark guards: nothing lost, nothing silent.
 
 - NaN/Inf frames: refused by default at a clip's real steps by every backend that runs here (ONNX Runtime fp32 and
   int8, PyTorch eager and fast path, the TensorRT runner over its fakes), by runner.classify and by streaming; NaN only
@@ -57,7 +57,7 @@ def _frames(b, t, seed=0):
     return np.random.default_rng(seed).standard_normal((b, t, 3, H, W)).astype(np.float32)
 
 
-# --- item 6: NaN/Inf frames, one behaviour for every backend ----------------------------------------------------------
+# --- NaN/Inf frames, one behaviour for every backend ------------------------------------------------------------------
 
 RUNNERS = ["ort-fp32", "ort-int8", "torch-eager", "torch-fast"]
 
@@ -169,7 +169,7 @@ def test_streaming_refuses_a_nan_frame_and_keeps_its_window(tiny_checkpoint, fp3
         assert unchecked.push(np.full((3, H, W), np.nan, np.float32)).frames_seen == 1
 
 
-# --- item 12: API arguments that must be RuntimeInputError ------------------------------------------------------------
+# --- API arguments that must be RuntimeInputError ---------------------------------------------------------------------
 
 
 def test_load_takes_a_path_only():
@@ -206,7 +206,7 @@ def test_streaming_window_is_bounded_before_anything_loads(tiny_checkpoint, tmp_
         StreamingClassifier(tiny_checkpoint, resize="yes")
 
 
-# --- items 2, 10, 11: python -m runtime classify / info ---------------------------------------------------------------
+# --- python -m runtime classify / info --------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -419,7 +419,7 @@ def test_own_outputs_are_recognised_by_content(tmp_path):
         check_outputs(tmp_path, [name], force=True)
 
 
-# --- the audit: the same classes elsewhere in the runtime and benchmarks ----------------------------------------------
+# --- the same classes of guard elsewhere in the runtime and benchmarks ----------------------------------------------
 
 
 def test_classify_top_k_and_stale_temporaries(fp32_dir, clip_npy, tmp_path, capsys):

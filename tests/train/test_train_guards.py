@@ -1,4 +1,4 @@
-"""Issue 13, training and evaluation: outputs checked before any work, no file replaced without --force, a forced
+"""Training and evaluation guards: outputs checked before any work, no file replaced without --force, a forced
 restart or a kill never leaves a folder that resumes as something it isn't, stale temporaries removed, numbers out of
 range refused (never read as "the default"), and one-line errors instead of tracebacks."""
 
@@ -68,7 +68,7 @@ def _one_error_line(err: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# item 9: numbers out of range are refused with what is valid, 0 is never "the default"
+# numbers out of range are refused with what is valid, 0 is never "the default"
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, value, message", [
     ("--train-clips", "0", "--train-clips must be >= 1, got 0"),
@@ -147,7 +147,7 @@ def test_data_specs_refuse_zero_instead_of_reading_all(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# items 2 and 10: output paths checked before the work; nothing replaced without --force
+# output paths checked before the work; nothing replaced without --force
 # --------------------------------------------------------------------------------------------------------------------
 def test_train_out_that_is_a_file_or_read_only_fails_before_the_work(tmp_path, capsys, monkeypatch):
     _no_work(monkeypatch)
@@ -210,7 +210,7 @@ def test_evaluate_force_replaces_and_the_default_png_replaces_only_its_own(tmp_p
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# item 11: devices and downloads
+# devices and downloads
 # --------------------------------------------------------------------------------------------------------------------
 def test_unknown_devices_list_the_valid_ones(tmp_path, finished_run, capsys, monkeypatch):
     assert run_train(tmp_path / "o", "--device", "tpu") == 2
@@ -248,7 +248,7 @@ def test_evaluate_of_a_text_file_named_pt_is_one_line(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# items 3, 5 and 13: forced restarts, resume checks, stale temporaries, what an interruption says
+# forced restarts, resume checks, stale temporaries, what an interruption says
 # --------------------------------------------------------------------------------------------------------------------
 def _interrupt(monkeypatch, where: str):
     if where == "first epoch":
