@@ -1,6 +1,6 @@
 """Backbones side by side: CPU latency against held-out accuracy, one row per backbone (the chart to choose one by).
 
-    python -m benchmarks.backbones --data-dir CIFAR10_DIR --out benchmarks/results --prefix DATE-cpu-backbones
+    python -m benchmarks.backbones --data-dir CIFAR10 --out benchmarks/results --prefix DATE-cpu-backbones
 
 For each backbone (``--backbones``, default all six) the same training budget from scratch on CIFAR-10 clips
 (``python -m train``, cifar stem; pretrained weights are a download away, so this compares architectures, not

@@ -1,6 +1,6 @@
 """Accuracy of everything the project deploys on CIFAR-10's held-out clips, as one markdown table.
 
-    CIFAR10_DIR=path/to/cifar10 TRITON_SERVER_PYTHON=.venv-triton/bin/python \\
+    CNN_BILSTM_CIFAR10=path/to/cifar10 TRITON_SERVER_PYTHON=.venv-triton/bin/python \\
         python scripts/eval_table.py --run runs/cifar-cpu --out runs/cifar-cpu/eval
 
 Steps, each a command a user would type (printed, and listed under the table):
@@ -14,8 +14,8 @@ Steps, each a command a user would type (printed, and listed under the table):
   5. write ``--out/eval_table.md``: clip and frame accuracy and agreement with the checkpoint, per model, with the
      date, CPU, versions and commands. Each evaluation's JSON and confusion matrix lie beside it.
 
-The CIFAR-10 folder (an ImageFolder tree with train/ and test/) comes from ``--cifar-dir`` or ``CIFAR10_DIR``; the
-commands under the table name it ``$CIFAR10_DIR``; the served model's URL is the one this script's server had.
+The CIFAR-10 folder (an ImageFolder tree with train/ and test/) comes from ``--cifar-dir`` or ``CNN_BILSTM_CIFAR10``; the
+commands under the table name it ``$CNN_BILSTM_CIFAR10``; the served model's URL is the one this script's server had.
 ``--train-args`` and ``--quantize-args`` add options to those commands (a quick check at tiny scale, whose barely
 trained model fails the int8 gate: ``--train-args "--train-clips 64 --val-clips 32 --epochs 1" --quantize-args
 "--min-agreement 0 --verify-clips 32"``).
@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO))  # benchmarks/ is not installed: import it from th
 from benchmarks.triton_server import LocalTritonServer, server_unavailable_reason  # noqa: E402
 from runtime._io import atomic_write_text  # noqa: E402
 
-CIFAR_ENV = "CIFAR10_DIR"
+CIFAR_ENV = "CNN_BILSTM_CIFAR10"
 
 
 class Steps:
-    """Runs the commands, printing each, and keeps them (the data folder shown as ``$CIFAR10_DIR``)."""
+    """Runs the commands, printing each, and keeps them (the data folder shown as ``$CNN_BILSTM_CIFAR10``)."""
 
     def __init__(self, cifar: str) -> None:
         self.cifar, self.shown = cifar, []
