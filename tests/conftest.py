@@ -177,6 +177,15 @@ def run_checked(args, cwd, timeout: int = 900):
     return proc
 
 
+def run_cli(module: str, *args, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` as a user runs it: a new process of this interpreter in ``cwd``, with this run's
+    environment and this checkout first on its PYTHONPATH; its output is captured (text)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def fresh_venv(folder, extra: str):
     """A new virtual environment in ``folder`` with only this checkout's ``.[extra]`` installed; its python."""
     repo = Path(__file__).resolve().parents[1]
