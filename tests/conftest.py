@@ -178,12 +178,12 @@ def run_checked(args, cwd, timeout: int = 900):
     return proc
 
 
-def run_module(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS...`` in a fresh interpreter, from the checkout's root, as a user runs a CLI (this
-    checkout's packages first on the path); the finished process, output captured as text."""
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=repo, env=env, capture_output=True,
+def run_cli(module: str, *args, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` as a user runs it: a new process of this interpreter in ``cwd`` (default: the
+    checkout's root), with this run's environment and this checkout first on its PYTHONPATH; output captured (text)."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd or repo, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -1,15 +1,15 @@
-"""Data-parallel training across processes started by ``torchrun`` (``torch.distributed`` +
-``DistributedDataParallel``): the process group, the samplers, the reductions and what a failed rank turns into.
+"""Data-parallel training across processes started by ``torchrun`` (``torch.distributed`` + DistributedDataParallel):
+the process group, the samplers, the reductions and what a failed rank turns into.
 
-One process per device. ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; with none of them set, training runs in one process exactly as before. The backend is NCCL for CUDA
-devices and gloo for CPUs unless ``--dist-backend`` says otherwise; each rank trains on ``cuda:LOCAL_RANK``.
+One process per device. ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+with none of them set, training runs in one process. The backend is NCCL for CUDA devices and gloo for CPUs unless
+``--dist-backend`` says otherwise; each rank trains on ``cuda:LOCAL_RANK``.
 
 Every collective has a timeout (``--dist-timeout``, default :data:`DEFAULT_TIMEOUT_S`): a rank that hangs makes the
-others fail after it instead of waiting forever. A rank that dies ends the job faster than that: gloo's and NCCL's
-connections to it close at once, and torchrun stops the other ranks (SIGTERM, turned into :class:`RankStopped` here).
-The timeout must exceed the longest stretch in which one rank works while the others wait: rank 0 writing a
-checkpoint, or building its data set (``--download``) before the others build theirs.
+others fail after it instead of waiting forever. A rank that dies ends the job sooner: gloo's and NCCL's connections to
+it close at once, and torchrun stops the other ranks (SIGTERM, turned into :class:`RankStopped` here). The timeout must
+exceed the longest stretch in which one rank works while the others wait: rank 0 writing a checkpoint, or building its
+data set (``--download``) before the others build theirs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ BACKENDS = ("auto", "nccl", "gloo")
 # Long enough for rank 0 to write a ResNet-34 checkpoint while the others wait, short enough that a hung rank ends a
 # CPU test in well under a minute; raise it for slow file systems or long single-rank stretches (see the module doc).
 DEFAULT_TIMEOUT_S = 60.0
-
 T = TypeVar("T")
 
 
@@ -53,8 +52,7 @@ class RankStopped(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands: rank, world size, local rank (its GPU on the node) and the backend (None: one
-    process, no process group)."""
+    """Where this process stands: rank, world size, local rank (its GPU on its node), backend (None: one process)."""
 
     rank: int = 0
     world_size: int = 1
@@ -285,9 +283,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP copies them at the start of each training
-    forward, after which every rank updates its own with its batch; evaluating right after training would otherwise
-    use slightly different statistics on each rank than the checkpoint rank 0 writes."""
+    """Give every rank rank 0's buffers (BatchNorm running statistics), which each rank updated with its own batches
+    since DDP's last copy: the ranks then evaluate with the statistics of the checkpoint rank 0 writes."""
     if not ctx.active:
         return
     import torch.distributed as dist
@@ -308,13 +305,10 @@ def all_gather_objects(ctx: DistContext, obj: Any) -> list:
 
 
 def train_sampler(dataset, ctx: DistContext, seed: int, epoch: int):
-    """This rank's shard of the training set for ``epoch`` (None in one process: the loader shuffles).
-
-    A :class:`~torch.utils.data.DistributedSampler` with ``set_epoch``: one permutation per (seed, epoch), split
-    into equal disjoint shards. ``drop_last=True``, so no clip is seen twice in an epoch; when the world size does not
-    divide the set, the last ``len % world`` clips of each epoch's permutation (different ones every epoch) are left
-    out, which :func:`describe_train_split` says once at the start.
-    """
+    """This rank's shard of the training set for ``epoch`` (None in one process: the loader shuffles): a
+    :class:`~torch.utils.data.DistributedSampler` with ``set_epoch``, one permutation per (seed, epoch) split into
+    equal disjoint shards. ``drop_last=True``, so no clip is seen twice in an epoch; the last ``len % world`` clips of
+    each epoch's permutation (other ones every epoch) are left out, which :func:`describe_train_split` says once."""
     if not ctx.active:
         return None
     from torch.utils.data import DistributedSampler
@@ -345,9 +339,8 @@ def describe_train_split(num_clips: int, ctx: DistContext, batch_size: int) -> s
 
 class ShardSampler(Sampler[int]):
     """Rank ``rank``'s share of an evaluation set: indices ``rank, rank + world, ...``, so the ranks together visit
-    every index exactly once. (DistributedSampler instead pads the shards to one length by repeating indices, which
-    would count those clips twice in a reduced accuracy; evaluation needs no equal shards, as it runs no collective
-    until its sums are reduced.)"""
+    every index exactly once (DistributedSampler pads its shards to one length with repeated indices, which would
+    count those clips twice; evaluation needs no equal shards: it runs no collective until its sums are reduced)."""
 
     def __init__(self, num_items: int, rank: int, world_size: int) -> None:
         if not 0 <= rank < world_size:
@@ -389,8 +382,7 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device, s
 
 def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
     """``--sync-bn`` needs CUDA devices: in torch 2.14 DistributedDataParallel refuses a model with SyncBatchNorm on
-    the CPU ("SyncBatchNorm layers only work with GPU modules") and SyncBatchNorm itself refuses CPU tensors (both
-    seen on a 2-process gloo run here).
+    the CPU ("SyncBatchNorm layers only work with GPU modules"), and SyncBatchNorm refuses CPU tensors.
 
     Raises:
         DistributedError: ``sync_bn`` with a CPU device.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_module
+from conftest import run_cli
 
 from benchmarks.backbones import DATA_ENV, HEADING, main
 
@@ -17,7 +17,7 @@ TINY = ["--data", "synthetic", "--backbones", "mobilenet_v3_small", "--frames", 
 
 
 def _cli(*argv):
-    return run_module("benchmarks.backbones", *argv, timeout=900)
+    return run_cli("benchmarks.backbones", *argv, timeout=900)
 
 
 def test_the_cli_trains_exports_quantizes_and_times_each_backbone(tmp_path):

@@ -13,7 +13,7 @@ from benchmarks.environment import Unavailable
 from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, stated_peak, workload_flops
 from benchmarks.timing import LatencyRecorder, Task, paired_speedup, percentiles, time_interleaved
 from benchmarks.workloads import reference_config
-from tests.conftest import TINY_CONFIG, run_module
+from tests.conftest import TINY_CONFIG, run_cli
 
 
 def test_reference_flops_match_the_measured_baseline():
@@ -185,7 +185,7 @@ def test_paired_cli_writes_checked_results(tiny_checkpoint, tiny_export, tmp_pat
     import json
 
     out = tmp_path / "out"
-    proc = run_module("benchmarks.paired", "--checkpoint", tiny_checkpoint, "--onnx-dir", tiny_export, "--device",
+    proc = run_cli("benchmarks.paired", "--checkpoint", tiny_checkpoint, "--onnx-dir", tiny_export, "--device",
                       "cpu", "--contenders", "ort-fp32,trt", "--batch", "1", "--time", "3", "--rounds", "4",
                       "--warmup", "1", "--gap-ms", "1", "--out", out, "--prefix", "p")
     assert proc.returncode == 0, proc.stderr
@@ -202,7 +202,7 @@ def test_paired_cli_writes_checked_results(tiny_checkpoint, tiny_export, tmp_pat
 
 
 def test_quick_cli_checks_then_times_each_contender(tiny_checkpoint, tiny_export):
-    proc = run_module("benchmarks.quick", tiny_checkpoint, "--onnx-dir", tiny_export, "--rounds", "2", "--device",
+    proc = run_cli("benchmarks.quick", tiny_checkpoint, "--onnx-dir", tiny_export, "--rounds", "2", "--device",
                       "cpu")
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("eager", "ort"))}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_module
+from conftest import run_cli
 
 from benchmarks.ddp_throughput import main
 
 
 def test_one_round_of_one_and_two_processes(tmp_path):
-    proc = run_module("benchmarks.ddp_throughput", "--nprocs", "1,2", "--rounds", "1", "--epochs", "2",
+    proc = run_cli("benchmarks.ddp_throughput", "--nprocs", "1,2", "--rounds", "1", "--epochs", "2",
                       "--train-clips", "8", "--batch-size", "4", "--out", tmp_path, "--prefix", "tiny")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "tiny.json").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_module
+from conftest import run_cli
 
 pytest.importorskip("av")
 
@@ -14,7 +14,7 @@ pytest.importorskip("av")
 def test_decode_benchmark_records_every_task(tmp_path):
     args = ["--out", tmp_path, "--prefix", "mini", "--seconds", "0.4", "--fps", "10", "--size", "32", "48",
             "--rounds", "1", "--gap", "0", "--threads", "1"]
-    proc = run_module("benchmarks.decode", *args)
+    proc = run_cli("benchmarks.decode", *args)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "mini.json").read_text())
     result = data["result"]

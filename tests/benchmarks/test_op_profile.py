@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.flops import bilstm_flops, cnn_flops_per_frame, workload_flops
 from benchmarks.op_profile import example_feeds, main, node_flops, profile_onnx
-from tests.conftest import TINY_CONFIG, run_module
+from tests.conftest import TINY_CONFIG, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_example_feeds_name_what_they_cannot_fill():
 
 def test_cli_writes_markdown_json_and_plot(tiny_onnx, tmp_path):
     out = tmp_path / "out"
-    proc = run_module("benchmarks.op_profile", tiny_onnx["model"], "--batch", "1", "--time", "3", "--runs", "2",
+    proc = run_cli("benchmarks.op_profile", tiny_onnx["model"], "--batch", "1", "--time", "3", "--runs", "2",
                       "--warmup", "0", "--threads", "1", "--top", "5", "--out", out, "--prefix", "p")
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "p.json").read_text())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_module
+from conftest import run_cli
 
 from benchmarks.perf_analyzer import (
     PerfAnalyzerUnavailable,
@@ -63,7 +63,7 @@ def test_perf_analyzer_loads_the_served_model(stream, perf_analyzer, triton_serv
     url = f"{triton_server.grpc_url}/cnn_bilstm"
     extra = ["--stream", "--sequence-length", "6"] if stream else ["--time", "2,4"]
     fixed = ["--sequence-length-variation", "0"] if stream else []  # 4 whole sequences of 6 frames make the 24
-    proc = run_module("benchmarks.perf_analyzer", tiny_export, url, *extra, "--input-json", tmp_path / "in.json",
+    proc = run_cli("benchmarks.perf_analyzer", tiny_export, url, *extra, "--input-json", tmp_path / "in.json",
                       "--", *FLAGS, *fixed, "-f", tmp_path / "out.csv", timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.startswith(f"$ {perf_analyzer} -m cnn_bilstm{'_stream' if stream else ''} ")

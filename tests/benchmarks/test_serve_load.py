@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import run_cli
 
 from benchmarks.environment import process_tree_cpu_s
 from benchmarks.outputs import is_own_output
@@ -123,7 +123,7 @@ def test_cli_refuses_bad_arguments_before_any_server(argv, message, tiny_export,
 
 
 def test_cli_compares_embedded_and_served(tiny_export, server_python, tmp_path):
-    proc = run_module("benchmarks.serve_load", tiny_export, "--server-python", server_python, "--concurrency", "1,3",
+    proc = run_cli("benchmarks.serve_load", tiny_export, "--server-python", server_python, "--concurrency", "1,3",
                       "--lengths", "1-4", "--max-time", "4", "--duration", "0.4", "--rounds", "2", "--warmup", "0.3",
                       "--gap-ms", "0", "--out", tmp_path, "--prefix", "tiny")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_module
+from conftest import run_cli
 
 from benchmarks.outputs import is_own_output
 
@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 
 
 def run_bench(*args):
-    proc = run_module("benchmarks.timeline", *args, timeout=900)
+    proc = run_cli("benchmarks.timeline", *args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

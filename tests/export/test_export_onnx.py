@@ -13,6 +13,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from conftest import run_cli  # noqa: E402
+
 from export.errors import ExportError, ExportOverwriteError, ExportVerificationError  # noqa: E402
 from export.onnx_graph import check_lstm_structure, read_metadata  # noqa: E402
 from export.spec import SPEC  # noqa: E402
@@ -23,17 +25,36 @@ from runtime.spec import GRAPHS, METADATA_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, tiny_checkpoint):
-    """fp32 and fp16 exports of the tiny checkpoint through the CLI (two --precision: DIR/fp32 and DIR/fp16),
-    shared by the module (each export takes a few seconds)."""
-    root = tmp_path_factory.mktemp("onnx")
-    assert main([str(tiny_checkpoint), "--out", str(root), "--precision", "fp32", "--precision", "fp16"]) == 0
+def cli_export(tmp_path_factory, tiny_checkpoint):
+    """``python -m export.to_onnx CKPT --out onnx --precision fp32 --precision fp16`` as a user runs it (a new process
+    in a new folder, --out relative to it); the finished process and the folder it wrote."""
+    cwd = tmp_path_factory.mktemp("onnx")
+    res = run_cli("export.to_onnx", tiny_checkpoint, "--out", "onnx", "--precision", "fp32", "--precision", "fp16",
+                  cwd=cwd)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res, cwd / "onnx"
+
+
+@pytest.fixture(scope="module")
+def exports(cli_export):
+    """The fp32 and fp16 exports of :func:`cli_export` (DIR/fp32 and DIR/fp16), shared by the module (each export
+    takes a few seconds)."""
+    _, root = cli_export
     out = {}
     for p in ("fp32", "fp16"):
         report_path = root / p / "export_report.json"
         out[p] = SimpleNamespace(paths={g: root / p / f"{g}.onnx" for g in GRAPHS}, report_path=report_path,
                                  report=json.loads(report_path.read_text()))
     return out
+
+
+def test_python_m_export_to_onnx_as_a_user_runs_it(cli_export, exports):
+    res, _ = cli_export
+    for p, exp in exports.items():
+        assert exp.report["ok"] and exp.report["precision"] == p
+        for graph in GRAPHS:  # every graph verified against PyTorch, and said so
+            assert f"onnx/{p}/{graph}.onnx" in res.stdout + res.stderr, res.stdout
+    assert "ok" in res.stdout and "Traceback" not in res.stderr
 
 
 def _session(path):

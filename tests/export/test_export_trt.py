@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import skip_unless_engines_build
+from conftest import run_cli, skip_unless_engines_build
 
 pytestmark = pytest.mark.trt
 onnx = pytest.importorskip("onnx")
@@ -52,6 +52,16 @@ def test_all_three_graphs_build_with_dynamic_inputs(engines):
             assert inputs["lengths"]["shape"] == [-1] and inputs["lengths"]["dtype"] == "INT32"
         assert all(t["dtype"] == "FLOAT" for t in report["io_tensors"] if t["name"] != "lengths")
         assert len(report["onnx"]["sha256"]) == 64 and report["build_seconds"] > 0
+
+
+def test_python_m_export_to_trt_as_a_user_runs_it(fp16_graphs, tmp_path):
+    res = run_cli("export.to_trt", fp16_graphs["bilstm"], "--out", "bilstm.engine", "--backend", "tensorrt_rtx",
+                  "--profile", "batch=1:1:2,time=1:4:8", "--compute-capability", "8.6", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert (tmp_path / "bilstm.engine").stat().st_size > 0 and "built bilstm.engine" in res.stdout, res.stdout
+    report = json.loads((tmp_path / "bilstm.engine.json").read_text())
+    assert report["trt"]["flavour"] == "tensorrt_rtx" and report["target"]["compute_capability"] == "8.6"
+    assert report["metadata"]["graph"] == "bilstm" and len(report["profiles"]) == 1
 
 
 def test_profiles_mapped_onto_real_inputs(engines):

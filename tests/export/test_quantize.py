@@ -19,7 +19,7 @@ from export.quantize import main, quantize_export  # noqa: E402
 from export.to_onnx import export_onnx  # noqa: E402
 from runtime.checkpoint import save_checkpoint  # noqa: E402
 from runtime.model import ModelConfig, build_random_model  # noqa: E402
-from tests.conftest import TINY_CONFIG  # noqa: E402
+from tests.conftest import TINY_CONFIG, run_cli  # noqa: E402
 
 
 def _clips(n, t=4, seed=0, scale=1.0):
@@ -31,10 +31,22 @@ def fp32_dir(tmp_path_factory, tiny_checkpoint):
     return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("fp32"), "fp32").paths["model"].parent
 
 
+# int8's top-1 agreement with fp32 on random clips is a matter of near-ties for a random model: its clip logits are all
+# below 0.2 and their top-2 margins below 0.045. On an AMD EPYC (AVX-512 VNNI), 45 of the 48 clips agree (0.9375 in
+# every run under OMP_NUM_THREADS 1 and 2), and 10 of the 48 have a margin below twice their int8 logit deviation:
+# another CPU's kernels (Intel AMX) round some activations differently, and any of those 10 may flip there. 0.5 holds
+# while half the clips agree, and fails a quantization that scrambles the decisions (1/3 for 3 classes). How close
+# int8 is to fp32 is asserted on the logits instead (INT8_CLIP_REL_MAX).
+MIN_AGREEMENT = 0.5
+# The relative error of the int8 clip logits: 0.0137 on that AMD EPYC (both thread settings), set by the quantization
+# steps (int32 accumulation is exact with VNNI and AMX); ranges calibrated on near-zero frames give 0.18.
+INT8_CLIP_REL_MAX = 0.1
+
+
 @pytest.fixture(scope="module")
 def int8(fp32_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
-    return quantize_export(fp32_dir, out, _clips(16, seed=1), _clips(48, seed=2), min_agreement=0.9,
+    return quantize_export(fp32_dir, out, _clips(16, seed=1), _clips(48, seed=2), min_agreement=MIN_AGREEMENT,
                            data_description="N(0,1) test clips")
 
 
@@ -71,8 +83,8 @@ def test_metadata_and_report(int8, fp32_dir):
         assert meta["quantization"]["quantized_ops"] == list(QUANTIZED_OPS)
     report = json.loads(int8.report_path.read_text())
     v = report["verification"]
-    assert report["ok"] and v["clips"] == 48 and v["clip_agreement"] >= 0.9
-    assert 0 < v["clip_logits_rel"] < 0.2 and v["padded_lengths"] == [4, 2, 1, 1]
+    assert report["ok"] and v["clips"] == 48 and v["clip_agreement"] >= MIN_AGREEMENT
+    assert 0 < v["clip_logits_rel"] < INT8_CLIP_REL_MAX and v["padded_lengths"] == [4, 2, 1, 1]
     assert report["quantization"]["calibration_clips"] == 16 and report["quantization"]["data"] == "N(0,1) test clips"
 
 
@@ -143,24 +155,24 @@ def test_tensorrt_build_refuses_int8_graphs(int8, tmp_path):
         build_engine(int8.paths["cnn"], tmp_path / "cnn.engine", backend="tensorrt_rtx", compute_capability="8.6")
 
 
-def test_cli_calibrates_on_training_data(tmp_path, capsys):
+def test_python_m_export_quantize_calibrates_on_training_data(tmp_path, capsys):
     from train.clips import SYNTHETIC_MEAN, SYNTHETIC_STD
     from train.synthetic import synthetic_class_names
 
     config = ModelConfig(**{**TINY_CONFIG.to_dict(), "num_classes": 4})
     ckpt = save_checkpoint(tmp_path / "syn.pt", build_random_model(config, seed=3),
                            class_names=synthetic_class_names(4), mean=list(SYNTHETIC_MEAN), std=list(SYNTHETIC_STD))
-    src = export_onnx(ckpt, tmp_path / "fp32", "fp32").paths["model"].parent
+    export_onnx(ckpt, tmp_path / "fp32", "fp32")
     out = tmp_path / "int8"
-    rc = main([str(src), "--out", str(out), "--data", "synthetic", "--frames", "5", "--calibration-clips", "8",
-               "--verify-clips", "16", "--min-agreement", "0"])
-    printed = capsys.readouterr().out
-    assert rc == 0, printed
+    res = run_cli("export.quantize", "fp32", "--out", "int8", "--data", "synthetic", "--frames", "5",
+                  "--calibration-clips", "8", "--verify-clips", "16", "--min-agreement", "0", cwd=tmp_path)
+    printed = res.stdout
+    assert res.returncode == 0, printed + res.stderr[-3000:]
     assert "clip top-1 agreement" in printed and (out / "model.onnx").is_file()
     report = json.loads((out / "export_report.json").read_text())
     assert report["verification"]["clips"] == 16 and "synthetic" in report["quantization"]["data"]
     assert 0 <= report["verification"]["clip_accuracy_int8"] <= 1 and "clip accuracy on those clips" in printed
-    assert main([str(src), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4",
+    assert main([str(tmp_path / "fp32"), "--out", str(tmp_path / "x"), "--data", "synthetic", "--frames", "4",
                  "--calibration-clips", "0"]) == 2
     assert "--calibration-clips must be >= 1" in capsys.readouterr().err
 

@@ -17,7 +17,7 @@ from export.triton_check import check_repository  # noqa: E402
 from export.triton_repo import RepoOptions, served_model_of, write_repository  # noqa: E402
 from runtime.spec import METADATA_KEY  # noqa: E402
 from runtime.triton import protocol as P  # noqa: E402
-from tests.conftest import TINY_CLASSES, run_module  # noqa: E402
+from tests.conftest import TINY_CLASSES, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,17 @@ def test_python_kind_writes_both_models_as_the_contract_says(python_repo, export
     s = served_model_of(stream_dir / "config.pbtxt")
     assert (s.role, s.window, s.idle_seconds, s.time_buckets) == ("stream", 8, 30.0, (8,))
     assert check_repository(python_repo) == []
+
+
+def test_python_m_export_to_triton_writes_and_checks_as_a_user_runs_it(export_dir, tmp_path):
+    res = run_cli("export.to_triton", export_dir, "--out", "repo", "--kind", "onnxruntime", "--max-time", "16",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    model = tmp_path / "repo" / "cnn_bilstm"
+    assert (model / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
+    assert _config(model / "config.pbtxt").backend == "onnxruntime" and "repo" in res.stdout
+    check = run_cli("export.to_triton", "--check", "repo", cwd=tmp_path)
+    assert check.returncode == 0 and "repo: ok" in check.stdout, check.stdout + check.stderr[-3000:]
 
 
 def test_onnxruntime_kind_is_auto_for_an_export_folder(export_dir, tmp_path, capsys):
@@ -374,14 +385,14 @@ def test_queue_delay_without_dynamic_batching_is_the_stream_models_or_refused(ex
     """As a user runs it: with --no-dynamic-batching, --max-queue-delay-us still sets the python kind's stream model
     (its sequence batcher waits), and is refused in one line where no batcher would wait."""
     out = tmp_path / "repo"
-    proc = run_module("export.to_triton", export_dir, "--out", out, "--kind", "python", "--no-dynamic-batching",
+    proc = run_cli("export.to_triton", export_dir, "--out", out, "--kind", "python", "--no-dynamic-batching",
                       "--max-queue-delay-us", "250", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not _config(out / "cnn_bilstm" / "config.pbtxt").HasField("dynamic_batching")
     assert _config(out / "cnn_bilstm_stream" / "config.pbtxt").sequence_batching.oldest.max_queue_delay_microseconds \
         == 250
     refused = tmp_path / "refused"
-    proc = run_module("export.to_triton", export_dir, "--out", refused, "--kind", "python", "--no-stream",
+    proc = run_cli("export.to_triton", export_dir, "--out", refused, "--kind", "python", "--no-stream",
                       "--no-dynamic-batching", "--max-queue-delay-us", "250", timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --max-queue-delay-us sets the dynamic batcher's wait, which --no-dynamic-batching turns off (and "

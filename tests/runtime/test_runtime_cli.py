@@ -1,5 +1,6 @@
 """``python -m runtime``: info (from a runner, or from an engine's report without a GPU) and classify (folders of
-frame images and .npy clips, padded into one batch) against the runtime API, and every bad input."""
+frame images and .npy clips, padded into one batch) against the runtime API, and every bad input; each subcommand run
+as a user runs it (a new process)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from runtime.clips import read_clip
 
 pytest.importorskip("onnxruntime")
 
-from conftest import TINY_CLASSES, TINY_CONFIG, skip_unless_engines_build  # noqa: E402
+from conftest import TINY_CLASSES, TINY_CONFIG, run_cli, skip_unless_engines_build  # noqa: E402
 
 H, W = TINY_CONFIG.frame_size
 
@@ -80,6 +81,58 @@ def test_classify_folders_and_npy_clips_of_different_lengths(onnx_paths, tmp_pat
             assert pred["labels"] == alone.labels[0] and pred["frames"] == len(clip)
             np.testing.assert_allclose(pred["probs"], alone.probs[0], atol=1e-5)
             assert pred["frame_labels"] == [labels[0] for labels in alone.frame_labels[0]]
+
+
+# --- each subcommand as a user runs it: `python -m runtime ...` in a new process --------------------------------------
+
+
+def test_python_m_runtime_info_as_a_user_runs_it(onnx_paths, tmp_path):
+    res = run_cli("runtime", "info", onnx_paths["model"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "stage        model" in res.stdout and f"classes      3: {', '.join(TINY_CLASSES)}" in res.stdout
+
+
+def test_python_m_runtime_classify_as_a_user_runs_it(onnx_paths, tmp_path):
+    clip = np.random.default_rng(3).integers(0, 256, (5, H, W, 3), dtype=np.uint8)
+    np.save(tmp_path / "clip.npy", clip)
+    res = run_cli("runtime", "classify", onnx_paths["model"], "clip.npy", "--top-k", "2", "--json", "preds.json",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pred = json.loads((tmp_path / "preds.json").read_text())["clips"][0]
+    with runtime.load(onnx_paths["model"]) as r:  # what the API gives for the same clip, in this process
+        alone = r.classify(runtime.preprocess_frames(clip, r.metadata.mean, r.metadata.std), top_k=2)
+    assert pred["labels"] == alone.labels[0] and pred["frames"] == 5
+    np.testing.assert_allclose(pred["probs"], alone.probs[0], atol=1e-5)
+    assert f"clip.npy: {alone.labels[0][0]} " in res.stdout and "wrote preds.json" in res.stdout
+
+
+def test_python_m_runtime_stream_as_a_user_runs_it(onnx_paths, tmp_path):
+    pytest.importorskip("av")
+    from conftest import motion_frames
+
+    from runtime.video import VideoReader
+    from runtime.video_write import write_video
+
+    write_video(tmp_path / "clip.mp4", motion_frames(1, 10, (24, 32)), 25)
+    res = run_cli("runtime", "stream", onnx_paths["model"].parent, "clip.mp4", "--stride", "2", "--window", "3",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert len(lines) == 5 + 1 and lines[-1].startswith("5 frames pushed (stride 2, window 3)"), res.stdout
+    with VideoReader(tmp_path / "clip.mp4", (H, W)) as reader, \
+            runtime.StreamingClassifier(onnx_paths["model"].parent, window=3) as stream:
+        frames = [f for _, f in reader.iter_frames()]
+        labels = [stream.push(frames[i]).clip_label for i in range(0, 10, 2)]
+    assert [line.split("window ")[1].split()[0] for line in lines[:5]] == labels
+
+
+def test_python_m_runtime_ping_as_a_user_runs_it(triton_server, tmp_path):
+    res = run_cli("runtime", "ping", f"{triton_server.grpc_url}/cnn_bilstm", "--timeout", "30", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("\n") == 1 and "answered" in res.stdout
+    dead = run_cli("runtime", "ping", f"{triton_server.grpc_url}/nope", "--timeout", "5", cwd=tmp_path)
+    assert dead.returncode == 1 and dead.stdout == ""
+    assert dead.stderr.count("\n") == 1 and dead.stderr.startswith("error: "), dead.stderr
 
 
 def test_bad_clips_are_refused_with_what_is_valid(onnx_paths, tmp_path, capsys):

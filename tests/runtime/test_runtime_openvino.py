@@ -191,17 +191,19 @@ def test_openvino_lstm_honours_sequence_lens_upstream(onnx_paths):
 
 def test_int8_export_runs_its_cnn_on_openvino(onnx_paths, tmp_path):
     # export.quantize's folder loads unchanged: the int8 cnn.onnx compiles on OpenVINO, the fp32 BiLSTM stays on the
-    # CPU EP. Two int8 engines round differently, so compare against the same graph on the CPU EP loosely and by top-1.
+    # CPU EP. Two int8 engines round differently, so compare against the same graph on the CPU EP loosely. Not by top-1:
+    # the random model's clip logits are near-ties (on an AMD EPYC, the 6 clips' CPU-EP int8 top-2 margins are 0.0004
+    # to 0.013 against the 0.058 of deviation the norm bound allows), and the gate's 0.5 keeps the near-ties of the 24
+    # verification clips (all 24 agree there) from deciding the test: see tests/export/test_quantize.py.
     from export.quantize import quantize_export
 
     rng = np.random.default_rng(0)
     calibration, verification = (rng.standard_normal((n, 4, 3, H, W)).astype(np.float32) for n in (16, 24))
     int8 = quantize_export(onnx_paths["model"].parent, tmp_path / "int8", calibration, verification,
-                           min_agreement=0.9).paths["model"]
+                           min_agreement=0.5).paths["model"]
     x = _frames(6, 5, seed=11)
     lengths = np.array([5, 5, 3, 1, 4, 2])
     with runtime.load(int8, providers=[OPENVINO]) as ov, runtime.load(int8, device="cpu") as cpu:
         assert ov.stage_providers == {"cnn": OPENVINO, "bilstm": "CPUExecutionProvider"}
         got, want = ov.infer(x, lengths)["clip_logits"], cpu.infer(x, lengths)["clip_logits"]
     assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want)
-    assert (got.argmax(1) == want.argmax(1)).mean() >= 5 / 6

@@ -1,7 +1,12 @@
-"""One optimisation step of the real training loop, data-parallel: run by ``torchrun --nproc_per_node 2`` from
-tests/train/test_distributed.py (``python ddp_step_worker.py OUT.pt``). Each rank takes its half of one batch; rank 0
-saves the weights after the step, rank 1 its own beside them. The test compares them with one process taking the
-whole batch, built by the same functions here.
+"""Data-parallel training with BatchNorm frozen, run by ``torchrun`` from tests/train/test_distributed.py.
+
+``python ddp_step_worker.py OUT.pt`` (2 ranks): one optimisation step of the real training loop. Each rank takes its
+half of one batch; rank 0 saves the weights after the step, rank 1 its own beside them. The test compares them with
+one process taking the whole batch, built by the same functions here.
+
+``python ddp_step_worker.py --train ARGS...`` (any number of ranks): ``python -m train ARGS...`` itself (its ``main``),
+with every CNNBiLSTM's BatchNorm layers kept in eval mode. The test runs it on 1 rank with batch 2b and on 2 ranks with
+batch b and compares the run folders.
 
 ``python ddp_step_worker.py --hang-in-forward OUT.json``: rank 1 stays silent after DDP is built while rank 0 starts a
 forward pass, whose buffer broadcast then times out; rank 0 writes what it caught and whether
@@ -27,15 +32,19 @@ CONFIG = ModelConfig(num_classes=3, backbone="resnet18", stem="cifar", frame_siz
 BATCH = 8
 
 
+def _train_with_frozen_bn(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """``Module.train``, except that BatchNorm layers stay in eval mode."""
+    torch.nn.Module.train(self, mode)
+    for m in self.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return self
+
+
 class FrozenBNModel(CNNBiLSTM):
     """The network with its BatchNorm layers kept in eval mode when the loop puts it in train mode."""
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+    train = _train_with_frozen_bn
 
 
 def make_model() -> FrozenBNModel:
@@ -84,6 +93,14 @@ def main(out: str) -> int:
     return 0
 
 
+def train_frozen_bn(argv: list[str]) -> int:
+    """``python -m train`` with BatchNorm frozen in every CNNBiLSTM that training builds; its exit status."""
+    from train.__main__ import main as train_main
+
+    CNNBiLSTM.train = _train_with_frozen_bn  # in this worker process only; fit builds its network as a CNNBiLSTM
+    return train_main(argv)
+
+
 HANG_TIMEOUT_S = 3.0
 
 
@@ -116,4 +133,6 @@ def hang_in_forward(out: str) -> int:
 if __name__ == "__main__":
     if sys.argv[1] == "--hang-in-forward":
         raise SystemExit(hang_in_forward(sys.argv[2]))
+    if sys.argv[1] == "--train":
+        raise SystemExit(train_frozen_bn(sys.argv[2:]))
     raise SystemExit(main(sys.argv[1]))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, run_module
+from conftest import TINY_CONFIG, run_cli
 
 from train.clips import CIFAR10_CLASSES, DATASETS, DataError, normalize_frames, pad_collate
 from train.data import DataSpec, build_dataset
@@ -221,7 +221,7 @@ def test_train_refuses_a_data_folder_of_one_class_naming_it(clip_tree, tmp_path)
     model config alone could only say "num_classes must be >= 2, got 1")."""
     shutil.rmtree(clip_tree / "wave")
     out = tmp_path / "run"
-    proc = run_module("train", "--data", "folder", "--data-dir", clip_tree, "--frames", "8", "--frame-size", "16",
+    proc = run_cli("train", "--data", "folder", "--data-dir", clip_tree, "--frames", "8", "--frame-size", "16",
                       "--epochs", "1", "--device", "cpu", "--no-progress", "--out", out, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARGS, TINY_CONFIG, run_train
+from conftest import TINY_ARGS, TINY_CONFIG, run_cli, run_train
 
 import train.engine as engine
 from runtime.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_dict
@@ -105,6 +105,16 @@ def test_cli_end_to_end_writes_the_run_folder(finished_run):
     assert best.train_state is None  # inference checkpoint: no optimizer state
     best_epoch = last.train_state["best_epoch"]
     assert metrics[best_epoch]["val_clip_acc"] == max(m["val_clip_acc"] for m in metrics)
+
+
+def test_python_m_train_as_a_user_runs_it(tmp_path):
+    res = run_cli("train", *TINY_ARGS, "--epochs", "1", "--out", "runs/tiny", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"  # relative to the working directory
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.json"]
+    assert [m["epoch"] for m in json.loads((run / "metrics.json").read_text())] == [0]
+    assert "epoch 1/1 " in res.stderr and "done: best test clip accuracy" in res.stderr and "runs/tiny" in res.stderr
+    assert load_checkpoint(run / "best.pt").class_names == ["clockwise", "counterclockwise"]
 
 
 def test_resume_after_interruption_reproduces_uninterrupted_weights(tmp_path, monkeypatch, finished_run, capsys):
@@ -285,6 +295,16 @@ def test_evaluate_cli_reports_and_writes_confusion_png(tmp_path, finished_run, c
                                device="cpu", shuffled=False)
     assert same["clip_acc"] == metrics[best_epoch]["val_clip_acc"]
     assert same["frame_acc"] == pytest.approx(metrics[best_epoch]["val_frame_acc"])
+
+
+def test_python_m_train_evaluate_as_a_user_runs_it(tmp_path, finished_run):
+    res = run_cli("train.evaluate", finished_run / "best.pt", "--data", "synthetic", "--frames", "4", "--val-clips",
+                  "6", "--seed", "5", "--device", "cpu", "--confusion", "cm.png", "--json", "eval.json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["clips"] == 6 and sum(map(sum, result["confusion"])) == 6
+    assert "clip accuracy" in res.stdout and f"{result['clip_acc']:.4f}" in res.stdout, res.stdout
 
 
 def test_evaluate_cli_bad_checkpoint_exit_code(tmp_path, capsys):

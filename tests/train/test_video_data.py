@@ -180,9 +180,9 @@ def test_on_bad_video_fail_and_skip(folder_with_bad_video, caplog, capsys, tmp_p
     assert main([*base, "--out", str(tmp_path / "skip"), "--on-bad-video", "skip"]) == 0
 
 
-def test_training_on_videos_reaches_the_frame_tensors_accuracy(tmp_path_factory):
-    """The synthetic motion classes as video files (H.264 and MPEG-4): >= 0.9 held-out clip accuracy, as the frame
-    tensors reach in the demo. Decoding, sampling and resizing keep frame order and content."""
+def test_training_on_videos_learns_the_motion_classes(tmp_path_factory):
+    """The synthetic motion classes as video files (H.264 and MPEG-4): the run learns them (held-out clip accuracy far
+    above the 0.25 of chance). Decoding, sampling and resizing keep frame order and content."""
     from train.__main__ import main
 
     root = tmp_path_factory.mktemp("motion")
@@ -195,7 +195,10 @@ def test_training_on_videos_reaches_the_frame_tensors_accuracy(tmp_path_factory)
                  "--no-progress", "--no-eval-shuffled", "--seed", "0", "--workers", "2",
                  "--cache-dir", str(root / "cache"), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert max(m["val_clip_acc"] for m in metrics) >= 0.9, [m["val_clip_acc"] for m in metrics]
+    # On an AMD EPYC (2026-12) the best epoch reached 0.97 for --seed 0 (the test's) and 0.84 to 1.00 for seeds 1-4 (so
+    # a bar of 0.9 failed for 2 of 5 seeds); the first epoch stood at 0.19 to 0.31, the second at 0.34 to 0.69. 0.6
+    # is 4.6 standard deviations of chance above 0.25 on the 32 held-out clips, and 0.24 below the lowest run measured.
+    assert max(m["val_clip_acc"] for m in metrics) >= 0.6, [m["val_clip_acc"] for m in metrics]
 
 
 # --- videos as users have them ------------------------------------------------------------------------------------
