@@ -58,12 +58,12 @@ def prepare_exports(checkpoint: Path, work: Path, precisions: Sequence[str], fra
 
 def _window_models(folders: dict[str, Path]) -> tuple[dict, list]:
     """(precision, path) -> WindowModel, and every runner to close."""
-    import runtime
+    from runtime.backends import load
     from runtime.stages import WindowModel
 
     models, runners = {}, []
     for precision, folder in folders.items():
-        runner = runtime.load(folder / "model.onnx", device="cpu")
+        runner = load(folder / "model.onnx", device="cpu")
         runners.append(runner)
         split = WindowModel.for_runner(runner)
         if not split.split:

@@ -54,13 +54,13 @@ def measure(model: str, video: str, frames: int, step: int) -> dict[str, Any]:
     import time
     import tracemalloc
 
-    import runtime
+    from runtime.backends import load
     from runtime.stages import WindowModel
     from runtime.timeline import window_probabilities
     from runtime.video import probe_video
     from runtime.video_sampling import window_starts
 
-    runner = runtime.load(model, device="cpu")
+    runner = load(model, device="cpu")
     with WindowModel.for_runner(runner) as windows:
         runner.deactivate()  # as the command line does: the stages do the work
         n = probe_video(video).num_frames

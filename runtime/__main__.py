@@ -8,7 +8,7 @@
     python -m runtime stream runs/demo/onnx/fp32 video.mp4 --stride 2
 
 A clip is a folder of frame images (read as training reads them: natural name order, ``2.png`` before ``10.png``),
-a ``.npy`` file of uint8 (T, H, W, 3) frames, or a video file (``runtime.video.VIDEO_SUFFIXES``; a folder of video
+a ``.npy`` file of uint8 (T, H, W, 3) frames, or a video file (``runtime.video_index.VIDEO_SUFFIXES``; a folder of video
 files stands for its videos). Clips of different lengths go into one padded batch with their lengths (padding is
 exact). Frames of another size than the model's are refused unless ``--resize``; video frames are always resized to
 the model's size, as training resizes them. A video gives one clip of ``--frames`` T frames (``--sampling``, default

@@ -243,7 +243,7 @@ def window_probabilities(runner, video, starts, frames, *, batch_size=None) -> n
 
 def classify_windows(runner, video, frames: int, step: int, *, batch_size: Optional[int] = None) -> dict:
     """Class probabilities of every window of ``frames`` frames, ``step`` frames apart, of one video: windows
-    ``[s, s + frames)`` for ``s = 0, step, 2 step, ...`` with ``s + frames <= N`` (:func:`runtime.video.window_starts`;
+    ``[s, s + frames)`` for ``s = 0, step, 2 step, ...`` with ``s + frames <= N`` (:func:`runtime.video_sampling.window_starts`;
     one short window when the video is shorter than one window), by :func:`window_probabilities`.
 
     Args:
@@ -255,7 +255,7 @@ def classify_windows(runner, video, frames: int, step: int, *, batch_size: Optio
         batch_size (int | None): as for :func:`window_probabilities`. Defaults to None.
 
     Returns:
-        dict: ``clip`` (the path), ``video`` (:class:`runtime.video.VideoInfo` as a dict), ``frames_per_window``,
+        dict: ``clip`` (the path), ``video`` (:class:`runtime.video_index.VideoInfo` as a dict), ``frames_per_window``,
         ``step`` and ``windows``: per window ``start`` and ``end`` (frame indices, end exclusive), ``start_s`` and
         ``end_s`` (presentation times of its first and last frame), ``frames`` (real frames), ``label``, ``prob`` and
         ``probs`` (every class's probability, by name).

@@ -180,7 +180,7 @@ def _summary(runner, outputs, model, data: str, split: str, clips_per_video, win
 # Written into every confusion PNG: the default --confusion path may replace a file that carries it without --force.
 CONFUSION_MARK = "cnn-bilstm-deploy train.evaluate confusion matrix"
 
-# Numeric arguments of evaluate_checkpoint: (command-line option, low, high); None values mean "not given".
+# Numeric arguments of evaluate_model: (command-line option, low, high); None values mean "not given".
 _RANGES = {"frames": ("--frames", 1, None), "num_clips": ("--val-clips", 1, None), "seed": ("--seed", 0, SEED_MAX),
            "batch_size": ("--batch-size", 1, None), "workers": ("--workers", 0, None),
            "clips_per_video": ("--clips-per-video", 1, None), "log_every": ("--log-every", 0, None),

@@ -4,35 +4,27 @@ Eager (``fast=False``, the default on CPU): the checkpoint's model as trained, p
 
 Fast (``fast=True``, the default on CUDA):
 
-* CNN: a deep copy in float16 and channels_last, in one of three exact forms (``cnn_form``, :mod:`.fold`):
-  - ``"folded"`` (the default, the form measured on a GPU): every conv-BN pair folded into the conv
-    (``fuse_conv_bn_eval``); PyTorch still adds the bias and applies the ReLU as separate kernels;
-  - ``"fused"``: folded, and each conv + bias + ReLU (with the residual add where a block ends) one cuDNN call
-    (``torch.cudnn_convolution_add_relu``; see :class:`ConvReLU` for the convs that stay unfused): far fewer kernels
-    at batch 1, where a graph is launch-bound, and fewer element-wise passes over the activations at large batches;
-  - ``"unfolded"``: BatchNorm kept as its own op (a probe on an H100 found it faster than folding at B=64);
-  - ``"auto"``: every bucket builds the three, drops any that fails or leaves fp16 tolerance of "folded", times the
-    rest and keeps the fastest, like ``cudnn.benchmark`` one level up;
-    :attr:`TorchRunner.bucket_forms` says which form each bucket uses. Building a bucket costs three captures.
+* CNN: a deep copy with every conv-BN pair folded into the conv (:func:`.fold.fold_conv_bn`; torchvision's ResNets,
+  MobileNetV3 and EfficientNet alike), in float16 and channels_last on CUDA.
 * BiLSTM, two exact forms, float32 by default (``precision="fp16-all"`` runs it and the heads in float16):
   - every clip of the call is T frames long (no ``lengths``, or all equal to T) and T is one of the time buckets:
     cuDNN's fused bidirectional LSTM, the fastest form. Batch rows added to reach a bucket are independent of the
     real rows, so this is exact (the time axis is not padded in this form);
-  - clips of mixed lengths, or a T between buckets: :class:`ExactBiLSTM` (:mod:`.bilstm`), the bidirectional weights
+  - clips of mixed lengths, or a T between buckets: :class:`.bilstm.ExactBiLSTM` (:mod:`.bilstm`), the bidirectional weights
     split into two unidirectional cuDNN LSTMs per layer. The reverse direction runs on per-clip reversed inputs
     (index ``len_b - 1 - t`` for ``t < len_b``), so padding never enters either direction: padding time up to a
     bucket is exact, and unlike packed sequences it can be captured in a CUDA graph. It costs more than the fused
     kernel (two sequential chains).
-* CUDA graphs (:mod:`.buckets`), one per bucket, captured on first use with static input/output buffers: an input
-  is copied into the smallest bucket that holds it (padded clips get length 1, padded steps are masked) and the
-  outputs are sliced back to the input's shape. A shape beyond the largest bucket runs the same fast modules eagerly
-  (exact, just without the graph's launch savings) and logs that once. So the buckets a runner can build are bounded
-  (two per (batch, time) bucket pair), and at most ``max_buckets`` are kept: the least recently used one is dropped
-  (with its graph and buffers) to make room, and rebuilt if its shape comes back.
+* CUDA graphs (:class:`.runner.Bucket`), one per (batch, time) bucket (:data:`.runner.BATCH_BUCKETS`,
+  :data:`.runner.TIME_BUCKETS`), captured on first use with static input/output buffers: an input is copied into the
+  smallest bucket that holds it (padded clips get length 1, padded steps are masked) and the outputs are sliced back
+  to the input's shape. A shape beyond the largest bucket runs the same fast modules eagerly (exact, just without the
+  graph's launch savings) and logs that once. So the buckets a runner can build are bounded (two per (batch, time)
+  bucket pair), and at most :data:`.runner.MAX_BUCKETS` are kept: the least recently used one is dropped (with its
+  graph and buffers) to make room, and rebuilt if its shape comes back.
 
-On CPU, ``fast=True`` gives the folded float32 CNN (another ``cnn_form`` on request) and :class:`ExactBiLSTM`
-without graphs (for testing the padding logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True``
-(process-wide) on CUDA.
+On CPU, ``fast=True`` gives the folded float32 CNN and :class:`.bilstm.ExactBiLSTM` without graphs (for testing the padding
+logic). ``fast`` sets ``torch.backends.cudnn.benchmark = True`` (process-wide) on CUDA.
 
 The runner is :class:`TorchRunner` (:mod:`.runner`). Threading: the eager path runs calls concurrently; the fast
 path owns static buffers and graphs, so its calls are serialised by the runner's lock.
