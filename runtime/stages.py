@@ -103,12 +103,15 @@ class WindowModel:
     Attributes:
         window_runner (BaseRunner): the bilstm stage (split) or the whole model.
         frame_runner (BaseRunner | None): the cnn stage (split), None on the whole path.
+        whole (BaseRunner | None): on the split path, the whole model the stages came from (used for windows that
+            share no frame, where splitting saves nothing); None if unknown.
         reason (str): why the whole path runs ("" on the split path).
     """
 
     def __init__(self, window_runner: BaseRunner, frame_runner: Optional[BaseRunner] = None, *, owns: bool = False,
-                 reason: str = "") -> None:
+                 reason: str = "", whole: Optional[BaseRunner] = None) -> None:
         self.window_runner, self.frame_runner = window_runner, frame_runner
+        self.whole = whole if frame_runner is not None else None
         self.reason = reason
         self._owns = owns
 
@@ -138,7 +141,7 @@ class WindowModel:
             logger.warning("%s: windows run the whole model each (every frame's CNN once per window it lies in): %s",
                            runner.name, e)
             return cls(runner, reason=str(e))
-        return cls(bilstm, cnn, owns=True)
+        return cls(bilstm, cnn, owns=True, whole=runner)
 
     @property
     def split(self) -> bool:

@@ -66,7 +66,9 @@ def _window_model(runner: Any) -> WindowModel:
             model = WindowModel.for_runner(runner)
             _STAGES[runner] = (model.frame_runner, model.window_runner) if model.split else model.reason
         entry = _STAGES[runner]
-    return WindowModel(entry[1], entry[0]) if isinstance(entry, tuple) else WindowModel(runner, reason=entry)
+    if isinstance(entry, tuple):
+        return WindowModel(entry[1], entry[0], whole=runner)
+    return WindowModel(runner, reason=entry)
 
 
 class _Ring:
@@ -145,6 +147,11 @@ def _check_starts(starts: Any, num_frames: int) -> np.ndarray:
     return s.astype(np.int64)
 
 
+def _share_no_frame(starts: np.ndarray, ends: np.ndarray) -> bool:
+    order = np.argsort(starts, kind="stable")
+    return bool(np.all(starts[order][1:] >= ends[order][:-1]))
+
+
 def _runs(starts: np.ndarray, ends: np.ndarray) -> list:
     """The frames the windows cover, as merged runs (a, b) in order (windows sorted by start); numpy throughout, so
     bookkeeping stays a few bytes per window."""
@@ -189,6 +196,9 @@ def _probabilities(model: WindowModel, reader, starts: Any, frames: int, batch_s
         return out
     ends = np.minimum(starts + int(frames), n)
     longest = int((ends - starts).max())
+    if model.split and model.whole is not None and _share_no_frame(starts, ends):
+        # Each frame's CNN runs once on either path here; the whole model saves the second call per window.
+        model = WindowModel(model.whole, reason="the windows share no frame")
     model.check_window(longest)
     if n < frames:
         logger.warning("%s has %d frames, fewer than the %d of a window; its window is padded (its length is %d)",

@@ -141,3 +141,27 @@ def test_tensorrt_rtx_builds_it_and_triton_repositories_check(trained, tmp_path)
     assert built.report["metadata"]["feature_dim"] == WIDTHS[trained.backbone]
     trt_repo = write_repository(built.engine_path, tmp_path / "trt").path
     assert check_repository(trt_repo) == []
+
+
+@pytest.mark.parametrize("backbone", ["resnet34", "resnet50"])
+def test_the_deeper_resnets_train_export_and_stream(backbone, tmp_path):
+    """The rest of the suite runs resnet18; resnet34 (more basic blocks) and resnet50 (bottleneck blocks, 2048-wide
+    features) take the same stages: a tiny training run, the verified export with ONNX Runtime equal to PyTorch at an
+    unseen shape, and streaming equal to the whole model on its window."""
+    assert train_main([*ARGS, "--backbone", backbone, "--out", str(tmp_path / "run")]) == 0
+    ckpt, fp32 = tmp_path / "run" / "best.pt", tmp_path / "fp32"
+    assert export_onnx(ckpt, fp32, "fp32").report["ok"]
+    x, lengths = _frames(2, 6, 7), np.array([6, 3])
+    tol = SPEC.tolerance("fp32").rel
+    with runtime.load(fp32 / "model.onnx") as ort, runtime.load(ckpt, device="cpu") as eager:
+        got, want = ort.infer(x, lengths), eager.infer(x, lengths)
+        assert ort.metadata.feature_dim == {"resnet34": 512, "resnet50": 2048}[backbone]
+        mask = np.arange(6)[None] < lengths[:, None]
+        assert _rel(got["clip_logits"], want["clip_logits"]) <= tol
+        assert _rel(got["frame_logits"][mask], want["frame_logits"][mask]) <= tol
+        frames = _frames(1, 6, 11)[0]
+        with StreamingClassifier(fp32, window=WINDOW) as stream:
+            for n in range(1, len(frames) + 1):
+                res = stream.push(frames[n - 1])
+                whole = eager.infer(frames[max(0, n - WINDOW):n][None])
+                assert _rel(res.clip_logits, whole["clip_logits"][0]) <= tol

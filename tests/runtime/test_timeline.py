@@ -114,12 +114,21 @@ def test_each_decoded_frame_goes_through_the_cnn_once(tiny_export, video, monkey
         assert sum(b * t for b, t, *_ in cnn) == N and all(t == 1 for _, t, *_ in cnn)  # 38 windows, 45 frames
         assert [s[:2] for s in bilstm] == [(16, T), (16, T), (6, T)]
         cnn.clear()
-        window_probabilities(model, video, [26, 0, 13], T)  # frames no window covers are not computed
-        assert sum(b * t for b, t, *_ in cnn) == 3 * T
+        window_probabilities(model, video, [26, 0, 5], T)  # frames no window covers are not computed
+        assert sum(b * t for b, t, *_ in cnn) == 13 + T
         whole = []
         spy(monkeypatch, runner, whole)
         window_probabilities(WindowModel.for_runner(runner, split=False), video, window_starts(N, T, 1), T)
         assert sum(b * t for b, t, *_ in whole) == 38 * T  # each frame once per window it lies in
+        cnn.clear()
+        bilstm.clear()
+        whole.clear()
+        # Windows that share no frame (STEP >= T): each frame's CNN runs once on either path, so the whole model
+        # runs them (one call per batch of windows instead of two), with the same probabilities.
+        disjoint = window_probabilities(model, video, [26, 0, 13], T)
+        assert cnn == bilstm == [] and sum(b * t for b, t, *_ in whole) == 3 * T
+        with WindowModel.for_runner(runner, split=False) as per_window:
+            np.testing.assert_allclose(disjoint, window_probabilities(per_window, video, [26, 0, 13], T), atol=1e-6)
 
 
 def test_the_kept_features_are_bounded_by_the_window_not_the_video(tiny_export, tmp_path, monkeypatch):
