@@ -135,6 +135,14 @@ def build_backbone(config: ModelConfig) -> nn.Module:
             net.maxpool = nn.Identity()
         else:  # MobileNetV3, EfficientNet: one 3x3 stride-2 conv; stride 1 keeps twice the resolution
             next(m for m in net.modules() if isinstance(m, nn.Conv2d)).stride = (1, 1)
+    if config.pretrained == NOT_PRETRAINED:
+        # torchvision's MobileNetV3 keeps BatchNorm statistics with momentum 0.01, tuned for its 600-epoch ImageNet
+        # recipe: from scratch, after a few hundred steps they are still near their initial values and held-out
+        # accuracy sits at chance (CIFAR-10, 32 steps: 0.10 with eval-mode statistics, 0.31 with batch statistics).
+        # A network trained from scratch uses PyTorch's default, as the ResNets and EfficientNet already do.
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.1
     setattr(net, classifier_name(net), nn.Identity())
     return net
 

@@ -702,3 +702,18 @@ def test_io_names_are_checked_in_one_place():
         spec.check_io_names(["features"], ["clip_logits", "frame_logits"], "x.engine", kind="engine")
     with pytest.raises(RuntimeInputError, match="x.onnx: a bilstm graph must have"):
         spec.check_io_names(["features", "lengths"], ["clip_logits"], "x.onnx")
+
+
+def test_a_backbone_trained_from_scratch_keeps_batchnorm_statistics_with_momentum_0_1():
+    """MobileNetV3's own momentum (0.01) would leave a short from-scratch run's statistics near their initial values;
+    pretrained weights keep torchvision's value, tuned with them."""
+    from runtime.model import BACKBONES, ModelConfig, build_backbone
+
+    def momenta(config):
+        return {m.momentum for m in build_backbone(config).modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    for backbone in BACKBONES:
+        assert momenta(ModelConfig(backbone=backbone)) == {0.1}, backbone
+    pretrained = ModelConfig(backbone="mobilenet_v3_small", stem="imagenet",
+                             pretrained="imagenet:MobileNet_V3_Small_Weights.IMAGENET1K_V1")
+    assert momenta(pretrained) == {0.01}
