@@ -197,8 +197,8 @@ class OnnxRuntimeRunner(BaseRunner):
             index = x.device.index if x.device.index is not None else torch.cuda.current_device()
             session_id = gpu_device_id(self._providers)
             if index != session_id:  # ONNX Runtime would read another GPU's address
-                raise RuntimeInputError(f"the input is on cuda:{index}, but this session runs on cuda:{session_id}; "
-                                        f"move it there (x.to('cuda:{session_id}'))")
+                raise RuntimeInputError(f"the input is on cuda:{index}, but the runner's ONNX Runtime session runs on "
+                                        f"cuda:{session_id}; move it there (x.to('cuda:{session_id}'))")
             binding.bind_input(name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
         else:
             binding.bind_cpu_input(name, x.detach().cpu().numpy() if feed.is_torch else x)

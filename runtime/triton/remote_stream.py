@@ -113,7 +113,7 @@ class RemoteStream(RemoteModel, BaseStream):
         self._started = False
 
     def reset(self) -> None:
-        """End this session on the server and start a new one (new correlation ID) with the next frame."""
+        """End the stream's sequence on the server and start a new one (new correlation ID) with the next frame."""
         self._end()
         self.correlation_id = new_correlation_id()
         self._count = 0
