@@ -30,7 +30,7 @@ from benchmarks.contenders import BASELINE, CONTENDERS, FAST_VARIANTS, parse_con
 from benchmarks.context import BenchContext
 from benchmarks.environment import GpuUnavailableError, Unavailable, check_bench_device, environment
 from benchmarks.outputs import Outputs
-from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved
+from benchmarks.timing import default_gap_s, paired_speedup, percentiles, time_interleaved, tty_progress
 from benchmarks.workloads import STREAM_WINDOW, reference_config, write_random_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -247,10 +247,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gap_ms = args.gap_ms if args.gap_ms is not None else 1e3 * default_gap_s(device)
     contenders = _contenders(args)
 
-    def progress(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r  round {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
     with tempfile.TemporaryDirectory(prefix="paired-bench-") as work:
         checkpoint = Path(args.checkpoint) if args.checkpoint else write_random_checkpoint(
             Path(work) / "reference.pt", reference_config())
@@ -261,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                int8_dir=Path(args.int8_dir) if args.int8_dir else None)
             result = compare_paired(ctx, contenders, workload=args.workload, batch=args.batch,
                                     time_steps=args.time, rounds=args.rounds, warmup=args.warmup, seed=args.seed,
-                                    gap_s=gap_ms / 1e3, strict=args.strict, progress=progress)
+                                    gap_s=gap_ms / 1e3, strict=args.strict, progress=tty_progress)
         except (ValueError, Unavailable) as e:  # unknown contender, a wrong answer, a bad checkpoint, no baseline
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.environment import environment, process_tree_cpu_s
 from benchmarks.outputs import Outputs
-from benchmarks.timing import Task, closed_loop, paired_speedup, percentiles, time_interleaved
+from benchmarks.timing import Task, closed_loop, paired_speedup, percentiles, time_interleaved, tty_progress
 from benchmarks.workloads import make_requests, parse_lengths
 from runtime.errors import RemoteServerError
 
@@ -278,7 +278,7 @@ def compare(args) -> tuple:
                              seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="serve-compare-") as work:
         with targets(export_dir, Path(work), args) as (found, facts):
-            summary = measure(found, requests, args, progress=_progress)
+            summary = measure(found, requests, args, progress=tty_progress)
     c = meta.model_config or {}
     setup = (f"Model: {c.get('backbone')} ({c.get('stem')} stem), {meta.frame_size[0]}x{meta.frame_size[1]} frames, "
              f"BiLSTM {c.get('num_layers')}x{c.get('hidden_size')}, {meta.precision}. Each request: {args.batch} "
@@ -289,11 +289,6 @@ def compare(args) -> tuple:
               "duration_s": args.duration, "warmup_s": args.warmup, "gap_s": args.gap_ms / 1e3, "seed": args.seed,
               "setup": facts, "summary": summary}
     return result, {**environment("cpu"), "tritonclient": version("tritonclient"), **facts["versions"]}
-
-
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\r  round {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

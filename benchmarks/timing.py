@@ -11,12 +11,19 @@ small pool of pre-generated random inputs (never zeros) that is cycled between c
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from benchmarks.environment import load_average
+
+
+def tty_progress(done: int, total: int) -> None:
+    """``progress`` for :func:`time_interleaved`: the round counter on stderr, where it is a terminal."""
+    if sys.stderr.isatty():
+        print(f"\r  round {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
