@@ -262,10 +262,14 @@ def stream_config(source: Source, opts: RepoOptions):
         parameters={**_metadata_param(served), P.MAX_STREAMS_PARAMETER: {"string_value": str(max_streams)}})
 
 
+def _has_stream_model(kind: str, opts: RepoOptions) -> bool:
+    return kind == P.KIND_PYTHON and opts.stream
+
+
 def _check_applicable(kind: str, opts: RepoOptions) -> None:
     """Refuse stream options where no stream model is generated, and a queue delay where no batcher waits: they would
     be ignored."""
-    if opts.max_queue_delay_us is not None and not opts.dynamic_batching and not (kind == P.KIND_PYTHON and opts.stream):
+    if opts.max_queue_delay_us is not None and not opts.dynamic_batching and not _has_stream_model(kind, opts):
         nothing_else = "--no-stream leaves out the" if kind == P.KIND_PYTHON else f"the {kind} kind has no"
         raise ExportError(f"--max-queue-delay-us sets the dynamic batcher's wait, which --no-dynamic-batching turns off "
                           f"(and {nothing_else} stream model, the other one that waits): drop one of them")
@@ -307,7 +311,7 @@ def _plan(src, opts: RepoOptions) -> tuple:
     source = resolve_source(src, opts.kind, opts.stream)
     _check_applicable(source.kind, opts)
     models = [(opts.name, clip_config(source, opts), dict(source.clip_files), "ClipModel")]
-    if source.kind == P.KIND_PYTHON and opts.stream:
+    if _has_stream_model(source.kind, opts):
         models.append((P.stream_model_name(opts.name), stream_config(source, opts), dict(source.stream_files),
                        "StreamModel"))
     planned, errors = [], []
