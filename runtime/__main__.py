@@ -217,7 +217,9 @@ def _classify(args) -> int:
             raise RuntimeInputError(f"--frames {frames} is more than {args.model} takes: clips of 1..{most} frames; "
                                     f"give --frames {most} or fewer")
         if args.windows is not None:
-            with WindowModel.for_runner(runner) as model:
+            # Windows STEP >= frames apart share no frame: the whole model runs them (runtime.timeline), so its
+            # stages would be opened for nothing.
+            with WindowModel.for_runner(runner, split=args.windows < frames) as model:
                 if model.split:
                     runner.deactivate()  # its stages do the work: free the whole model's copy of the weights
                 timelines = [classify_windows(model, readers[c], frames, args.windows) for c in args.clips]
