@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -30,7 +28,7 @@ from runtime.video_write import write_video
 pytest.importorskip("av")
 pytest.importorskip("onnxruntime")
 
-from conftest import TINY_CONFIG, motion_frames  # noqa: E402
+from conftest import TINY_CONFIG, motion_frames, run_cli  # noqa: E402
 
 SIZE = TINY_CONFIG.frame_size
 T = 8
@@ -273,25 +271,20 @@ def test_stream_feed_computes_each_frame_once(tiny_checkpoint, video, monkeypatc
     assert bilstm == [(1, min(k, T), 512) for k in range(1, 24)]  # the BiLSTM over the kept features
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    """``python -m runtime ARGS`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-
 
 def test_cli_timeline_edge_and_bad_input(tiny_export, video, tmp_path):
     model = tiny_export / "model.onnx"
-    p = run_cli("classify", model, video, "--frames", T, "--windows", 0)
+    p = run_cli("runtime", "classify", model, video, "--frames", T, "--windows", 0)
     assert (p.returncode, p.stderr) == (2, "error: --windows must be >= 1, got 0\n")
     # STEP larger than the video: the one window at frame 0; the frames no window holds are named.
     out = tmp_path / "far.json"
-    p = run_cli("classify", model, video, "--frames", T, "--windows", 100, "--json", out)
+    p = run_cli("runtime", "classify", model, video, "--frames", T, "--windows", 100, "--json", out)
     assert p.returncode == 0, p.stderr
     assert f"{video}: 1 window of 8 frames, step 100; its last 37 frames lie in no window" in p.stdout
     assert [(w["start"], w["end"]) for w in json.loads(out.read_text())["timelines"][0]["windows"]] == [(0, T)]
     # A video shorter than one window: one short window of all its frames, padded exactly.
     out = tmp_path / "short.json"
-    p = run_cli("classify", model, video, "--frames", 60, "--windows", 4, "--json", out)
+    p = run_cli("runtime", "classify", model, video, "--frames", 60, "--windows", 4, "--json", out)
     assert p.returncode == 0, p.stderr
     assert f"{video}: 1 window of 60 frames, step 4\n" in p.stdout and "(short window, padded)" in p.stdout
     assert f"has {N} frames, fewer than the 60 of a window" in p.stderr

@@ -5,12 +5,10 @@ clips of 1..16 frames): more clips or windows than one request takes are sent in
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import MAX_BATCH_SIZE, MAX_TIME, TINY_CONFIG, motion_frames
+from conftest import MAX_BATCH_SIZE, MAX_TIME, TINY_CONFIG, motion_frames, run_cli
 
 import runtime
 from runtime.base import softmax
@@ -18,11 +16,6 @@ from runtime.base import softmax
 MODEL = "cnn_bilstm"
 SIZE = TINY_CONFIG.frame_size
 
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    """``python -m runtime ARGS`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_classify_sends_more_clips_than_a_request_takes_in_batches(triton_server, local_model, tmp_path):
@@ -33,7 +26,7 @@ def test_classify_sends_more_clips_than_a_request_takes_in_batches(triton_server
         paths.append(tmp_path / f"clip{k:02d}.npy")
         np.save(paths[-1], clip)
     out = tmp_path / "preds.json"
-    p = run_cli("classify", f"{triton_server.grpc_url}/{MODEL}", *paths, "--json", out)
+    p = run_cli("runtime", "classify", f"{triton_server.grpc_url}/{MODEL}", *paths, "--json", out)
     assert p.returncode == 0, p.stderr
     m = local_model.metadata
     for clip, pred in zip(clips, json.loads(out.read_text())["clips"], strict=True):
@@ -50,7 +43,7 @@ def test_timeline_of_a_served_model_runs_its_windows_in_batches(triton_server, l
     video = write_video(tmp_path / "v.mp4", motion_frames(2, n, (24, 32)), 25)
     url = f"{triton_server.http_url}/{MODEL}"
     out = tmp_path / "timeline.json"
-    p = run_cli("classify", url, video, "--frames", t, "--windows", 1, "--json", out)
+    p = run_cli("runtime", "classify", url, video, "--frames", t, "--windows", 1, "--json", out)
     assert p.returncode == 0, p.stderr
     assert "windows run the whole model each" in p.stderr and "no separate cnn and bilstm stages" in p.stderr
     windows = json.loads(out.read_text())["timelines"][0]["windows"]
@@ -61,7 +54,7 @@ def test_timeline_of_a_served_model_runs_its_windows_in_batches(triton_server, l
     want = window_probabilities(WindowModel.for_runner(local_model, split=False), video, range(n - t + 1), t)
     got = np.array([list(w["probs"].values()) for w in windows])
     np.testing.assert_allclose(got, want, atol=1e-5)
-    p = run_cli("classify", url, video, "--frames", MAX_TIME * 2, "--windows", 4)
+    p = run_cli("runtime", "classify", url, video, "--frames", MAX_TIME * 2, "--windows", 4)
     assert p.returncode == 2
     assert p.stderr == (f"error: --frames {MAX_TIME * 2} is more than {url} takes: clips of 1..{MAX_TIME} frames; "
                         f"give --frames {MAX_TIME} or fewer\n")
